@@ -1,0 +1,2 @@
+//! qecd decoders.
+#![deny(missing_docs)]

@@ -1,0 +1,28 @@
+//! Syndrome sources for qecd.
+//!
+//! This crate owns everything between a physical (or simulated) experiment and
+//! a decoder: rotated surface-code memory circuits from Stim, the noise models
+//! applied to them (uniform depolarizing and true SI1000), seeded
+//! multi-threaded sampling of bit-packed detection events, the stabilizer
+//! layout derived from detector coordinates, Stim's result formats, and
+//! experiment directories in the layout of Google's public surface-code data.
+//!
+//! It never decodes, and it knows nothing of tch, CUDA or gRPC.
+#![deny(missing_docs)]
+
+pub mod code;
+pub mod error;
+pub mod experiment;
+pub mod formats;
+pub mod fsutil;
+pub mod layout;
+pub mod noise;
+pub mod sample;
+pub mod shots;
+
+pub use code::{Basis, MemoryExperiment};
+pub use error::BridgeError;
+pub use formats::{BitLabels, ResultFormat};
+pub use layout::StabilizerLayout;
+pub use noise::NoiseModel;
+pub use shots::{PackedShots, ShotId};

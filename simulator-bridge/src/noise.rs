@@ -1,0 +1,533 @@
+//! Circuit-level noise models, applied moment by moment to a noiseless circuit.
+//!
+//! qecd applies its own noise rather than the `stim` crate's presets: that
+//! crate's `Si1000` gives a qubit waiting through a measurement or reset moment
+//! only the ordinary idle rate p/10, whereas SI1000 (Gidney, Newman, Fowler &
+//! Broughton, arXiv:2108.10457) gives it an extra DEPOLARIZE1(2p), its
+//! dominant error. The rules follow the paper's reference implementation:
+//!
+//! | operation | SI1000(p) | uniform depolarizing(p) |
+//! |---|---|---|
+//! | two-qubit Clifford | DEPOLARIZE2(p) after | DEPOLARIZE2(p) after |
+//! | one-qubit Clifford | DEPOLARIZE1(p/10) after | DEPOLARIZE1(p) after |
+//! | reset | X_ERROR(2p) after (Z_ERROR for RX) | flip p after |
+//! | measurement | X_ERROR(5p) before (Z_ERROR for MX) | flip p before |
+//! | qubit untouched in a moment | DEPOLARIZE1(p/10) | DEPOLARIZE1(p) |
+//! | qubit not measured or reset in a moment that measures or resets | DEPOLARIZE1(2p), in addition | — |
+//!
+//! A moment is the span between two `TICK`s. A `REPEAT` block is noised as a
+//! circuit of its own, so the structure (and the file size of a long
+//! experiment) is preserved.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::error::BridgeError;
+
+/// A circuit-level noise model with strength `p`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NoiseModel {
+    /// Every operation and idle moment fails with probability p.
+    UniformDepolarizing {
+        /// Physical error rate.
+        p: f64,
+    },
+    /// Superconducting-inspired SI1000(p).
+    Si1000 {
+        /// Physical error rate.
+        p: f64,
+    },
+}
+
+/// Channel strengths derived from a model.
+#[derive(Clone, Copy, Debug)]
+struct Rates {
+    clifford1: f64,
+    clifford2: f64,
+    reset_flip: f64,
+    measure_flip: f64,
+    idle: f64,
+    measure_reset_idle: f64,
+}
+
+impl NoiseModel {
+    /// Builds a model by name (`si1000`, or `depolarizing` / `uniform`).
+    pub fn from_name(name: &str, p: f64) -> Result<Self, BridgeError> {
+        if !(0.0..=0.5).contains(&p) {
+            return Err(BridgeError::invalid("p", format!("{p} is outside [0, 0.5]")));
+        }
+        let model = match name.to_ascii_lowercase().as_str() {
+            "si1000" => NoiseModel::Si1000 { p },
+            "depolarizing" | "uniform" | "uniform_depolarizing" => NoiseModel::UniformDepolarizing { p },
+            _ => {
+                return Err(BridgeError::invalid(
+                    "noise",
+                    format!("unknown noise model '{name}' (expected si1000 or depolarizing)"),
+                ));
+            }
+        };
+        let r = model.rates();
+        let worst = [r.reset_flip, r.measure_flip].into_iter().fold(0.0, f64::max);
+        if worst > 0.5 || r.idle + r.measure_reset_idle > 0.75 {
+            return Err(BridgeError::invalid(
+                "p",
+                format!("{p} is too large for {name}: its measurement flip would be {worst}"),
+            ));
+        }
+        Ok(model)
+    }
+
+    /// The model's name as used on the command line and in sweep metadata.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NoiseModel::UniformDepolarizing { .. } => "depolarizing",
+            NoiseModel::Si1000 { .. } => "si1000",
+        }
+    }
+
+    /// Physical error rate p.
+    pub fn p(&self) -> f64 {
+        match *self {
+            NoiseModel::UniformDepolarizing { p } | NoiseModel::Si1000 { p } => p,
+        }
+    }
+
+    fn rates(&self) -> Rates {
+        match *self {
+            NoiseModel::UniformDepolarizing { p } => Rates {
+                clifford1: p,
+                clifford2: p,
+                reset_flip: p,
+                measure_flip: p,
+                idle: p,
+                measure_reset_idle: 0.0,
+            },
+            NoiseModel::Si1000 { p } => Rates {
+                clifford1: p / 10.0,
+                clifford2: p,
+                reset_flip: 2.0 * p,
+                measure_flip: 5.0 * p,
+                idle: p / 10.0,
+                measure_reset_idle: 2.0 * p,
+            },
+        }
+    }
+
+    /// Returns `ideal` with this model's noise inserted.
+    pub fn apply(&self, ideal: &stim::Circuit) -> Result<stim::Circuit, BridgeError> {
+        let text = self.apply_to_text(&ideal.to_string())?;
+        Ok(text.parse::<stim::Circuit>()?)
+    }
+
+    /// Inserts noise into the text of a noiseless Stim circuit.
+    pub fn apply_to_text(&self, ideal: &str) -> Result<String, BridgeError> {
+        let lines: Vec<&str> = ideal.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let qubits = all_qubits(&lines)?;
+        let mut out = Vec::new();
+        let mut moment = Moment::default();
+        noisy_lines(&lines, &mut moment, &qubits, self.rates(), &mut out)?;
+        moment.flush(&qubits, self.rates(), &mut out);
+        let mut text = out.join("\n");
+        text.push('\n');
+        Ok(text)
+    }
+}
+
+impl fmt::Display for NoiseModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.name(), self.p())
+    }
+}
+
+/// How an instruction is treated by the noise model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Annotation,
+    Clifford1,
+    Clifford2,
+    /// A reset; the flip channel is X_ERROR unless the reset is in the X basis.
+    Reset { x_basis: bool },
+    Measure { x_basis: bool },
+    MeasureReset { x_basis: bool },
+}
+
+fn classify(name: &str) -> Result<Kind, BridgeError> {
+    const ANNOTATIONS: &[&str] =
+        &["DETECTOR", "OBSERVABLE_INCLUDE", "SHIFT_COORDS", "QUBIT_COORDS", "MPAD"];
+    const CLIFFORD1: &[&str] = &[
+        "I", "X", "Y", "Z", "H", "H_XY", "H_XZ", "H_YZ", "S", "S_DAG", "SQRT_X", "SQRT_X_DAG",
+        "SQRT_Y", "SQRT_Y_DAG", "SQRT_Z", "SQRT_Z_DAG", "C_XYZ", "C_ZYX",
+    ];
+    const CLIFFORD2: &[&str] = &[
+        "CX", "CNOT", "CY", "CZ", "XCX", "XCY", "XCZ", "YCX", "YCY", "YCZ", "ZCX", "ZCY", "ZCZ",
+        "SWAP", "ISWAP", "ISWAP_DAG", "CXSWAP", "SWAPCX", "CZSWAP", "SQRT_XX", "SQRT_XX_DAG",
+        "SQRT_YY", "SQRT_YY_DAG", "SQRT_ZZ", "SQRT_ZZ_DAG",
+    ];
+    Ok(match name {
+        n if ANNOTATIONS.contains(&n) => Kind::Annotation,
+        n if CLIFFORD1.contains(&n) => Kind::Clifford1,
+        n if CLIFFORD2.contains(&n) => Kind::Clifford2,
+        "R" | "RZ" | "RY" => Kind::Reset { x_basis: false },
+        "RX" => Kind::Reset { x_basis: true },
+        "M" | "MZ" | "MY" => Kind::Measure { x_basis: false },
+        "MX" => Kind::Measure { x_basis: true },
+        "MR" | "MRZ" | "MRY" => Kind::MeasureReset { x_basis: false },
+        "MRX" => Kind::MeasureReset { x_basis: true },
+        _ => {
+            return Err(BridgeError::Circuit(format!(
+                "the noise models cannot place noise on '{name}': the circuit must be noiseless \
+                 and use only one- and two-qubit Cliffords, resets and single-qubit measurements"
+            )));
+        }
+    })
+}
+
+/// Splits `NAME(args) targets...` into its parts (arguments may contain spaces).
+fn split_instruction(line: &str) -> (&str, Option<&str>, Vec<&str>) {
+    let name_end = line.find(|c: char| c == '(' || c.is_whitespace()).unwrap_or(line.len());
+    let name = &line[..name_end];
+    let rest = &line[name_end..];
+    let (args, targets) = match rest.strip_prefix('(') {
+        Some(inner) => match inner.find(')') {
+            Some(close) => (Some(&rest[..close + 2]), &inner[close + 1..]),
+            None => (Some(rest), ""),
+        },
+        None => (None, rest),
+    };
+    (name, args, targets.split_whitespace().collect())
+}
+
+fn qubit_targets(line: &str, targets: &[&str]) -> Result<Vec<u32>, BridgeError> {
+    targets
+        .iter()
+        .map(|t| {
+            t.parse::<u32>().map_err(|_| {
+                BridgeError::Circuit(format!("unsupported target '{t}' in '{line}' (noise needs plain qubit targets)"))
+            })
+        })
+        .collect()
+}
+
+/// Every qubit the circuit declares or touches.
+fn all_qubits(lines: &[&str]) -> Result<BTreeSet<u32>, BridgeError> {
+    let mut qubits = BTreeSet::new();
+    for line in lines {
+        if line.starts_with("REPEAT") || *line == "}" || *line == "TICK" {
+            continue;
+        }
+        let (name, _, targets) = split_instruction(line);
+        if name == "QUBIT_COORDS" || !matches!(classify(name)?, Kind::Annotation) {
+            qubits.extend(qubit_targets(line, &targets)?);
+        }
+    }
+    Ok(qubits)
+}
+
+/// The instructions of one moment, with the noise gathered for it.
+#[derive(Default)]
+struct Moment {
+    /// Noise placed before the moment's operations (measurement flips).
+    pre: Vec<String>,
+    /// The moment's own instructions, unchanged.
+    mid: Vec<String>,
+    /// Noise placed after the moment's operations.
+    post: Vec<String>,
+    /// Qubits touched by any operation.
+    used: BTreeSet<u32>,
+    /// Qubits measured or reset.
+    collapsed: BTreeSet<u32>,
+}
+
+impl Moment {
+    fn flush(&mut self, qubits: &BTreeSet<u32>, rates: Rates, out: &mut Vec<String>) {
+        if self.used.is_empty() && self.mid.is_empty() {
+            return;
+        }
+        if !self.used.is_empty() {
+            let idle: Vec<u32> = qubits.difference(&self.used).copied().collect();
+            push_channel(&mut self.post, "DEPOLARIZE1", rates.idle, &idle);
+        }
+        if !self.collapsed.is_empty() {
+            let waiting: Vec<u32> = qubits.difference(&self.collapsed).copied().collect();
+            push_channel(&mut self.post, "DEPOLARIZE1", rates.measure_reset_idle, &waiting);
+        }
+        out.append(&mut self.pre);
+        out.append(&mut self.mid);
+        out.append(&mut self.post);
+        self.used.clear();
+        self.collapsed.clear();
+    }
+}
+
+fn push_channel(into: &mut Vec<String>, channel: &str, p: f64, qubits: &[u32]) {
+    if p <= 0.0 || qubits.is_empty() {
+        return;
+    }
+    let targets: Vec<String> = qubits.iter().map(u32::to_string).collect();
+    into.push(format!("{channel}({}) {}", format_probability(p), targets.join(" ")));
+}
+
+/// Prints a probability without floating-point residue (`5 * 0.003` prints as 0.015).
+pub fn format_probability(p: f64) -> String {
+    let rounded: f64 = format!("{p:.12e}").parse().expect("a formatted float parses");
+    format!("{rounded}")
+}
+
+/// Noises `lines` into `out`, continuing `moment`.
+///
+/// A `REPEAT n` block becomes `REPEAT n-1` (noised on its own, since its body
+/// starts a fresh moment each iteration) followed by one inlined copy of the
+/// body. The inlined copy's last moment then merges with whatever follows
+/// the block without a `TICK`, as the circuit says it should: in Stim's
+/// memory circuits the final data measurement shares its moment with the
+/// last ancilla measurement, whatever the number of rounds.
+fn noisy_lines(
+    lines: &[&str],
+    moment: &mut Moment,
+    qubits: &BTreeSet<u32>,
+    rates: Rates,
+    out: &mut Vec<String>,
+) -> Result<(), BridgeError> {
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        if line == "}" {
+            return Err(BridgeError::Circuit("unbalanced '}' in circuit".to_string()));
+        }
+        if let Some(rest) = line.strip_prefix("REPEAT") {
+            let count: u64 = rest
+                .trim()
+                .trim_end_matches('{')
+                .trim()
+                .parse()
+                .map_err(|_| BridgeError::Circuit(format!("cannot read repeat count in '{line}'")))?;
+            let close = matching_brace(lines, i)?;
+            let body = &lines[i..close];
+            i = close + 1;
+            if count == 0 {
+                continue;
+            }
+            moment.flush(qubits, rates, out);
+            if count > 1 {
+                let mut inner = Moment::default();
+                let mut noisy_body = Vec::new();
+                noisy_lines(body, &mut inner, qubits, rates, &mut noisy_body)?;
+                inner.flush(qubits, rates, &mut noisy_body);
+                out.push(format!("REPEAT {} {{", count - 1));
+                out.extend(noisy_body.into_iter().map(|l| format!("    {l}")));
+                out.push("}".to_string());
+            }
+            noisy_lines(body, moment, qubits, rates, out)?;
+            continue;
+        }
+        if line == "TICK" {
+            moment.flush(qubits, rates, out);
+            out.push("TICK".to_string());
+            continue;
+        }
+        let (name, args, targets) = split_instruction(line);
+        let kind = classify(name)?;
+        if kind == Kind::Annotation {
+            moment.mid.push(line.to_string());
+            continue;
+        }
+        if args.is_some() {
+            return Err(BridgeError::Circuit(format!(
+                "'{line}' already carries noise; apply a noise model to a noiseless circuit"
+            )));
+        }
+        let touched = qubit_targets(line, &targets)?;
+        if let Some(q) = touched.iter().find(|q| moment.used.contains(q)) {
+            return Err(BridgeError::Circuit(format!(
+                "qubit {q} is used twice in one moment (at '{line}'); insert a TICK"
+            )));
+        }
+        moment.used.extend(touched.iter().copied());
+        let flip = |x_basis: bool| if x_basis { "Z_ERROR" } else { "X_ERROR" };
+        match kind {
+            Kind::Annotation => unreachable!("handled above"),
+            Kind::Clifford1 => push_channel(&mut moment.post, "DEPOLARIZE1", rates.clifford1, &touched),
+            Kind::Clifford2 => {
+                if touched.len() % 2 != 0 {
+                    return Err(BridgeError::Circuit(format!("odd number of targets in '{line}'")));
+                }
+                push_channel(&mut moment.post, "DEPOLARIZE2", rates.clifford2, &touched);
+            }
+            Kind::Reset { x_basis } => {
+                moment.collapsed.extend(touched.iter().copied());
+                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip, &touched);
+            }
+            Kind::Measure { x_basis } => {
+                moment.collapsed.extend(touched.iter().copied());
+                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip, &touched);
+            }
+            Kind::MeasureReset { x_basis } => {
+                moment.collapsed.extend(touched.iter().copied());
+                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip, &touched);
+                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip, &touched);
+            }
+        }
+        moment.mid.push(line.to_string());
+    }
+    Ok(())
+}
+
+/// Index of the `}` closing a block whose body starts at `start`.
+fn matching_brace(lines: &[&str], start: usize) -> Result<usize, BridgeError> {
+    let mut depth = 0usize;
+    for (k, line) in lines.iter().enumerate().skip(start) {
+        if line.starts_with("REPEAT") {
+            depth += 1;
+        } else if *line == "}" {
+            if depth == 0 {
+                return Ok(k);
+            }
+            depth -= 1;
+        }
+    }
+    Err(BridgeError::Circuit("REPEAT block without its closing '}'".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::code::{Basis, MemoryExperiment};
+
+    const P: f64 = 0.001;
+
+    fn si1000_d3() -> Vec<String> {
+        let ideal = MemoryExperiment::new(3, 3, Basis::Z).unwrap().ideal_circuit().unwrap();
+        let noisy = NoiseModel::Si1000 { p: P }.apply_to_text(&ideal.to_string()).unwrap();
+        noisy.lines().map(|l| l.trim().to_string()).collect()
+    }
+
+    /// The first round of a d=3 memory-Z circuit, line by line: every
+    /// operation, its channel and its strength.
+    #[test]
+    fn si1000_first_round_line_by_line() {
+        let lines = si1000_d3();
+        let data = "1 3 5 8 10 12 15 17 19";
+        let expected = [
+            "R 1 3 5 8 10 12 15 17 19 2 9 11 13 14 16 18 25",
+            "X_ERROR(0.002) 1 3 5 8 10 12 15 17 19 2 9 11 13 14 16 18 25",
+            "TICK",
+            "H 2 11 16 25",
+            "DEPOLARIZE1(0.0001) 2 11 16 25",
+            "DEPOLARIZE1(0.0001) 1 3 5 8 9 10 12 13 14 15 17 18 19",
+            "TICK",
+            "CX 2 3 16 17 11 12 15 14 10 9 19 18",
+            "DEPOLARIZE2(0.001) 2 3 16 17 11 12 15 14 10 9 19 18",
+            "DEPOLARIZE1(0.0001) 1 5 8 13 25",
+            "TICK",
+            "CX 2 1 16 15 11 10 8 14 3 9 12 18",
+            "DEPOLARIZE2(0.001) 2 1 16 15 11 10 8 14 3 9 12 18",
+            "DEPOLARIZE1(0.0001) 5 13 17 19 25",
+            "TICK",
+            "CX 16 10 11 5 25 19 8 9 17 18 12 13",
+            "DEPOLARIZE2(0.001) 16 10 11 5 25 19 8 9 17 18 12 13",
+            "DEPOLARIZE1(0.0001) 1 2 3 14 15",
+            "TICK",
+            "CX 16 8 11 3 25 17 1 9 10 18 5 13",
+            "DEPOLARIZE2(0.001) 16 8 11 3 25 17 1 9 10 18 5 13",
+            "DEPOLARIZE1(0.0001) 2 12 14 15 19",
+            "TICK",
+            "H 2 11 16 25",
+            "DEPOLARIZE1(0.0001) 2 11 16 25",
+            "DEPOLARIZE1(0.0001) 1 3 5 8 9 10 12 13 14 15 17 18 19",
+            "TICK",
+            "X_ERROR(0.005) 2 9 11 13 14 16 18 25",
+            "MR 2 9 11 13 14 16 18 25",
+        ];
+        let start = lines.iter().position(|l| l.starts_with("R ")).unwrap();
+        assert_eq!(&lines[start..start + expected.len()], &expected[..]);
+        // The measure/reset moment: detectors, then the reset flip, the idle
+        // term and the 2p term on the waiting data qubits.
+        let after: Vec<&String> = lines[start + expected.len()..]
+            .iter()
+            .skip_while(|l| l.starts_with("DETECTOR"))
+            .take(3)
+            .collect();
+        assert_eq!(after[0], "X_ERROR(0.002) 2 9 11 13 14 16 18 25");
+        assert_eq!(after[1], &format!("DEPOLARIZE1(0.0001) {data}"));
+        assert_eq!(after[2], &format!("DEPOLARIZE1(0.002) {data}"));
+    }
+
+    /// Every measure/reset moment, including the one inside the REPEAT
+    /// block, gives the waiting data qubits the 2p term. In the last round
+    /// the data qubits are measured in the same moment as the ancillas, so
+    /// nobody waits there.
+    #[test]
+    fn si1000_gives_waiting_qubits_2p_in_every_measure_moment() {
+        let lines = si1000_d3();
+        assert!(lines.iter().any(|l| l == "REPEAT 1 {"));
+        let mr_moments = lines.iter().filter(|l| l.starts_with("MR ")).count();
+        let waiting_terms = lines.iter().filter(|l| l.starts_with("DEPOLARIZE1(0.002) ")).count();
+        assert_eq!(mr_moments, 3);
+        assert_eq!(waiting_terms, 2);
+        let final_m = lines.iter().position(|l| l.starts_with("M 1 3 5")).unwrap();
+        let last_tick = lines[..final_m].iter().rposition(|l| l == "TICK").unwrap();
+        let last_moment = &lines[last_tick + 1..final_m];
+        assert_eq!(last_moment[0], "X_ERROR(0.005) 2 9 11 13 14 16 18 25");
+        assert_eq!(last_moment[1], "X_ERROR(0.005) 1 3 5 8 10 12 15 17 19");
+        assert_eq!(last_moment[2], "MR 2 9 11 13 14 16 18 25");
+    }
+
+    /// Two rounds (which Stim writes without a REPEAT) and three rounds (with
+    /// one) give the same noise per round.
+    #[test]
+    fn repeat_blocks_do_not_change_the_noise() {
+        let model = NoiseModel::Si1000 { p: P };
+        let dem = |r: usize| {
+            let ideal = MemoryExperiment::new(3, r, Basis::Z).unwrap().ideal_circuit().unwrap();
+            model.apply(&ideal).unwrap().flattened().to_string()
+        };
+        let unrolled = |text: String| text.lines().filter(|l| l.contains("DEPOLARIZE1(0.002)")).count();
+        assert_eq!(unrolled(dem(2)), 1);
+        assert_eq!(unrolled(dem(3)), 2);
+        assert_eq!(unrolled(dem(9)), 8);
+    }
+
+    /// The stim crate's preset gives the waiting data qubits only p/10: the
+    /// reason qecd carries its own model.
+    #[test]
+    fn stim_crate_si1000_preset_lacks_the_2p_waiting_term() {
+        let ideal = MemoryExperiment::new(3, 2, Basis::Z).unwrap().ideal_circuit().unwrap();
+        let preset = ideal.with_noise(stim::noise::Si1000::new(P).unwrap()).unwrap().flattened().to_string();
+        let ours = NoiseModel::Si1000 { p: P }.apply(&ideal).unwrap().flattened().to_string();
+        let has_data_2p = |text: &str| {
+            text.lines().any(|l| l.trim().starts_with("DEPOLARIZE1(0.002)") && l.contains(" 1 3 5 8 10 12 15 17 19"))
+        };
+        assert!(has_data_2p(&ours));
+        assert!(!has_data_2p(&preset), "the stim crate's preset now includes the 2p term:\n{preset}");
+        // And the difference matters: ours has a strictly larger detector error model.
+        let dem = |t: &str| t.parse::<stim::Circuit>().unwrap().detector_error_model().unwrap().to_string();
+        assert_ne!(dem(&ours), dem(&preset));
+    }
+
+    #[test]
+    fn noise_keeps_detectors_and_structure() {
+        let ideal = MemoryExperiment::new(5, 10, Basis::X).unwrap().ideal_circuit().unwrap();
+        for model in [NoiseModel::Si1000 { p: 0.003 }, NoiseModel::UniformDepolarizing { p: 0.003 }] {
+            let noisy = model.apply(&ideal).unwrap();
+            assert_eq!(noisy.num_detectors(), ideal.num_detectors());
+            assert_eq!(noisy.num_measurements(), ideal.num_measurements());
+            assert!(noisy.to_string().contains("REPEAT 8 {"));
+            // A noiseless reference sample still satisfies every detector.
+            assert!(noisy.detector_error_model().is_ok());
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected() {
+        assert!(NoiseModel::from_name("si1000", 0.6).unwrap_err().to_string().contains("outside [0, 0.5]"));
+        assert!(NoiseModel::from_name("si1000", -0.1).is_err());
+        assert!(NoiseModel::from_name("si1000", 0.2).unwrap_err().to_string().contains("too large"));
+        assert!(NoiseModel::from_name("foo", 0.1).unwrap_err().to_string().contains("unknown noise model"));
+        let err = NoiseModel::Si1000 { p: P }.apply_to_text("H 0\nX_ERROR(0.1) 0\nM 0\n").unwrap_err();
+        assert!(err.to_string().contains("X_ERROR"), "{err}");
+        let err = NoiseModel::Si1000 { p: P }.apply_to_text("H 0\nM(0.1) 0\n").unwrap_err();
+        assert!(err.to_string().contains("already carries noise"), "{err}");
+        assert_eq!(format_probability(5.0 * 0.003), "0.015");
+    }
+}
