@@ -1,2 +1,117 @@
 //! qecd decoders.
+//!
+//! Every decoder implements one batch trait, [`Decoder`]: bit-packed detection
+//! events in, predicted observable flips and a per-shot confidence out. The
+//! sweep, the CLI and the benches are generic over it. This crate holds the
+//! matching decoders (PyMatching, uncorrelated and two-pass correlated), the
+//! calibration that turns a matching weight gap into a probability, and the
+//! logical-error-rate statistics.
+//!
+//! It reads syndromes through `simulator-bridge` and never touches tch or tonic.
 #![deny(missing_docs)]
+
+pub mod confidence;
+pub mod matching;
+pub mod parallel;
+pub mod stats;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use confidence::GapCalibration;
+pub use matching::MatchingDecoder;
+pub use parallel::decode_parallel;
+pub use simulator_bridge::PackedShots;
+
+/// What a decoder says about a batch of shots.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decisions {
+    /// Predicted observable flips, one row of `num_observables` bits per shot.
+    pub predictions: PackedShots,
+    /// Probability that each shot's prediction is right, when the decoder was
+    /// asked for one.
+    pub confidence: Option<Vec<f64>>,
+}
+
+/// A batch decoder.
+pub trait Decoder {
+    /// Short name, as used on the command line and in sweep CSVs.
+    fn name(&self) -> &str;
+    /// Detection-event bits per shot that the decoder expects.
+    fn num_detectors(&self) -> usize;
+    /// Observables it predicts.
+    fn num_observables(&self) -> usize;
+    /// Decodes a batch of shots.
+    fn decode_batch(&mut self, detection_events: &PackedShots) -> Result<Decisions, DecodeError>;
+}
+
+/// The decoders qecd can build by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecoderKind {
+    /// PyMatching, uncorrelated.
+    Matching,
+    /// PyMatching's two-pass correlated matching.
+    Correlated,
+}
+
+impl DecoderKind {
+    /// All kinds, in the order they are listed to users.
+    pub const ALL: [DecoderKind; 2] = [DecoderKind::Matching, DecoderKind::Correlated];
+
+    /// The name used on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DecoderKind::Matching => "matching",
+            DecoderKind::Correlated => "correlated",
+        }
+    }
+}
+
+impl FromStr for DecoderKind {
+    type Err = DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DecoderKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            DecodeError::Invalid(format!("unknown decoder '{s}' (expected matching or correlated)"))
+        })
+    }
+}
+
+impl fmt::Display for DecoderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why decoding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The input does not fit the decoder.
+    #[error("{0}")]
+    Invalid(String),
+    /// PyMatching reported an error.
+    #[error("pymatching: {0}")]
+    Matching(String),
+    /// Stim reported an error.
+    #[error("stim: {0}")]
+    Stim(String),
+    /// The syndrome source failed.
+    #[error(transparent)]
+    Bridge(#[from] simulator_bridge::BridgeError),
+}
+
+impl From<pymatching::MatchingError> for DecodeError {
+    fn from(e: pymatching::MatchingError) -> Self {
+        DecodeError::Matching(e.to_string())
+    }
+}
+
+impl From<stim::StimError> for DecodeError {
+    fn from(e: stim::StimError) -> Self {
+        DecodeError::Stim(e.to_string())
+    }
+}
+
+/// Number of shots whose predicted observables differ from the actual ones.
+pub fn count_errors(predictions: &PackedShots, actual: &PackedShots) -> usize {
+    predictions.count_row_mismatches(actual)
+}
