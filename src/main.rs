@@ -1,1 +1,80 @@
-fn main() {}
+//! `qecd`: the command line of the qecd decoder service.
+//!
+//! Every subcommand prints a one-line error and exits with status 2 when its
+//! input is bad; no output file is left half-written.
+
+mod cmd;
+mod outputs;
+mod plot;
+mod sinter_csv;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Real-time quantum error-correction decoding: sample, decode, sweep and plot
+/// surface-code memory experiments.
+#[derive(Parser)]
+#[command(name = "qecd", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a small built-in sweep (d=3,5, SI1000 p=0.003) and print its table.
+    Demo(cmd::demo::DemoArgs),
+    /// Sample detection events and observable flips from a surface-code circuit.
+    Sample(cmd::sample::SampleArgs),
+    /// Decode detection events into predicted observable flips.
+    Predict(cmd::predict::PredictArgs),
+    /// Measure logical error rates over distances, noise strengths and decoders (sinter CSV).
+    Sweep(cmd::sweep::SweepArgs),
+    /// Plot a sweep's LER per round against distance.
+    Plot(PlotArgs),
+}
+
+/// Arguments of `qecd plot`.
+#[derive(Args)]
+struct PlotArgs {
+    /// Sweep CSV files (sinter format); repeat or comma-separate for several.
+    #[arg(long = "in", required = true, value_delimiter = ',')]
+    inputs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn run_plot(args: &PlotArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut rows = Vec::new();
+    for path in &args.inputs {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        rows.extend(sinter_csv::parse_csv(&text).with_context(|| format!("{}", path.display()))?);
+    }
+    let cases = sinter_csv::aggregate(&rows);
+    anyhow::ensure!(!cases.is_empty(), "no statistics in {:?}", args.inputs);
+    plot::plot_ler(&cases, &args.out)?;
+    eprintln!("wrote {} ({} cases)", args.out.display(), cases.len());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Sample(args) => cmd::sample::run(args),
+        Command::Predict(args) => cmd::predict::run(args),
+        Command::Sweep(args) => cmd::sweep::run(args),
+        Command::Plot(args) => run_plot(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `qecd predict`: decode detection events into observable-flip predictions.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Args};
+use decoder::{DecoderKind, MatchingDecoder, decode_parallel};
+use simulator_bridge::formats::{read_shots_file, write_shots};
+use simulator_bridge::{BitLabels, ResultFormat};
+
+use crate::outputs::Staged;
+
+/// Held-out shots drawn from the DEM to calibrate the gap confidence.
+const CALIBRATION_SHOTS: usize = 20_000;
+/// Seed of the held-out calibration shots (never used for data).
+const CALIBRATION_SEED: u64 = 0x6361_6c69_6272_6174;
+
+/// Arguments of `qecd predict`; the flags follow `pymatching predict`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("model").required(true).args(["dem", "circuit"])))]
+pub struct PredictArgs {
+    /// Detector error model to decode with.
+    #[arg(long)]
+    pub dem: Option<PathBuf>,
+    /// Circuit whose detector error model to decode with.
+    #[arg(long)]
+    pub circuit: Option<PathBuf>,
+    /// Detection events to decode.
+    #[arg(long = "in", alias = "in_file")]
+    pub input: PathBuf,
+    /// Format of --in: 01, b8, r8, ptb64, hits or dets.
+    #[arg(long, alias = "in_format", default_value = "b8")]
+    pub in_format: String,
+    /// Where to write predicted observable flips.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Format of --out.
+    #[arg(long, alias = "out_format", default_value = "01")]
+    pub out_format: String,
+    /// matching or correlated.
+    #[arg(long, default_value = "correlated")]
+    pub decoder: String,
+    /// Also write each shot's calibrated confidence, one number per line.
+    #[arg(long, alias = "confidence_out")]
+    pub confidence_out: Option<PathBuf>,
+    /// Actual observable flips, to count mistakes.
+    #[arg(long, alias = "obs_in")]
+    pub obs_in: Option<PathBuf>,
+    /// Format of --obs-in.
+    #[arg(long, alias = "obs_in_format", default_value = "01")]
+    pub obs_in_format: String,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Runs `qecd predict`.
+pub fn run(args: &PredictArgs) -> Result<()> {
+    let in_format: ResultFormat = args.in_format.parse()?;
+    let out_format: ResultFormat = args.out_format.parse()?;
+    let obs_format: ResultFormat = args.obs_in_format.parse()?;
+    let kind: DecoderKind = args.decoder.parse()?;
+    let dem = match (&args.dem, &args.circuit) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            text.parse::<stim::DetectorErrorModel>()
+                .map_err(|e| anyhow::anyhow!("{}: not a detector error model: {e}", path.display()))?
+        }
+        (None, Some(path)) => super::decoding_dem(&super::read_circuit(path)?)?,
+        (None, None) => unreachable!("clap requires --dem or --circuit"),
+    };
+    let num_detectors = dem.num_detectors() as usize;
+    let num_observables = dem.num_observables() as usize;
+    let events = read_shots_file(&args.input, in_format, BitLabels::detectors(num_detectors))
+        .with_context(|| format!("reading detection events for a model with {num_detectors} detectors"))?;
+    let actual = args
+        .obs_in
+        .as_ref()
+        .map(|p| read_shots_file(p, obs_format, BitLabels::observables(num_observables)))
+        .transpose()?;
+    if let Some(actual) = &actual {
+        if actual.num_shots() != events.num_shots() {
+            bail!("--in holds {} shots but --obs-in holds {}", events.num_shots(), actual.num_shots());
+        }
+    }
+    if out_format == ResultFormat::Ptb64 && events.num_shots() % 64 != 0 {
+        bail!("ptb64 output needs a multiple of 64 shots; the input has {}", events.num_shots());
+    }
+    let mut stage = Staged::default();
+    let out = stage.add(&args.out)?;
+    let confidence_out = stage.add_optional(args.confidence_out.as_deref())?;
+
+    let calibration = match confidence_out {
+        Some(_) => {
+            let probe = MatchingDecoder::from_dem(&dem, kind)?;
+            let fit = probe.fit_calibration(&dem, CALIBRATION_SHOTS, CALIBRATION_SEED)?;
+            eprintln!(
+                "confidence: P(right) = sigmoid({:.4} * gap + {:.4}), fitted on {CALIBRATION_SHOTS} held-out shots from the DEM",
+                fit.slope, fit.intercept
+            );
+            Some(fit)
+        }
+        None => None,
+    };
+    let dem_text = dem.to_string();
+    let make = || {
+        let d = MatchingDecoder::from_dem_text(&dem_text, kind)?;
+        Ok(match calibration {
+            Some(c) => d.with_confidence(c),
+            None => d,
+        })
+    };
+    let decisions = decode_parallel(make, &events, args.threads)?;
+    write_shots(&mut stage.writer(out)?, &decisions.predictions, out_format, BitLabels::observables(num_observables))?;
+    if let (Some(o), Some(confidence)) = (confidence_out, &decisions.confidence) {
+        let mut w = stage.writer(o)?;
+        for c in confidence {
+            writeln!(w, "{c:.6}")?;
+        }
+        w.flush()?;
+    }
+    stage.commit()?;
+    match &actual {
+        Some(actual) => {
+            let errors = decoder::count_errors(&decisions.predictions, actual);
+            println!("{errors} of {} shots decoded wrongly ({:.4}%)", events.num_shots(), 100.0 * errors as f64 / events.num_shots().max(1) as f64);
+        }
+        None => eprintln!("decoded {} shots with {kind}", events.num_shots()),
+    }
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! `qecd sweep`: logical error rates over decoders, distances and noise
+//! strengths, written as sinter CSV.
+//!
+//! Each case (decoder, distance, rounds, basis, noise, p) is sampled and
+//! decoded in batches until it reaches `--max-errors` or `--max-shots`. Every
+//! finished batch is appended to the CSV at once, so an interrupted sweep
+//! loses at most the batches in flight, and running the same command again
+//! resumes it: the counts already in the file are subtracted from the budget.
+//! Batch seeds mix `--seed`, the case's strong id, how many lines the case
+//! already had when this run started, and the batch index, so a resumed run
+//! never reuses the shots of a recorded batch.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
+use decoder::{Decoder, DecoderKind, MatchingDecoder};
+use indicatif::ProgressBar;
+use sha2::{Digest, Sha256};
+use simulator_bridge::sample::{derive_seed, resolve_threads};
+use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots};
+
+use crate::sinter_csv::{self, CSV_HEADER, StatsRow};
+
+/// Arguments of `qecd sweep`.
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Decoders to compare: matching, correlated.
+    #[arg(long, value_delimiter = ',', default_value = "matching,correlated")]
+    pub decoders: Vec<String>,
+    /// Code distances.
+    #[arg(long, value_delimiter = ',', default_value = "3,5,7")]
+    pub distances: Vec<usize>,
+    /// Rounds per experiment: `d` (the distance) or a list of numbers.
+    #[arg(long, value_delimiter = ',', default_value = "d")]
+    pub rounds: Vec<String>,
+    /// Memory basis: x or z.
+    #[arg(long, default_value = "z")]
+    pub basis: Basis,
+    /// Noise model: si1000 or depolarizing.
+    #[arg(long, default_value = "si1000")]
+    pub noise: String,
+    /// Physical error rates.
+    #[arg(long, value_delimiter = ',', default_value = "0.003")]
+    pub p: Vec<f64>,
+    /// Stop a case after this many shots.
+    #[arg(long, alias = "max_shots", default_value_t = 100_000)]
+    pub max_shots: u64,
+    /// Stop a case after this many logical errors.
+    #[arg(long, alias = "max_errors", default_value_t = 1_000)]
+    pub max_errors: u64,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Append statistics to this sinter CSV (resuming the cases already in it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run only shard i of n (cases whose index is i mod n), e.g. 0/4.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Base seed (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// One case of a sweep, ready to run.
+pub struct Case {
+    /// Decoder under test.
+    pub decoder: DecoderKind,
+    /// The code and its rounds.
+    pub experiment: MemoryExperiment,
+    /// The noise.
+    pub noise: NoiseModel,
+    /// The noisy circuit's text.
+    pub circuit_text: String,
+    /// The decoding DEM's text.
+    pub dem_text: String,
+    /// sinter's json_metadata.
+    pub metadata: serde_json::Value,
+    /// sha256 over circuit, decoder, DEM and metadata, as sinter's strong id.
+    pub strong_id: String,
+}
+
+impl Case {
+    /// Builds the circuit and DEM of a case.
+    pub fn build(decoder: DecoderKind, experiment: MemoryExperiment, noise: NoiseModel) -> Result<Self> {
+        let circuit = experiment.noisy_circuit(&noise)?;
+        let dem = super::decoding_dem(&circuit)?;
+        let metadata = serde_json::json!({
+            "basis": experiment.basis.to_string(),
+            "d": experiment.distance,
+            "decoder": decoder.name(),
+            "noise": noise.name(),
+            "p": noise.p(),
+            "r": experiment.rounds,
+        });
+        let circuit_text = circuit.to_string();
+        let dem_text = dem.to_string();
+        let identity = serde_json::json!({
+            "circuit": circuit_text,
+            "decoder": decoder.name(),
+            "decoder_error_model": dem_text,
+            "postselection_mask": null,
+            "json_metadata": metadata,
+        });
+        let strong_id = format!("{:x}", Sha256::digest(identity.to_string().as_bytes()));
+        Ok(Self { decoder, experiment, noise, circuit_text, dem_text, metadata, strong_id })
+    }
+
+    /// A short label for progress messages.
+    pub fn label(&self) -> String {
+        format!("{} d={} r={} p={}", self.decoder, self.experiment.distance, self.experiment.rounds, self.noise.p())
+    }
+}
+
+/// Per-case budget.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Stop after this many shots.
+    pub max_shots: u64,
+    /// Stop after this many errors.
+    pub max_errors: u64,
+}
+
+/// Shared accounting of one case's batches.
+struct Ledger {
+    done: ErrorCount,
+    claimed: u64,
+    next_batch: u64,
+}
+
+/// Runs one case until its budget is spent, calling `record` with every
+/// finished batch. `prior` holds what earlier runs recorded; `generation`
+/// is how many CSV lines they left for this case.
+pub fn run_case(
+    case: &Case,
+    prior: ErrorCount,
+    generation: u64,
+    limits: Limits,
+    threads: usize,
+    seed: u64,
+    bar: &ProgressBar,
+    record: &(dyn Fn(&StatsRow) -> Result<()> + Sync),
+) -> Result<ErrorCount> {
+    let budget = limits.max_shots.saturating_sub(prior.shots);
+    if budget == 0 || prior.errors >= limits.max_errors {
+        return Ok(ErrorCount::default());
+    }
+    let threads = resolve_threads(threads) as u64;
+    let case_seed = derive_seed(seed, u64::from_str_radix(&case.strong_id[..16], 16).unwrap_or(0));
+    let ledger = Mutex::new(Ledger { done: ErrorCount::default(), claimed: 0, next_batch: 0 });
+    let claim = || -> Option<(u64, u64)> {
+        let mut l = ledger.lock().expect("ledger lock");
+        if l.claimed >= budget || prior.errors + l.done.errors >= limits.max_errors {
+            return None;
+        }
+        let left = budget - l.claimed;
+        let n = (left / (4 * threads)).clamp(256, 32_768).min(left);
+        l.claimed += n;
+        l.next_batch += 1;
+        Some((l.next_batch - 1, n))
+    };
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let circuit: stim::Circuit = case.circuit_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let mut decoder = MatchingDecoder::from_dem_text(&case.dem_text, case.decoder)?;
+                    while let Some((batch, n)) = claim() {
+                        let start = Instant::now();
+                        let batch_seed = derive_seed(case_seed, (generation << 32) | batch);
+                        let mut sampler = circuit.compile_detector_sampler_with_seed(batch_seed);
+                        let (dets, obs) = sampler.sample_bit_packed_separate_observables(n);
+                        let dets = PackedShots::from_bytes(dets, decoder.num_detectors())?;
+                        let obs = PackedShots::from_bytes(obs, decoder.num_observables())?;
+                        let predictions = decoder.decode_batch(&dets)?.predictions;
+                        let errors = decoder::count_errors(&predictions, &obs) as u64;
+                        let row = StatsRow {
+                            shots: n,
+                            errors,
+                            discards: 0,
+                            seconds: start.elapsed().as_secs_f64(),
+                            decoder: case.decoder.name().to_string(),
+                            strong_id: case.strong_id.clone(),
+                            json_metadata: case.metadata.clone(),
+                        };
+                        let mut l = ledger.lock().expect("ledger lock");
+                        record(&row)?;
+                        l.done += ErrorCount { shots: n, errors };
+                        bar.inc(n);
+                        bar.set_message(format!("{}: {} errors", case.label(), prior.errors + l.done.errors));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("sweep worker panicked")).collect()
+    });
+    for r in results {
+        r?;
+    }
+    let done = ledger.into_inner().expect("ledger lock").done;
+    // Shots never drawn because the error budget was reached leave the bar.
+    bar.set_length(bar.length().unwrap_or(0).saturating_sub(budget - done.shots));
+    Ok(done)
+}
+
+/// Parses `i/n`.
+fn parse_shard(text: &str) -> Result<(usize, usize)> {
+    let (i, n) = text.split_once('/').context("--shard takes the form i/n, e.g. 0/4")?;
+    let (i, n): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
+    if n == 0 || i >= n {
+        bail!("--shard {text}: need 0 <= i < n");
+    }
+    Ok((i, n))
+}
+
+/// Expands the command line into cases, in a stable order.
+pub fn cases(
+    decoders: &[DecoderKind],
+    distances: &[usize],
+    rounds: &[String],
+    basis: Basis,
+    noise: &str,
+    ps: &[f64],
+) -> Result<Vec<(DecoderKind, MemoryExperiment, NoiseModel)>> {
+    let mut out = Vec::new();
+    for &p in ps {
+        let model = NoiseModel::from_name(noise, p)?;
+        for &d in distances {
+            for r in rounds {
+                let r = if r.trim() == "d" {
+                    d
+                } else {
+                    r.trim().parse().with_context(|| format!("--rounds takes 'd' or whole numbers, not '{r}'"))?
+                };
+                let experiment = MemoryExperiment::new(d, r, basis)?;
+                for &decoder in decoders {
+                    out.push((decoder, experiment, model));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The results table printed at the end of a sweep or demo.
+pub fn print_table(rows: &[(String, u64, ErrorCount)]) {
+    println!(
+        "{:<12} {:>3} {:>5} {:>8} {:>10} {:>8} {:>10}  {:<34}",
+        "decoder", "d", "r", "p", "shots", "errors", "LER/shot", "LER/round [1000x likelihood interval]"
+    );
+    for (label, rounds, count) in rows {
+        let f = count.fit_per_round(*rounds as f64, DEFAULT_LIKELIHOOD_FACTOR);
+        println!(
+            "{label} {:>10} {:>8} {:>10.3e}  {:.3e} [{:.2e}, {:.2e}]",
+            count.shots,
+            count.errors,
+            count.per_shot(),
+            f.best,
+            f.low,
+            f.high
+        );
+    }
+}
+
+/// Runs `qecd sweep`.
+pub fn run(args: &SweepArgs) -> Result<()> {
+    let decoders: Vec<DecoderKind> = args.decoders.iter().map(|d| d.parse()).collect::<Result<_, _>>()?;
+    let all = cases(&decoders, &args.distances, &args.rounds, args.basis, &args.noise, &args.p)?;
+    let (shard, shards) = args.shard.as_deref().map(parse_shard).transpose()?.unwrap_or((0, 1));
+    let mine: Vec<_> = all.into_iter().enumerate().filter(|(k, _)| k % shards == shard).map(|(_, c)| c).collect();
+    if args.max_shots == 0 {
+        bail!("--max-shots must be positive");
+    }
+    let limits = Limits { max_shots: args.max_shots, max_errors: args.max_errors };
+
+    let existing = match &args.out {
+        Some(path) if path.exists() => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            sinter_csv::parse_csv(&text)
+                .with_context(|| format!("{} is not a sinter CSV; refusing to append to it", path.display()))?
+        }
+        _ => Vec::new(),
+    };
+    let file = match &args.out {
+        Some(path) => {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            if f.metadata()?.len() == 0 {
+                writeln!(f, "{CSV_HEADER}")?;
+            }
+            Some(Mutex::new(f))
+        }
+        None => None,
+    };
+    let record = |row: &StatsRow| -> Result<()> {
+        if let Some(f) = &file {
+            let mut f = f.lock().expect("csv lock");
+            f.write_all(format!("{}\n", row.to_csv_line()).as_bytes())?;
+            f.flush()?;
+        }
+        Ok(())
+    };
+
+    let seed = args.seed.unwrap_or_else(super::fresh_seed);
+    let bar = super::shot_bar(0, "sweep");
+    let mut built = Vec::new();
+    for (decoder, experiment, noise) in mine {
+        let case = Case::build(decoder, experiment, noise)?;
+        let prior_rows: Vec<&StatsRow> = existing.iter().filter(|r| r.strong_id == case.strong_id).collect();
+        let prior = prior_rows.iter().fold(ErrorCount::default(), |mut acc, r| {
+            acc += ErrorCount { shots: r.shots, errors: r.errors };
+            acc
+        });
+        bar.inc_length(limits.max_shots.saturating_sub(prior.shots));
+        built.push((case, prior, prior_rows.len() as u64));
+    }
+    let mut table = Vec::new();
+    for (case, prior, generation) in &built {
+        let done = run_case(case, *prior, *generation, limits, args.threads, seed, &bar, &record)?;
+        let mut total = *prior;
+        total += done;
+        let label = format!(
+            "{:<12} {:>3} {:>5} {:>8}",
+            case.decoder.name(),
+            case.experiment.distance,
+            case.experiment.rounds,
+            case.noise.p()
+        );
+        table.push((label, case.experiment.rounds as u64, total));
+    }
+    bar.finish_and_clear();
+    print_table(&table);
+    if let Some(path) = &args.out {
+        eprintln!("statistics appended to {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_cases() {
+        assert_eq!(parse_shard("1/4").unwrap(), (1, 4));
+        assert!(parse_shard("4/4").is_err());
+        assert!(parse_shard("x").is_err());
+        let all = cases(&DecoderKind::ALL, &[3, 5], &["d".into()], Basis::Z, "si1000", &[0.003, 0.001]).unwrap();
+        assert_eq!(all.len(), 8);
+        assert!(cases(&DecoderKind::ALL, &[4], &["d".into()], Basis::Z, "si1000", &[0.003]).is_err());
+    }
+
+    /// Stopping at max-errors, and resuming without redoing recorded work.
+    #[test]
+    fn budget_and_resume() {
+        let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
+        let case = Case::build(DecoderKind::Matching, exp, NoiseModel::Si1000 { p: 0.01 }).unwrap();
+        let rows = Mutex::new(Vec::new());
+        let record = |r: &StatsRow| {
+            rows.lock().unwrap().push(r.clone());
+            Ok(())
+        };
+        let bar = ProgressBar::hidden();
+        let limits = Limits { max_shots: 1_000_000, max_errors: 50 };
+        let done = run_case(&case, ErrorCount::default(), 0, limits, 2, 1, &bar, &record).unwrap();
+        assert!(done.errors >= 50 && done.shots < 1_000_000, "{done:?}");
+        let recorded: u64 = rows.lock().unwrap().iter().map(|r| r.shots).sum();
+        assert_eq!(recorded, done.shots);
+        // A resumed case with its budget already spent does nothing.
+        let again = run_case(&case, done, 3, limits, 2, 1, &bar, &record).unwrap();
+        assert_eq!(again, ErrorCount::default());
+        // A shot budget is met exactly.
+        let limits = Limits { max_shots: 3_000, max_errors: u64::MAX };
+        let done = run_case(&case, ErrorCount { shots: 1_000, errors: 0 }, 1, limits, 2, 1, &bar, &record).unwrap();
+        assert_eq!(done.shots, 2_000);
+    }
+}

@@ -1,0 +1,775 @@
+//! Plots of sweep statistics: logical error rate per round against code
+//! distance, one curve per (decoder, noise model, p, basis), with sinter's
+//! error bars (rates within a likelihood factor of 1000 of the best fit).
+//!
+//! The figure is drawn at twice its size and averaged down, which anti-aliases
+//! the lines and markers (the bitmap backend draws them aliased). Text uses an
+//! embedded copy of DejaVu Sans (`assets/`, Bitstream Vera licence), so no
+//! system font is needed.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, anyhow, bail};
+use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount, Fit};
+use plotters::coord::combinators::BindKeyPoints;
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+use serde_json::Value;
+
+use crate::sinter_csv::StatsRow;
+
+/// Output size in pixels.
+const WIDTH: u32 = 1000;
+const HEIGHT: u32 = 700;
+/// Supersampling factor: the figure is drawn `SS` times larger, then averaged down.
+const SS: u32 = 2;
+
+/// DejaVu Sans; see `assets/DejaVuSans-LICENSE.txt`.
+static FONT_BYTES: &[u8] = include_bytes!("assets/DejaVuSans.ttf");
+/// The family name the embedded font is registered under.
+const FONT: &str = "sans-serif";
+
+/// Colour-blind-friendly palette (matplotlib's tab10).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+const TEXT: RGBColor = RGBColor(0x20, 0x20, 0x20);
+const GRID_MAJOR: RGBColor = RGBColor(0xd0, 0xd0, 0xd0);
+const GRID_MINOR: RGBColor = RGBColor(0xee, 0xee, 0xee);
+
+/// Plots LER per round against distance, one series per (decoder, noise, p, basis), with binomial error bars.
+///
+/// `cases` are per-case totals (see `sinter_csv::aggregate`); each needs `d`
+/// and `r` (rounds) in its metadata. The rate is fitted on the shots that were
+/// not discarded. A case with no errors is drawn as an upper limit (a bar at
+/// the top of its interval with an arrow pointing down). The file must end in
+/// `.png`; it is written to a temporary file beside `out` and renamed, so a
+/// failure leaves no partial file.
+pub fn plot_ler(cases: &[StatsRow], out: &Path) -> Result<()> {
+    let ext = out.extension().and_then(OsStr::to_str).unwrap_or("");
+    if !ext.eq_ignore_ascii_case("png") {
+        bail!("cannot plot to {}: only PNG output is supported (use a .png file name)", out.display());
+    }
+    let series = collect_series(cases)?;
+    if series.is_empty() {
+        bail!("nothing to plot: no case has any shots that were not discarded");
+    }
+    let tmp = temp_path(out)?;
+    let result = render(&series, &tmp).and_then(|()| {
+        std::fs::rename(&tmp, out).with_context(|| format!("cannot move the plot into place at {}", out.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A hidden file beside `out`, still ending in `.png` (the encoder goes by the extension).
+fn temp_path(out: &Path) -> Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = out.file_name().with_context(|| format!("{} is not a file name", out.display()))?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    Ok(dir.join(format!(".{}.{}-{n}.tmp.png", name.to_string_lossy(), std::process::id())))
+}
+
+/// One plotted case.
+#[derive(Clone, Debug)]
+struct Point {
+    d: u32,
+    errors: u64,
+    fit: Fit,
+}
+
+/// One curve.
+#[derive(Clone, Debug)]
+struct Series {
+    decoder: String,
+    noise: Option<String>,
+    /// The value of `p` and how the metadata wrote it.
+    p: Option<(f64, String)>,
+    basis: Option<String>,
+    points: Vec<Point>,
+}
+
+impl Series {
+    fn label(&self) -> String {
+        let mut label = self.decoder.clone();
+        let mut noise = Vec::new();
+        if let Some(n) = &self.noise {
+            noise.push(n.clone());
+        }
+        if let Some((_, p)) = &self.p {
+            noise.push(format!("p={p}"));
+        }
+        if !noise.is_empty() {
+            label += &format!(", {}", noise.join(" "));
+        }
+        if let Some(b) = &self.basis {
+            label += &format!(", memory-{b}");
+        }
+        label
+    }
+
+    fn same_curve(&self, other: &Series) -> bool {
+        self.decoder == other.decoder
+            && self.noise == other.noise
+            && self.p.as_ref().map(|p| &p.1) == other.p.as_ref().map(|p| &p.1)
+            && self.basis == other.basis
+    }
+}
+
+/// A metadata field as text (strings unquoted), if present and not null.
+fn meta_text(meta: &Value, key: &str) -> Option<String> {
+    match meta.get(key)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        v => Some(v.to_string()),
+    }
+}
+
+/// A metadata field that must be a positive number.
+fn meta_number(row: &StatsRow, key: &str, what: &str) -> Result<f64> {
+    let value = row.json_metadata.get(key).with_context(|| {
+        format!("case {} has no '{key}' ({what}) in its metadata {}", row.strong_id, row.json_metadata)
+    })?;
+    let number = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    match number {
+        Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => bail!("case {}: metadata '{key}' ({what}) is {value}, not a positive number", row.strong_id),
+    }
+}
+
+/// Groups the cases into curves, sorted by decoder, noise, p and basis, each by distance.
+fn collect_series(cases: &[StatsRow]) -> Result<Vec<Series>> {
+    let mut series: Vec<Series> = Vec::new();
+    for row in cases {
+        let meta = &row.json_metadata;
+        let d = meta_number(row, "d", "code distance")?;
+        if d.fract() != 0.0 || d > u32::MAX as f64 {
+            bail!("case {}: metadata 'd' (code distance) is {d}, not an integer", row.strong_id);
+        }
+        let rounds = meta_number(row, "r", "rounds")?;
+        if row.errors > row.shots.saturating_sub(row.discards) {
+            bail!(
+                "case {}: {} errors in {} shots with {} discarded",
+                row.strong_id,
+                row.errors,
+                row.shots,
+                row.discards
+            );
+        }
+        let count = ErrorCount { shots: row.shots - row.discards, errors: row.errors };
+        if count.shots == 0 {
+            continue; // no data: nothing to draw
+        }
+        let fit = count.fit_per_round(rounds, DEFAULT_LIKELIHOOD_FACTOR);
+        let decoder = if row.decoder.trim().is_empty() {
+            meta_text(meta, "decoder").unwrap_or_else(|| "?".to_string())
+        } else {
+            row.decoder.trim().to_string()
+        };
+        let p = meta_text(meta, "p").map(|text| (text.parse().unwrap_or(f64::NAN), text));
+        let candidate = Series {
+            decoder,
+            noise: meta_text(meta, "noise"),
+            p,
+            basis: meta_text(meta, "basis"),
+            points: Vec::new(),
+        };
+        let point = Point { d: d as u32, errors: row.errors, fit };
+        match series.iter_mut().find(|s| s.same_curve(&candidate)) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series { points: vec![point], ..candidate }),
+        }
+    }
+    series.sort_by(|a, b| {
+        a.decoder
+            .cmp(&b.decoder)
+            .then_with(|| a.noise.cmp(&b.noise))
+            .then_with(|| match (&a.p, &b.p) {
+                (Some(x), Some(y)) => x.0.total_cmp(&y.0).then_with(|| x.1.cmp(&y.1)),
+                (x, y) => x.is_some().cmp(&y.is_some()),
+            })
+            .then_with(|| a.basis.cmp(&b.basis))
+    });
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.d.cmp(&b.d).then(a.fit.best.total_cmp(&b.fit.best)));
+    }
+    Ok(series)
+}
+
+/// Registers the embedded font once.
+fn ensure_font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok());
+    if ok { Ok(()) } else { Err(anyhow!("the embedded font could not be loaded")) }
+}
+
+fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("drawing the plot failed: {e}")
+}
+
+/// Scales a size in output pixels to the supersampled canvas.
+fn px(v: f64) -> i32 {
+    (v * SS as f64).round() as i32
+}
+
+fn font(size: f64) -> TextStyle<'static> {
+    (FONT, size * SS as f64).into_font().color(&TEXT)
+}
+
+/// "10⁻³".
+fn power_of_ten(exponent: i32) -> String {
+    const SUP: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
+    let mut s = String::from("10");
+    if exponent < 0 {
+        s.push('⁻');
+    }
+    for c in exponent.unsigned_abs().to_string().chars() {
+        s.push(SUP[c.to_digit(10).unwrap() as usize]);
+    }
+    s
+}
+
+/// A linear x axis with ticks exactly at the distances present.
+struct DistanceAxis {
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+}
+
+impl Ranged for DistanceAxis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let t = (value - self.lo) / (self.hi - self.lo);
+        limit.0 + (t * (limit.1 - limit.0) as f64).round() as i32
+    }
+
+    fn key_points<Hint: plotters::coord::ranged1d::KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        if hint.weight().allow_light_points() { Vec::new() } else { self.ticks.clone() }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+/// Marker shapes, cycled through the curves.
+#[derive(Clone, Copy)]
+enum Shape {
+    Circle,
+    Square,
+    Triangle,
+    Diamond,
+}
+
+const SHAPES: [Shape; 4] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond];
+
+/// Draws one marker centred at `c` (canvas pixels).
+fn draw_marker<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    c: (i32, i32),
+    shape: Shape,
+    color: RGBColor,
+) -> Result<()> {
+    let fill = color.filled();
+    let edge = WHITE.stroke_width(px(0.8) as u32);
+    let r = px(4.5);
+    let poly = |pts: Vec<(i32, i32)>| -> Result<()> {
+        let pts: Vec<(i32, i32)> = pts.into_iter().map(|(x, y)| (c.0 + x, c.1 + y)).collect();
+        area.draw(&Polygon::new(pts.clone(), fill)).map_err(plot_err)?;
+        let mut closed = pts.clone();
+        closed.push(pts[0]);
+        area.draw(&PathElement::new(closed, edge)).map_err(plot_err)
+    };
+    match shape {
+        Shape::Circle => {
+            area.draw(&Circle::new(c, r, fill)).map_err(plot_err)?;
+            area.draw(&Circle::new(c, r, edge)).map_err(plot_err)
+        }
+        Shape::Square => {
+            let s = (r as f64 * 0.88) as i32;
+            poly(vec![(-s, -s), (s, -s), (s, s), (-s, s)])
+        }
+        Shape::Triangle => {
+            let s = (r as f64 * 1.25) as i32;
+            poly(vec![(0, -s), (s, s * 3 / 4), (-s, s * 3 / 4)])
+        }
+        Shape::Diamond => {
+            let s = (r as f64 * 1.25) as i32;
+            poly(vec![(0, -s), (s, 0), (0, s), (-s, 0)])
+        }
+    }
+}
+
+/// A vertical error bar with caps between canvas pixels `top` and `bottom` at `x`.
+fn draw_error_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    x: i32,
+    top: i32,
+    bottom: i32,
+    color: RGBColor,
+) -> Result<()> {
+    let style = color.stroke_width(px(1.4) as u32);
+    let cap = px(4.0);
+    area.draw(&PathElement::new(vec![(x, top), (x, bottom)], style)).map_err(plot_err)?;
+    for y in [top, bottom] {
+        area.draw(&PathElement::new(vec![(x - cap, y), (x + cap, y)], style)).map_err(plot_err)?;
+    }
+    Ok(())
+}
+
+/// An upper limit: a cap at `top` with an arrow pointing down.
+fn draw_upper_limit<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    x: i32,
+    top: i32,
+    color: RGBColor,
+) -> Result<()> {
+    let style = color.stroke_width(px(1.6) as u32);
+    let cap = px(5.5);
+    let len = px(20.0);
+    let head = px(4.5);
+    area.draw(&PathElement::new(vec![(x - cap, top), (x + cap, top)], style)).map_err(plot_err)?;
+    area.draw(&PathElement::new(vec![(x, top), (x, top + len - head)], style)).map_err(plot_err)?;
+    area.draw(&Polygon::new(vec![(x - head, top + len - head * 3 / 2), (x + head, top + len - head * 3 / 2), (x, top + len)], color.filled()))
+        .map_err(plot_err)
+}
+
+/// The y range: covers every drawn value (bars and upper-limit arrows
+/// included) with a little room, its ends snapped outward to 1, 2 or 5 times
+/// a power of ten.
+fn y_range(series: &[Series]) -> (f64, f64) {
+    let mut lo = f64::INFINITY;
+    let mut hi = f64::NEG_INFINITY;
+    for p in series.iter().flat_map(|s| &s.points) {
+        for v in [p.fit.low, p.fit.best, p.fit.high] {
+            if v > 0.0 {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+        if p.errors == 0 {
+            // Room below an upper limit for its arrow.
+            lo = lo.min(p.fit.high / 2.0);
+        }
+    }
+    if !lo.is_finite() {
+        return (1e-6, 1.0);
+    }
+    let lo = snap(lo / 1.3, false);
+    let mut hi = snap(hi * 1.3, true).min(1.0);
+    if hi <= lo {
+        hi = snap(lo * 1.01, true);
+    }
+    (lo, hi)
+}
+
+/// 1, 2 or 5 times a power of ten, at or below `v` (at or above with `up`).
+fn snap(v: f64, up: bool) -> f64 {
+    let e = v.log10().floor();
+    let candidates = [-1.0, 0.0, 1.0].into_iter().flat_map(|k| [1.0, 2.0, 5.0].map(|m| m * 10f64.powf(e + k)));
+    let tolerance = 1e-9;
+    if up {
+        candidates.filter(|&c| c >= v * (1.0 - tolerance)).fold(f64::INFINITY, f64::min)
+    } else {
+        candidates.filter(|&c| c <= v * (1.0 + tolerance)).fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+/// Ticks of a log axis over `lo..hi`: labelled ones (the powers of ten, plus 2×
+/// and 5× when fewer than two powers of ten are in range) and unlabelled ones
+/// (the other integer multiples).
+fn y_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
+    let inside = |v: f64| v >= lo * (1.0 - 1e-9) && v <= hi * (1.0 + 1e-9);
+    let candidates: Vec<(u32, f64)> = ((lo.log10().floor() as i32)..=(hi.log10().ceil() as i32))
+        .flat_map(|e| (1..=9).map(move |m| (m, m as f64 * 10f64.powi(e))))
+        .filter(|&(_, v)| inside(v))
+        .collect();
+    let decades = candidates.iter().filter(|&&(m, _)| m == 1).count();
+    let labelled = |m: u32| m == 1 || (decades < 2 && (m == 2 || m == 5));
+    let major = candidates.iter().filter(|&&(m, _)| labelled(m)).map(|&(_, v)| v).collect();
+    let minor = candidates.iter().filter(|&&(m, _)| !labelled(m)).map(|&(_, v)| v).collect();
+    (major, minor)
+}
+
+/// "10⁻³", or "2×10⁻³" off the powers of ten.
+fn y_tick_label(v: f64) -> String {
+    let e = (v.log10() + 1e-9).floor() as i32;
+    let m = (v / 10f64.powi(e)).round() as i64;
+    if m == 1 { power_of_ten(e) } else { format!("{m}×{}", power_of_ten(e)) }
+}
+
+fn render(series: &[Series], path: &Path) -> Result<()> {
+    ensure_font()?;
+    let (w, h) = (WIDTH * SS, HEIGHT * SS);
+    let mut canvas = vec![255u8; (w * h * 3) as usize];
+    draw_figure(series, &mut canvas, (w, h))?;
+    let small = downsample(&canvas, (w, h), SS);
+    let mut backend = BitMapBackend::new(path, (WIDTH, HEIGHT));
+    backend.blit_bitmap((0, 0), (WIDTH, HEIGHT), &small).map_err(plot_err)?;
+    backend.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Box-filters an RGB image by `factor` in each direction.
+fn downsample(src: &[u8], (w, h): (u32, u32), factor: u32) -> Vec<u8> {
+    let (ow, oh) = (w / factor, h / factor);
+    let mut out = vec![0u8; (ow * oh * 3) as usize];
+    let n = factor * factor;
+    for y in 0..oh {
+        for x in 0..ow {
+            for ch in 0..3 {
+                let mut sum = 0u32;
+                for dy in 0..factor {
+                    for dx in 0..factor {
+                        let (sx, sy) = (x * factor + dx, y * factor + dy);
+                        sum += src[((sy * w + sx) * 3 + ch) as usize] as u32;
+                    }
+                }
+                out[((y * ow + x) * 3 + ch) as usize] = ((sum + n / 2) / n) as u8;
+            }
+        }
+    }
+    out
+}
+
+fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32)) -> Result<()> {
+    let root = BitMapBackend::with_buffer(canvas, size).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+
+    let mut distances: Vec<u32> = series.iter().flat_map(|s| s.points.iter().map(|p| p.d)).collect();
+    distances.sort_unstable();
+    distances.dedup();
+    let (dmin, dmax) = (distances[0] as f64, *distances.last().unwrap() as f64);
+    let pad = ((dmax - dmin) * 0.1).max(1.0);
+    let (ylo, yhi) = y_range(series);
+    let (major, minor) = y_ticks(ylo, yhi);
+
+    let x_label = |d: &f64| format!("{}", d.round() as i64);
+    let y_label = |v: &f64| y_tick_label(*v);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Logical error rate per round", font(22.0))
+        .margin_top(px(14.0))
+        .margin_left(px(18.0))
+        .margin_right(px(28.0))
+        .margin_bottom(px(12.0))
+        .x_label_area_size(px(58.0))
+        .y_label_area_size(px(86.0))
+        .build_cartesian_2d(
+            DistanceAxis { lo: dmin - pad, hi: dmax + pad, ticks: distances.iter().map(|&d| d as f64).collect() },
+            (ylo..yhi).log_scale().with_key_points(major).with_light_points(minor),
+        )
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .bold_line_style(GRID_MAJOR.stroke_width(px(1.0) as u32))
+        .light_line_style(GRID_MINOR.stroke_width(px(1.0) as u32))
+        .axis_style(TEXT.stroke_width(px(1.2) as u32))
+        .set_all_tick_mark_size(px(6.0))
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .label_style(font(17.0))
+        .axis_desc_style(font(18.0))
+        .x_desc("Code distance d")
+        .y_desc("Logical error rate per round")
+        .draw()
+        .map_err(plot_err)?;
+
+    // A full frame around the plotting area.
+    let (xr, yr) = chart.plotting_area().get_pixel_range();
+    root.draw(&Rectangle::new([(xr.start, yr.start), (xr.end - 1, yr.end - 1)], TEXT.stroke_width(px(1.2) as u32)))
+        .map_err(plot_err)?;
+
+    // Data, in canvas pixels. Bars first, then lines, then markers on top.
+    let to_px = |d: u32, v: f64| chart.backend_coord(&(d as f64, v));
+    let mut occupied: Vec<(i32, i32)> = Vec::new();
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        for p in &s.points {
+            let (x, top) = to_px(p.d, p.fit.high);
+            if p.errors == 0 {
+                draw_upper_limit(&root, x, top, color)?;
+                occupied.extend([(x, top), (x, top + px(20.0))]);
+            } else {
+                let (_, bottom) = to_px(p.d, p.fit.low.max(ylo));
+                draw_error_bar(&root, x, top, bottom, color)?;
+                occupied.extend([(x, top), (x, bottom)]);
+            }
+        }
+    }
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let line: Vec<(i32, i32)> = s.points.iter().filter(|p| p.errors > 0).map(|p| to_px(p.d, p.fit.best)).collect();
+        for pair in line.windows(2) {
+            for k in 0..=8 {
+                let t = k as f64 / 8.0;
+                let lerp = |a: i32, b: i32| a + ((b - a) as f64 * t).round() as i32;
+                occupied.push((lerp(pair[0].0, pair[1].0), lerp(pair[0].1, pair[1].1)));
+            }
+        }
+        if line.len() > 1 {
+            root.draw(&PathElement::new(line, color.stroke_width(px(2.0) as u32))).map_err(plot_err)?;
+        }
+    }
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        for p in s.points.iter().filter(|p| p.errors > 0) {
+            draw_marker(&root, to_px(p.d, p.fit.best), SHAPES[i % SHAPES.len()], color)?;
+        }
+    }
+
+    // Legend, in whichever corner of the plotting area holds the least data.
+    let mut entries: Vec<(String, Option<(Shape, RGBColor)>)> =
+        series.iter().enumerate().map(|(i, s)| (s.label(), Some((SHAPES[i % SHAPES.len()], PALETTE[i % PALETTE.len()])))).collect();
+    let any_limit = series.iter().flat_map(|s| &s.points).any(|p| p.errors == 0);
+    if any_limit {
+        entries.push(("upper limit (no errors seen)".to_string(), None));
+    }
+    let legend_font = font(14.0);
+    let mut text_w = 0;
+    for (label, _) in &entries {
+        let (tw, _) = root.estimate_text_size(label, &legend_font).map_err(plot_err)?;
+        text_w = text_w.max(tw as i32);
+    }
+    let row_h = px(22.0);
+    let (pad_x, pad_y, key_w, gap) = (px(10.0), px(8.0), px(30.0), px(8.0));
+    let box_w = pad_x * 2 + key_w + gap + text_w;
+    let box_h = pad_y * 2 + row_h * entries.len() as i32;
+    let inset = px(10.0);
+    let corners = [
+        (xr.end - inset - box_w, yr.start + inset),
+        (xr.start + inset, yr.start + inset),
+        (xr.end - inset - box_w, yr.end - inset - box_h),
+        (xr.start + inset, yr.end - inset - box_h),
+    ];
+    let margin = px(6.0);
+    let (bx, by) = *corners
+        .iter()
+        .min_by_key(|&&(cx, cy)| {
+            occupied
+                .iter()
+                .filter(|&&(x, y)| {
+                    x >= cx - margin && x <= cx + box_w + margin && y >= cy - margin && y <= cy + box_h + margin
+                })
+                .count()
+        })
+        .unwrap();
+    root.draw(&Rectangle::new([(bx, by), (bx + box_w, by + box_h)], WHITE.mix(0.92).filled())).map_err(plot_err)?;
+    root.draw(&Rectangle::new([(bx, by), (bx + box_w, by + box_h)], RGBColor(0xb0, 0xb0, 0xb0).stroke_width(px(1.0) as u32)))
+        .map_err(plot_err)?;
+    for (k, (label, key)) in entries.iter().enumerate() {
+        let cy = by + pad_y + row_h * k as i32 + row_h / 2;
+        let kx = bx + pad_x;
+        match key {
+            Some((shape, color)) => {
+                root.draw(&PathElement::new(vec![(kx, cy), (kx + key_w, cy)], color.stroke_width(px(2.0) as u32)))
+                    .map_err(plot_err)?;
+                draw_marker(&root, (kx + key_w / 2, cy), *shape, *color)?;
+            }
+            None => draw_upper_limit(&root, kx + key_w / 2, cy - px(8.0), RGBColor(0x50, 0x50, 0x50))?,
+        }
+        root.draw(&Text::new(
+            label.clone(),
+            (kx + key_w + gap, cy),
+            legend_font.clone().pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Left,
+                plotters::style::text_anchor::VPos::Center,
+            )),
+        ))
+        .map_err(plot_err)?;
+    }
+
+    // Footnote on what the bars mean.
+    let (_, h) = root.dim_in_pixel();
+    root.draw(&Text::new(
+        format!("error bars: rates within a likelihood factor of {} of the best fit", DEFAULT_LIKELIHOOD_FACTOR),
+        (px(12.0), h as i32 - px(10.0)),
+        font(12.0).color(&RGBColor(0x70, 0x70, 0x70)).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Left,
+            plotters::style::text_anchor::VPos::Bottom,
+        )),
+    ))
+    .map_err(plot_err)?;
+
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(decoder: &str, d: u32, shots: u64, errors: u64) -> StatsRow {
+        StatsRow {
+            shots,
+            errors,
+            discards: 0,
+            seconds: 1.0,
+            decoder: decoder.to_string(),
+            strong_id: format!("{decoder}-d{d}"),
+            json_metadata: json!({"basis": "Z", "d": d, "decoder": decoder, "noise": "si1000", "p": 0.003, "r": d}),
+        }
+    }
+
+    fn sample() -> Vec<StatsRow> {
+        vec![
+            row("pymatching", 3, 100_000, 2_500),
+            row("pymatching", 5, 100_000, 640),
+            row("pymatching", 7, 200_000, 310),
+            row("correlated", 3, 100_000, 1_900),
+            row("correlated", 5, 100_000, 310),
+            row("correlated", 7, 100_000, 0),
+        ]
+    }
+
+    /// Many curves (more than colours), several noise strengths, both bases.
+    fn sweep() -> Vec<StatsRow> {
+        let mut rows = Vec::new();
+        for (decoder, gain) in [("correlated", 0.8), ("pymatching", 1.0)] {
+            for p in [0.001, 0.002, 0.003] {
+                for basis in ["X", "Z"] {
+                    for d in [3u32, 5, 7, 9, 11] {
+                        let per_round: f64 = gain * 0.1 * (p / 0.007f64).powf((d as f64 + 1.0) / 2.0);
+                        let shots = 1_000_000u64;
+                        let per_shot = 0.5 - 0.5 * (1.0 - 2.0 * per_round).powi(d as i32);
+                        let errors = (per_shot * shots as f64).round() as u64;
+                        rows.push(StatsRow {
+                            shots,
+                            errors,
+                            discards: 0,
+                            seconds: 1.0,
+                            decoder: decoder.to_string(),
+                            strong_id: format!("{decoder}-{p}-{basis}-{d}"),
+                            json_metadata: json!({"basis": basis, "d": d, "decoder": decoder, "noise": "si1000", "p": p, "r": d}),
+                        });
+                    }
+                }
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn plots_many_curves_and_single_distance() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("many.png");
+        plot_ler(&sweep(), &out).unwrap();
+        assert_eq!(png_size(&std::fs::read(&out).unwrap()), (WIDTH, HEIGHT));
+        if let Ok(sample_out) = std::env::var("QECD_PLOT_SAMPLE_MANY") {
+            std::fs::copy(&out, sample_out).unwrap();
+        }
+        let single: Vec<StatsRow> = sample().into_iter().filter(|r| r.json_metadata["d"] == 5).collect();
+        plot_ler(&single, &out).unwrap();
+        assert_eq!(png_size(&std::fs::read(&out).unwrap()), (WIDTH, HEIGHT));
+    }
+
+    /// Width and height from the IHDR chunk.
+    fn png_size(bytes: &[u8]) -> (u32, u32) {
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+        assert_eq!(&bytes[12..16], b"IHDR");
+        let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+        (be(16), be(20))
+    }
+
+    #[test]
+    fn plot_writes_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ler.png");
+        plot_ler(&sample(), &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(png_size(&bytes), (WIDTH, HEIGHT));
+        // Only the plot is left: the temporary file was renamed.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ler.png")]);
+        if let Ok(sample_out) = std::env::var("QECD_PLOT_SAMPLE") {
+            std::fs::copy(&out, sample_out).unwrap();
+        }
+    }
+
+    #[test]
+    fn unsupported_extension_errors_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ler.svg", "ler.jpg", "ler"] {
+            let out = dir.path().join(name);
+            let err = plot_ler(&sample(), &out).unwrap_err().to_string();
+            assert!(err.contains("PNG"), "{err}");
+            assert!(!out.exists());
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn missing_metadata_names_the_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ler.png");
+        for key in ["d", "r"] {
+            let mut rows = sample();
+            rows[2].json_metadata.as_object_mut().unwrap().remove(key);
+            let err = plot_ler(&rows, &out).unwrap_err().to_string();
+            assert!(err.contains("pymatching-d7") && err.contains(&format!("'{key}'")), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn series_are_grouped_and_labelled() {
+        let series = collect_series(&sample()).unwrap();
+        let labels: Vec<String> = series.iter().map(Series::label).collect();
+        assert_eq!(labels, ["correlated, si1000 p=0.003, memory-Z", "pymatching, si1000 p=0.003, memory-Z"]);
+        assert!(series.iter().all(|s| s.points.iter().map(|p| p.d).eq([3, 5, 7])));
+        // The zero-error case has an upper limit but no lower one.
+        let zero = &series[0].points[2];
+        assert_eq!((zero.errors, zero.fit.low, zero.fit.best), (0, 0.0, 0.0));
+        assert!(zero.fit.high > 0.0);
+        // The y range covers every bar, in whole decades.
+        let (lo, hi) = y_range(&series);
+        for p in series.iter().flat_map(|s| &s.points) {
+            assert!(p.fit.high <= hi && (p.errors == 0 || p.fit.low >= lo));
+        }
+        assert!(lo < hi);
+    }
+
+    #[test]
+    fn log_ticks() {
+        assert_eq!(snap(3.3e-6, false), 2e-6);
+        assert_eq!(snap(1.2e-2, true), 2e-2);
+        assert_eq!(snap(0.7, true), 1.0);
+        let (major, minor) = y_ticks(2e-6, 2e-2);
+        assert_eq!(major.iter().map(|&v| y_tick_label(v)).collect::<Vec<_>>(), ["10⁻⁵", "10⁻⁴", "10⁻³", "10⁻²"]);
+        assert_eq!(minor.len(), 8 + 3 * 8 + 1);
+        // Less than two decades in range: 2× and 5× are labelled too.
+        let (major, _) = y_ticks(2e-4, 5e-3);
+        assert_eq!(major.iter().map(|&v| y_tick_label(v)).collect::<Vec<_>>(), ["2×10⁻⁴", "5×10⁻⁴", "10⁻³", "2×10⁻³", "5×10⁻³"]);
+    }
+
+    #[test]
+    fn superscript_exponents() {
+        assert_eq!(power_of_ten(-3), "10⁻³");
+        assert_eq!(power_of_ten(0), "10⁰");
+        assert_eq!(power_of_ten(12), "10¹²");
+    }
+}

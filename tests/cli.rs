@@ -1,0 +1,160 @@
+//! The `qecd` binary end to end: round trips through files, and bad input
+//! giving exit status 2, a message naming the problem, and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn qecd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qecd")).args(args).output().expect("qecd runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Runs qecd expecting failure: exit status 2, `needle` in the message, and
+/// none of `outputs` created.
+fn fails(args: &[&str], needle: &str, outputs: &[&PathBuf]) {
+    let o = qecd(args);
+    assert_eq!(o.status.code(), Some(2), "qecd {args:?} should fail with 2; stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains(needle), "qecd {args:?}: expected '{needle}' in: {}", stderr(&o));
+    for out in outputs {
+        assert!(!out.exists(), "qecd {args:?} left {} behind", out.display());
+    }
+    let dir = outputs.first().and_then(|o| o.parent());
+    if let Some(dir) = dir.filter(|d| d.exists()) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with(".qecd-partial"), "temporary file {name} left behind");
+        }
+    }
+}
+
+#[test]
+fn sample_then_predict_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dets, obs, dem, pred, conf) = (
+        dir.path().join("dets.b8"),
+        dir.path().join("obs.01"),
+        dir.path().join("model.dem"),
+        dir.path().join("pred.01"),
+        dir.path().join("conf.txt"),
+    );
+    let o = qecd(&[
+        "sample", "--distance", "3", "--rounds", "3", "--p", "0.003", "--shots", "2000", "--seed", "5",
+        "--out", p(&dets), "--out-format", "b8", "--obs-out", p(&obs), "--dem-out", p(&dem),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&dets).unwrap().len(), 2000 * 3); // 24 detectors = 3 bytes
+    assert_eq!(std::fs::read_to_string(&obs).unwrap().lines().count(), 2000);
+    let o = qecd(&[
+        "predict", "--dem", p(&dem), "--in", p(&dets), "--in-format", "b8", "--out", p(&pred),
+        "--out-format", "01", "--decoder", "correlated", "--confidence-out", p(&conf), "--obs-in", p(&obs),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    let errors: usize = report.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(errors < 200, "{report}");
+    assert_eq!(std::fs::read_to_string(&pred).unwrap().lines().count(), 2000);
+    let confidence: Vec<f64> =
+        std::fs::read_to_string(&conf).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(confidence.len(), 2000);
+    assert!(confidence.iter().all(|c| (0.0..=1.0).contains(c)));
+}
+
+#[test]
+fn sample_writes_an_experiment_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("exp");
+    let o = qecd(&["sample", "-d", "3", "-r", "2", "--shots", "100", "--seed", "1", "--out-dir", p(&exp)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["circuit_noisy.stim", "circuit_ideal.stim", "detection_events.b8", "obs_flips_actual.01", "circuit_detector_error_model.dem", "metadata.json"] {
+        assert!(exp.join(f).is_file(), "{f} missing");
+    }
+    fails(&["sample", "--shots", "10", "--out-dir", p(&exp)], "refusing to overwrite", &[]);
+}
+
+#[test]
+fn bad_b8_size_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dem, dets, pred) = (dir.path().join("m.dem"), dir.path().join("bad.b8"), dir.path().join("pred.01"));
+    let o = qecd(&["sample", "-d", "3", "--shots", "10", "--seed", "1", "--out", p(&dir.path().join("x.b8")), "--dem-out", p(&dem)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(&dets, [0u8; 7]).unwrap(); // 24 detectors → 3 bytes per shot
+    fails(&["predict", "--dem", p(&dem), "--in", p(&dets), "--out", p(&pred)], "not a whole number of shots", &[&pred]);
+}
+
+#[test]
+fn circuit_without_coordinates_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (circuit, out) = (dir.path().join("c.stim"), dir.path().join("out.b8"));
+    std::fs::write(&circuit, "X_ERROR(0.1) 0\nM 0\nDETECTOR rec[-1]\nOBSERVABLE_INCLUDE(0) rec[-1]\n").unwrap();
+    fails(&["sample", "--circuit", p(&circuit), "--shots", "10", "--out", p(&out)], "needs (x, y, t)", &[&out]);
+}
+
+#[test]
+fn bad_parameters_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.b8");
+    let o = p(&out);
+    fails(&["sample", "--distance", "4", "--out", o], "odd distance", &[&out]);
+    fails(&["sample", "--distance", "1", "--out", o], "odd distance", &[&out]);
+    fails(&["sample", "--p", "0.7", "--out", o], "outside [0, 0.5]", &[&out]);
+    fails(&["sample", "--p", "-0.1", "--out", o], "outside [0, 0.5]", &[&out]);
+    fails(&["sample", "--out-format", "b9", "--out", o], "unknown result format 'b9'", &[&out]);
+    fails(&["sample", "--out", o, "--shots", "10", "--out-format", "ptb64"], "multiple of 64", &[&out]);
+    fails(&["predict", "--dem", "nope.dem", "--in", "x", "--in-format", "zz", "--out", o], "unknown result format 'zz'", &[&out]);
+    fails(&["sweep", "--distances", "3,6", "--max-shots", "10"], "odd distance", &[]);
+    fails(&["sweep", "--decoders", "magic", "--max-shots", "10"], "unknown decoder 'magic'", &[]);
+}
+
+#[test]
+fn sweep_appends_resumes_and_shards_concatenate() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("stats.csv");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["sweep", "--decoders", "matching,correlated", "--distances", "3", "--p", "0.005", "--max-errors", "1000000", "--seed", "4", "--out", p(&csv)];
+        a.extend_from_slice(extra);
+        qecd(&a)
+    };
+    let o = args(&["--max-shots", "3000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("     shots,    errors,  discards, seconds,decoder,strong_id,json_metadata,custom_counts\n"));
+    let shots = |t: &str, decoder: &str| -> u64 {
+        t.lines().skip(1).filter(|l| l.contains(&format!(",{decoder},"))).map(|l| l.split(',').next().unwrap().trim().parse::<u64>().unwrap()).sum()
+    };
+    assert_eq!(shots(&text, "matching"), 3000);
+    assert!(text.contains(r#""{""basis"":""Z"",""d"":3,""decoder"":""matching"",""noise"":""si1000"",""p"":0.005,""r"":3}""#), "{text}");
+    // Resuming with a larger budget only tops up.
+    let o = args(&["--max-shots", "5000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(shots(&text, "matching"), 5000);
+    assert_eq!(shots(&text, "correlated"), 5000);
+    assert_eq!(text.matches("shots,").count(), 1, "one header");
+    // Two shards, concatenated, cover both cases once.
+    let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+    for (shard, path) in [("0/2", &a), ("1/2", &b)] {
+        let o = qecd(&["sweep", "--distances", "3", "--p", "0.005", "--max-shots", "1000", "--shard", shard, "--out", p(path)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let both = std::fs::read_to_string(&a).unwrap() + &std::fs::read_to_string(&b).unwrap();
+    assert_eq!(shots(&both, "matching"), 1000);
+    assert_eq!(shots(&both, "correlated"), 1000);
+    let merged = dir.path().join("merged.csv");
+    std::fs::write(&merged, both).unwrap();
+    let png = dir.path().join("ler.png");
+    let o = qecd(&["plot", "--in", p(&merged), "--out", p(&png)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    // A file that is not a sinter CSV is never appended to.
+    let junk = dir.path().join("junk.csv");
+    std::fs::write(&junk, "hello\n").unwrap();
+    fails(&["sweep", "--distances", "3", "--max-shots", "100", "--out", p(&junk)], "refusing to append", &[]);
+    assert_eq!(std::fs::read_to_string(&junk).unwrap(), "hello\n");
+}
