@@ -34,6 +34,7 @@ impl Staged {
         }
         let tmp = tempfile::Builder::new()
             .prefix(".qecd-partial-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(dir)
             .with_context(|| format!("cannot create {}", path.display()))?;
         self.files.push((path.to_path_buf(), tmp));

@@ -426,7 +426,11 @@ fn render(series: &[Series], path: &Path) -> Result<()> {
     ensure_font()?;
     let (w, h) = (WIDTH * SS, HEIGHT * SS);
     let mut canvas = vec![255u8; (w * h * 3) as usize];
-    draw_figure(series, &mut canvas, (w, h))?;
+    // The legend goes inside the plot unless it would cover data there.
+    if draw_figure(series, &mut canvas, (w, h), LegendPlace::Inside)? {
+        canvas.fill(255);
+        draw_figure(series, &mut canvas, (w, h), LegendPlace::Outside)?;
+    }
     let small = downsample(&canvas, (w, h), SS);
     let mut backend = BitMapBackend::new(path, (WIDTH, HEIGHT));
     backend.blit_bitmap((0, 0), (WIDTH, HEIGHT), &small).map_err(plot_err)?;
@@ -456,10 +460,48 @@ fn downsample(src: &[u8], (w, h): (u32, u32), factor: u32) -> Vec<u8> {
     out
 }
 
-fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32)) -> Result<()> {
+/// Where the legend goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LegendPlace {
+    /// Inside the plotting area, in the corner holding the least data.
+    Inside,
+    /// To the right of the plotting area.
+    Outside,
+}
+
+/// Draws the figure onto `canvas`; returns whether an inside legend covers data.
+fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: LegendPlace) -> Result<bool> {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let root = BitMapBackend::with_buffer(canvas, size).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
+    let shape_of = |i: usize| SHAPES[(i + i / PALETTE.len()) % SHAPES.len()];
+    let color_of = |i: usize| PALETTE[i % PALETTE.len()];
 
+    // Legend contents and size, needed before the layout.
+    let mut entries: Vec<(String, Option<(Shape, RGBColor)>)> =
+        series.iter().enumerate().map(|(i, s)| (s.label(), Some((shape_of(i), color_of(i))))).collect();
+    if series.iter().flat_map(|s| &s.points).any(|p| p.errors == 0) {
+        entries.push(("upper limit (no errors seen)".to_string(), None));
+    }
+    let (margin_top, margin_bottom, margin_left, margin_right) = (px(14.0), px(12.0), px(18.0), px(28.0));
+    let (x_area, y_area, caption_h) = (px(58.0), px(86.0), px(40.0));
+    let inset = px(10.0);
+    let (pad_x, pad_y, key_w, gap) = (px(10.0), px(8.0), px(30.0), px(8.0));
+    // Shrink the legend's rows (to a point) when there are too many to fit the plot's height.
+    let plot_h = size.1 as i32 - margin_top - margin_bottom - x_area - caption_h;
+    let rows_room = (plot_h - 2 * inset - 2 * pad_y) as f64;
+    let shrink = (rows_room / (entries.len() as f64 * px(22.0) as f64)).clamp(0.6, 1.0);
+    let legend_font = font(14.0 * shrink.max(0.75));
+    let mut text_w = 0;
+    for (label, _) in &entries {
+        let (tw, _) = root.estimate_text_size(label, &legend_font).map_err(plot_err)?;
+        text_w = text_w.max(tw as i32);
+    }
+    let row_h = px(22.0 * shrink);
+    let box_w = pad_x * 2 + key_w + gap + text_w;
+    let box_h = pad_y * 2 + row_h * entries.len() as i32;
+
+    // Axes.
     let mut distances: Vec<u32> = series.iter().flat_map(|s| s.points.iter().map(|p| p.d)).collect();
     distances.sort_unstable();
     distances.dedup();
@@ -467,17 +509,20 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32)) -> Result
     let pad = ((dmax - dmin) * 0.1).max(1.0);
     let (ylo, yhi) = y_range(series);
     let (major, minor) = y_ticks(ylo, yhi);
-
     let x_label = |d: &f64| format!("{}", d.round() as i64);
     let y_label = |v: &f64| y_tick_label(*v);
+    let right = match place {
+        LegendPlace::Inside => margin_right,
+        LegendPlace::Outside => margin_right + box_w,
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption("Logical error rate per round", font(22.0))
-        .margin_top(px(14.0))
-        .margin_left(px(18.0))
-        .margin_right(px(28.0))
-        .margin_bottom(px(12.0))
-        .x_label_area_size(px(58.0))
-        .y_label_area_size(px(86.0))
+        .margin_top(margin_top)
+        .margin_left(margin_left)
+        .margin_right(right)
+        .margin_bottom(margin_bottom)
+        .x_label_area_size(x_area)
+        .y_label_area_size(y_area)
         .build_cartesian_2d(
             DistanceAxis { lo: dmin - pad, hi: dmax + pad, ticks: distances.iter().map(|&d| d as f64).collect() },
             (ylo..yhi).log_scale().with_key_points(major).with_light_points(minor),
@@ -497,86 +542,65 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32)) -> Result
         .y_desc("Logical error rate per round")
         .draw()
         .map_err(plot_err)?;
-
     // A full frame around the plotting area.
     let (xr, yr) = chart.plotting_area().get_pixel_range();
     root.draw(&Rectangle::new([(xr.start, yr.start), (xr.end - 1, yr.end - 1)], TEXT.stroke_width(px(1.2) as u32)))
         .map_err(plot_err)?;
 
-    // Data, in canvas pixels. Bars first, then lines, then markers on top.
+    // Data, in canvas pixels: bars first, then lines, then markers on top.
+    // `occupied` collects drawn pixels, to keep the legend off them.
     let to_px = |d: u32, v: f64| chart.backend_coord(&(d as f64, v));
     let mut occupied: Vec<(i32, i32)> = Vec::new();
     for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
         for p in &s.points {
             let (x, top) = to_px(p.d, p.fit.high);
-            if p.errors == 0 {
-                draw_upper_limit(&root, x, top, color)?;
-                occupied.extend([(x, top), (x, top + px(20.0))]);
+            let bottom = if p.errors == 0 {
+                draw_upper_limit(&root, x, top, color_of(i))?;
+                top + px(20.0)
             } else {
                 let (_, bottom) = to_px(p.d, p.fit.low.max(ylo));
-                draw_error_bar(&root, x, top, bottom, color)?;
-                occupied.extend([(x, top), (x, bottom)]);
-            }
+                draw_error_bar(&root, x, top, bottom, color_of(i))?;
+                bottom
+            };
+            occupied.extend((top..=bottom).step_by(px(4.0) as usize).map(|y| (x, y)));
+            occupied.push((x, bottom));
         }
     }
     for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
         let line: Vec<(i32, i32)> = s.points.iter().filter(|p| p.errors > 0).map(|p| to_px(p.d, p.fit.best)).collect();
         for pair in line.windows(2) {
-            for k in 0..=8 {
-                let t = k as f64 / 8.0;
-                let lerp = |a: i32, b: i32| a + ((b - a) as f64 * t).round() as i32;
-                occupied.push((lerp(pair[0].0, pair[1].0), lerp(pair[0].1, pair[1].1)));
-            }
+            let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+            let steps = ((x1 - x0).abs().max((y1 - y0).abs()) / px(4.0)).max(1);
+            occupied.extend((0..=steps).map(|k| (x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps)));
         }
         if line.len() > 1 {
-            root.draw(&PathElement::new(line, color.stroke_width(px(2.0) as u32))).map_err(plot_err)?;
+            root.draw(&PathElement::new(line, color_of(i).stroke_width(px(2.0) as u32))).map_err(plot_err)?;
         }
     }
     for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
         for p in s.points.iter().filter(|p| p.errors > 0) {
-            draw_marker(&root, to_px(p.d, p.fit.best), SHAPES[i % SHAPES.len()], color)?;
+            draw_marker(&root, to_px(p.d, p.fit.best), shape_of(i), color_of(i))?;
         }
     }
 
-    // Legend, in whichever corner of the plotting area holds the least data.
-    let mut entries: Vec<(String, Option<(Shape, RGBColor)>)> =
-        series.iter().enumerate().map(|(i, s)| (s.label(), Some((SHAPES[i % SHAPES.len()], PALETTE[i % PALETTE.len()])))).collect();
-    let any_limit = series.iter().flat_map(|s| &s.points).any(|p| p.errors == 0);
-    if any_limit {
-        entries.push(("upper limit (no errors seen)".to_string(), None));
-    }
-    let legend_font = font(14.0);
-    let mut text_w = 0;
-    for (label, _) in &entries {
-        let (tw, _) = root.estimate_text_size(label, &legend_font).map_err(plot_err)?;
-        text_w = text_w.max(tw as i32);
-    }
-    let row_h = px(22.0);
-    let (pad_x, pad_y, key_w, gap) = (px(10.0), px(8.0), px(30.0), px(8.0));
-    let box_w = pad_x * 2 + key_w + gap + text_w;
-    let box_h = pad_y * 2 + row_h * entries.len() as i32;
-    let inset = px(10.0);
-    let corners = [
-        (xr.end - inset - box_w, yr.start + inset),
-        (xr.start + inset, yr.start + inset),
-        (xr.end - inset - box_w, yr.end - inset - box_h),
-        (xr.start + inset, yr.end - inset - box_h),
-    ];
-    let margin = px(6.0);
-    let (bx, by) = *corners
-        .iter()
-        .min_by_key(|&&(cx, cy)| {
-            occupied
-                .iter()
-                .filter(|&&(x, y)| {
-                    x >= cx - margin && x <= cx + box_w + margin && y >= cy - margin && y <= cy + box_h + margin
-                })
-                .count()
-        })
-        .unwrap();
+    // Legend.
+    let covered = |(cx, cy): (i32, i32)| {
+        let m = px(6.0);
+        occupied.iter().filter(|&&(x, y)| x >= cx - m && x <= cx + box_w + m && y >= cy - m && y <= cy + box_h + m).count()
+    };
+    let ((bx, by), overlap) = match place {
+        LegendPlace::Inside => {
+            let corners = [
+                (xr.end - inset - box_w, yr.start + inset),
+                (xr.start + inset, yr.start + inset),
+                (xr.end - inset - box_w, yr.end - inset - box_h),
+                (xr.start + inset, yr.end - inset - box_h),
+            ];
+            let best = *corners.iter().min_by_key(|&&c| covered(c)).unwrap();
+            (best, covered(best) > 0)
+        }
+        LegendPlace::Outside => ((xr.end + px(12.0), yr.start), false),
+    };
     root.draw(&Rectangle::new([(bx, by), (bx + box_w, by + box_h)], WHITE.mix(0.92).filled())).map_err(plot_err)?;
     root.draw(&Rectangle::new([(bx, by), (bx + box_w, by + box_h)], RGBColor(0xb0, 0xb0, 0xb0).stroke_width(px(1.0) as u32)))
         .map_err(plot_err)?;
@@ -591,31 +615,22 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32)) -> Result
             }
             None => draw_upper_limit(&root, kx + key_w / 2, cy - px(8.0), RGBColor(0x50, 0x50, 0x50))?,
         }
-        root.draw(&Text::new(
-            label.clone(),
-            (kx + key_w + gap, cy),
-            legend_font.clone().pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Left,
-                plotters::style::text_anchor::VPos::Center,
-            )),
-        ))
-        .map_err(plot_err)?;
+        root.draw(&Text::new(label.clone(), (kx + key_w + gap, cy), legend_font.clone().pos(Pos::new(HPos::Left, VPos::Center))))
+            .map_err(plot_err)?;
     }
 
     // Footnote on what the bars mean.
-    let (_, h) = root.dim_in_pixel();
+    // Bottom right: clear of the x-axis label, which is centred under the plot.
+    let (w, h) = root.dim_in_pixel();
     root.draw(&Text::new(
-        format!("error bars: rates within a likelihood factor of {} of the best fit", DEFAULT_LIKELIHOOD_FACTOR),
-        (px(12.0), h as i32 - px(10.0)),
-        font(12.0).color(&RGBColor(0x70, 0x70, 0x70)).pos(plotters::style::text_anchor::Pos::new(
-            plotters::style::text_anchor::HPos::Left,
-            plotters::style::text_anchor::VPos::Bottom,
-        )),
+        format!("error bars: rates within a likelihood factor of {DEFAULT_LIKELIHOOD_FACTOR} of the best fit"),
+        (w as i32 - px(12.0), h as i32 - px(8.0)),
+        font(12.0).color(&RGBColor(0x70, 0x70, 0x70)).pos(Pos::new(HPos::Right, VPos::Bottom)),
     ))
     .map_err(plot_err)?;
 
     root.present().map_err(plot_err)?;
-    Ok(())
+    Ok(overlap)
 }
 
 #[cfg(test)]
@@ -649,11 +664,11 @@ mod tests {
     /// Many curves (more than colours), several noise strengths, both bases.
     fn sweep() -> Vec<StatsRow> {
         let mut rows = Vec::new();
-        for (decoder, gain) in [("correlated", 0.8), ("pymatching", 1.0)] {
-            for p in [0.001, 0.002, 0.003] {
-                for basis in ["X", "Z"] {
+        for (decoder, gain) in [("correlated", 0.8), ("pymatching", 1.0), ("unionfind", 1.4)] {
+            for p in [0.001, 0.002, 0.003, 0.004] {
+                for (basis, bias) in [("X", 1.15), ("Z", 1.0)] {
                     for d in [3u32, 5, 7, 9, 11] {
-                        let per_round: f64 = gain * 0.1 * (p / 0.007f64).powf((d as f64 + 1.0) / 2.0);
+                        let per_round: f64 = bias * gain * 0.1 * (p / 0.007f64).powf((d as f64 + 1.0) / 2.0);
                         let shots = 1_000_000u64;
                         let per_shot = 0.5 - 0.5 * (1.0 - 2.0 * per_round).powi(d as i32);
                         let errors = (per_shot * shots as f64).round() as u64;

@@ -85,7 +85,7 @@ fn bad_b8_size_is_rejected() {
     let o = qecd(&["sample", "-d", "3", "--shots", "10", "--seed", "1", "--out", p(&dir.path().join("x.b8")), "--dem-out", p(&dem)]);
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::write(&dets, [0u8; 7]).unwrap(); // 24 detectors → 3 bytes per shot
-    fails(&["predict", "--dem", p(&dem), "--in", p(&dets), "--out", p(&pred)], "not a whole number of shots", &[&pred]);
+    fails(&["predict", "--dem", p(&dem), "--in", p(&dets), "--out", p(&pred)], "not a multiple of the row width", &[&pred]);
 }
 
 #[test]

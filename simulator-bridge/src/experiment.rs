@@ -120,6 +120,7 @@ impl Experiment {
         };
         let staging = tempfile::Builder::new()
             .prefix(".qecd-partial-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .tempdir_in(&parent)
             .map_err(|e| BridgeError::io(&parent, e))?;
         let text = |name: &str, content: &str| {

@@ -19,6 +19,7 @@ where
     };
     let tmp = tempfile::Builder::new()
         .prefix(".qecd-partial-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(|e| BridgeError::io(path, e))?;
     let (file, tmp_path) = tmp.into_parts();

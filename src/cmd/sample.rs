@@ -27,7 +27,7 @@ pub struct SampleArgs {
     #[arg(long, default_value = "si1000")]
     pub noise: String,
     /// Physical error rate p.
-    #[arg(long, default_value_t = 0.003)]
+    #[arg(long, default_value_t = 0.003, allow_negative_numbers = true)]
     pub p: f64,
     /// Use this noisy circuit instead of a generated one (its detectors need (x, y, t) coordinates).
     #[arg(long)]

@@ -46,7 +46,7 @@ pub struct SweepArgs {
     #[arg(long, default_value = "si1000")]
     pub noise: String,
     /// Physical error rates.
-    #[arg(long, value_delimiter = ',', default_value = "0.003")]
+    #[arg(long, value_delimiter = ',', default_value = "0.003", allow_negative_numbers = true)]
     pub p: Vec<f64>,
     /// Stop a case after this many shots.
     #[arg(long, alias = "max_shots", default_value_t = 100_000)]
