@@ -66,10 +66,18 @@ pub fn plot_ler(cases: &[StatsRow], out: &Path) -> Result<()> {
     if series.is_empty() {
         bail!("nothing to plot: no case has any shots that were not discarded");
     }
+    if out.is_dir() {
+        bail!("{} is a directory, not a file", out.display());
+    }
     let tmp = temp_path(out)?;
-    let result = render(&series, &tmp).and_then(|()| {
-        std::fs::rename(&tmp, out).with_context(|| format!("cannot move the plot into place at {}", out.display()))
-    });
+    let result = render(&series, &tmp)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+            std::fs::rename(&tmp, out)?;
+            Ok(())
+        })
+        .with_context(|| format!("cannot write {}", out.display()));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -189,13 +197,8 @@ fn collect_series(cases: &[StatsRow]) -> Result<Vec<Series>> {
             row.decoder.trim().to_string()
         };
         let p = meta_text(meta, "p").map(|text| (text.parse().unwrap_or(f64::NAN), text));
-        let candidate = Series {
-            decoder,
-            noise: meta_text(meta, "noise"),
-            p,
-            basis: meta_text(meta, "basis"),
-            points: Vec::new(),
-        };
+        let candidate =
+            Series { decoder, noise: meta_text(meta, "noise"), p, basis: meta_text(meta, "basis"), points: Vec::new() };
         let point = Point { d: d as u32, errors: row.errors, fit };
         match series.iter_mut().find(|s| s.same_curve(&candidate)) {
             Some(s) => s.points.push(point),
@@ -296,7 +299,7 @@ fn draw_marker<DB: DrawingBackend>(
 ) -> Result<()> {
     let fill = color.filled();
     let edge = WHITE.stroke_width(px(0.8) as u32);
-    let r = px(4.5);
+    let r = px(5.0);
     let poly = |pts: Vec<(i32, i32)>| -> Result<()> {
         let pts: Vec<(i32, i32)> = pts.into_iter().map(|(x, y)| (c.0 + x, c.1 + y)).collect();
         area.draw(&Polygon::new(pts.clone(), fill)).map_err(plot_err)?;
@@ -354,8 +357,11 @@ fn draw_upper_limit<DB: DrawingBackend>(
     let head = px(4.5);
     area.draw(&PathElement::new(vec![(x - cap, top), (x + cap, top)], style)).map_err(plot_err)?;
     area.draw(&PathElement::new(vec![(x, top), (x, top + len - head)], style)).map_err(plot_err)?;
-    area.draw(&Polygon::new(vec![(x - head, top + len - head * 3 / 2), (x + head, top + len - head * 3 / 2), (x, top + len)], color.filled()))
-        .map_err(plot_err)
+    area.draw(&Polygon::new(
+        vec![(x - head, top + len - head * 3 / 2), (x + head, top + len - head * 3 / 2), (x, top + len)],
+        color.filled(),
+    ))
+    .map_err(plot_err)
 }
 
 /// The y range: covers every drawn value (bars and upper-limit arrows
@@ -434,7 +440,7 @@ fn render(series: &[Series], path: &Path) -> Result<()> {
     let small = downsample(&canvas, (w, h), SS);
     let mut backend = BitMapBackend::new(path, (WIDTH, HEIGHT));
     backend.blit_bitmap((0, 0), (WIDTH, HEIGHT), &small).map_err(plot_err)?;
-    backend.present().map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    backend.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
 
@@ -586,7 +592,10 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
     // Legend.
     let covered = |(cx, cy): (i32, i32)| {
         let m = px(6.0);
-        occupied.iter().filter(|&&(x, y)| x >= cx - m && x <= cx + box_w + m && y >= cy - m && y <= cy + box_h + m).count()
+        occupied
+            .iter()
+            .filter(|&&(x, y)| x >= cx - m && x <= cx + box_w + m && y >= cy - m && y <= cy + box_h + m)
+            .count()
     };
     let ((bx, by), overlap) = match place {
         LegendPlace::Inside => {
@@ -602,8 +611,11 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
         LegendPlace::Outside => ((xr.end + px(12.0), yr.start), false),
     };
     root.draw(&Rectangle::new([(bx, by), (bx + box_w, by + box_h)], WHITE.mix(0.92).filled())).map_err(plot_err)?;
-    root.draw(&Rectangle::new([(bx, by), (bx + box_w, by + box_h)], RGBColor(0xb0, 0xb0, 0xb0).stroke_width(px(1.0) as u32)))
-        .map_err(plot_err)?;
+    root.draw(&Rectangle::new(
+        [(bx, by), (bx + box_w, by + box_h)],
+        RGBColor(0xb0, 0xb0, 0xb0).stroke_width(px(1.0) as u32),
+    ))
+    .map_err(plot_err)?;
     for (k, (label, key)) in entries.iter().enumerate() {
         let cy = by + pad_y + row_h * k as i32 + row_h / 2;
         let kx = bx + pad_x;
@@ -613,10 +625,14 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
                     .map_err(plot_err)?;
                 draw_marker(&root, (kx + key_w / 2, cy), *shape, *color)?;
             }
-            None => draw_upper_limit(&root, kx + key_w / 2, cy - px(8.0), RGBColor(0x50, 0x50, 0x50))?,
+            None => draw_upper_limit(&root, kx + key_w / 2, cy - px(10.0), RGBColor(0x50, 0x50, 0x50))?,
         }
-        root.draw(&Text::new(label.clone(), (kx + key_w + gap, cy), legend_font.clone().pos(Pos::new(HPos::Left, VPos::Center))))
-            .map_err(plot_err)?;
+        root.draw(&Text::new(
+            label.clone(),
+            (kx + key_w + gap, cy),
+            legend_font.clone().pos(Pos::new(HPos::Left, VPos::Center)),
+        ))
+        .map_err(plot_err)?;
     }
 
     // Footnote on what the bars mean.
@@ -717,6 +733,8 @@ mod tests {
         plot_ler(&sample(), &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(png_size(&bytes), (WIDTH, HEIGHT));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o644);
         // Only the plot is left: the temporary file was renamed.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("ler.png")]);
@@ -735,6 +753,17 @@ mod tests {
             assert!(!out.exists());
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn missing_directory_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("absent").join("ler.png");
+        let err = format!("{:#}", plot_ler(&sample(), &out).unwrap_err());
+        assert!(err.contains("cannot write") && err.contains("absent"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let err = plot_ler(&sample(), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("PNG") || err.contains("directory"), "{err}");
     }
 
     #[test]
@@ -778,7 +807,10 @@ mod tests {
         assert_eq!(minor.len(), 8 + 3 * 8 + 1);
         // Less than two decades in range: 2× and 5× are labelled too.
         let (major, _) = y_ticks(2e-4, 5e-3);
-        assert_eq!(major.iter().map(|&v| y_tick_label(v)).collect::<Vec<_>>(), ["2×10⁻⁴", "5×10⁻⁴", "10⁻³", "2×10⁻³", "5×10⁻³"]);
+        assert_eq!(
+            major.iter().map(|&v| y_tick_label(v)).collect::<Vec<_>>(),
+            ["2×10⁻⁴", "5×10⁻⁴", "10⁻³", "2×10⁻³", "5×10⁻³"]
+        );
     }
 
     #[test]

@@ -34,11 +34,7 @@ pub struct StatsRow {
 
 /// Quotes a field the way Python's `csv.writer` does (minimal quoting).
 fn escape(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
 }
 
 /// sinter's rendering of seconds.
@@ -171,7 +167,10 @@ mod tests {
             strong_id: "test".into(),
             json_metadata: serde_json::json!({"a": [1, 2, 3]}),
         };
-        assert_eq!(row.to_csv_line(), r#"        22,         3,         0,    5.00,pymatching,test,"{""a"":[1,2,3]}","#);
+        assert_eq!(
+            row.to_csv_line(),
+            r#"        22,         3,         0,    5.00,pymatching,test,"{""a"":[1,2,3]}","#
+        );
         let parsed = parse_csv(&format!("{CSV_HEADER}\n{}\n", row.to_csv_line())).unwrap();
         assert_eq!(parsed, vec![row]);
     }

@@ -45,23 +45,54 @@ fn sample_then_predict_round_trip() {
         dir.path().join("conf.txt"),
     );
     let o = qecd(&[
-        "sample", "--distance", "3", "--rounds", "3", "--p", "0.003", "--shots", "2000", "--seed", "5",
-        "--out", p(&dets), "--out-format", "b8", "--obs-out", p(&obs), "--dem-out", p(&dem),
+        "sample",
+        "--distance",
+        "3",
+        "--rounds",
+        "3",
+        "--p",
+        "0.003",
+        "--shots",
+        "2000",
+        "--seed",
+        "5",
+        "--out",
+        p(&dets),
+        "--out-format",
+        "b8",
+        "--obs-out",
+        p(&obs),
+        "--dem-out",
+        p(&dem),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::metadata(&dets).unwrap().len(), 2000 * 3); // 24 detectors = 3 bytes
     assert_eq!(std::fs::read_to_string(&obs).unwrap().lines().count(), 2000);
     let o = qecd(&[
-        "predict", "--dem", p(&dem), "--in", p(&dets), "--in-format", "b8", "--out", p(&pred),
-        "--out-format", "01", "--decoder", "correlated", "--confidence-out", p(&conf), "--obs-in", p(&obs),
+        "predict",
+        "--dem",
+        p(&dem),
+        "--in",
+        p(&dets),
+        "--in-format",
+        "b8",
+        "--out",
+        p(&pred),
+        "--out-format",
+        "01",
+        "--decoder",
+        "correlated",
+        "--confidence-out",
+        p(&conf),
+        "--obs-in",
+        p(&obs),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = String::from_utf8_lossy(&o.stdout);
     let errors: usize = report.split_whitespace().next().unwrap().parse().unwrap();
     assert!(errors < 200, "{report}");
     assert_eq!(std::fs::read_to_string(&pred).unwrap().lines().count(), 2000);
-    let confidence: Vec<f64> =
-        std::fs::read_to_string(&conf).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let confidence: Vec<f64> = std::fs::read_to_string(&conf).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(confidence.len(), 2000);
     assert!(confidence.iter().all(|c| (0.0..=1.0).contains(c)));
 }
@@ -72,7 +103,14 @@ fn sample_writes_an_experiment_directory() {
     let exp = dir.path().join("exp");
     let o = qecd(&["sample", "-d", "3", "-r", "2", "--shots", "100", "--seed", "1", "--out-dir", p(&exp)]);
     assert!(o.status.success(), "{}", stderr(&o));
-    for f in ["circuit_noisy.stim", "circuit_ideal.stim", "detection_events.b8", "obs_flips_actual.01", "circuit_detector_error_model.dem", "metadata.json"] {
+    for f in [
+        "circuit_noisy.stim",
+        "circuit_ideal.stim",
+        "detection_events.b8",
+        "obs_flips_actual.01",
+        "circuit_detector_error_model.dem",
+        "metadata.json",
+    ] {
         assert!(exp.join(f).is_file(), "{f} missing");
     }
     fails(&["sample", "--shots", "10", "--out-dir", p(&exp)], "refusing to overwrite", &[]);
@@ -82,10 +120,26 @@ fn sample_writes_an_experiment_directory() {
 fn bad_b8_size_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let (dem, dets, pred) = (dir.path().join("m.dem"), dir.path().join("bad.b8"), dir.path().join("pred.01"));
-    let o = qecd(&["sample", "-d", "3", "--shots", "10", "--seed", "1", "--out", p(&dir.path().join("x.b8")), "--dem-out", p(&dem)]);
+    let o = qecd(&[
+        "sample",
+        "-d",
+        "3",
+        "--shots",
+        "10",
+        "--seed",
+        "1",
+        "--out",
+        p(&dir.path().join("x.b8")),
+        "--dem-out",
+        p(&dem),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::write(&dets, [0u8; 7]).unwrap(); // 24 detectors → 3 bytes per shot
-    fails(&["predict", "--dem", p(&dem), "--in", p(&dets), "--out", p(&pred)], "not a multiple of the row width", &[&pred]);
+    fails(
+        &["predict", "--dem", p(&dem), "--in", p(&dets), "--out", p(&pred)],
+        "not a multiple of the row width",
+        &[&pred],
+    );
 }
 
 #[test]
@@ -107,7 +161,11 @@ fn bad_parameters_are_rejected() {
     fails(&["sample", "--p", "-0.1", "--out", o], "outside [0, 0.5]", &[&out]);
     fails(&["sample", "--out-format", "b9", "--out", o], "unknown result format 'b9'", &[&out]);
     fails(&["sample", "--out", o, "--shots", "10", "--out-format", "ptb64"], "multiple of 64", &[&out]);
-    fails(&["predict", "--dem", "nope.dem", "--in", "x", "--in-format", "zz", "--out", o], "unknown result format 'zz'", &[&out]);
+    fails(
+        &["predict", "--dem", "nope.dem", "--in", "x", "--in-format", "zz", "--out", o],
+        "unknown result format 'zz'",
+        &[&out],
+    );
     fails(&["sweep", "--distances", "3,6", "--max-shots", "10"], "odd distance", &[]);
     fails(&["sweep", "--decoders", "magic", "--max-shots", "10"], "unknown decoder 'magic'", &[]);
 }
@@ -117,19 +175,44 @@ fn sweep_appends_resumes_and_shards_concatenate() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("stats.csv");
     let args = |extra: &[&str]| {
-        let mut a = vec!["sweep", "--decoders", "matching,correlated", "--distances", "3", "--p", "0.005", "--max-errors", "1000000", "--seed", "4", "--out", p(&csv)];
+        let mut a = vec![
+            "sweep",
+            "--decoders",
+            "matching,correlated",
+            "--distances",
+            "3",
+            "--p",
+            "0.005",
+            "--max-errors",
+            "1000000",
+            "--seed",
+            "4",
+            "--out",
+            p(&csv),
+        ];
         a.extend_from_slice(extra);
         qecd(&a)
     };
     let o = args(&["--max-shots", "3000"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(&csv).unwrap();
-    assert!(text.starts_with("     shots,    errors,  discards, seconds,decoder,strong_id,json_metadata,custom_counts\n"));
+    assert!(
+        text.starts_with("     shots,    errors,  discards, seconds,decoder,strong_id,json_metadata,custom_counts\n")
+    );
     let shots = |t: &str, decoder: &str| -> u64 {
-        t.lines().skip(1).filter(|l| l.contains(&format!(",{decoder},"))).map(|l| l.split(',').next().unwrap().trim().parse::<u64>().unwrap()).sum()
+        t.lines()
+            .skip(1)
+            .filter(|l| l.contains(&format!(",{decoder},")))
+            .map(|l| l.split(',').next().unwrap().trim().parse::<u64>().unwrap())
+            .sum()
     };
     assert_eq!(shots(&text, "matching"), 3000);
-    assert!(text.contains(r#""{""basis"":""Z"",""d"":3,""decoder"":""matching"",""noise"":""si1000"",""p"":0.005,""r"":3}""#), "{text}");
+    assert!(
+        text.contains(
+            r#""{""basis"":""Z"",""d"":3,""decoder"":""matching"",""noise"":""si1000"",""p"":0.005,""r"":3}""#
+        ),
+        "{text}"
+    );
     // Resuming with a larger budget only tops up.
     let o = args(&["--max-shots", "5000"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -140,7 +223,19 @@ fn sweep_appends_resumes_and_shards_concatenate() {
     // Two shards, concatenated, cover both cases once.
     let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
     for (shard, path) in [("0/2", &a), ("1/2", &b)] {
-        let o = qecd(&["sweep", "--distances", "3", "--p", "0.005", "--max-shots", "1000", "--shard", shard, "--out", p(path)]);
+        let o = qecd(&[
+            "sweep",
+            "--distances",
+            "3",
+            "--p",
+            "0.005",
+            "--max-shots",
+            "1000",
+            "--shard",
+            shard,
+            "--out",
+            p(path),
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
     let both = std::fs::read_to_string(&a).unwrap() + &std::fs::read_to_string(&b).unwrap();

@@ -4,7 +4,7 @@ use ndarray::{Array2, ArrayView2};
 use pymatching::{DecodeOptions, Matching};
 
 use crate::confidence::GapCalibration;
-use crate::{DecodeError, Decisions, Decoder, DecoderKind, PackedShots};
+use crate::{Decisions, DecodeError, Decoder, DecoderKind, PackedShots};
 
 /// Shots per call into PyMatching's gap decoder, which takes unpacked bytes.
 const GAP_CHUNK: usize = 4096;
@@ -169,8 +169,7 @@ impl Decoder for MatchingDecoder {
             None => Ok(Decisions { predictions: self.decode_hard(events)?, confidence: None }),
             Some(calibration) => {
                 let (predictions, gaps) = self.decode_with_gaps(events)?;
-                let confidence =
-                    gaps.chunks(self.num_observables.max(1)).map(|g| calibration.confidence(g)).collect();
+                let confidence = gaps.chunks(self.num_observables.max(1)).map(|g| calibration.confidence(g)).collect();
                 Ok(Decisions { predictions, confidence: Some(confidence) })
             }
         }

@@ -3,7 +3,7 @@
 //! PyMatching's graphs cannot cross threads, so each worker builds its own
 //! decoder with `make` and decodes a contiguous slice of the shots.
 
-use crate::{DecodeError, Decisions, Decoder, PackedShots};
+use crate::{Decisions, DecodeError, Decoder, PackedShots};
 
 /// Decodes `events` with `threads` workers (0 means one per core), each
 /// running its own decoder built by `make`. The result is the same as one

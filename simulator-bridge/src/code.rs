@@ -54,7 +54,7 @@ pub struct MemoryExperiment {
 impl MemoryExperiment {
     /// Validates and builds an experiment description.
     pub fn new(distance: usize, rounds: usize, basis: Basis) -> Result<Self, BridgeError> {
-        if distance % 2 == 0 || !DISTANCE_RANGE.contains(&distance) {
+        if distance.is_multiple_of(2) || !DISTANCE_RANGE.contains(&distance) {
             return Err(BridgeError::invalid(
                 "distance",
                 format!(

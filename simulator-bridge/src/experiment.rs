@@ -63,9 +63,8 @@ impl Experiment {
             std::fs::read_to_string(&path).map_err(|e| BridgeError::io(path, e))
         };
         let circuit_noisy = read_text(CIRCUIT_NOISY)?;
-        let circuit: stim::Circuit = circuit_noisy
-            .parse()
-            .map_err(|e: stim::StimError| bad(format!("{CIRCUIT_NOISY} does not parse: {e}")))?;
+        let circuit: stim::Circuit =
+            circuit_noisy.parse().map_err(|e: stim::StimError| bad(format!("{CIRCUIT_NOISY} does not parse: {e}")))?;
         let num_detectors = circuit.num_detectors() as usize;
         let num_observables = circuit.num_observables() as usize;
         let detection_events =

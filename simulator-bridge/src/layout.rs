@@ -143,11 +143,7 @@ impl StabilizerLayout {
 
     /// The detectors of one round, as (detector, stabilizer) pairs in detector order.
     pub fn round(&self, round: Round) -> impl Iterator<Item = (DetectorId, StabilizerId)> + '_ {
-        self.detectors
-            .iter()
-            .enumerate()
-            .filter(move |(_, s)| s.round == round)
-            .map(|(d, s)| (d, s.stabilizer))
+        self.detectors.iter().enumerate().filter(move |(_, s)| s.round == round).map(|(d, s)| (d, s.stabilizer))
     }
 
     /// The code distance implied by the stabilizer count of a rotated surface code, `S = d² − 1`.
@@ -171,7 +167,11 @@ mod tests {
             assert_eq!(layout.distance(), Some(d));
             assert_eq!(layout.num_rounds, r + 1);
             let half = (d * d - 1) / 2;
-            let own = layout.stabilizers.iter().filter(|s| s.kind == if basis == Basis::Z { StabilizerType::Z } else { StabilizerType::X }).count();
+            let own = layout
+                .stabilizers
+                .iter()
+                .filter(|s| s.kind == if basis == Basis::Z { StabilizerType::Z } else { StabilizerType::X })
+                .count();
             assert_eq!(own, half);
             // First and final rounds hold only the memory-basis stabilizers; the middle ones hold all.
             assert_eq!(layout.round(0).count(), half);

@@ -94,14 +94,9 @@ impl NoiseModel {
 
     fn rates(&self) -> Rates {
         match *self {
-            NoiseModel::UniformDepolarizing { p } => Rates {
-                clifford1: p,
-                clifford2: p,
-                reset_flip: p,
-                measure_flip: p,
-                idle: p,
-                measure_reset_idle: 0.0,
-            },
+            NoiseModel::UniformDepolarizing { p } => {
+                Rates { clifford1: p, clifford2: p, reset_flip: p, measure_flip: p, idle: p, measure_reset_idle: 0.0 }
+            }
             NoiseModel::Si1000 { p } => Rates {
                 clifford1: p / 10.0,
                 clifford2: p,
@@ -146,22 +141,65 @@ enum Kind {
     Clifford1,
     Clifford2,
     /// A reset; the flip channel is X_ERROR unless the reset is in the X basis.
-    Reset { x_basis: bool },
-    Measure { x_basis: bool },
-    MeasureReset { x_basis: bool },
+    Reset {
+        x_basis: bool,
+    },
+    Measure {
+        x_basis: bool,
+    },
+    MeasureReset {
+        x_basis: bool,
+    },
 }
 
 fn classify(name: &str) -> Result<Kind, BridgeError> {
-    const ANNOTATIONS: &[&str] =
-        &["DETECTOR", "OBSERVABLE_INCLUDE", "SHIFT_COORDS", "QUBIT_COORDS", "MPAD"];
+    const ANNOTATIONS: &[&str] = &["DETECTOR", "OBSERVABLE_INCLUDE", "SHIFT_COORDS", "QUBIT_COORDS", "MPAD"];
     const CLIFFORD1: &[&str] = &[
-        "I", "X", "Y", "Z", "H", "H_XY", "H_XZ", "H_YZ", "S", "S_DAG", "SQRT_X", "SQRT_X_DAG",
-        "SQRT_Y", "SQRT_Y_DAG", "SQRT_Z", "SQRT_Z_DAG", "C_XYZ", "C_ZYX",
+        "I",
+        "X",
+        "Y",
+        "Z",
+        "H",
+        "H_XY",
+        "H_XZ",
+        "H_YZ",
+        "S",
+        "S_DAG",
+        "SQRT_X",
+        "SQRT_X_DAG",
+        "SQRT_Y",
+        "SQRT_Y_DAG",
+        "SQRT_Z",
+        "SQRT_Z_DAG",
+        "C_XYZ",
+        "C_ZYX",
     ];
     const CLIFFORD2: &[&str] = &[
-        "CX", "CNOT", "CY", "CZ", "XCX", "XCY", "XCZ", "YCX", "YCY", "YCZ", "ZCX", "ZCY", "ZCZ",
-        "SWAP", "ISWAP", "ISWAP_DAG", "CXSWAP", "SWAPCX", "CZSWAP", "SQRT_XX", "SQRT_XX_DAG",
-        "SQRT_YY", "SQRT_YY_DAG", "SQRT_ZZ", "SQRT_ZZ_DAG",
+        "CX",
+        "CNOT",
+        "CY",
+        "CZ",
+        "XCX",
+        "XCY",
+        "XCZ",
+        "YCX",
+        "YCY",
+        "YCZ",
+        "ZCX",
+        "ZCY",
+        "ZCZ",
+        "SWAP",
+        "ISWAP",
+        "ISWAP_DAG",
+        "CXSWAP",
+        "SWAPCX",
+        "CZSWAP",
+        "SQRT_XX",
+        "SQRT_XX_DAG",
+        "SQRT_YY",
+        "SQRT_YY_DAG",
+        "SQRT_ZZ",
+        "SQRT_ZZ_DAG",
     ];
     Ok(match name {
         n if ANNOTATIONS.contains(&n) => Kind::Annotation,
@@ -443,11 +481,8 @@ mod tests {
         assert_eq!(&lines[start..start + expected.len()], &expected[..]);
         // The measure/reset moment: detectors, then the reset flip, the idle
         // term and the 2p term on the waiting data qubits.
-        let after: Vec<&String> = lines[start + expected.len()..]
-            .iter()
-            .skip_while(|l| l.starts_with("DETECTOR"))
-            .take(3)
-            .collect();
+        let after: Vec<&String> =
+            lines[start + expected.len()..].iter().skip_while(|l| l.starts_with("DETECTOR")).take(3).collect();
         assert_eq!(after[0], "X_ERROR(0.002) 2 9 11 13 14 16 18 25");
         assert_eq!(after[1], &format!("DEPOLARIZE1(0.0001) {data}"));
         assert_eq!(after[2], &format!("DEPOLARIZE1(0.002) {data}"));

@@ -124,11 +124,7 @@ impl Sampler {
 
 /// Turns a requested thread count into a real one (0 means one per core).
 pub fn resolve_threads(threads: usize) -> usize {
-    if threads > 0 {
-        threads
-    } else {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    }
+    if threads > 0 { threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
 }
 
 #[cfg(test)]

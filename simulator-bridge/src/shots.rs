@@ -26,11 +26,7 @@ pub struct PackedShots {
 impl PackedShots {
     /// An all-zero batch.
     pub fn zeros(num_shots: usize, bits_per_shot: usize) -> Self {
-        Self {
-            num_shots,
-            bits_per_shot,
-            data: vec![0; num_shots * bytes_for(bits_per_shot)],
-        }
+        Self { num_shots, bits_per_shot, data: vec![0; num_shots * bytes_for(bits_per_shot)] }
     }
 
     /// Wraps packed rows, checking the length and clearing nothing: padding bits
@@ -39,14 +35,11 @@ impl PackedShots {
         let stride = bytes_for(bits_per_shot);
         if stride == 0 {
             if !data.is_empty() {
-                return Err(BridgeError::Format(format!(
-                    "{} bytes of data for shots of 0 bits",
-                    data.len()
-                )));
+                return Err(BridgeError::Format(format!("{} bytes of data for shots of 0 bits", data.len())));
             }
             return Ok(Self { num_shots: 0, bits_per_shot, data });
         }
-        if data.len() % stride != 0 {
+        if !data.len().is_multiple_of(stride) {
             return Err(BridgeError::Format(format!(
                 "{} bytes is not a whole number of shots of {} bits ({} bytes each)",
                 data.len(),

@@ -10,7 +10,7 @@ use decoder::DecoderKind;
 use decoder::stats::ErrorCount;
 use simulator_bridge::Basis;
 
-use super::sweep::{Case, Limits, cases, print_table, run_case};
+use super::sweep::{Case, CaseRun, Limits, cases, print_table, run_case};
 
 /// Arguments of `qecd demo`.
 #[derive(Args, Debug)]
@@ -36,12 +36,18 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut table = Vec::new();
     for (decoder, experiment, noise) in specs {
         let case = Case::build(decoder, experiment, noise)?;
-        let count = run_case(&case, ErrorCount::default(), 0, limits, args.threads, args.seed, &bar, &|_| Ok(()))?;
-        let label = format!("{:<12} {:>3} {:>5} {:>8}", decoder.name(), experiment.distance, experiment.rounds, noise.p());
+        let run =
+            CaseRun { prior: ErrorCount::default(), generation: 0, limits, threads: args.threads, seed: args.seed };
+        let count = run_case(&case, &run, &bar, &|_| Ok(()))?;
+        let label =
+            format!("{:<12} {:>3} {:>5} {:>8}", decoder.name(), experiment.distance, experiment.rounds, noise.p());
         table.push((label, experiment.rounds as u64, count));
     }
     bar.finish_and_clear();
     print_table(&table);
-    println!("\n{:.1} s. Next: `qecd sweep --help`, `qecd sample --help`, `qecd predict --help`.", start.elapsed().as_secs_f64());
+    println!(
+        "\n{:.1} s. Next: `qecd sweep --help`, `qecd sample --help`, `qecd predict --help`.",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

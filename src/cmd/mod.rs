@@ -15,8 +15,10 @@ use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
 pub fn shot_bar(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} shots ({per_sec}, eta {eta}) {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} shots ({per_sec}, eta {eta}) {msg}",
+        )
+        .expect("valid template"),
     );
     bar.set_prefix(what.to_string());
     bar
@@ -42,7 +44,13 @@ pub fn decoding_dem(circuit: &stim::Circuit) -> Result<stim::DetectorErrorModel>
 }
 
 /// A memory experiment and its noise, as given on the command line.
-pub fn experiment(distance: usize, rounds: usize, basis: Basis, noise: &str, p: f64) -> Result<(MemoryExperiment, NoiseModel)> {
+pub fn experiment(
+    distance: usize,
+    rounds: usize,
+    basis: Basis,
+    noise: &str,
+    p: f64,
+) -> Result<(MemoryExperiment, NoiseModel)> {
     Ok((MemoryExperiment::new(distance, rounds, basis)?, NoiseModel::from_name(noise, p)?))
 }
 

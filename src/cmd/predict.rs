@@ -79,10 +79,8 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         .as_ref()
         .map(|p| read_shots_file(p, obs_format, BitLabels::observables(num_observables)))
         .transpose()?;
-    if let Some(actual) = &actual {
-        if actual.num_shots() != events.num_shots() {
-            bail!("--in holds {} shots but --obs-in holds {}", events.num_shots(), actual.num_shots());
-        }
+    if let Some(actual) = actual.as_ref().filter(|a| a.num_shots() != events.num_shots()) {
+        bail!("--in holds {} shots but --obs-in holds {}", events.num_shots(), actual.num_shots());
     }
     if out_format == ResultFormat::Ptb64 && events.num_shots() % 64 != 0 {
         bail!("ptb64 output needs a multiple of 64 shots; the input has {}", events.num_shots());
@@ -124,7 +122,11 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     match &actual {
         Some(actual) => {
             let errors = decoder::count_errors(&decisions.predictions, actual);
-            println!("{errors} of {} shots decoded wrongly ({:.4}%)", events.num_shots(), 100.0 * errors as f64 / events.num_shots().max(1) as f64);
+            println!(
+                "{errors} of {} shots decoded wrongly ({:.4}%)",
+                events.num_shots(),
+                100.0 * errors as f64 / events.num_shots().max(1) as f64
+            );
         }
         None => eprintln!("decoded {} shots with {kind}", events.num_shots()),
     }

@@ -72,7 +72,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         bail!("nothing to write: give --out and/or --out-dir");
     }
     for (format, given) in [(out_format, args.out.is_some()), (obs_format, args.obs_out.is_some())] {
-        if given && format == ResultFormat::Ptb64 && args.shots % 64 != 0 {
+        if given && format == ResultFormat::Ptb64 && !args.shots.is_multiple_of(64) {
             bail!("ptb64 needs a multiple of 64 shots; {} is not", args.shots);
         }
     }

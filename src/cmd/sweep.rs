@@ -127,6 +127,21 @@ pub struct Limits {
     pub max_errors: u64,
 }
 
+/// How one run of a case goes: what earlier runs recorded, and with what.
+#[derive(Clone, Copy, Debug)]
+pub struct CaseRun {
+    /// Counts that earlier runs recorded for the case.
+    pub prior: ErrorCount,
+    /// How many CSV lines earlier runs left for the case (keeps batch seeds fresh).
+    pub generation: u64,
+    /// The case's budget.
+    pub limits: Limits,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+    /// Base seed.
+    pub seed: u64,
+}
+
 /// Shared accounting of one case's batches.
 struct Ledger {
     done: ErrorCount,
@@ -135,18 +150,14 @@ struct Ledger {
 }
 
 /// Runs one case until its budget is spent, calling `record` with every
-/// finished batch. `prior` holds what earlier runs recorded; `generation`
-/// is how many CSV lines they left for this case.
+/// finished batch, and returns what this run added.
 pub fn run_case(
     case: &Case,
-    prior: ErrorCount,
-    generation: u64,
-    limits: Limits,
-    threads: usize,
-    seed: u64,
+    run: &CaseRun,
     bar: &ProgressBar,
     record: &(dyn Fn(&StatsRow) -> Result<()> + Sync),
 ) -> Result<ErrorCount> {
+    let CaseRun { prior, generation, limits, threads, seed } = *run;
     let budget = limits.max_shots.saturating_sub(prior.shots);
     if budget == 0 || prior.errors >= limits.max_errors {
         return Ok(ErrorCount::default());
@@ -326,7 +337,8 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     }
     let mut table = Vec::new();
     for (case, prior, generation) in &built {
-        let done = run_case(case, *prior, *generation, limits, args.threads, seed, &bar, &record)?;
+        let run = CaseRun { prior: *prior, generation: *generation, limits, threads: args.threads, seed };
+        let done = run_case(case, &run, &bar, &record)?;
         let mut total = *prior;
         total += done;
         let label = format!(
@@ -372,16 +384,17 @@ mod tests {
         };
         let bar = ProgressBar::hidden();
         let limits = Limits { max_shots: 1_000_000, max_errors: 50 };
-        let done = run_case(&case, ErrorCount::default(), 0, limits, 2, 1, &bar, &record).unwrap();
+        let run = |prior, generation, limits| CaseRun { prior, generation, limits, threads: 2, seed: 1 };
+        let done = run_case(&case, &run(ErrorCount::default(), 0, limits), &bar, &record).unwrap();
         assert!(done.errors >= 50 && done.shots < 1_000_000, "{done:?}");
         let recorded: u64 = rows.lock().unwrap().iter().map(|r| r.shots).sum();
         assert_eq!(recorded, done.shots);
         // A resumed case with its budget already spent does nothing.
-        let again = run_case(&case, done, 3, limits, 2, 1, &bar, &record).unwrap();
+        let again = run_case(&case, &run(done, 3, limits), &bar, &record).unwrap();
         assert_eq!(again, ErrorCount::default());
         // A shot budget is met exactly.
         let limits = Limits { max_shots: 3_000, max_errors: u64::MAX };
-        let done = run_case(&case, ErrorCount { shots: 1_000, errors: 0 }, 1, limits, 2, 1, &bar, &record).unwrap();
+        let done = run_case(&case, &run(ErrorCount { shots: 1_000, errors: 0 }, 1, limits), &bar, &record).unwrap();
         assert_eq!(done.shots, 2_000);
     }
 }
