@@ -1,7 +1,50 @@
-//! The neural decoder's model config, checkpoint format and training.
+//! The neural decoder's model: its config, its checkpoint format, and the
+//! featurization of detection events that both training and inference use.
 //!
-//! Empty until the neural-decoder issue lands: this crate exists so that the
-//! workspace has the shape shared/DESIGN.md gives it. It will own the
-//! safetensors + JSON checkpoint format and, behind the `train` feature, the
-//! tch training loop. It must never serve requests.
+//! The math is fixed by docs/model.md (the contract between training and the
+//! inference kernels). Behind the `train` feature this crate also holds the
+//! tch implementation of that math, the training and fine-tuning loops, and
+//! temperature calibration. It never serves requests.
 #![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+pub mod features;
+
+#[cfg(feature = "train")]
+pub mod net;
+#[cfg(feature = "train")]
+pub mod train;
+
+pub use checkpoint::{Checkpoint, CheckpointMeta, ModelLayout};
+pub use config::ModelConfig;
+pub use features::Featurizer;
+
+/// What can go wrong with models and checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A checkpoint is unreadable or inconsistent.
+    #[error("checkpoint {path}: {why}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A checkpoint does not fit the circuit it is asked to decode.
+    #[error("model/circuit mismatch: {0}")]
+    Mismatch(String),
+    /// Invalid configuration or arguments.
+    #[error("{0}")]
+    Invalid(String),
+    /// Training diverged or failed.
+    #[error("training: {0}")]
+    Training(String),
+    /// The syndrome source failed.
+    #[error(transparent)]
+    Bridge(#[from] simulator_bridge::BridgeError),
+    /// tch reported an error.
+    #[cfg(feature = "train")]
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}

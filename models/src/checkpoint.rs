@@ -1,0 +1,250 @@
+//! Checkpoints: one `.safetensors` file holding the weights (f32, named as
+//! in [`ModelConfig::tensor_shapes`]) and, in the header's `__metadata__`
+//! under the key `qecd`, a JSON [`CheckpointMeta`]: the config, the
+//! stabilizer layout the model expects, provenance, the calibration
+//! temperature τ and evaluation figures.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+use simulator_bridge::layout::Stabilizer;
+use simulator_bridge::{Basis, MemoryExperiment, StabilizerLayout};
+
+use crate::ModelError;
+use crate::config::ModelConfig;
+
+/// Version tag of the metadata layout.
+pub const FORMAT: &str = "qecd-checkpoint/1";
+
+/// The stabilizers a model was trained on, in its order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelLayout {
+    /// Code distance.
+    pub distance: usize,
+    /// Memory basis.
+    pub basis: Basis,
+    /// All `d² − 1` stabilizers, sorted by (y, x).
+    pub stabilizers: Vec<Stabilizer>,
+}
+
+impl ModelLayout {
+    /// The layout of Stim's rotated surface code of distance `d` (taken from a
+    /// two-round circuit, in which every stabilizer has detectors).
+    pub fn for_code(distance: usize, basis: Basis) -> Result<Self, ModelError> {
+        let circuit = MemoryExperiment::new(distance, 2, basis)?.ideal_circuit()?;
+        let layout = StabilizerLayout::from_circuit(&circuit, basis)?;
+        Ok(Self { distance, basis, stabilizers: layout.stabilizers })
+    }
+}
+
+/// Where a checkpoint came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Noise model name.
+    pub noise: String,
+    /// Physical error rate.
+    pub p: f64,
+    /// Rounds trained on, e.g. "1..=25".
+    pub rounds: String,
+    /// Training samples seen, fine-tuning included.
+    pub samples_seen: u64,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Seeds used: name → value.
+    pub seeds: BTreeMap<String, u64>,
+    /// Command lines that produced the checkpoint, oldest first.
+    pub commands: Vec<String>,
+    /// Device trained on.
+    pub device: String,
+    /// Wall-clock seconds of training.
+    pub seconds: f64,
+}
+
+/// Everything in a checkpoint besides the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The model's shapes.
+    pub config: ModelConfig,
+    /// The stabilizers it expects.
+    pub layout: ModelLayout,
+    /// How it was made.
+    pub provenance: Provenance,
+    /// Temperature τ of `sigmoid(logit / τ)`; 1 until calibrated.
+    pub temperature: f64,
+    /// Evaluation figures, free-form.
+    pub evaluation: serde_json::Value,
+}
+
+/// Weights plus metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// Metadata.
+    pub meta: CheckpointMeta,
+    /// Name → (shape, values), every tensor of the config.
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl Checkpoint {
+    /// Checks that every tensor the config names is present with its shape.
+    pub fn validate(&self, path: &str) -> Result<(), ModelError> {
+        let bad = |why: String| Err(ModelError::Checkpoint { path: path.to_string(), why });
+        self.meta.config.validate()?;
+        if self.meta.format != FORMAT {
+            return bad(format!("format '{}' is not {FORMAT}", self.meta.format));
+        }
+        if self.meta.layout.stabilizers.len() != self.meta.config.num_stabilizers {
+            return bad(format!(
+                "the layout has {} stabilizers but the config expects {}",
+                self.meta.layout.stabilizers.len(),
+                self.meta.config.num_stabilizers
+            ));
+        }
+        for (name, shape) in self.meta.config.tensor_shapes() {
+            match self.tensors.get(&name) {
+                None => return bad(format!("tensor '{name}' is missing")),
+                Some((got, values)) if got != &shape || values.len() != shape.iter().product::<usize>() => {
+                    return bad(format!("tensor '{name}' has shape {got:?}, expected {shape:?}"));
+                }
+                Some((_, values)) if values.iter().any(|v| !v.is_finite()) => {
+                    return bad(format!("tensor '{name}' holds non-finite values"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Serializes to safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        let meta = serde_json::to_string(&self.meta).expect("metadata serializes");
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(n, (shape, v))| (n.clone(), shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, shape, data)| (n.clone(), TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes agree")))
+            .collect();
+        safetensors::serialize(views, Some(HashMap::from([("qecd".to_string(), meta)])))
+            .map_err(|e| ModelError::Invalid(format!("cannot serialize checkpoint: {e}")))
+    }
+
+    /// Parses safetensors bytes and validates them.
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self, ModelError> {
+        let bad = |why: String| ModelError::Checkpoint { path: path.to_string(), why };
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("unreadable header: {e}")))?;
+        let meta_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("qecd"))
+            .ok_or_else(|| bad("no qecd metadata in the header; not a qecd checkpoint".into()))?;
+        let meta: CheckpointMeta =
+            serde_json::from_str(meta_json).map_err(|e| bad(format!("metadata does not parse: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(bad(format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
+            }
+            let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            tensors.insert(name, (view.shape().to_vec(), values));
+        }
+        let ckpt = Self { meta, tensors };
+        ckpt.validate(path)?;
+        Ok(ckpt)
+    }
+
+    /// Writes the checkpoint atomically (an existing file is replaced only on success).
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        self.validate(&path.display().to_string())?;
+        let bytes = self.to_bytes()?;
+        simulator_bridge::fsutil::write_atomically(path, |w| {
+            std::io::Write::write_all(w, &bytes).map_err(|e| simulator_bridge::BridgeError::io(path, e))
+        })?;
+        Ok(())
+    }
+
+    /// Reads and validates a checkpoint.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let bytes = simulator_bridge::fsutil::read_file(path)?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// A checkpoint with deterministic pseudo-random weights (for tests and as
+    /// a training start): LayerNorm gains 1, biases 0, matrices uniform in
+    /// ±1/√fan_in.
+    pub fn random(config: ModelConfig, layout: ModelLayout, seed: u64) -> Self {
+        let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
+        let mut uniform = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in config.tensor_shapes() {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = if name.contains("ln") && name.ends_with("weight") {
+                vec![1.0; n]
+            } else {
+                let scale = if shape.len() == 2 { 1.0 / (shape[1] as f32).sqrt() } else { 0.1 };
+                (0..n).map(|_| uniform() * scale).collect()
+            };
+            tensors.insert(name, (shape, values));
+        }
+        let meta = CheckpointMeta {
+            format: FORMAT.to_string(),
+            config,
+            layout,
+            provenance: Provenance::default(),
+            temperature: 1.0,
+            evaluation: serde_json::Value::Null,
+        };
+        Self { meta, tensors }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Checkpoint {
+        let layout = ModelLayout::for_code(3, Basis::Z).unwrap();
+        Checkpoint::random(ModelConfig::for_distance(3, 16, 2, 2, 32), layout, 7)
+    }
+
+    #[test]
+    fn save_and_load_round_trip_bit_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let mut ckpt = small();
+        ckpt.meta.temperature = 1.25;
+        ckpt.meta.provenance.seeds.insert("train".into(), 3);
+        ckpt.save(&path).unwrap();
+        let back = Checkpoint::load(&path).unwrap();
+        assert_eq!(back, ckpt);
+        for (name, (_, v)) in &ckpt.tensors {
+            let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+            let back_bits: Vec<u32> = back.tensors[name].1.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(bits, back_bits, "{name}");
+        }
+    }
+
+    #[test]
+    fn missing_or_misshapen_tensors_are_named() {
+        let mut ckpt = small();
+        ckpt.tensors.remove("layers.1.ffn.w2");
+        let err = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap(), "x").unwrap_err().to_string();
+        assert!(err.contains("'layers.1.ffn.w2' is missing"), "{err}");
+        let mut ckpt = small();
+        ckpt.tensors.insert("embed.stab".into(), (vec![7, 16], vec![0.0; 112]));
+        let err = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap(), "x").unwrap_err().to_string();
+        assert!(err.contains("'embed.stab' has shape [7, 16], expected [8, 16]"), "{err}");
+        let err = Checkpoint::from_bytes(b"garbage", "x").unwrap_err().to_string();
+        assert!(err.contains("not a safetensors file"), "{err}");
+    }
+}
