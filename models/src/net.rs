@@ -1,0 +1,133 @@
+//! The recurrent transformer of docs/model.md, in tch. This is the reference
+//! implementation that training uses and that the inference kernels must
+//! reproduce within 1e-4.
+
+use std::collections::BTreeMap;
+
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::ModelError;
+use crate::checkpoint::{Checkpoint, CheckpointMeta};
+use crate::config::ModelConfig;
+
+/// LayerNorm epsilon (docs/model.md).
+pub const LN_EPS: f64 = 1e-5;
+
+/// The model's variables in a tch `VarStore`, named as in the checkpoint.
+pub struct Net {
+    /// Owns the trainable variables.
+    pub vs: nn::VarStore,
+    config: ModelConfig,
+    vars: BTreeMap<String, Tensor>,
+}
+
+impl Net {
+    /// Loads a checkpoint's weights onto `device`.
+    pub fn from_checkpoint(ckpt: &Checkpoint, device: Device) -> Result<Self, ModelError> {
+        ckpt.validate("<memory>")?;
+        let vs = nn::VarStore::new(device);
+        let mut vars = BTreeMap::new();
+        for (name, shape) in ckpt.meta.config.tensor_shapes() {
+            let (_, values) = &ckpt.tensors[&name];
+            let dims: Vec<i64> = shape.iter().map(|&x| x as i64).collect();
+            let init = Tensor::from_slice(values).view(dims.as_slice()).to_device(device);
+            let mut path = vs.root();
+            let parts: Vec<&str> = name.split('.').collect();
+            for part in &parts[..parts.len() - 1] {
+                path = path / *part;
+            }
+            let var = path.var_copy(parts[parts.len() - 1], &init);
+            vars.insert(name, var);
+        }
+        Ok(Self { vs, config: ckpt.meta.config.clone(), vars })
+    }
+
+    /// The model's shapes.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The current weights as a checkpoint with metadata `meta`.
+    pub fn to_checkpoint(&self, meta: CheckpointMeta) -> Result<Checkpoint, ModelError> {
+        let mut tensors = BTreeMap::new();
+        for (name, var) in &self.vars {
+            let shape: Vec<usize> = var.size().iter().map(|&x| x as usize).collect();
+            let flat = var.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1);
+            let values = Vec::<f32>::try_from(&flat)?;
+            tensors.insert(name.clone(), (shape, values));
+        }
+        Ok(Checkpoint { meta, tensors })
+    }
+
+    fn w(&self, name: &str) -> &Tensor {
+        &self.vars[name]
+    }
+
+    fn linear(&self, x: &Tensor, weight: &str, bias: &str) -> Tensor {
+        x.matmul(&self.w(weight).tr()) + self.w(bias)
+    }
+
+    fn layer_norm(&self, x: &Tensor, prefix: &str) -> Tensor {
+        let d = self.config.width as i64;
+        x.layer_norm([d], Some(self.w(&format!("{prefix}.weight"))), Some(self.w(&format!("{prefix}.bias"))), LN_EPS, false)
+    }
+
+    /// One transformer layer on the state `z: [B, S, D]`.
+    fn layer(&self, l: usize, z: &Tensor) -> Tensor {
+        let (b, s, d) = z.size3().expect("state is [B, S, D]");
+        let h = self.config.heads as i64;
+        let dh = d / h;
+        let p = |n: &str| format!("layers.{l}.{n}");
+        let x = self.layer_norm(z, &p("ln1"));
+        let heads = |t: Tensor| t.view([b, s, h, dh]).permute([0, 2, 1, 3]);
+        let q = heads(self.linear(&x, &p("attn.wq"), &p("attn.bq")));
+        let k = heads(self.linear(&x, &p("attn.wk"), &p("attn.bk")));
+        let v = heads(self.linear(&x, &p("attn.wv"), &p("attn.bv")));
+        let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt() + self.w(&p("attn.bias"));
+        let attended = scores.softmax(-1, Kind::Float).matmul(&v).permute([0, 2, 1, 3]).reshape([b, s, d]);
+        let z = z + self.linear(&attended, &p("attn.wo"), &p("attn.bo"));
+        let x = self.layer_norm(&z, &p("ln2"));
+        let hidden = self.linear(&x, &p("ffn.w1"), &p("ffn.b1")).gelu("none");
+        &z + self.linear(&hidden, &p("ffn.w2"), &p("ffn.b2"))
+    }
+
+    /// Logits `[B, O]` for features `[B, T, S, 3]`.
+    pub fn forward(&self, features: &Tensor) -> Tensor {
+        let (b, t, s, _) = features.size4().expect("features are [B, T, S, F]");
+        let d = self.config.width as i64;
+        let x = self.linear(features, "embed.w_in", "embed.b_in") + self.w("embed.stab");
+        let mut z = Tensor::zeros([b, s, d], (Kind::Float, features.device()));
+        for step in 0..t {
+            z = (z + x.select(1, step)) / std::f64::consts::SQRT_2;
+            for l in 0..self.config.layers {
+                z = self.layer(l, &z);
+            }
+        }
+        let pooled = self.layer_norm(&z, "readout.ln").mean_dim(1, false, Kind::Float);
+        let hidden = self.linear(&pooled, "readout.w1", "readout.b1").gelu("none");
+        self.linear(&hidden, "readout.w2", "readout.b2")
+    }
+}
+
+/// Packs features `[n, T, S, 3]` into a tensor on `device`.
+pub fn features_tensor(values: &[f32], n: usize, t: usize, s: usize, device: Device) -> Tensor {
+    Tensor::from_slice(values).view([n as i64, t as i64, s as i64, crate::features::NUM_FEATURES as i64]).to_device(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::ModelLayout;
+    use simulator_bridge::Basis;
+
+    #[test]
+    fn checkpoint_round_trips_through_the_net() {
+        let layout = ModelLayout::for_code(3, Basis::Z).unwrap();
+        let ckpt = Checkpoint::random(ModelConfig::for_distance(3, 16, 2, 2, 32), layout, 1);
+        let net = Net::from_checkpoint(&ckpt, Device::Cpu).unwrap();
+        assert_eq!(net.to_checkpoint(ckpt.meta.clone()).unwrap(), ckpt);
+        let logits = net.forward(&Tensor::zeros([5, 4, 8, 3], (Kind::Float, Device::Cpu)));
+        assert_eq!(logits.size(), vec![5, 1]);
+        assert!(bool::try_from(logits.isfinite().all()).unwrap());
+    }
+}
