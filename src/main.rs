@@ -4,6 +4,8 @@
 //! input is bad; no output file is left half-written.
 
 mod cmd;
+#[cfg(feature = "train")]
+mod neural;
 mod outputs;
 mod plot;
 mod sinter_csv;
@@ -34,6 +36,9 @@ enum Command {
     Sweep(cmd::sweep::SweepArgs),
     /// Plot a sweep's LER per round against distance.
     Plot(PlotArgs),
+    /// Train the neural decoder on simulated shots (feature `train`).
+    #[cfg(feature = "train")]
+    Train(cmd::train::TrainArgs),
 }
 
 /// Arguments of `qecd plot`.
@@ -69,6 +74,8 @@ fn main() -> ExitCode {
         Command::Predict(args) => cmd::predict::run(args),
         Command::Sweep(args) => cmd::sweep::run(args),
         Command::Plot(args) => run_plot(args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => cmd::train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,17 +52,22 @@ pub enum DecoderKind {
     Matching,
     /// PyMatching's two-pass correlated matching.
     Correlated,
+    /// The recurrent-transformer neural decoder (needs a model checkpoint).
+    Neural,
 }
 
 impl DecoderKind {
     /// All kinds, in the order they are listed to users.
-    pub const ALL: [DecoderKind; 2] = [DecoderKind::Matching, DecoderKind::Correlated];
+    pub const ALL: [DecoderKind; 3] = [DecoderKind::Matching, DecoderKind::Correlated, DecoderKind::Neural];
+    /// The matching decoders, which need nothing but a detector error model.
+    pub const MATCHING: [DecoderKind; 2] = [DecoderKind::Matching, DecoderKind::Correlated];
 
     /// The name used on the command line.
     pub fn name(&self) -> &'static str {
         match self {
             DecoderKind::Matching => "matching",
             DecoderKind::Correlated => "correlated",
+            DecoderKind::Neural => "neural",
         }
     }
 }
@@ -73,7 +78,7 @@ impl FromStr for DecoderKind {
         DecoderKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| DecodeError::Invalid(format!("unknown decoder '{s}' (expected matching or correlated)")))
+            .ok_or_else(|| DecodeError::Invalid(format!("unknown decoder '{s}' (expected matching, correlated or neural)")))
     }
 }
 

@@ -21,6 +21,9 @@ pub struct MatchingDecoder {
 impl MatchingDecoder {
     /// Builds the matching graph of a detector error model.
     pub fn from_dem(dem: &stim::DetectorErrorModel, kind: DecoderKind) -> Result<Self, DecodeError> {
+        if !DecoderKind::MATCHING.contains(&kind) {
+            return Err(DecodeError::Invalid(format!("{kind} is not a matching decoder")));
+        }
         let correlated = kind == DecoderKind::Correlated;
         let matching = Matching::from_detector_error_model_with_options(dem, correlated)?;
         Ok(Self {
@@ -196,7 +199,7 @@ mod tests {
     /// observable flip.
     #[test]
     fn single_faults_decode_to_their_observable() {
-        for kind in DecoderKind::ALL {
+        for kind in DecoderKind::MATCHING {
             let c = circuit(5, 0.001);
             let model = dem(&c);
             let mut decoder = MatchingDecoder::from_dem(&model, kind).unwrap();

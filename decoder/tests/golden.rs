@@ -14,7 +14,7 @@ fn fixture(name: &str) -> PathBuf {
 fn predictions_match_python_pymatching() {
     let dem = std::fs::read_to_string(fixture("d5_si1000.dem")).unwrap();
     let actual = read_shots_file(&fixture("d5_si1000.obs.01"), ResultFormat::Zero1, BitLabels::observables(1)).unwrap();
-    for kind in DecoderKind::ALL {
+    for kind in DecoderKind::MATCHING {
         let mut decoder = MatchingDecoder::from_dem_text(&dem, kind).unwrap();
         let labels = BitLabels::detectors(decoder.num_detectors());
         let events = read_shots_file(&fixture("d5_si1000.b8"), ResultFormat::B8, labels).unwrap();

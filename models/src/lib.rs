@@ -7,6 +7,7 @@
 //! temperature calibration. It never serves requests.
 #![deny(missing_docs)]
 
+pub mod calibration;
 pub mod checkpoint;
 pub mod config;
 pub mod features;

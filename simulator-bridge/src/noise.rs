@@ -37,6 +37,22 @@ pub enum NoiseModel {
         /// Physical error rate.
         p: f64,
     },
+    /// SI1000(p) in which every channel on qubit q is scaled by a factor f_q
+    /// drawn uniformly from [0.5, 2] with `seed` (two-qubit channels use the
+    /// mean of their qubits' factors): a device unlike the one a model was
+    /// pretrained on, for fine-tuning experiments. Named `si1000-varied:SEED`.
+    Si1000Varied {
+        /// Physical error rate before scaling.
+        p: f64,
+        /// Seed of the per-qubit factors.
+        seed: u64,
+    },
+}
+
+/// The factor by which [`NoiseModel::Si1000Varied`] scales qubit `q`'s channels.
+pub fn varied_factor(seed: u64, q: u32) -> f64 {
+    let u = crate::sample::derive_seed(seed, q as u64) >> 11;
+    0.5 + 1.5 * (u as f64 / (1u64 << 53) as f64)
 }
 
 /// Channel strengths derived from a model.
@@ -48,6 +64,8 @@ struct Rates {
     measure_flip: f64,
     idle: f64,
     measure_reset_idle: f64,
+    /// Seed of per-qubit factors, for [`NoiseModel::Si1000Varied`].
+    varied: Option<u64>,
 }
 
 impl NoiseModel {
@@ -56,19 +74,27 @@ impl NoiseModel {
         if !(0.0..=0.5).contains(&p) {
             return Err(BridgeError::invalid("p", format!("{p} is outside [0, 0.5]")));
         }
-        let model = match name.to_ascii_lowercase().as_str() {
+        let lower = name.to_ascii_lowercase();
+        let model = match lower.as_str() {
             "si1000" => NoiseModel::Si1000 { p },
+            varied if varied.starts_with("si1000-varied:") => {
+                let seed = varied["si1000-varied:".len()..].parse().map_err(|_| {
+                    BridgeError::invalid("noise", format!("'{name}': expected si1000-varied:SEED with a whole-number seed"))
+                })?;
+                NoiseModel::Si1000Varied { p, seed }
+            }
             "depolarizing" | "uniform" | "uniform_depolarizing" => NoiseModel::UniformDepolarizing { p },
             _ => {
                 return Err(BridgeError::invalid(
                     "noise",
-                    format!("unknown noise model '{name}' (expected si1000 or depolarizing)"),
+                    format!("unknown noise model '{name}' (expected si1000, si1000-varied:SEED or depolarizing)"),
                 ));
             }
         };
         let r = model.rates();
-        let worst = [r.reset_flip, r.measure_flip].into_iter().fold(0.0, f64::max);
-        if worst > 0.5 || r.idle + r.measure_reset_idle > 0.75 {
+        let most = if r.varied.is_some() { 2.0 } else { 1.0 };
+        let worst = most * [r.reset_flip, r.measure_flip].into_iter().fold(0.0, f64::max);
+        if worst > 0.5 || most * (r.idle + r.measure_reset_idle) > 0.75 {
             return Err(BridgeError::invalid(
                 "p",
                 format!("{p} is too large for {name}: its measurement flip would be {worst}"),
@@ -78,33 +104,46 @@ impl NoiseModel {
     }
 
     /// The model's name as used on the command line and in sweep metadata.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            NoiseModel::UniformDepolarizing { .. } => "depolarizing",
-            NoiseModel::Si1000 { .. } => "si1000",
+            NoiseModel::UniformDepolarizing { .. } => "depolarizing".into(),
+            NoiseModel::Si1000 { .. } => "si1000".into(),
+            NoiseModel::Si1000Varied { seed, .. } => format!("si1000-varied:{seed}"),
         }
     }
 
     /// Physical error rate p.
     pub fn p(&self) -> f64 {
         match *self {
-            NoiseModel::UniformDepolarizing { p } | NoiseModel::Si1000 { p } => p,
+            NoiseModel::UniformDepolarizing { p } | NoiseModel::Si1000 { p } | NoiseModel::Si1000Varied { p, .. } => p,
         }
     }
 
     fn rates(&self) -> Rates {
         match *self {
-            NoiseModel::UniformDepolarizing { p } => {
-                Rates { clifford1: p, clifford2: p, reset_flip: p, measure_flip: p, idle: p, measure_reset_idle: 0.0 }
-            }
-            NoiseModel::Si1000 { p } => Rates {
-                clifford1: p / 10.0,
+            NoiseModel::UniformDepolarizing { p } => Rates {
+                clifford1: p,
                 clifford2: p,
-                reset_flip: 2.0 * p,
-                measure_flip: 5.0 * p,
-                idle: p / 10.0,
-                measure_reset_idle: 2.0 * p,
+                reset_flip: p,
+                measure_flip: p,
+                idle: p,
+                measure_reset_idle: 0.0,
+                varied: None,
             },
+            NoiseModel::Si1000 { p } => Self::si1000_rates(p, None),
+            NoiseModel::Si1000Varied { p, seed } => Self::si1000_rates(p, Some(seed)),
+        }
+    }
+
+    fn si1000_rates(p: f64, varied: Option<u64>) -> Rates {
+        Rates {
+            clifford1: p / 10.0,
+            clifford2: p,
+            reset_flip: 2.0 * p,
+            measure_flip: 5.0 * p,
+            idle: p / 10.0,
+            measure_reset_idle: 2.0 * p,
+            varied,
         }
     }
 
@@ -283,11 +322,11 @@ impl Moment {
         }
         if !self.used.is_empty() {
             let idle: Vec<u32> = qubits.difference(&self.used).copied().collect();
-            push_channel(&mut self.post, "DEPOLARIZE1", rates.idle, &idle);
+            push_channel(&mut self.post, "DEPOLARIZE1", rates.idle, &idle, rates.varied);
         }
         if !self.collapsed.is_empty() {
             let waiting: Vec<u32> = qubits.difference(&self.collapsed).copied().collect();
-            push_channel(&mut self.post, "DEPOLARIZE1", rates.measure_reset_idle, &waiting);
+            push_channel(&mut self.post, "DEPOLARIZE1", rates.measure_reset_idle, &waiting, rates.varied);
         }
         out.append(&mut self.pre);
         out.append(&mut self.mid);
@@ -297,12 +336,24 @@ impl Moment {
     }
 }
 
-fn push_channel(into: &mut Vec<String>, channel: &str, p: f64, qubits: &[u32]) {
+fn push_channel(into: &mut Vec<String>, channel: &str, p: f64, qubits: &[u32], varied: Option<u64>) {
     if p <= 0.0 || qubits.is_empty() {
         return;
     }
-    let targets: Vec<String> = qubits.iter().map(u32::to_string).collect();
-    into.push(format!("{channel}({}) {}", format_probability(p), targets.join(" ")));
+    let line = |p: f64, qubits: &[u32]| {
+        let targets: Vec<String> = qubits.iter().map(u32::to_string).collect();
+        format!("{channel}({}) {}", format_probability(p), targets.join(" "))
+    };
+    match varied {
+        None => into.push(line(p, qubits)),
+        Some(seed) => {
+            let arity = if channel == "DEPOLARIZE2" { 2 } else { 1 };
+            for group in qubits.chunks(arity) {
+                let f = group.iter().map(|&q| varied_factor(seed, q)).sum::<f64>() / group.len() as f64;
+                into.push(line(p * f, group));
+            }
+        }
+    }
 }
 
 /// Prints a probability without floating-point residue (`5 * 0.003` prints as 0.015).
@@ -385,25 +436,25 @@ fn noisy_lines(
         let flip = |x_basis: bool| if x_basis { "Z_ERROR" } else { "X_ERROR" };
         match kind {
             Kind::Annotation => unreachable!("handled above"),
-            Kind::Clifford1 => push_channel(&mut moment.post, "DEPOLARIZE1", rates.clifford1, &touched),
+            Kind::Clifford1 => push_channel(&mut moment.post, "DEPOLARIZE1", rates.clifford1, &touched, rates.varied),
             Kind::Clifford2 => {
                 if touched.len() % 2 != 0 {
                     return Err(BridgeError::Circuit(format!("odd number of targets in '{line}'")));
                 }
-                push_channel(&mut moment.post, "DEPOLARIZE2", rates.clifford2, &touched);
+                push_channel(&mut moment.post, "DEPOLARIZE2", rates.clifford2, &touched, rates.varied);
             }
             Kind::Reset { x_basis } => {
                 moment.collapsed.extend(touched.iter().copied());
-                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip, &touched);
+                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip, &touched, rates.varied);
             }
             Kind::Measure { x_basis } => {
                 moment.collapsed.extend(touched.iter().copied());
-                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip, &touched);
+                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip, &touched, rates.varied);
             }
             Kind::MeasureReset { x_basis } => {
                 moment.collapsed.extend(touched.iter().copied());
-                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip, &touched);
-                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip, &touched);
+                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip, &touched, rates.varied);
+                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip, &touched, rates.varied);
             }
         }
         moment.mid.push(line.to_string());
@@ -551,6 +602,26 @@ mod tests {
             // A noiseless reference sample still satisfies every detector.
             assert!(noisy.detector_error_model().is_ok());
         }
+    }
+
+    /// The varied model scales each qubit's channels by its own factor in [0.5, 2].
+    #[test]
+    fn varied_si1000_scales_per_qubit() {
+        let ideal = MemoryExperiment::new(3, 3, Basis::Z).unwrap().ideal_circuit().unwrap();
+        let model = NoiseModel::from_name("si1000-varied:7", 0.001).unwrap();
+        assert_eq!(model.name(), "si1000-varied:7");
+        let text = model.apply_to_text(&ideal.to_string()).unwrap();
+        let line = text.lines().find(|l| l.trim().starts_with("X_ERROR") && l.trim().ends_with(" 2")).unwrap();
+        let rate: f64 = line.trim()["X_ERROR(".len()..line.trim().find(')').unwrap()].parse().unwrap();
+        assert!((rate - 0.002 * varied_factor(7, 2)).abs() < 1e-12, "{line}");
+        let factors: Vec<f64> = (0..30).map(|q| varied_factor(7, q)).collect();
+        assert!(factors.iter().all(|f| (0.5..=2.0).contains(f)));
+        assert!(factors.iter().any(|&f| f < 0.9) && factors.iter().any(|&f| f > 1.5));
+        let plain = NoiseModel::Si1000 { p: 0.001 }.apply(&ideal).unwrap().detector_error_model().unwrap();
+        let varied = model.apply(&ideal).unwrap().detector_error_model().unwrap();
+        assert_eq!(plain.num_detectors(), varied.num_detectors());
+        assert_ne!(plain.to_string(), varied.to_string());
+        assert!(NoiseModel::from_name("si1000-varied:x", 0.001).is_err());
     }
 
     #[test]

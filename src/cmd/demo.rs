@@ -30,12 +30,12 @@ pub struct DemoArgs {
 pub fn run(args: &DemoArgs) -> Result<()> {
     let start = Instant::now();
     println!("qecd demo: rotated surface code, memory-Z, SI1000 p=0.003, rounds = d, {} shots per case\n", args.shots);
-    let specs = cases(&DecoderKind::ALL, &[3, 5], &["d".into()], Basis::Z, "si1000", &[0.003])?;
+    let specs = cases(&DecoderKind::MATCHING, &[3, 5], &["d".into()], Basis::Z, "si1000", &[0.003])?;
     let bar = super::shot_bar(args.shots * specs.len() as u64, "demo");
     let limits = Limits { max_shots: args.shots, max_errors: u64::MAX };
     let mut table = Vec::new();
     for (decoder, experiment, noise) in specs {
-        let case = Case::build(decoder, experiment, noise)?;
+        let case = Case::build(decoder, experiment, noise, None)?;
         let run =
             CaseRun { prior: ErrorCount::default(), generation: 0, limits, threads: args.threads, seed: args.seed };
         let count = run_case(&case, &run, &bar, &|_| Ok(()))?;

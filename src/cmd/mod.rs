@@ -4,6 +4,8 @@ pub mod demo;
 pub mod predict;
 pub mod sample;
 pub mod sweep;
+#[cfg(feature = "train")]
+pub mod train;
 
 use std::path::Path;
 
@@ -52,6 +54,42 @@ pub fn experiment(
     p: f64,
 ) -> Result<(MemoryExperiment, NoiseModel)> {
     Ok((MemoryExperiment::new(distance, rounds, basis)?, NoiseModel::from_name(noise, p)?))
+}
+
+/// Builds a decoder of any kind. The neural decoder needs the model and the
+/// circuit (for its stabilizer layout); the matching decoders need the DEM.
+pub fn build_decoder(
+    kind: decoder::DecoderKind,
+    dem_text: &str,
+    circuit: Option<&stim::Circuit>,
+    model: Option<&models::Checkpoint>,
+) -> Result<Box<dyn decoder::Decoder>> {
+    match kind {
+        decoder::DecoderKind::Neural => neural_decoder(dem_text, circuit, model),
+        kind => Ok(Box::new(decoder::MatchingDecoder::from_dem_text(dem_text, kind)?)),
+    }
+}
+
+#[cfg(feature = "train")]
+fn neural_decoder(
+    dem_text: &str,
+    circuit: Option<&stim::Circuit>,
+    model: Option<&models::Checkpoint>,
+) -> Result<Box<dyn decoder::Decoder>> {
+    let model = model.context("the neural decoder needs --model CKPT")?;
+    let basis = model.meta.layout.basis;
+    let layout = match circuit {
+        Some(c) => StabilizerLayout::from_circuit(c, basis)?,
+        None => crate::neural::dem_layout(&dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?, basis)?,
+    };
+    Ok(Box::new(crate::neural::TchNeuralDecoder::new(model, &layout)?))
+}
+
+#[cfg(not(feature = "train"))]
+fn neural_decoder(_: &str, _: Option<&stim::Circuit>, _: Option<&models::Checkpoint>) -> Result<Box<dyn decoder::Decoder>> {
+    anyhow::bail!(
+        "this qecd was built without the neural decoder; rebuild with `--features train` (see scripts/torch-env)"
+    )
 }
 
 /// A seed from the clock, for commands run without `--seed`.

@@ -18,7 +18,7 @@ const CALIBRATION_SEED: u64 = 0x6361_6c69_6272_6174;
 
 /// Arguments of `qecd predict`; the flags follow `pymatching predict`.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("model").required(true).args(["dem", "circuit"])))]
+#[command(group(ArgGroup::new("error_model").required(true).args(["dem", "circuit"])))]
 pub struct PredictArgs {
     /// Detector error model to decode with.
     #[arg(long)]
@@ -38,9 +38,12 @@ pub struct PredictArgs {
     /// Format of --out.
     #[arg(long, alias = "out_format", default_value = "01")]
     pub out_format: String,
-    /// matching or correlated.
+    /// matching, correlated, or neural (with --model; needs the `train` feature for now).
     #[arg(long, default_value = "correlated")]
     pub decoder: String,
+    /// Neural-decoder checkpoint.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Also write each shot's calibrated confidence, one number per line.
     #[arg(long, alias = "confidence_out")]
     pub confidence_out: Option<PathBuf>,
@@ -61,13 +64,18 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let out_format: ResultFormat = args.out_format.parse()?;
     let obs_format: ResultFormat = args.obs_in_format.parse()?;
     let kind: DecoderKind = args.decoder.parse()?;
-    let dem = match (&args.dem, &args.circuit) {
+    let model = args.model.as_ref().map(|p| models::Checkpoint::load(p)).transpose()?;
+    if (kind == DecoderKind::Neural) != model.is_some() {
+        bail!("--model goes with --decoder neural, and --decoder neural needs --model");
+    }
+    let circuit = args.circuit.as_ref().map(|p| super::read_circuit(p)).transpose()?;
+    let dem = match (&args.dem, &circuit) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             text.parse::<stim::DetectorErrorModel>()
                 .map_err(|e| anyhow::anyhow!("{}: not a detector error model: {e}", path.display()))?
         }
-        (None, Some(path)) => super::decoding_dem(&super::read_circuit(path)?)?,
+        (None, Some(circuit)) => super::decoding_dem(circuit)?,
         (None, None) => unreachable!("clap requires --dem or --circuit"),
     };
     let num_detectors = dem.num_detectors() as usize;
@@ -90,7 +98,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let confidence_out = stage.add_optional(args.confidence_out.as_deref())?;
 
     let calibration = match confidence_out {
-        Some(_) => {
+        Some(_) if kind != DecoderKind::Neural => {
             let probe = MatchingDecoder::from_dem(&dem, kind)?;
             let fit = probe.fit_calibration(&dem, CALIBRATION_SHOTS, CALIBRATION_SEED)?;
             eprintln!(
@@ -99,7 +107,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             );
             Some(fit)
         }
-        None => None,
+        _ => None,
     };
     let dem_text = dem.to_string();
     let make = || {
@@ -109,7 +117,11 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             None => d,
         })
     };
-    let decisions = decode_parallel(make, &events, args.threads)?;
+    let decisions = if kind == DecoderKind::Neural {
+        super::build_decoder(kind, &dem_text, circuit.as_ref(), model.as_ref())?.decode_batch(&events)?
+    } else {
+        decode_parallel(make, &events, args.threads)?
+    };
     write_shots(&mut stage.writer(out)?, &decisions.predictions, out_format, BitLabels::observables(num_observables))?;
     if let (Some(o), Some(confidence)) = (confidence_out, &decisions.confidence) {
         let mut w = stage.writer(o)?;

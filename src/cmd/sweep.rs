@@ -12,14 +12,14 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
-use decoder::{Decoder, DecoderKind, MatchingDecoder};
+use decoder::DecoderKind;
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use simulator_bridge::sample::{derive_seed, resolve_threads};
@@ -66,6 +66,9 @@ pub struct SweepArgs {
     /// Base seed (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Neural-decoder checkpoints; each neural case uses the one for its distance and basis.
+    #[arg(long, value_delimiter = ',')]
+    pub model: Vec<PathBuf>,
 }
 
 /// One case of a sweep, ready to run.
@@ -84,14 +87,21 @@ pub struct Case {
     pub metadata: serde_json::Value,
     /// sha256 over circuit, decoder, DEM and metadata, as sinter's strong id.
     pub strong_id: String,
+    /// The model of a neural case.
+    pub model: Option<models::Checkpoint>,
 }
 
 impl Case {
     /// Builds the circuit and DEM of a case.
-    pub fn build(decoder: DecoderKind, experiment: MemoryExperiment, noise: NoiseModel) -> Result<Self> {
+    pub fn build(
+        decoder: DecoderKind,
+        experiment: MemoryExperiment,
+        noise: NoiseModel,
+        model: Option<(&Path, models::Checkpoint)>,
+    ) -> Result<Self> {
         let circuit = experiment.noisy_circuit(&noise)?;
         let dem = super::decoding_dem(&circuit)?;
-        let metadata = serde_json::json!({
+        let mut metadata = serde_json::json!({
             "basis": experiment.basis.to_string(),
             "d": experiment.distance,
             "decoder": decoder.name(),
@@ -99,6 +109,10 @@ impl Case {
             "p": noise.p(),
             "r": experiment.rounds,
         });
+        if let Some((path, _)) = &model {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            metadata["model"] = name.into();
+        }
         let circuit_text = circuit.to_string();
         let dem_text = dem.to_string();
         let identity = serde_json::json!({
@@ -109,7 +123,7 @@ impl Case {
             "json_metadata": metadata,
         });
         let strong_id = format!("{:x}", Sha256::digest(identity.to_string().as_bytes()));
-        Ok(Self { decoder, experiment, noise, circuit_text, dem_text, metadata, strong_id })
+        Ok(Self { decoder, experiment, noise, circuit_text, dem_text, metadata, strong_id, model: model.map(|m| m.1) })
     }
 
     /// A short label for progress messages.
@@ -162,7 +176,8 @@ pub fn run_case(
     if budget == 0 || prior.errors >= limits.max_errors {
         return Ok(ErrorCount::default());
     }
-    let threads = resolve_threads(threads) as u64;
+    // tch parallelizes the neural forward itself; one worker feeds it.
+    let threads = if case.decoder == DecoderKind::Neural { 1 } else { resolve_threads(threads) as u64 };
     let case_seed = derive_seed(seed, u64::from_str_radix(&case.strong_id[..16], 16).unwrap_or(0));
     let ledger = Mutex::new(Ledger { done: ErrorCount::default(), claimed: 0, next_batch: 0 });
     let claim = || -> Option<(u64, u64)> {
@@ -181,7 +196,8 @@ pub fn run_case(
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
                     let circuit: stim::Circuit = case.circuit_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let mut decoder = MatchingDecoder::from_dem_text(&case.dem_text, case.decoder)?;
+                    let mut decoder =
+                        super::build_decoder(case.decoder, &case.dem_text, Some(&circuit), case.model.as_ref())?;
                     while let Some((batch, n)) = claim() {
                         let start = Instant::now();
                         let batch_seed = derive_seed(case_seed, (generation << 32) | batch);
@@ -325,8 +341,22 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let seed = args.seed.unwrap_or_else(super::fresh_seed);
     let bar = super::shot_bar(0, "sweep");
     let mut built = Vec::new();
+    let checkpoints: Vec<(PathBuf, models::Checkpoint)> =
+        args.model.iter().map(|p| Ok((p.clone(), models::Checkpoint::load(p)?))).collect::<Result<_>>()?;
     for (decoder, experiment, noise) in mine {
-        let case = Case::build(decoder, experiment, noise)?;
+        let model = match decoder {
+            DecoderKind::Neural => {
+                let found = checkpoints.iter().find(|(_, c)| {
+                    c.meta.layout.distance == experiment.distance && c.meta.layout.basis == experiment.basis
+                });
+                let (path, ckpt) = found.with_context(|| {
+                    format!("no --model for the neural decoder at d={} memory-{}", experiment.distance, experiment.basis)
+                })?;
+                Some((path.as_path(), ckpt.clone()))
+            }
+            _ => None,
+        };
+        let case = Case::build(decoder, experiment, noise, model)?;
         let prior_rows: Vec<&StatsRow> = existing.iter().filter(|r| r.strong_id == case.strong_id).collect();
         let prior = prior_rows.iter().fold(ErrorCount::default(), |mut acc, r| {
             acc += ErrorCount { shots: r.shots, errors: r.errors };
@@ -367,16 +397,16 @@ mod tests {
         assert_eq!(parse_shard("1/4").unwrap(), (1, 4));
         assert!(parse_shard("4/4").is_err());
         assert!(parse_shard("x").is_err());
-        let all = cases(&DecoderKind::ALL, &[3, 5], &["d".into()], Basis::Z, "si1000", &[0.003, 0.001]).unwrap();
+        let all = cases(&DecoderKind::MATCHING, &[3, 5], &["d".into()], Basis::Z, "si1000", &[0.003, 0.001]).unwrap();
         assert_eq!(all.len(), 8);
-        assert!(cases(&DecoderKind::ALL, &[4], &["d".into()], Basis::Z, "si1000", &[0.003]).is_err());
+        assert!(cases(&DecoderKind::MATCHING, &[4], &["d".into()], Basis::Z, "si1000", &[0.003]).is_err());
     }
 
     /// Stopping at max-errors, and resuming without redoing recorded work.
     #[test]
     fn budget_and_resume() {
         let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
-        let case = Case::build(DecoderKind::Matching, exp, NoiseModel::Si1000 { p: 0.01 }).unwrap();
+        let case = Case::build(DecoderKind::Matching, exp, NoiseModel::Si1000 { p: 0.01 }, None).unwrap();
         let rows = Mutex::new(Vec::new());
         let record = |r: &StatsRow| {
             rows.lock().unwrap().push(r.clone());

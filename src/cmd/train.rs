@@ -1,0 +1,245 @@
+//! `qecd train`: train the neural decoder on shots sampled on the fly.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use decoder::{DecoderKind, MatchingDecoder, decode_parallel};
+use models::checkpoint::{Checkpoint, ModelLayout};
+use models::train::{EvalCase, EvalReport, SimulatedSource, TrainOptions, train};
+use models::{Featurizer, ModelConfig};
+use simulator_bridge::sample::{Sampler, derive_seed};
+use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
+
+/// Arguments of `qecd train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Code distance.
+    #[arg(long, short = 'd', default_value_t = 3)]
+    pub distance: usize,
+    /// Memory basis.
+    #[arg(long, default_value = "z")]
+    pub basis: Basis,
+    /// Noise model.
+    #[arg(long, default_value = "si1000")]
+    pub noise: String,
+    /// Physical error rate.
+    #[arg(long, default_value_t = 0.003)]
+    pub p: f64,
+    /// Rounds to train on: a range `1-25` or a list `3,5,25`; each step draws one.
+    #[arg(long, default_value = "1-25")]
+    pub rounds: String,
+    /// Model width D.
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Attention heads H.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Transformer layers L per round.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Feed-forward width F.
+    #[arg(long, default_value_t = 128)]
+    pub ffn: usize,
+    /// Total optimizer steps.
+    #[arg(long, default_value_t = 20_000)]
+    pub steps: u64,
+    /// Shots per step.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 500)]
+    pub warmup: u64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Gradient-norm clip.
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Rounds of the held-out evaluation cases.
+    #[arg(long, value_delimiter = ',', default_value = "3,25")]
+    pub eval_rounds: Vec<usize>,
+    /// Held-out shots per evaluation case.
+    #[arg(long, default_value_t = 20_000)]
+    pub eval_shots: usize,
+    /// Evaluate (and checkpoint) every this many steps.
+    #[arg(long, default_value_t = 500)]
+    pub eval_every: u64,
+    /// Seed of the training shots.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seed of the held-out shots; must differ from --seed.
+    #[arg(long, default_value_t = 1_000_003)]
+    pub eval_seed: u64,
+    /// Where to write the checkpoint.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Training log (CSV); default: the checkpoint path with `.train.csv`.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// Continue the checkpoint at --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop (saving) after this many minutes.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Torch threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Parses `1-25` or `3,5,25`.
+pub fn parse_rounds(text: &str) -> Result<Vec<usize>> {
+    let rounds: Vec<usize> = if let Some((a, b)) = text.split_once('-') {
+        let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+        (a..=b).collect()
+    } else {
+        text.split(',').map(|r| r.trim().parse()).collect::<Result<_, _>>()?
+    };
+    if rounds.is_empty() || rounds.contains(&0) {
+        bail!("--rounds '{text}' must name rounds >= 1");
+    }
+    Ok(rounds)
+}
+
+/// Held-out cases with correlated matching's error counts on them.
+pub fn eval_cases(
+    layout: &ModelLayout,
+    distance: usize,
+    noise: &NoiseModel,
+    rounds: &[usize],
+    shots: usize,
+    seed: u64,
+) -> Result<Vec<EvalCase>> {
+    let mut cases = Vec::new();
+    for &r in rounds {
+        let circuit = MemoryExperiment::new(distance, r, layout.basis)?.noisy_circuit(noise)?;
+        let featurizer = Featurizer::new(layout, &StabilizerLayout::from_circuit(&circuit, layout.basis)?)?;
+        let sampled = Sampler::new(&circuit).sample(shots, derive_seed(seed, r as u64), 0)?;
+        let dem = super::decoding_dem(&circuit)?.to_string();
+        let make = || MatchingDecoder::from_dem_text(&dem, DecoderKind::Correlated);
+        let baseline = decode_parallel(make, &sampled.detectors, 0)?;
+        let errors = decoder::count_errors(&baseline.predictions, &sampled.observables) as u64;
+        cases.push(EvalCase::new(format!("r={r}"), featurizer, sampled.detectors, sampled.observables, Some(errors)));
+    }
+    Ok(cases)
+}
+
+/// A one-line summary of an evaluation.
+pub fn describe(report: &EvalReport) -> String {
+    report
+        .cases
+        .iter()
+        .map(|(label, _, _, errors, baseline)| match baseline {
+            Some(b) if *b > 0 => format!("{label}: {errors} vs {b} ({:.3}x)", *errors as f64 / *b as f64),
+            _ => format!("{label}: {errors} errors"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs `qecd train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    if args.seed == args.eval_seed {
+        bail!("--seed and --eval-seed are both {}; training and evaluation shots must never share a seed", args.seed);
+    }
+    let rounds = parse_rounds(&args.rounds)?;
+    let (_, noise) = super::experiment(args.distance, 1, args.basis, &args.noise, args.p)?;
+    let layout = ModelLayout::for_code(args.distance, args.basis)?;
+    if args.out.exists() && !args.resume {
+        bail!("{} exists; pass --resume to continue it, or choose another --out", args.out.display());
+    }
+    let threads = simulator_bridge::sample::resolve_threads(args.threads);
+    tch::set_num_threads(threads as i32);
+    let device = crate::neural::device();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut ckpt = if args.resume && args.out.exists() {
+        let ckpt = Checkpoint::load(&args.out)?;
+        if ckpt.meta.layout != layout {
+            bail!("{} was trained for d={} memory-{}, not d={} memory-{}", args.out.display(), ckpt.meta.layout.distance, ckpt.meta.layout.basis, args.distance, args.basis);
+        }
+        ckpt
+    } else {
+        let config = ModelConfig::for_distance(args.distance, args.width, args.heads, args.layers, args.ffn);
+        config.validate()?;
+        let mut c = Checkpoint::random(config, layout.clone(), derive_seed(args.seed, 0x1417));
+        c.meta.provenance.noise = noise.name().to_string();
+        c.meta.provenance.p = noise.p();
+        c.meta.provenance.rounds = args.rounds.clone();
+        c.meta.provenance.seeds.insert("train".into(), args.seed);
+        c.meta.provenance.seeds.insert("eval".into(), args.eval_seed);
+        c
+    };
+    ckpt.meta.provenance.commands.push(command);
+    ckpt.meta.provenance.device = crate::neural::device_name(device, threads);
+
+    eprintln!("building held-out sets ({} shots each, rounds {:?}) and correlated-matching baselines...", args.eval_shots, args.eval_rounds);
+    let eval = eval_cases(&layout, args.distance, &noise, &args.eval_rounds, args.eval_shots, args.eval_seed)?;
+    let mut sources = Vec::new();
+    for &r in &rounds {
+        let circuit = MemoryExperiment::new(args.distance, r, args.basis)?.noisy_circuit(&noise)?;
+        let featurizer = Featurizer::new(&layout, &StabilizerLayout::from_circuit(&circuit, args.basis)?)?;
+        sources.push((featurizer, circuit));
+    }
+    let mut source = SimulatedSource::new(sources, args.seed, ckpt.meta.provenance.steps);
+    let mut net = models::net::Net::from_checkpoint(&ckpt, device)?;
+    let opts = TrainOptions {
+        lr: args.lr,
+        warmup: args.warmup,
+        steps: args.steps,
+        batch: args.batch,
+        weight_decay: args.weight_decay,
+        clip: args.clip,
+        eval_every: args.eval_every,
+        early_stop_patience: None,
+        max_seconds: args.max_minutes.map(|m| m * 60.0),
+        out: args.out.clone(),
+        log: Some(args.log.clone().unwrap_or_else(|| args.out.with_extension("train.csv"))),
+    };
+    let bar = indicatif::ProgressBar::new(args.steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("train [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(ckpt.meta.provenance.steps);
+    let mut meta = ckpt.meta.clone();
+    let last = train(
+        &mut net,
+        &mut meta,
+        &mut source,
+        &eval,
+        &opts,
+        &mut |s| {
+            bar.set_position(s.step);
+            if s.step % 20 == 0 {
+                bar.set_message(format!("loss {:.4}", s.loss));
+            }
+        },
+        &mut |e| bar.println(format!("step {}: {}", e.step, describe(e))),
+    )
+    .with_context(|| format!("training {}", args.out.display()))?;
+    bar.finish_and_clear();
+    if let Some(report) = last {
+        meta.evaluation = serde_json::json!({
+            "held_out": report.cases.iter().map(|(label, shots, loss, errors, baseline)| serde_json::json!({
+                "case": label, "shots": shots, "loss": loss, "neural_errors": errors, "correlated_errors": baseline,
+            })).collect::<Vec<_>>(),
+            "eval_seed": args.eval_seed,
+        });
+        net.to_checkpoint(meta.clone())?.save(&args.out)?;
+        println!("step {}: {}", report.step, describe(&report));
+    }
+    println!(
+        "{}: {} steps, {} samples, {:.0} s on {} ({:.0} samples/s)",
+        args.out.display(),
+        meta.provenance.steps,
+        meta.provenance.samples_seen,
+        meta.provenance.seconds,
+        meta.provenance.device,
+        meta.provenance.samples_seen as f64 / meta.provenance.seconds.max(1e-9)
+    );
+    Ok(())
+}
