@@ -39,6 +39,12 @@ enum Command {
     /// Train the neural decoder on simulated shots (feature `train`).
     #[cfg(feature = "train")]
     Train(cmd::train::TrainArgs),
+    /// Fine-tune a model on an experiment directory (feature `train`).
+    #[cfg(feature = "train")]
+    Finetune(cmd::finetune::FinetuneArgs),
+    /// Fit a model's temperature; report ECE and a reliability diagram (feature `train`).
+    #[cfg(feature = "train")]
+    Calibrate(cmd::calibrate::CalibrateArgs),
 }
 
 /// Arguments of `qecd plot`.
@@ -76,6 +82,10 @@ fn main() -> ExitCode {
         Command::Plot(args) => run_plot(args),
         #[cfg(feature = "train")]
         Command::Train(args) => cmd::train::run(args),
+        #[cfg(feature = "train")]
+        Command::Finetune(args) => cmd::finetune::run(args),
+        #[cfg(feature = "train")]
+        Command::Calibrate(args) => cmd::calibrate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

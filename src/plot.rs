@@ -58,19 +58,40 @@ const GRID_MINOR: RGBColor = RGBColor(0xee, 0xee, 0xee);
 /// `.png`; it is written to a temporary file beside `out` and renamed, so a
 /// failure leaves no partial file.
 pub fn plot_ler(cases: &[StatsRow], out: &Path) -> Result<()> {
-    let ext = out.extension().and_then(OsStr::to_str).unwrap_or("");
-    if !ext.eq_ignore_ascii_case("png") {
-        bail!("cannot plot to {}: only PNG output is supported (use a .png file name)", out.display());
-    }
+    check_png_out(out)?;
     let series = collect_series(cases)?;
     if series.is_empty() {
         bail!("nothing to plot: no case has any shots that were not discarded");
     }
+    write_png(out, (WIDTH, HEIGHT), |canvas, size| {
+        // The legend goes inside the plot unless it would cover data there.
+        if draw_figure(&series, canvas, size, LegendPlace::Inside)? {
+            canvas.fill(255);
+            draw_figure(&series, canvas, size, LegendPlace::Outside)?;
+        }
+        Ok(())
+    })
+}
+
+/// Checks that `out` names a PNG file (not a directory).
+fn check_png_out(out: &Path) -> Result<()> {
+    let ext = out.extension().and_then(OsStr::to_str).unwrap_or("");
+    if !ext.eq_ignore_ascii_case("png") {
+        bail!("cannot plot to {}: only PNG output is supported (use a .png file name)", out.display());
+    }
     if out.is_dir() {
         bail!("{} is a directory, not a file", out.display());
     }
+    Ok(())
+}
+
+/// Writes a `size` (output pixels) PNG to `out`, drawn by `draw` onto a white
+/// RGB canvas `SS` times larger (passed with its size) and averaged down. It
+/// goes to a temporary file beside `out` that is then renamed, so a failure
+/// leaves no partial file.
+fn write_png(out: &Path, size: (u32, u32), draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<()>) -> Result<()> {
     let tmp = temp_path(out)?;
-    let result = render(&series, &tmp)
+    let result = render(size, draw, &tmp)
         .and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
@@ -428,18 +449,15 @@ fn y_tick_label(v: f64) -> String {
     if m == 1 { power_of_ten(e) } else { format!("{m}×{}", power_of_ten(e)) }
 }
 
-fn render(series: &[Series], path: &Path) -> Result<()> {
+/// Draws the figure supersampled, averages it down and saves it to `path`.
+fn render(size: (u32, u32), draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<()>, path: &Path) -> Result<()> {
     ensure_font()?;
-    let (w, h) = (WIDTH * SS, HEIGHT * SS);
+    let (w, h) = (size.0 * SS, size.1 * SS);
     let mut canvas = vec![255u8; (w * h * 3) as usize];
-    // The legend goes inside the plot unless it would cover data there.
-    if draw_figure(series, &mut canvas, (w, h), LegendPlace::Inside)? {
-        canvas.fill(255);
-        draw_figure(series, &mut canvas, (w, h), LegendPlace::Outside)?;
-    }
+    draw(&mut canvas, (w, h))?;
     let small = downsample(&canvas, (w, h), SS);
-    let mut backend = BitMapBackend::new(path, (WIDTH, HEIGHT));
-    backend.blit_bitmap((0, 0), (WIDTH, HEIGHT), &small).map_err(plot_err)?;
+    let mut backend = BitMapBackend::new(path, size);
+    backend.blit_bitmap((0, 0), size, &small).map_err(plot_err)?;
     backend.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
@@ -475,6 +493,137 @@ enum LegendPlace {
     Outside,
 }
 
+/// Which corner of the plotting area a legend box goes in: (right, bottom).
+type Corner = (bool, bool);
+
+/// The LER plot's legend corners, in order of preference.
+const LER_CORNERS: [Corner; 4] = [(true, false), (false, false), (true, true), (false, true)];
+
+/// What a legend row shows left of its label.
+#[derive(Clone, Copy)]
+enum LegendKey {
+    /// A curve: a line through a marker.
+    Curve(Shape, RGBColor),
+    /// The upper-limit arrow.
+    UpperLimit,
+    /// A dashed line.
+    Dashed(RGBColor),
+}
+
+/// A legend box, measured for its entries (sizes in canvas pixels).
+struct Legend {
+    entries: Vec<(String, LegendKey)>,
+    font: TextStyle<'static>,
+    row_h: i32,
+    w: i32,
+    h: i32,
+}
+
+impl Legend {
+    const PAD_X: f64 = 10.0;
+    const PAD_Y: f64 = 8.0;
+    const KEY_W: f64 = 30.0;
+    const GAP: f64 = 8.0;
+    const ROW_H: f64 = 22.0;
+
+    /// Measures the legend; its rows shrink (to a point) when they would not
+    /// fit in `room` canvas pixels of height.
+    fn new<DB: DrawingBackend>(
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+        entries: Vec<(String, LegendKey)>,
+        room: i32,
+    ) -> Result<Legend> {
+        let rows_room = (room - 2 * px(Self::PAD_Y)) as f64;
+        let shrink = (rows_room / (entries.len() as f64 * px(Self::ROW_H) as f64)).clamp(0.6, 1.0);
+        let font = font(14.0 * shrink.max(0.75));
+        let mut text_w = 0;
+        for (label, _) in &entries {
+            let (tw, _) = area.estimate_text_size(label, &font).map_err(plot_err)?;
+            text_w = text_w.max(tw as i32);
+        }
+        let row_h = px(Self::ROW_H * shrink);
+        let w = px(Self::PAD_X) * 2 + px(Self::KEY_W) + px(Self::GAP) + text_w;
+        let h = px(Self::PAD_Y) * 2 + row_h * entries.len() as i32;
+        Ok(Legend { entries, font, row_h, w, h })
+    }
+
+    /// Draws the legend with its top left corner at `(bx, by)`.
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, plotters::coord::Shift>, (bx, by): (i32, i32)) -> Result<()> {
+        use plotters::style::text_anchor::{HPos, Pos, VPos};
+        let (w, h) = (self.w, self.h);
+        area.draw(&Rectangle::new([(bx, by), (bx + w, by + h)], WHITE.mix(0.92).filled())).map_err(plot_err)?;
+        area.draw(&Rectangle::new([(bx, by), (bx + w, by + h)], RGBColor(0xb0, 0xb0, 0xb0).stroke_width(px(1.0) as u32)))
+            .map_err(plot_err)?;
+        let key_w = px(Self::KEY_W);
+        for (k, (label, key)) in self.entries.iter().enumerate() {
+            let cy = by + px(Self::PAD_Y) + self.row_h * k as i32 + self.row_h / 2;
+            let kx = bx + px(Self::PAD_X);
+            match *key {
+                LegendKey::Curve(shape, color) => {
+                    area.draw(&PathElement::new(vec![(kx, cy), (kx + key_w, cy)], color.stroke_width(px(2.0) as u32)))
+                        .map_err(plot_err)?;
+                    draw_marker(area, (kx + key_w / 2, cy), shape, color)?;
+                }
+                LegendKey::UpperLimit => draw_upper_limit(area, kx + key_w / 2, cy - px(10.0), RGBColor(0x50, 0x50, 0x50))?,
+                LegendKey::Dashed(color) => draw_dashed(area, &[(kx, cy), (kx + key_w, cy)], color)?,
+            }
+            area.draw(&Text::new(
+                label.clone(),
+                (kx + key_w + px(Self::GAP), cy),
+                self.font.clone().pos(Pos::new(HPos::Left, VPos::Center)),
+            ))
+            .map_err(plot_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// A dashed line through `points` (canvas pixels).
+fn draw_dashed<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    points: &[(i32, i32)],
+    color: RGBColor,
+) -> Result<()> {
+    let style = color.stroke_width(px(1.5) as u32);
+    area.draw(&plotters::element::DashedPathElement::new(points.iter().copied(), px(7.0), px(5.0), style)).map_err(plot_err)
+}
+
+/// Appends points every 4 output pixels along a polyline (canvas pixels) to `out`.
+fn trace(line: &[(i32, i32)], out: &mut Vec<(i32, i32)>) {
+    out.extend(line.first());
+    for pair in line.windows(2) {
+        let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+        let steps = ((x1 - x0).abs().max((y1 - y0).abs()) / px(4.0)).max(1);
+        out.extend((1..=steps).map(|k| (x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps)));
+    }
+}
+
+/// The top left of a `w`×`h` legend box (canvas pixels) placed `inset` inside
+/// the plotting area `xr` × `yr`, in the first of `corners` where it covers the
+/// fewest of the `occupied` pixels (with a small margin), and how many it covers.
+fn legend_corner(
+    xr: &std::ops::Range<i32>,
+    yr: &std::ops::Range<i32>,
+    (w, h): (i32, i32),
+    inset: i32,
+    occupied: &[(i32, i32)],
+    corners: &[Corner],
+) -> ((i32, i32), usize) {
+    let covered = |(cx, cy): (i32, i32)| {
+        let m = px(6.0);
+        occupied.iter().filter(|&&(x, y)| x >= cx - m && x <= cx + w + m && y >= cy - m && y <= cy + h + m).count()
+    };
+    corners
+        .iter()
+        .map(|&(right, bottom)| {
+            let x = if right { xr.end - inset - w } else { xr.start + inset };
+            let y = if bottom { yr.end - inset - h } else { yr.start + inset };
+            ((x, y), covered((x, y)))
+        })
+        .min_by_key(|&(_, n)| n)
+        .expect("at least one corner")
+}
+
 /// Draws the figure onto `canvas`; returns whether an inside legend covers data.
 fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: LegendPlace) -> Result<bool> {
     use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -484,28 +633,17 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
     let color_of = |i: usize| PALETTE[i % PALETTE.len()];
 
     // Legend contents and size, needed before the layout.
-    let mut entries: Vec<(String, Option<(Shape, RGBColor)>)> =
-        series.iter().enumerate().map(|(i, s)| (s.label(), Some((shape_of(i), color_of(i))))).collect();
+    let mut entries: Vec<(String, LegendKey)> =
+        series.iter().enumerate().map(|(i, s)| (s.label(), LegendKey::Curve(shape_of(i), color_of(i)))).collect();
     if series.iter().flat_map(|s| &s.points).any(|p| p.errors == 0) {
-        entries.push(("upper limit (no errors seen)".to_string(), None));
+        entries.push(("upper limit (no errors seen)".to_string(), LegendKey::UpperLimit));
     }
     let (margin_top, margin_bottom, margin_left, margin_right) = (px(14.0), px(12.0), px(18.0), px(28.0));
     let (x_area, y_area, caption_h) = (px(58.0), px(86.0), px(40.0));
     let inset = px(10.0);
-    let (pad_x, pad_y, key_w, gap) = (px(10.0), px(8.0), px(30.0), px(8.0));
-    // Shrink the legend's rows (to a point) when there are too many to fit the plot's height.
     let plot_h = size.1 as i32 - margin_top - margin_bottom - x_area - caption_h;
-    let rows_room = (plot_h - 2 * inset - 2 * pad_y) as f64;
-    let shrink = (rows_room / (entries.len() as f64 * px(22.0) as f64)).clamp(0.6, 1.0);
-    let legend_font = font(14.0 * shrink.max(0.75));
-    let mut text_w = 0;
-    for (label, _) in &entries {
-        let (tw, _) = root.estimate_text_size(label, &legend_font).map_err(plot_err)?;
-        text_w = text_w.max(tw as i32);
-    }
-    let row_h = px(22.0 * shrink);
-    let box_w = pad_x * 2 + key_w + gap + text_w;
-    let box_h = pad_y * 2 + row_h * entries.len() as i32;
+    let legend = Legend::new(&root, entries, plot_h - 2 * inset)?;
+    let (box_w, box_h) = (legend.w, legend.h);
 
     // Axes.
     let mut distances: Vec<u32> = series.iter().flat_map(|s| s.points.iter().map(|p| p.d)).collect();
@@ -568,18 +706,13 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
                 draw_error_bar(&root, x, top, bottom, color_of(i))?;
                 bottom
             };
-            occupied.extend((top..=bottom).step_by(px(4.0) as usize).map(|y| (x, y)));
-            occupied.push((x, bottom));
+            trace(&[(x, top), (x, bottom)], &mut occupied);
         }
     }
     for (i, s) in series.iter().enumerate() {
         let line: Vec<(i32, i32)> = s.points.iter().filter(|p| p.errors > 0).map(|p| to_px(p.d, p.fit.best)).collect();
-        for pair in line.windows(2) {
-            let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
-            let steps = ((x1 - x0).abs().max((y1 - y0).abs()) / px(4.0)).max(1);
-            occupied.extend((0..=steps).map(|k| (x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps)));
-        }
         if line.len() > 1 {
+            trace(&line, &mut occupied);
             root.draw(&PathElement::new(line, color_of(i).stroke_width(px(2.0) as u32))).map_err(plot_err)?;
         }
     }
@@ -590,50 +723,14 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
     }
 
     // Legend.
-    let covered = |(cx, cy): (i32, i32)| {
-        let m = px(6.0);
-        occupied
-            .iter()
-            .filter(|&&(x, y)| x >= cx - m && x <= cx + box_w + m && y >= cy - m && y <= cy + box_h + m)
-            .count()
-    };
     let ((bx, by), overlap) = match place {
         LegendPlace::Inside => {
-            let corners = [
-                (xr.end - inset - box_w, yr.start + inset),
-                (xr.start + inset, yr.start + inset),
-                (xr.end - inset - box_w, yr.end - inset - box_h),
-                (xr.start + inset, yr.end - inset - box_h),
-            ];
-            let best = *corners.iter().min_by_key(|&&c| covered(c)).unwrap();
-            (best, covered(best) > 0)
+            let (corner, covered) = legend_corner(&xr, &yr, (box_w, box_h), inset, &occupied, &LER_CORNERS);
+            (corner, covered > 0)
         }
         LegendPlace::Outside => ((xr.end + px(12.0), yr.start), false),
     };
-    root.draw(&Rectangle::new([(bx, by), (bx + box_w, by + box_h)], WHITE.mix(0.92).filled())).map_err(plot_err)?;
-    root.draw(&Rectangle::new(
-        [(bx, by), (bx + box_w, by + box_h)],
-        RGBColor(0xb0, 0xb0, 0xb0).stroke_width(px(1.0) as u32),
-    ))
-    .map_err(plot_err)?;
-    for (k, (label, key)) in entries.iter().enumerate() {
-        let cy = by + pad_y + row_h * k as i32 + row_h / 2;
-        let kx = bx + pad_x;
-        match key {
-            Some((shape, color)) => {
-                root.draw(&PathElement::new(vec![(kx, cy), (kx + key_w, cy)], color.stroke_width(px(2.0) as u32)))
-                    .map_err(plot_err)?;
-                draw_marker(&root, (kx + key_w / 2, cy), *shape, *color)?;
-            }
-            None => draw_upper_limit(&root, kx + key_w / 2, cy - px(10.0), RGBColor(0x50, 0x50, 0x50))?,
-        }
-        root.draw(&Text::new(
-            label.clone(),
-            (kx + key_w + gap, cy),
-            legend_font.clone().pos(Pos::new(HPos::Left, VPos::Center)),
-        ))
-        .map_err(plot_err)?;
-    }
+    legend.draw(&root, (bx, by))?;
 
     // Footnote on what the bars mean.
     // Bottom right: clear of the x-axis label, which is centred under the plot.

@@ -133,8 +133,8 @@ impl MatchingDecoder {
         Ok(self.pack_predictions(&result.predictions))
     }
 
-    /// Predictions and the per-observable gaps (`num_shots × num_observables`, row-major).
-    fn decode_with_gaps(&self, events: &PackedShots) -> Result<(PackedShots, Vec<f64>), DecodeError> {
+    /// Predictions and the per-observable weight gaps (`num_shots × num_observables`, row-major).
+    pub fn decode_with_gaps(&self, events: &PackedShots) -> Result<(PackedShots, Vec<f64>), DecodeError> {
         let n = events.num_shots();
         let mut predictions = PackedShots::zeros(0, self.num_observables);
         let mut gaps = Vec::with_capacity(n * self.num_observables);

@@ -212,6 +212,9 @@ pub struct TrainOptions {
     pub warmup: u64,
     /// Total optimizer steps (the cosine decays to 0 at this step).
     pub steps: u64,
+    /// The step the schedule starts from (0 for pretraining, even when
+    /// resumed; the pretrained step count for fine-tuning).
+    pub first_step: u64,
     /// Shots per step.
     pub batch: usize,
     /// AdamW weight decay.
@@ -234,8 +237,10 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// Learning rate at `step`: linear warm-up, then cosine decay to 0.
     pub fn lr_at(&self, step: u64) -> f64 {
+        let step = step.saturating_sub(self.first_step);
+        let steps = self.steps.saturating_sub(self.first_step);
         let warm = if self.warmup == 0 { 1.0 } else { ((step + 1) as f64 / self.warmup as f64).min(1.0) };
-        let span = self.steps.saturating_sub(self.warmup).max(1) as f64;
+        let span = steps.saturating_sub(self.warmup).max(1) as f64;
         let progress = (step.saturating_sub(self.warmup) as f64 / span).min(1.0);
         self.lr * warm * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
@@ -455,6 +460,7 @@ mod tests {
             lr: 1e-3,
             warmup: 10,
             steps: 110,
+            first_step: 0,
             batch: 1,
             weight_decay: 0.0,
             clip: 1.0,
@@ -468,5 +474,7 @@ mod tests {
         assert!((opts.lr_at(9) - 1e-3).abs() < 1e-12);
         assert!((opts.lr_at(60) - 5e-4).abs() < 1e-9);
         assert!(opts.lr_at(109) < 1e-6);
+        let shifted = TrainOptions { first_step: 1000, steps: 1110, ..opts.clone() };
+        assert!((shifted.lr_at(1009) - 1e-3).abs() < 1e-12);
     }
 }

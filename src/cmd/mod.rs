@@ -5,6 +5,10 @@ pub mod predict;
 pub mod sample;
 pub mod sweep;
 #[cfg(feature = "train")]
+pub mod calibrate;
+#[cfg(feature = "train")]
+pub mod finetune;
+#[cfg(feature = "train")]
 pub mod train;
 
 use std::path::Path;

@@ -190,6 +190,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         lr: args.lr,
         warmup: args.warmup,
         steps: args.steps,
+        first_step: 0,
         batch: args.batch,
         weight_decay: args.weight_decay,
         clip: args.clip,
