@@ -2,7 +2,7 @@
 //! reference path until the fused kernels replace it.
 
 use anyhow::{Context, Result};
-use decoder::{DecodeError, Decisions, Decoder, PackedShots};
+use decoder::{Decisions, DecodeError, Decoder, PackedShots};
 use models::train::logits_for;
 use models::{Checkpoint, Featurizer};
 use simulator_bridge::StabilizerLayout;

@@ -358,18 +358,21 @@ fn draw_marker<DB: DrawingBackend>(
     }
 }
 
-/// A vertical error bar with caps between canvas pixels `top` and `bottom` at `x`.
+/// A vertical error bar between canvas pixels `top` and `bottom` at `x`,
+/// with caps at the ends flagged in `caps` (top, bottom): an end cut off by the
+/// axis gets none.
 fn draw_error_bar<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     x: i32,
-    top: i32,
-    bottom: i32,
+    (top, bottom): (i32, i32),
+    caps: (bool, bool),
     color: RGBColor,
 ) -> Result<()> {
     let style = color.stroke_width(px(1.4) as u32);
     let cap = px(4.0);
     area.draw(&PathElement::new(vec![(x, top), (x, bottom)], style)).map_err(plot_err)?;
-    for y in [top, bottom] {
+    let ends = [(top, caps.0), (bottom, caps.1)];
+    for y in ends.into_iter().filter(|&(_, capped)| capped).map(|(y, _)| y) {
         area.draw(&PathElement::new(vec![(x - cap, y), (x + cap, y)], style)).map_err(plot_err)?;
     }
     Ok(())
@@ -558,12 +561,19 @@ impl Legend {
     }
 
     /// Draws the legend with its top left corner at `(bx, by)`.
-    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, plotters::coord::Shift>, (bx, by): (i32, i32)) -> Result<()> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+        (bx, by): (i32, i32),
+    ) -> Result<()> {
         use plotters::style::text_anchor::{HPos, Pos, VPos};
         let (w, h) = (self.w, self.h);
         area.draw(&Rectangle::new([(bx, by), (bx + w, by + h)], WHITE.mix(0.92).filled())).map_err(plot_err)?;
-        area.draw(&Rectangle::new([(bx, by), (bx + w, by + h)], RGBColor(0xb0, 0xb0, 0xb0).stroke_width(px(1.0) as u32)))
-            .map_err(plot_err)?;
+        area.draw(&Rectangle::new(
+            [(bx, by), (bx + w, by + h)],
+            RGBColor(0xb0, 0xb0, 0xb0).stroke_width(px(1.0) as u32),
+        ))
+        .map_err(plot_err)?;
         let key_w = px(Self::KEY_W);
         for (k, (label, key)) in self.entries.iter().enumerate() {
             let cy = by + px(Self::PAD_Y) + self.row_h * k as i32 + self.row_h / 2;
@@ -574,7 +584,9 @@ impl Legend {
                         .map_err(plot_err)?;
                     draw_marker(area, (kx + key_w / 2, cy), shape, color)?;
                 }
-                LegendKey::UpperLimit => draw_upper_limit(area, kx + key_w / 2, cy - px(10.0), RGBColor(0x50, 0x50, 0x50))?,
+                LegendKey::UpperLimit => {
+                    draw_upper_limit(area, kx + key_w / 2, cy - px(10.0), RGBColor(0x50, 0x50, 0x50))?
+                }
                 LegendKey::Dashed(color) => draw_dashed(area, &[(kx, cy), (kx + key_w, cy)], color)?,
             }
             area.draw(&Text::new(
@@ -595,7 +607,8 @@ fn draw_dashed<DB: DrawingBackend>(
     color: RGBColor,
 ) -> Result<()> {
     let style = color.stroke_width(px(1.5) as u32);
-    area.draw(&plotters::element::DashedPathElement::new(points.iter().copied(), px(7.0), px(5.0), style)).map_err(plot_err)
+    area.draw(&plotters::element::DashedPathElement::new(points.iter().copied(), px(7.0), px(5.0), style))
+        .map_err(plot_err)
 }
 
 /// Appends points every 4 output pixels along a polyline (canvas pixels) to `out`.
@@ -718,7 +731,7 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
                 top + px(20.0)
             } else {
                 let (_, bottom) = to_px(p.d, p.fit.low.max(ylo));
-                draw_error_bar(&root, x, top, bottom, color_of(i))?;
+                draw_error_bar(&root, x, (top, bottom), (true, true), color_of(i))?;
                 bottom
             };
             trace(&[(x, top), (x, bottom)], &mut occupied);
@@ -762,7 +775,7 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
 }
 
 /// Size of the reliability diagram in pixels.
-const RELIABILITY_SIZE: (u32, u32) = (760, 900);
+const RELIABILITY_SIZE: (u32, u32) = (740, 900);
 
 /// A reliability diagram: for each series, accuracy against mean confidence per bin, with the diagonal.
 ///
@@ -807,9 +820,11 @@ fn draw_reliability(title: &str, series: &[(String, Vec<Bin>)], canvas: &mut [u8
 
     // Layout: the title, a square main panel, the histogram below it sharing its x axis.
     let (w, h) = (size.0 as i32, size.1 as i32);
-    let (margin_top, margin_bottom, margin_left) = (px(14.0), px(12.0), px(18.0));
-    let (title_h, x_area, y_area, gap, hist_h) = (px(40.0), px(58.0), px(86.0), px(14.0), px(150.0));
-    let side = (h - margin_top - title_h - gap - hist_h - x_area - margin_bottom).min(w - margin_left - y_area - px(20.0));
+    // The bottom margin holds the footnote; the gap, the tick labels at the panels' facing edges.
+    let (margin_top, margin_bottom, margin_left) = (px(14.0), px(26.0), px(18.0));
+    let (title_h, x_area, y_area, gap, hist_h) = (px(40.0), px(58.0), px(86.0), px(26.0), px(150.0));
+    let side =
+        (h - margin_top - title_h - gap - hist_h - x_area - margin_bottom).min(w - margin_left - y_area - px(20.0));
     let margin_right = w - margin_left - y_area - side;
     let (upper, lower) = root.split_vertically(margin_top + title_h + side);
     root.draw(&Text::new(
@@ -868,7 +883,7 @@ fn draw_reliability(title: &str, series: &[(String, Vec<Bin>)], canvas: &mut [u8
             let fit = fit_binomial(b.count as u64, right, DEFAULT_LIKELIHOOD_FACTOR);
             let (x, top) = to_px(b.confidence, fit.high.min(1.0));
             let (_, bottom) = to_px(b.confidence, fit.low.max(lo));
-            draw_error_bar(&root, x, top, bottom, curve_style(i).1)?;
+            draw_error_bar(&root, x, (top, bottom), (true, fit.low >= lo), curve_style(i).1)?;
             trace(&[(x, top), (x, bottom)], &mut occupied);
         }
     }
@@ -907,15 +922,15 @@ fn draw_reliability(title: &str, series: &[(String, Vec<Bin>)], canvas: &mut [u8
     let cmax = populated().map(|b| b.count).max().unwrap_or(1) as f64;
     let cmin = populated().map(|b| b.count).min().unwrap_or(1) as f64;
     let (clo, chi) = (snap(cmin / 1.5, false), snap(cmax * 4.0, true));
-    let (mut count_major, mut count_minor) = y_ticks(clo, chi);
-    // At most four labels in the short panel; the rest become minor ticks.
-    let stride = count_major.len().div_ceil(4).max(1);
-    let n = count_major.len();
-    let (kept, thinned): (Vec<(usize, f64)>, Vec<(usize, f64)>) =
-        count_major.into_iter().enumerate().partition(|&(k, _)| (n - 1 - k) % stride == 0);
-    count_major = kept.into_iter().map(|(_, v)| v).collect();
-    count_minor.extend(thinned.into_iter().map(|(_, v)| v));
-    let count_label = |v: &f64| y_tick_label(*v);
+    let (ticks, mut count_minor) = y_ticks(clo, chi);
+    // At most four labels in the short panel, counted from the top; the rest become minor ticks.
+    let stride = ticks.len().div_ceil(4).max(1);
+    let mut count_major = Vec::new();
+    for (k, v) in ticks.iter().rev().enumerate() {
+        if k % stride == 0 { count_major.push(*v) } else { count_minor.push(*v) }
+    }
+    // Plain numbers on a short axis, powers of ten on a long one.
+    let count_label = |v: &f64| if chi <= 1e4 { format!("{}", (v * 1e6).round() / 1e6) } else { y_tick_label(*v) };
     let mut hist = ChartBuilder::on(&lower)
         .margin_top(gap)
         .margin_bottom(margin_bottom)
@@ -974,7 +989,7 @@ fn draw_reliability(title: &str, series: &[(String, Vec<Bin>)], canvas: &mut [u8
         let total: usize = bins.iter().map(|b| b.count).sum();
         if let Some(b) = top_bin(bins) {
             let share = 100.0 * b.count as f64 / total as f64;
-            let text = if share >= 99.95 || share < 0.05 { format!("{share:.0}%") } else { format!("{share:.1}%") };
+            let text = if !(0.05..99.95).contains(&share) { format!("{share:.0}%") } else { format!("{share:.1}%") };
             pieces.push((text, curve_style(i).1));
         }
     }
@@ -997,11 +1012,11 @@ fn draw_reliability(title: &str, series: &[(String, Vec<Bin>)], canvas: &mut [u8
         x += tw + space;
     }
 
-    // Footnote on what the bars mean, under the histogram's tick labels at the left.
+    // Footnote on what the bars mean, below the x axis title.
     root.draw(&Text::new(
         format!("error bars: accuracies within a likelihood factor of {DEFAULT_LIKELIHOOD_FACTOR} of the best fit"),
-        (px(12.0), h - px(8.0)),
-        font(12.0).color(&RGBColor(0x70, 0x70, 0x70)).pos(Pos::new(HPos::Left, VPos::Bottom)),
+        (w - px(12.0), h - px(6.0)),
+        font(12.0).color(&RGBColor(0x70, 0x70, 0x70)).pos(Pos::new(HPos::Right, VPos::Bottom)),
     ))
     .map_err(plot_err)?;
 
@@ -1185,8 +1200,8 @@ mod tests {
         };
         let (mut logits, mut right) = (Vec::new(), Vec::new());
         for _ in 0..200_000 {
-            // Mostly confident: |logit| exponential with mean 9.
-            let x = -9.0 * (1.0 - uniform()).ln();
+            // Mostly confident: |logit| exponential with mean 16.
+            let x = -16.0 * (1.0 - uniform()).ln();
             logits.push(x as f32);
             right.push(uniform() < confidence(x as f32, 1.31));
         }
@@ -1208,12 +1223,39 @@ mod tests {
         plot_reliability("Calibration, d=5 si1000 p=0.003", &series, &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(png_size(&bytes), RELIABILITY_SIZE);
-        assert_eq!(RELIABILITY_SIZE, (760, 900));
+        assert_eq!(RELIABILITY_SIZE, (740, 900));
         // Only the plot is left: the temporary file was renamed.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("reliability.png")]);
         if let Ok(sample_out) = std::env::var("QECD_RELIABILITY_SAMPLE") {
             std::fs::copy(&out, sample_out).unwrap();
+        }
+    }
+
+    #[test]
+    fn reliability_edge_cases() {
+        use models::calibration::reliability;
+        let dir = tempfile::tempdir().unwrap();
+        // A single populated bin; confidences over all of [0, 1]; many small series.
+        let single =
+            vec![("all in the top bin".to_string(), reliability(&[0.99, 0.98, 0.999], &[true, true, false], 15))];
+        let conf: Vec<f64> = (0..300).map(|k| k as f64 / 300.0).collect();
+        let right: Vec<bool> = (0..300).map(|k| k % 3 != 0).collect();
+        let wide = vec![("confidence p, not max(p, 1 − p)".to_string(), reliability(&conf, &right, 15))];
+        let many: Vec<(String, Vec<Bin>)> = (0..7)
+            .map(|s| {
+                let conf: Vec<f64> = (0..40).map(|k| 0.5 + 0.5 * ((k * 7 + s) % 40) as f64 / 40.0).collect();
+                let right: Vec<bool> = (0..40).map(|k| (k + s) % 4 != 0).collect();
+                (format!("decoder number {s} with a long name (ECE 0.0{s}00)"), reliability(&conf, &right, 15))
+            })
+            .collect();
+        for (name, series) in [("single", single), ("wide", wide), ("many", many)] {
+            let out = dir.path().join(format!("{name}.png"));
+            plot_reliability(&format!("Reliability: {name}"), &series, &out).unwrap();
+            assert_eq!(png_size(&std::fs::read(&out).unwrap()), RELIABILITY_SIZE);
+            if let Ok(prefix) = std::env::var("QECD_RELIABILITY_EDGE_SAMPLES") {
+                std::fs::copy(&out, format!("{prefix}{name}.png")).unwrap();
+            }
         }
     }
 

@@ -35,9 +35,35 @@ fn fixture(rel: &str) -> PathBuf {
 fn tiny_model(dir: &Path, steps: &str) -> PathBuf {
     let out = dir.join("tiny.safetensors");
     ok(&[
-        "train", "-d", "3", "--rounds", "1-4", "--width", "16", "--heads", "2", "--layers", "1", "--ffn", "32",
-        "--steps", steps, "--batch", "64", "--warmup", "5", "--eval-rounds", "3", "--eval-shots", "500",
-        "--eval-every", "10", "--threads", "1", "--out", p(&out),
+        "train",
+        "-d",
+        "3",
+        "--rounds",
+        "1-4",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--ffn",
+        "32",
+        "--steps",
+        steps,
+        "--batch",
+        "64",
+        "--warmup",
+        "5",
+        "--eval-rounds",
+        "3",
+        "--eval-shots",
+        "500",
+        "--eval-every",
+        "10",
+        "--threads",
+        "1",
+        "--out",
+        p(&out),
     ]);
     out
 }
@@ -51,8 +77,26 @@ fn train_resume_and_divergence() {
     // Without --resume an existing checkpoint is never overwritten.
     fails(&["train", "-d", "3", "--steps", "5", "--out", p(&model)], "pass --resume");
     let out = ok(&[
-        "train", "-d", "3", "--rounds", "1-4", "--steps", "30", "--batch", "64", "--eval-rounds", "3",
-        "--eval-shots", "500", "--eval-every", "10", "--threads", "1", "--resume", "--out", p(&model),
+        "train",
+        "-d",
+        "3",
+        "--rounds",
+        "1-4",
+        "--steps",
+        "30",
+        "--batch",
+        "64",
+        "--eval-rounds",
+        "3",
+        "--eval-shots",
+        "500",
+        "--eval-every",
+        "10",
+        "--threads",
+        "1",
+        "--resume",
+        "--out",
+        p(&model),
     ]);
     assert!(out.contains(": 30 steps, 1920 samples"), "{out}");
     // A learning rate that blows up the weights: training stops on the
@@ -60,14 +104,38 @@ fn train_resume_and_divergence() {
     let before = std::fs::read(&model).unwrap();
     fails(
         &[
-            "train", "-d", "3", "--rounds", "1-4", "--steps", "60", "--batch", "64", "--lr", "1e30", "--warmup",
-            "0", "--eval-rounds", "3", "--eval-shots", "500", "--eval-every", "1000", "--threads", "1", "--resume",
-            "--out", p(&model),
+            "train",
+            "-d",
+            "3",
+            "--rounds",
+            "1-4",
+            "--steps",
+            "60",
+            "--batch",
+            "64",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "0",
+            "--eval-rounds",
+            "3",
+            "--eval-shots",
+            "500",
+            "--eval-every",
+            "1000",
+            "--threads",
+            "1",
+            "--resume",
+            "--out",
+            p(&model),
         ],
         "the last good checkpoint",
     );
     assert_eq!(std::fs::read(&model).unwrap(), before);
-    fails(&["train", "-d", "3", "--seed", "5", "--eval-seed", "5", "--out", p(&dir.path().join("x"))], "never share a seed");
+    fails(
+        &["train", "-d", "3", "--seed", "5", "--eval-seed", "5", "--out", p(&dir.path().join("x"))],
+        "never share a seed",
+    );
 }
 
 #[test]
@@ -77,8 +145,25 @@ fn finetune_calibrate_and_predict() {
     let tuned = dir.path().join("tuned.safetensors");
     let data = fixture("experiments/d3_r3_varied_tiny");
     let out = ok(&[
-        "finetune", "--model", p(&model), "--data", p(&data), "--out", p(&tuned), "--finetune-shots", "300",
-        "--val-shots", "100", "--steps", "20", "--batch", "32", "--eval-every", "10", "--threads", "1",
+        "finetune",
+        "--model",
+        p(&model),
+        "--data",
+        p(&data),
+        "--out",
+        p(&tuned),
+        "--finetune-shots",
+        "300",
+        "--val-shots",
+        "100",
+        "--steps",
+        "20",
+        "--batch",
+        "32",
+        "--eval-every",
+        "10",
+        "--threads",
+        "1",
     ]);
     assert!(out.contains("test set: 200 shots"), "{out}");
     assert!(out.contains("fine-tuned neural") && out.contains("correlated matching"), "{out}");
@@ -98,18 +183,58 @@ fn finetune_calibrate_and_predict() {
     let png = dir.path().join("rel.png");
     let calibrated = dir.path().join("cal.safetensors");
     let out = ok(&[
-        "calibrate", "--model", p(&tuned), "--out", p(&calibrated), "--rounds", "3", "--shots", "4000", "--plot",
-        p(&png), "--threads", "1",
+        "calibrate",
+        "--model",
+        p(&tuned),
+        "--out",
+        p(&calibrated),
+        "--rounds",
+        "3",
+        "--shots",
+        "4000",
+        "--plot",
+        p(&png),
+        "--threads",
+        "1",
     ]);
     assert!(out.contains("temperature τ = "), "{out}");
     assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG");
 
     let (dets, obs, pred) = (dir.path().join("d.b8"), dir.path().join("o.01"), dir.path().join("p.01"));
     let circuit = dir.path().join("c.stim");
-    ok(&["sample", "-d", "3", "-r", "3", "--shots", "300", "--seed", "8", "--out", p(&dets), "--obs-out", p(&obs), "--circuit-out", p(&circuit)]);
+    ok(&[
+        "sample",
+        "-d",
+        "3",
+        "-r",
+        "3",
+        "--shots",
+        "300",
+        "--seed",
+        "8",
+        "--out",
+        p(&dets),
+        "--obs-out",
+        p(&obs),
+        "--circuit-out",
+        p(&circuit),
+    ]);
     let out = ok(&[
-        "predict", "--circuit", p(&circuit), "--in", p(&dets), "--out", p(&pred), "--decoder", "neural", "--model",
-        p(&calibrated), "--obs-in", p(&obs), "--confidence-out", p(&dir.path().join("conf.txt")),
+        "predict",
+        "--circuit",
+        p(&circuit),
+        "--in",
+        p(&dets),
+        "--out",
+        p(&pred),
+        "--decoder",
+        "neural",
+        "--model",
+        p(&calibrated),
+        "--obs-in",
+        p(&obs),
+        "--confidence-out",
+        p(&dir.path().join("conf.txt")),
     ]);
     assert!(out.contains("of 300 shots decoded wrongly"), "{out}");
     assert_eq!(std::fs::read_to_string(&pred).unwrap().lines().count(), 300);
@@ -118,7 +243,19 @@ fn finetune_calibrate_and_predict() {
     let d5 = dir.path().join("d5.b8");
     ok(&["sample", "-d", "5", "-r", "3", "--shots", "10", "--out", p(&d5), "--circuit-out", p(&c5)]);
     fails(
-        &["predict", "--circuit", p(&c5), "--in", p(&d5), "--out", p(&pred), "--decoder", "neural", "--model", p(&calibrated)],
+        &[
+            "predict",
+            "--circuit",
+            p(&c5),
+            "--in",
+            p(&d5),
+            "--out",
+            p(&pred),
+            "--decoder",
+            "neural",
+            "--model",
+            p(&calibrated),
+        ],
         "model/circuit mismatch",
     );
 }

@@ -75,10 +75,9 @@ impl DecoderKind {
 impl FromStr for DecoderKind {
     type Err = DecodeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        DecoderKind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| DecodeError::Invalid(format!("unknown decoder '{s}' (expected matching, correlated or neural)")))
+        DecoderKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            DecodeError::Invalid(format!("unknown decoder '{s}' (expected matching, correlated or neural)"))
+        })
     }
 }
 

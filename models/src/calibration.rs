@@ -94,7 +94,10 @@ pub fn reliability(confidences: &[f64], right: &[bool], bins: usize) -> Vec<Bin>
 /// Expected calibration error over `bins` equal bins.
 pub fn ece(confidences: &[f64], right: &[bool], bins: usize) -> f64 {
     let total = confidences.len().max(1) as f64;
-    reliability(confidences, right, bins).iter().map(|b| b.count as f64 / total * (b.accuracy - b.confidence).abs()).sum()
+    reliability(confidences, right, bins)
+        .iter()
+        .map(|b| b.count as f64 / total * (b.accuracy - b.confidence).abs())
+        .sum()
 }
 
 /// Error rate among the shots kept after rejecting the `reject` fraction with

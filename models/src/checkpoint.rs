@@ -137,7 +137,8 @@ impl Checkpoint {
     /// Parses safetensors bytes and validates them.
     pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self, ModelError> {
         let bad = |why: String| ModelError::Checkpoint { path: path.to_string(), why };
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let st =
+            safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let (_, header) =
             safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("unreadable header: {e}")))?;
         let meta_json = header

@@ -56,7 +56,8 @@ impl Featurizer {
                 }
             }
         }
-        if circuit.stabilizers.len() > model.stabilizers.len() || circuit.distance().is_some_and(|d| d != model.distance)
+        if circuit.stabilizers.len() > model.stabilizers.len()
+            || circuit.distance().is_some_and(|d| d != model.distance)
         {
             return Err(ModelError::Mismatch(format!(
                 "the circuit is distance {:?} but the model is distance {}",

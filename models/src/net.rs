@@ -69,7 +69,13 @@ impl Net {
 
     fn layer_norm(&self, x: &Tensor, prefix: &str) -> Tensor {
         let d = self.config.width as i64;
-        x.layer_norm([d], Some(self.w(&format!("{prefix}.weight"))), Some(self.w(&format!("{prefix}.bias"))), LN_EPS, false)
+        x.layer_norm(
+            [d],
+            Some(self.w(&format!("{prefix}.weight"))),
+            Some(self.w(&format!("{prefix}.bias"))),
+            LN_EPS,
+            false,
+        )
     }
 
     /// One transformer layer on the state `z: [B, S, D]`.
@@ -111,7 +117,9 @@ impl Net {
 
 /// Packs features `[n, T, S, 3]` into a tensor on `device`.
 pub fn features_tensor(values: &[f32], n: usize, t: usize, s: usize, device: Device) -> Tensor {
-    Tensor::from_slice(values).view([n as i64, t as i64, s as i64, crate::features::NUM_FEATURES as i64]).to_device(device)
+    Tensor::from_slice(values)
+        .view([n as i64, t as i64, s as i64, crate::features::NUM_FEATURES as i64])
+        .to_device(device)
 }
 
 #[cfg(test)]

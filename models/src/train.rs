@@ -168,7 +168,12 @@ impl EvalCase {
 }
 
 /// Logits `[n * O]` for every shot of `events`, computed in chunks without gradients.
-pub fn logits_for(net: &Net, featurizer: &Featurizer, events: &PackedShots, device: Device) -> Result<Vec<f32>, ModelError> {
+pub fn logits_for(
+    net: &Net,
+    featurizer: &Featurizer,
+    events: &PackedShots,
+    device: Device,
+) -> Result<Vec<f32>, ModelError> {
     const CHUNK: usize = 2048;
     let mut out = Vec::with_capacity(events.num_shots() * net.config().num_observables);
     for start in (0..events.num_shots()).step_by(CHUNK) {

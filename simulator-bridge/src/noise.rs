@@ -79,7 +79,10 @@ impl NoiseModel {
             "si1000" => NoiseModel::Si1000 { p },
             varied if varied.starts_with("si1000-varied:") => {
                 let seed = varied["si1000-varied:".len()..].parse().map_err(|_| {
-                    BridgeError::invalid("noise", format!("'{name}': expected si1000-varied:SEED with a whole-number seed"))
+                    BridgeError::invalid(
+                        "noise",
+                        format!("'{name}': expected si1000-varied:SEED with a whole-number seed"),
+                    )
                 })?;
                 NoiseModel::Si1000Varied { p, seed }
             }

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use decoder::{DecoderKind, MatchingDecoder};
+use models::Featurizer;
 use models::calibration::{ECE_BINS, confidence, ece, fit_temperature, postselect, reliability};
 use models::checkpoint::Checkpoint;
 use models::train::logits_for;
-use models::Featurizer;
 use simulator_bridge::sample::{Sampler, derive_seed};
 use simulator_bridge::{MemoryExperiment, NoiseModel, StabilizerLayout};
 
@@ -52,7 +52,7 @@ pub struct CalibrateArgs {
 /// Runs `qecd calibrate`.
 pub fn run(args: &CalibrateArgs) -> Result<()> {
     let mut ckpt = Checkpoint::load(&args.model)?;
-    if let Some((name, _)) = ckpt.meta.provenance.seeds.iter().find(|(_, &s)| s == args.seed) {
+    if let Some((name, _)) = ckpt.meta.provenance.seeds.iter().find(|(_, s)| **s == args.seed) {
         bail!("--seed {} is the checkpoint's {name} seed; calibration needs shots it never saw", args.seed);
     }
     let threads = simulator_bridge::sample::resolve_threads(args.threads);
@@ -117,7 +117,12 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     let ler = |e: usize, n: usize| e as f64 / n.max(1) as f64;
     let fall = |before: f64, after: f64| if after > 0.0 { format!("{:.1}x", before / after) } else { "inf".into() };
 
-    println!("calibration of {} on {} fresh shots per rounds case (seed {}; fit on half, measured on the other half)", args.model.display(), 2 * half, args.seed);
+    println!(
+        "calibration of {} on {} fresh shots per rounds case (seed {}; fit on half, measured on the other half)",
+        args.model.display(),
+        2 * half,
+        args.seed
+    );
     println!("{:>6} {:>8} {:>14} {:>16}", "rounds", "shots", "neural errors", "correlated errors");
     for (r, n, ne, me) in &per_case {
         println!("{r:>6} {n:>8} {ne:>14} {me:>16}");
@@ -139,7 +144,10 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         let series = vec![
             (format!("neural, τ=1 (ECE {ece_raw:.4})"), reliability(&raw, &right, ECE_BINS)),
             (format!("neural, τ={tau:.3} (ECE {ece_scaled:.4})"), reliability(&scaled, &right, ECE_BINS)),
-            (format!("correlated matching, gap (ECE {ece_matching:.4})"), reliability(&matching_conf, &matching_right, ECE_BINS)),
+            (
+                format!("correlated matching, gap (ECE {ece_matching:.4})"),
+                reliability(&matching_conf, &matching_right, ECE_BINS),
+            ),
         ];
         crate::plot::plot_reliability(&format!("Reliability, d={d} memory-{basis}, {noise}"), &series, path)?;
         eprintln!("wrote {}", path.display());

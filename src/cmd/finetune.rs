@@ -162,9 +162,16 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         "pretrained": ckpt.meta.evaluation,
     });
     net.to_checkpoint(meta)?.save(&args.out)?;
-    println!("test set: {} shots (disjoint from the {} fine-tuning and {} validation shots)", test_events.num_shots(), args.finetune_shots, args.val_shots);
+    println!(
+        "test set: {} shots (disjoint from the {} fine-tuning and {} validation shots)",
+        test_events.num_shots(),
+        args.finetune_shots,
+        args.val_shots
+    );
     println!("{:<28} {:>8} {:>10}", "decoder", "errors", "LER/shot");
-    for (name, e) in [("pretrained neural", before), ("fine-tuned neural", after), ("correlated matching", matching_test)] {
+    for (name, e) in
+        [("pretrained neural", before), ("fine-tuned neural", after), ("correlated matching", matching_test)]
+    {
         println!("{name:<28} {e:>8} {:>10.4e}", e as f64 / t);
     }
     if before > 0 {

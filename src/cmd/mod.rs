@@ -1,13 +1,13 @@
 //! One module per subcommand, plus what they share.
 
+#[cfg(feature = "train")]
+pub mod calibrate;
 pub mod demo;
+#[cfg(feature = "train")]
+pub mod finetune;
 pub mod predict;
 pub mod sample;
 pub mod sweep;
-#[cfg(feature = "train")]
-pub mod calibrate;
-#[cfg(feature = "train")]
-pub mod finetune;
 #[cfg(feature = "train")]
 pub mod train;
 
@@ -90,7 +90,11 @@ fn neural_decoder(
 }
 
 #[cfg(not(feature = "train"))]
-fn neural_decoder(_: &str, _: Option<&stim::Circuit>, _: Option<&models::Checkpoint>) -> Result<Box<dyn decoder::Decoder>> {
+fn neural_decoder(
+    _: &str,
+    _: Option<&stim::Circuit>,
+    _: Option<&models::Checkpoint>,
+) -> Result<Box<dyn decoder::Decoder>> {
     anyhow::bail!(
         "this qecd was built without the neural decoder; rebuild with `--features train` (see scripts/torch-env)"
     )

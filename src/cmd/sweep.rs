@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
 use decoder::DecoderKind;
+use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use simulator_bridge::sample::{derive_seed, resolve_threads};
@@ -350,7 +350,10 @@ pub fn run(args: &SweepArgs) -> Result<()> {
                     c.meta.layout.distance == experiment.distance && c.meta.layout.basis == experiment.basis
                 });
                 let (path, ckpt) = found.with_context(|| {
-                    format!("no --model for the neural decoder at d={} memory-{}", experiment.distance, experiment.basis)
+                    format!(
+                        "no --model for the neural decoder at d={} memory-{}",
+                        experiment.distance, experiment.basis
+                    )
                 })?;
                 Some((path.as_path(), ckpt.clone()))
             }

@@ -159,7 +159,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let mut ckpt = if args.resume && args.out.exists() {
         let ckpt = Checkpoint::load(&args.out)?;
         if ckpt.meta.layout != layout {
-            bail!("{} was trained for d={} memory-{}, not d={} memory-{}", args.out.display(), ckpt.meta.layout.distance, ckpt.meta.layout.basis, args.distance, args.basis);
+            bail!(
+                "{} was trained for d={} memory-{}, not d={} memory-{}",
+                args.out.display(),
+                ckpt.meta.layout.distance,
+                ckpt.meta.layout.basis,
+                args.distance,
+                args.basis
+            );
         }
         ckpt
     } else {
@@ -176,7 +183,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     ckpt.meta.provenance.commands.push(command);
     ckpt.meta.provenance.device = crate::neural::device_name(device, threads);
 
-    eprintln!("building held-out sets ({} shots each, rounds {:?}) and correlated-matching baselines...", args.eval_shots, args.eval_rounds);
+    eprintln!(
+        "building held-out sets ({} shots each, rounds {:?}) and correlated-matching baselines...",
+        args.eval_shots, args.eval_rounds
+    );
     let eval = eval_cases(&layout, args.distance, &noise, &args.eval_rounds, args.eval_shots, args.eval_seed)?;
     let mut sources = Vec::new();
     for &r in &rounds {
@@ -202,8 +212,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let bar = indicatif::ProgressBar::new(args.steps);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("train [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "train [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}",
+        )
+        .expect("valid template"),
     );
     bar.set_position(ckpt.meta.provenance.steps);
     let mut meta = ckpt.meta.clone();
