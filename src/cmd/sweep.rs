@@ -6,9 +6,10 @@
 //! finished batch is appended to the CSV at once, so an interrupted sweep
 //! loses at most the batches in flight, and running the same command again
 //! resumes it: the counts already in the file are subtracted from the budget.
-//! Batch seeds mix `--seed`, the case's strong id, how many lines the case
-//! already had when this run started, and the batch index, so a resumed run
-//! never reuses the shots of a recorded batch.
+//! Batch seeds mix `--seed`, a hash of the case's circuit, how many lines the
+//! case already had when this run started, and the batch index, so a resumed
+//! run never reuses the shots of a recorded batch, and different decoders on
+//! the same circuit in one sweep decode exactly the same shots.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -178,7 +179,11 @@ pub fn run_case(
     }
     // tch parallelizes the neural forward itself; one worker feeds it.
     let threads = if case.decoder == DecoderKind::Neural { 1 } else { resolve_threads(threads) as u64 };
-    let case_seed = derive_seed(seed, u64::from_str_radix(&case.strong_id[..16], 16).unwrap_or(0));
+    // The shots depend on the circuit, not on the decoder, and batch sizes do
+    // not depend on the thread count: decoders swept together on the same
+    // circuit decode the same shots, so their error rates compare pairwise.
+    let circuit_hash = Sha256::digest(case.circuit_text.as_bytes());
+    let case_seed = derive_seed(seed, u64::from_le_bytes(circuit_hash[..8].try_into().expect("8 bytes")));
     let ledger = Mutex::new(Ledger { done: ErrorCount::default(), claimed: 0, next_batch: 0 });
     let claim = || -> Option<(u64, u64)> {
         let mut l = ledger.lock().expect("ledger lock");
@@ -186,7 +191,7 @@ pub fn run_case(
             return None;
         }
         let left = budget - l.claimed;
-        let n = (left / (4 * threads)).clamp(256, 32_768).min(left);
+        let n = (left / 16).clamp(1024, 32_768).min(left);
         l.claimed += n;
         l.next_batch += 1;
         Some((l.next_batch - 1, n))
@@ -403,6 +408,23 @@ mod tests {
         let all = cases(&DecoderKind::MATCHING, &[3, 5], &["d".into()], Basis::Z, "si1000", &[0.003, 0.001]).unwrap();
         assert_eq!(all.len(), 8);
         assert!(cases(&DecoderKind::MATCHING, &[4], &["d".into()], Basis::Z, "si1000", &[0.003]).is_err());
+    }
+
+    /// Two decoders on the same circuit see the same shots.
+    #[test]
+    fn decoders_on_one_circuit_share_shots() {
+        let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
+        let noise = NoiseModel::Si1000 { p: 0.01 };
+        let limits = Limits { max_shots: 5_000, max_errors: u64::MAX };
+        let bar = ProgressBar::hidden();
+        let mut errors = Vec::new();
+        for (kind, threads) in [(DecoderKind::Matching, 1), (DecoderKind::Matching, 2), (DecoderKind::Correlated, 2)] {
+            let case = Case::build(kind, exp, noise, None).unwrap();
+            let run = CaseRun { prior: ErrorCount::default(), generation: 0, limits, threads, seed: 9 };
+            errors.push(run_case(&case, &run, &bar, &|_| Ok(())).unwrap());
+        }
+        assert_eq!(errors[0], errors[1], "thread count changed the shots");
+        assert_ne!(errors[0].errors, errors[2].errors, "correlated and plain matching should differ somewhere");
     }
 
     /// Stopping at max-errors, and resuming without redoing recorded work.
