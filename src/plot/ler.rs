@@ -1,0 +1,481 @@
+//! The logical error rate per round against code distance, one curve per
+//! (decoder, noise model, p, basis), with binomial error bars.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount, Fit};
+use plotters::coord::combinators::BindKeyPoints;
+use plotters::prelude::*;
+use serde_json::Value;
+
+use super::axes::{LinearAxis, snap, y_tick_label, y_ticks};
+use super::legend::{Corner, Legend, LegendKey, legend_corner, trace};
+use super::{
+    GRID_MAJOR, GRID_MINOR, TEXT, check_png_out, curve_style, draw_error_bar, draw_marker, draw_upper_limit, font,
+    plot_err, px, write_png,
+};
+use crate::sinter_csv::StatsRow;
+
+/// Output size in pixels.
+const WIDTH: u32 = 1000;
+const HEIGHT: u32 = 700;
+
+/// Plots LER per round against distance, one series per (decoder, noise, p, basis), with binomial error bars.
+///
+/// `cases` are per-case totals (see `sinter_csv::aggregate`); each needs `d`
+/// and `r` (rounds) in its metadata. The rate is fitted on the shots that were
+/// not discarded. A case with no errors is drawn as an upper limit (a bar at
+/// the top of its interval with an arrow pointing down). The file must end in
+/// `.png`; it is written to a temporary file beside `out` and renamed, so a
+/// failure leaves no partial file.
+pub fn plot_ler(cases: &[StatsRow], out: &Path) -> Result<()> {
+    check_png_out(out)?;
+    let series = collect_series(cases)?;
+    if series.is_empty() {
+        bail!("nothing to plot: no case has any shots that were not discarded");
+    }
+    write_png(out, (WIDTH, HEIGHT), |canvas, size| {
+        // The legend goes inside the plot unless it would cover data there.
+        if draw_figure(&series, canvas, size, LegendPlace::Inside)? {
+            canvas.fill(255);
+            draw_figure(&series, canvas, size, LegendPlace::Outside)?;
+        }
+        Ok(())
+    })
+}
+
+/// One plotted case.
+#[derive(Clone, Debug)]
+struct Point {
+    d: u32,
+    errors: u64,
+    fit: Fit,
+}
+
+/// One curve.
+#[derive(Clone, Debug)]
+struct Series {
+    decoder: String,
+    noise: Option<String>,
+    /// The value of `p` and how the metadata wrote it.
+    p: Option<(f64, String)>,
+    basis: Option<String>,
+    points: Vec<Point>,
+}
+
+impl Series {
+    fn label(&self) -> String {
+        let mut label = self.decoder.clone();
+        let mut noise = Vec::new();
+        if let Some(n) = &self.noise {
+            noise.push(n.clone());
+        }
+        if let Some((_, p)) = &self.p {
+            noise.push(format!("p={p}"));
+        }
+        if !noise.is_empty() {
+            label += &format!(", {}", noise.join(" "));
+        }
+        if let Some(b) = &self.basis {
+            label += &format!(", memory-{b}");
+        }
+        label
+    }
+
+    fn same_curve(&self, other: &Series) -> bool {
+        self.decoder == other.decoder
+            && self.noise == other.noise
+            && self.p.as_ref().map(|p| &p.1) == other.p.as_ref().map(|p| &p.1)
+            && self.basis == other.basis
+    }
+}
+
+/// A metadata field as text (strings unquoted), if present and not null.
+fn meta_text(meta: &Value, key: &str) -> Option<String> {
+    match meta.get(key)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        v => Some(v.to_string()),
+    }
+}
+
+/// A metadata field that must be a positive number.
+fn meta_number(row: &StatsRow, key: &str, what: &str) -> Result<f64> {
+    let value = row.json_metadata.get(key).with_context(|| {
+        format!("case {} has no '{key}' ({what}) in its metadata {}", row.strong_id, row.json_metadata)
+    })?;
+    let number = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    match number {
+        Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => bail!("case {}: metadata '{key}' ({what}) is {value}, not a positive number", row.strong_id),
+    }
+}
+
+/// Groups the cases into curves, sorted by decoder, noise, p and basis, each by distance.
+fn collect_series(cases: &[StatsRow]) -> Result<Vec<Series>> {
+    let mut series: Vec<Series> = Vec::new();
+    for row in cases {
+        let meta = &row.json_metadata;
+        let d = meta_number(row, "d", "code distance")?;
+        if d.fract() != 0.0 || d > u32::MAX as f64 {
+            bail!("case {}: metadata 'd' (code distance) is {d}, not an integer", row.strong_id);
+        }
+        let rounds = meta_number(row, "r", "rounds")?;
+        if row.errors > row.shots.saturating_sub(row.discards) {
+            bail!(
+                "case {}: {} errors in {} shots with {} discarded",
+                row.strong_id,
+                row.errors,
+                row.shots,
+                row.discards
+            );
+        }
+        let count = ErrorCount { shots: row.shots - row.discards, errors: row.errors };
+        if count.shots == 0 {
+            continue; // no data: nothing to draw
+        }
+        let fit = count.fit_per_round(rounds, DEFAULT_LIKELIHOOD_FACTOR);
+        let decoder = if row.decoder.trim().is_empty() {
+            meta_text(meta, "decoder").unwrap_or_else(|| "?".to_string())
+        } else {
+            row.decoder.trim().to_string()
+        };
+        let p = meta_text(meta, "p").map(|text| (text.parse().unwrap_or(f64::NAN), text));
+        let candidate =
+            Series { decoder, noise: meta_text(meta, "noise"), p, basis: meta_text(meta, "basis"), points: Vec::new() };
+        let point = Point { d: d as u32, errors: row.errors, fit };
+        match series.iter_mut().find(|s| s.same_curve(&candidate)) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series { points: vec![point], ..candidate }),
+        }
+    }
+    series.sort_by(|a, b| {
+        a.decoder
+            .cmp(&b.decoder)
+            .then_with(|| a.noise.cmp(&b.noise))
+            .then_with(|| match (&a.p, &b.p) {
+                (Some(x), Some(y)) => x.0.total_cmp(&y.0).then_with(|| x.1.cmp(&y.1)),
+                (x, y) => x.is_some().cmp(&y.is_some()),
+            })
+            .then_with(|| a.basis.cmp(&b.basis))
+    });
+    for s in &mut series {
+        s.points.sort_by(|a, b| a.d.cmp(&b.d).then(a.fit.best.total_cmp(&b.fit.best)));
+    }
+    Ok(series)
+}
+
+/// The y range: covers every drawn value (bars and upper-limit arrows
+/// included) with a little room, its ends snapped outward to 1, 2 or 5 times
+/// a power of ten.
+fn y_range(series: &[Series]) -> (f64, f64) {
+    let mut lo = f64::INFINITY;
+    let mut hi = f64::NEG_INFINITY;
+    for p in series.iter().flat_map(|s| &s.points) {
+        for v in [p.fit.low, p.fit.best, p.fit.high] {
+            if v > 0.0 {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+        if p.errors == 0 {
+            // Room below an upper limit for its arrow.
+            lo = lo.min(p.fit.high / 2.0);
+        }
+    }
+    if !lo.is_finite() {
+        return (1e-6, 1.0);
+    }
+    let lo = snap(lo / 1.3, false);
+    let mut hi = snap(hi * 1.3, true).min(1.0);
+    if hi <= lo {
+        hi = snap(lo * 1.01, true);
+    }
+    (lo, hi)
+}
+
+/// Where the legend goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LegendPlace {
+    /// Inside the plotting area, in the corner holding the least data.
+    Inside,
+    /// To the right of the plotting area.
+    Outside,
+}
+
+/// The LER plot's legend corners, in order of preference.
+const LER_CORNERS: [Corner; 4] = [(true, false), (false, false), (true, true), (false, true)];
+
+/// Draws the figure onto `canvas`; returns whether an inside legend covers data.
+fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: LegendPlace) -> Result<bool> {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let root = BitMapBackend::with_buffer(canvas, size).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let shape_of = |i: usize| curve_style(i).0;
+    let color_of = |i: usize| curve_style(i).1;
+
+    // Legend contents and size, needed before the layout.
+    let mut entries: Vec<(String, LegendKey)> =
+        series.iter().enumerate().map(|(i, s)| (s.label(), LegendKey::Curve(shape_of(i), color_of(i)))).collect();
+    if series.iter().flat_map(|s| &s.points).any(|p| p.errors == 0) {
+        entries.push(("upper limit (no errors seen)".to_string(), LegendKey::UpperLimit));
+    }
+    let (margin_top, margin_bottom, margin_left, margin_right) = (px(14.0), px(12.0), px(18.0), px(28.0));
+    let (x_area, y_area, caption_h) = (px(58.0), px(86.0), px(40.0));
+    let inset = px(10.0);
+    let plot_h = size.1 as i32 - margin_top - margin_bottom - x_area - caption_h;
+    let legend = Legend::new(&root, entries, plot_h - 2 * inset)?;
+    let (box_w, box_h) = (legend.w, legend.h);
+
+    // Axes.
+    let mut distances: Vec<u32> = series.iter().flat_map(|s| s.points.iter().map(|p| p.d)).collect();
+    distances.sort_unstable();
+    distances.dedup();
+    let (dmin, dmax) = (distances[0] as f64, *distances.last().unwrap() as f64);
+    let pad = ((dmax - dmin) * 0.1).max(1.0);
+    let (ylo, yhi) = y_range(series);
+    let (major, minor) = y_ticks(ylo, yhi);
+    let x_label = |d: &f64| format!("{}", d.round() as i64);
+    let y_label = |v: &f64| y_tick_label(*v);
+    let right = match place {
+        LegendPlace::Inside => margin_right,
+        LegendPlace::Outside => margin_right + box_w,
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Logical error rate per round", font(22.0))
+        .margin_top(margin_top)
+        .margin_left(margin_left)
+        .margin_right(right)
+        .margin_bottom(margin_bottom)
+        .x_label_area_size(x_area)
+        .y_label_area_size(y_area)
+        .build_cartesian_2d(
+            LinearAxis {
+                lo: dmin - pad,
+                hi: dmax + pad,
+                ticks: distances.iter().map(|&d| d as f64).collect(),
+                minor: Vec::new(),
+            },
+            (ylo..yhi).log_scale().with_key_points(major).with_light_points(minor),
+        )
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .bold_line_style(GRID_MAJOR.stroke_width(px(1.0) as u32))
+        .light_line_style(GRID_MINOR.stroke_width(px(1.0) as u32))
+        .axis_style(TEXT.stroke_width(px(1.2) as u32))
+        .set_all_tick_mark_size(px(6.0))
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .label_style(font(17.0))
+        .axis_desc_style(font(18.0))
+        .x_desc("Code distance d")
+        .y_desc("Logical error rate per round")
+        .draw()
+        .map_err(plot_err)?;
+    // A full frame around the plotting area.
+    let (xr, yr) = chart.plotting_area().get_pixel_range();
+    root.draw(&Rectangle::new([(xr.start, yr.start), (xr.end - 1, yr.end - 1)], TEXT.stroke_width(px(1.2) as u32)))
+        .map_err(plot_err)?;
+
+    // Data, in canvas pixels: bars first, then lines, then markers on top.
+    // `occupied` collects drawn pixels, to keep the legend off them.
+    let to_px = |d: u32, v: f64| chart.backend_coord(&(d as f64, v));
+    let mut occupied: Vec<(i32, i32)> = Vec::new();
+    for (i, s) in series.iter().enumerate() {
+        for p in &s.points {
+            let (x, top) = to_px(p.d, p.fit.high);
+            let bottom = if p.errors == 0 {
+                draw_upper_limit(&root, x, top, color_of(i))?;
+                top + px(20.0)
+            } else {
+                let (_, bottom) = to_px(p.d, p.fit.low.max(ylo));
+                draw_error_bar(&root, x, (top, bottom), (true, true), color_of(i))?;
+                bottom
+            };
+            trace(&[(x, top), (x, bottom)], &mut occupied);
+        }
+    }
+    for (i, s) in series.iter().enumerate() {
+        let line: Vec<(i32, i32)> = s.points.iter().filter(|p| p.errors > 0).map(|p| to_px(p.d, p.fit.best)).collect();
+        if line.len() > 1 {
+            trace(&line, &mut occupied);
+            root.draw(&PathElement::new(line, color_of(i).stroke_width(px(2.0) as u32))).map_err(plot_err)?;
+        }
+    }
+    for (i, s) in series.iter().enumerate() {
+        for p in s.points.iter().filter(|p| p.errors > 0) {
+            draw_marker(&root, to_px(p.d, p.fit.best), shape_of(i), color_of(i))?;
+        }
+    }
+
+    // Legend.
+    let ((bx, by), overlap) = match place {
+        LegendPlace::Inside => {
+            let (corner, covered) = legend_corner(&xr, &yr, (box_w, box_h), inset, &occupied, &LER_CORNERS);
+            (corner, covered > 0)
+        }
+        LegendPlace::Outside => ((xr.end + px(12.0), yr.start), false),
+    };
+    legend.draw(&root, (bx, by))?;
+
+    // Footnote on what the bars mean.
+    // Bottom right: clear of the x-axis label, which is centred under the plot.
+    let (w, h) = root.dim_in_pixel();
+    root.draw(&Text::new(
+        format!("error bars: rates within a likelihood factor of {DEFAULT_LIKELIHOOD_FACTOR} of the best fit"),
+        (w as i32 - px(12.0), h as i32 - px(8.0)),
+        font(12.0).color(&RGBColor(0x70, 0x70, 0x70)).pos(Pos::new(HPos::Right, VPos::Bottom)),
+    ))
+    .map_err(plot_err)?;
+
+    root.present().map_err(plot_err)?;
+    Ok(overlap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plot::tests::png_size;
+    use serde_json::json;
+
+    fn row(decoder: &str, d: u32, shots: u64, errors: u64) -> StatsRow {
+        StatsRow {
+            shots,
+            errors,
+            discards: 0,
+            seconds: 1.0,
+            decoder: decoder.to_string(),
+            strong_id: format!("{decoder}-d{d}"),
+            json_metadata: json!({"basis": "Z", "d": d, "decoder": decoder, "noise": "si1000", "p": 0.003, "r": d}),
+        }
+    }
+
+    fn sample() -> Vec<StatsRow> {
+        vec![
+            row("pymatching", 3, 100_000, 2_500),
+            row("pymatching", 5, 100_000, 640),
+            row("pymatching", 7, 200_000, 310),
+            row("correlated", 3, 100_000, 1_900),
+            row("correlated", 5, 100_000, 310),
+            row("correlated", 7, 100_000, 0),
+        ]
+    }
+
+    /// Many curves (more than colours), several noise strengths, both bases.
+    fn sweep() -> Vec<StatsRow> {
+        let mut rows = Vec::new();
+        for (decoder, gain) in [("correlated", 0.8), ("pymatching", 1.0), ("unionfind", 1.4)] {
+            for p in [0.001, 0.002, 0.003, 0.004] {
+                for (basis, bias) in [("X", 1.15), ("Z", 1.0)] {
+                    for d in [3u32, 5, 7, 9, 11] {
+                        let per_round: f64 = bias * gain * 0.1 * (p / 0.007f64).powf((d as f64 + 1.0) / 2.0);
+                        let shots = 1_000_000u64;
+                        let per_shot = 0.5 - 0.5 * (1.0 - 2.0 * per_round).powi(d as i32);
+                        let errors = (per_shot * shots as f64).round() as u64;
+                        rows.push(StatsRow {
+                            shots,
+                            errors,
+                            discards: 0,
+                            seconds: 1.0,
+                            decoder: decoder.to_string(),
+                            strong_id: format!("{decoder}-{p}-{basis}-{d}"),
+                            json_metadata: json!({"basis": basis, "d": d, "decoder": decoder, "noise": "si1000", "p": p, "r": d}),
+                        });
+                    }
+                }
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn plots_many_curves_and_single_distance() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("many.png");
+        plot_ler(&sweep(), &out).unwrap();
+        assert_eq!(png_size(&std::fs::read(&out).unwrap()), (WIDTH, HEIGHT));
+        if let Ok(sample_out) = std::env::var("QECD_PLOT_SAMPLE_MANY") {
+            std::fs::copy(&out, sample_out).unwrap();
+        }
+        let single: Vec<StatsRow> = sample().into_iter().filter(|r| r.json_metadata["d"] == 5).collect();
+        plot_ler(&single, &out).unwrap();
+        assert_eq!(png_size(&std::fs::read(&out).unwrap()), (WIDTH, HEIGHT));
+    }
+
+    #[test]
+    fn plot_writes_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ler.png");
+        plot_ler(&sample(), &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(png_size(&bytes), (WIDTH, HEIGHT));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o644);
+        // Only the plot is left: the temporary file was renamed.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ler.png")]);
+        if let Ok(sample_out) = std::env::var("QECD_PLOT_SAMPLE") {
+            std::fs::copy(&out, sample_out).unwrap();
+        }
+    }
+
+    #[test]
+    fn unsupported_extension_errors_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ler.svg", "ler.jpg", "ler"] {
+            let out = dir.path().join(name);
+            let err = plot_ler(&sample(), &out).unwrap_err().to_string();
+            assert!(err.contains("PNG"), "{err}");
+            assert!(!out.exists());
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn missing_directory_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("absent").join("ler.png");
+        let err = format!("{:#}", plot_ler(&sample(), &out).unwrap_err());
+        assert!(err.contains("cannot write") && err.contains("absent"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let err = plot_ler(&sample(), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("PNG") || err.contains("directory"), "{err}");
+    }
+
+    #[test]
+    fn missing_metadata_names_the_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ler.png");
+        for key in ["d", "r"] {
+            let mut rows = sample();
+            rows[2].json_metadata.as_object_mut().unwrap().remove(key);
+            let err = plot_ler(&rows, &out).unwrap_err().to_string();
+            assert!(err.contains("pymatching-d7") && err.contains(&format!("'{key}'")), "{err}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn series_are_grouped_and_labelled() {
+        let series = collect_series(&sample()).unwrap();
+        let labels: Vec<String> = series.iter().map(Series::label).collect();
+        assert_eq!(labels, ["correlated, si1000 p=0.003, memory-Z", "pymatching, si1000 p=0.003, memory-Z"]);
+        assert!(series.iter().all(|s| s.points.iter().map(|p| p.d).eq([3, 5, 7])));
+        // The zero-error case has an upper limit but no lower one.
+        let zero = &series[0].points[2];
+        assert_eq!((zero.errors, zero.fit.low, zero.fit.best), (0, 0.0, 0.0));
+        assert!(zero.fit.high > 0.0);
+        // The y range covers every bar, in whole decades.
+        let (lo, hi) = y_range(&series);
+        for p in series.iter().flat_map(|s| &s.points) {
+            assert!(p.fit.high <= hi && (p.errors == 0 || p.fit.low >= lo));
+        }
+        assert!(lo < hi);
+    }
+}

@@ -1,0 +1,272 @@
+//! Plots of sweep and calibration statistics, written as PNG files: the
+//! logical error rate per round against code distance ([`ler`]) and the
+//! reliability diagram of a decoder's confidence ([`reliability`]), with
+//! sinter's error bars (rates within a likelihood factor of 1000 of the best
+//! fit).
+//!
+//! This module holds what the plots share: the style (palette, embedded font,
+//! sizes in output pixels), the markers and error bars, and the PNG output.
+//! Every figure is drawn at twice its size and averaged down, which
+//! anti-aliases the lines and markers (the bitmap backend draws them aliased).
+//! Text uses an embedded copy of DejaVu Sans (`assets/`, Bitstream Vera
+//! licence), so no system font is needed.
+
+mod axes;
+mod legend;
+mod ler;
+mod reliability;
+
+pub use ler::plot_ler;
+// Only `calibrate` (behind the `train` feature) calls it.
+#[cfg_attr(not(feature = "train"), allow(unused_imports))]
+pub use reliability::plot_reliability;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, anyhow, bail};
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+
+/// Supersampling factor: the figure is drawn `SS` times larger, then averaged down.
+const SS: u32 = 2;
+
+/// DejaVu Sans; see `assets/DejaVuSans-LICENSE.txt`.
+static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+/// The family name the embedded font is registered under.
+const FONT: &str = "sans-serif";
+
+/// Colour-blind-friendly palette (matplotlib's tab10).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+const TEXT: RGBColor = RGBColor(0x20, 0x20, 0x20);
+const GRID_MAJOR: RGBColor = RGBColor(0xd0, 0xd0, 0xd0);
+const GRID_MINOR: RGBColor = RGBColor(0xee, 0xee, 0xee);
+
+/// Checks that `out` names a PNG file (not a directory).
+fn check_png_out(out: &Path) -> Result<()> {
+    let ext = out.extension().and_then(OsStr::to_str).unwrap_or("");
+    if !ext.eq_ignore_ascii_case("png") {
+        bail!("cannot plot to {}: only PNG output is supported (use a .png file name)", out.display());
+    }
+    if out.is_dir() {
+        bail!("{} is a directory, not a file", out.display());
+    }
+    Ok(())
+}
+
+/// Writes a `size` (output pixels) PNG to `out`, drawn by `draw` onto a white
+/// RGB canvas `SS` times larger (passed with its size) and averaged down. It
+/// goes to a temporary file beside `out` that is then renamed, so a failure
+/// leaves no partial file.
+fn write_png(out: &Path, size: (u32, u32), draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(out)?;
+    let result = render(size, draw, &tmp)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+            std::fs::rename(&tmp, out)?;
+            Ok(())
+        })
+        .with_context(|| format!("cannot write {}", out.display()));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A hidden file beside `out`, still ending in `.png` (the encoder goes by the extension).
+fn temp_path(out: &Path) -> Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = out.file_name().with_context(|| format!("{} is not a file name", out.display()))?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    Ok(dir.join(format!(".{}.{}-{n}.tmp.png", name.to_string_lossy(), std::process::id())))
+}
+
+/// Draws the figure supersampled, averages it down and saves it to `path`.
+fn render(size: (u32, u32), draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<()>, path: &Path) -> Result<()> {
+    ensure_font()?;
+    let (w, h) = (size.0 * SS, size.1 * SS);
+    let mut canvas = vec![255u8; (w * h * 3) as usize];
+    draw(&mut canvas, (w, h))?;
+    let small = downsample(&canvas, (w, h), SS);
+    let mut backend = BitMapBackend::new(path, size);
+    backend.blit_bitmap((0, 0), size, &small).map_err(plot_err)?;
+    backend.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Box-filters an RGB image by `factor` in each direction.
+fn downsample(src: &[u8], (w, h): (u32, u32), factor: u32) -> Vec<u8> {
+    let (ow, oh) = (w / factor, h / factor);
+    let mut out = vec![0u8; (ow * oh * 3) as usize];
+    let n = factor * factor;
+    for y in 0..oh {
+        for x in 0..ow {
+            for ch in 0..3 {
+                let mut sum = 0u32;
+                for dy in 0..factor {
+                    for dx in 0..factor {
+                        let (sx, sy) = (x * factor + dx, y * factor + dy);
+                        sum += src[((sy * w + sx) * 3 + ch) as usize] as u32;
+                    }
+                }
+                out[((y * ow + x) * 3 + ch) as usize] = ((sum + n / 2) / n) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// Registers the embedded font once.
+fn ensure_font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok());
+    if ok { Ok(()) } else { Err(anyhow!("the embedded font could not be loaded")) }
+}
+
+fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("drawing the plot failed: {e}")
+}
+
+/// Scales a size in output pixels to the supersampled canvas.
+fn px(v: f64) -> i32 {
+    (v * SS as f64).round() as i32
+}
+
+fn font(size: f64) -> TextStyle<'static> {
+    (FONT, size * SS as f64).into_font().color(&TEXT)
+}
+
+/// Marker shapes, cycled through the curves.
+#[derive(Clone, Copy)]
+enum Shape {
+    Circle,
+    Square,
+    Triangle,
+    Diamond,
+}
+
+const SHAPES: [Shape; 4] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond];
+
+/// The marker and colour of the `i`th curve (no two curves alike while fewer than 40).
+fn curve_style(i: usize) -> (Shape, RGBColor) {
+    (SHAPES[(i + i / PALETTE.len()) % SHAPES.len()], PALETTE[i % PALETTE.len()])
+}
+
+/// Draws one marker centred at `c` (canvas pixels).
+fn draw_marker<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    c: (i32, i32),
+    shape: Shape,
+    color: RGBColor,
+) -> Result<()> {
+    let fill = color.filled();
+    let edge = WHITE.stroke_width(px(0.8) as u32);
+    let r = px(5.0);
+    let poly = |pts: Vec<(i32, i32)>| -> Result<()> {
+        let pts: Vec<(i32, i32)> = pts.into_iter().map(|(x, y)| (c.0 + x, c.1 + y)).collect();
+        area.draw(&Polygon::new(pts.clone(), fill)).map_err(plot_err)?;
+        let mut closed = pts.clone();
+        closed.push(pts[0]);
+        area.draw(&PathElement::new(closed, edge)).map_err(plot_err)
+    };
+    match shape {
+        Shape::Circle => {
+            area.draw(&Circle::new(c, r, fill)).map_err(plot_err)?;
+            area.draw(&Circle::new(c, r, edge)).map_err(plot_err)
+        }
+        Shape::Square => {
+            let s = (r as f64 * 0.88) as i32;
+            poly(vec![(-s, -s), (s, -s), (s, s), (-s, s)])
+        }
+        Shape::Triangle => {
+            let s = (r as f64 * 1.25) as i32;
+            poly(vec![(0, -s), (s, s * 3 / 4), (-s, s * 3 / 4)])
+        }
+        Shape::Diamond => {
+            let s = (r as f64 * 1.25) as i32;
+            poly(vec![(0, -s), (s, 0), (0, s), (-s, 0)])
+        }
+    }
+}
+
+/// A vertical error bar between canvas pixels `top` and `bottom` at `x`,
+/// with caps at the ends flagged in `caps` (top, bottom): an end cut off by the
+/// axis gets none.
+fn draw_error_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    x: i32,
+    (top, bottom): (i32, i32),
+    caps: (bool, bool),
+    color: RGBColor,
+) -> Result<()> {
+    let style = color.stroke_width(px(1.4) as u32);
+    let cap = px(4.0);
+    area.draw(&PathElement::new(vec![(x, top), (x, bottom)], style)).map_err(plot_err)?;
+    let ends = [(top, caps.0), (bottom, caps.1)];
+    for y in ends.into_iter().filter(|&(_, capped)| capped).map(|(y, _)| y) {
+        area.draw(&PathElement::new(vec![(x - cap, y), (x + cap, y)], style)).map_err(plot_err)?;
+    }
+    Ok(())
+}
+
+/// An upper limit: a cap at `top` with an arrow pointing down.
+fn draw_upper_limit<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    x: i32,
+    top: i32,
+    color: RGBColor,
+) -> Result<()> {
+    let style = color.stroke_width(px(1.6) as u32);
+    let cap = px(5.5);
+    let len = px(20.0);
+    let head = px(4.5);
+    area.draw(&PathElement::new(vec![(x - cap, top), (x + cap, top)], style)).map_err(plot_err)?;
+    area.draw(&PathElement::new(vec![(x, top), (x, top + len - head)], style)).map_err(plot_err)?;
+    area.draw(&Polygon::new(
+        vec![(x - head, top + len - head * 3 / 2), (x + head, top + len - head * 3 / 2), (x, top + len)],
+        color.filled(),
+    ))
+    .map_err(plot_err)
+}
+
+/// A dashed line through `points` (canvas pixels).
+fn draw_dashed<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    points: &[(i32, i32)],
+    color: RGBColor,
+) -> Result<()> {
+    let style = color.stroke_width(px(1.5) as u32);
+    area.draw(&plotters::element::DashedPathElement::new(points.iter().copied(), px(7.0), px(5.0), style))
+        .map_err(plot_err)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Helpers for the plots' tests.
+
+    /// Width and height from the IHDR chunk.
+    pub(super) fn png_size(bytes: &[u8]) -> (u32, u32) {
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+        assert_eq!(&bytes[12..16], b"IHDR");
+        let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+        (be(16), be(20))
+    }
+}
