@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/results.md for one zoo checkpoint (feature `train`):
+#   0. training throughput on this machine;
 #   1. calibration: τ, ECE before/after, reliability diagram, postselection;
 #   2. LER of the neural decoder and of correlated matching on the same fresh
 #      shots (a seed never used in training or calibration), per rounds case;
@@ -21,6 +22,15 @@ esac
 model=fixtures/models/${which}_z_si1000_p003.safetensors
 out=docs/data/$which
 mkdir -p "$out"
+
+echo "== training throughput of this configuration (300 steps from scratch, discarded)"
+rm -f target/throughput.safetensors target/throughput.train.csv
+case "$which" in
+  d3) arch="--width 32 --heads 4 --layers 2 --ffn 64" ;;
+  d5) arch="--width 64 --heads 4 --layers 2 --ffn 128" ;;
+esac
+$Q train -d $d --rounds 1-25 $arch --steps 300 --batch 256 --eval-rounds $d --eval-shots 1000 --eval-every 300 \
+  --seed 11 --eval-seed 12 --out target/throughput.safetensors | tail -1 | tee "$out/throughput.txt"
 
 echo "== calibration"
 $Q calibrate --model "$model" --rounds "$rounds" --shots 100000 --seed 2000003 --plot "$out/reliability.png" | tee "$out/calibration.txt"
