@@ -1,0 +1,83 @@
+//! The inference kernels reproduce the tch model's logits within 1e-4
+//! (docs/model.md), on random checkpoints and on the zoo checkpoints, for
+//! random inputs of 1..25 rounds.
+#![cfg(feature = "train")]
+
+use kernels::{KernelConfig, Scratch, Weights, forward_shot};
+use models::ModelConfig;
+use models::checkpoint::{Checkpoint, ModelLayout};
+use models::net::{Net, features_tensor};
+use simulator_bridge::Basis;
+use tch::Device;
+
+fn kernel_weights(ckpt: &Checkpoint) -> Weights {
+    let c = &ckpt.meta.config;
+    let config = KernelConfig {
+        stabilizers: c.num_stabilizers,
+        width: c.width,
+        heads: c.heads,
+        layers: c.layers,
+        ffn_width: c.ffn_width,
+        readout_width: c.readout_width,
+        observables: c.num_observables,
+        features: c.num_features(),
+    };
+    Weights::from_named(config, |name| ckpt.tensors.get(name).map(|(s, v)| (s.as_slice(), v.as_slice()))).unwrap()
+}
+
+fn max_difference(ckpt: &Checkpoint, seed: u64) -> f32 {
+    let net = Net::from_checkpoint(ckpt, Device::Cpu).unwrap();
+    let weights = kernel_weights(ckpt);
+    let (s, d, o) = (ckpt.meta.config.num_stabilizers, ckpt.meta.config.width, ckpt.meta.config.num_observables);
+    let mut scratch = Scratch::new(weights.config());
+    let mut state = vec![0.0f32; s * d];
+    let mut logits = vec![0.0f32; o];
+    let mut rng = seed;
+    let mut bit = || {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (rng >> 33) % 7 == 0
+    };
+    let mut worst = 0.0f32;
+    for rounds in [1usize, 2, 3, 7, 13, 25] {
+        let t = rounds + 1;
+        let mut features = vec![0.0f32; t * s * 3];
+        for (k, f) in features.chunks_exact_mut(3).enumerate() {
+            f[1] = if bit() { 0.0 } else { 1.0 };
+            f[0] = if f[1] == 1.0 && bit() { 1.0 } else { 0.0 };
+            f[2] = if k / s == t - 1 { 1.0 } else { 0.0 };
+        }
+        let x = features_tensor(&features, 1, t, s, Device::Cpu);
+        let reference = Vec::<f32>::try_from(tch::no_grad(|| net.forward(&x)).view(-1)).unwrap();
+        forward_shot(&weights, &features, t, &mut scratch, &mut state, &mut logits);
+        for (a, b) in reference.iter().zip(&logits) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn kernels_match_tch_on_random_checkpoints() {
+    for (d, width, heads, layers, ffn, seed) in [(3, 32, 4, 2, 64, 1), (3, 64, 4, 2, 128, 2), (5, 48, 3, 1, 96, 3)] {
+        let layout = ModelLayout::for_code(d, Basis::Z).unwrap();
+        let ckpt = Checkpoint::random(ModelConfig::for_distance(d, width, heads, layers, ffn), layout, seed);
+        let worst = max_difference(&ckpt, seed);
+        assert!(worst < 1e-4, "d={d} D={width}: kernels differ from tch by {worst}");
+    }
+}
+
+#[test]
+fn kernels_match_tch_on_zoo_checkpoints() {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/models"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let ckpt = Checkpoint::load(&path).unwrap();
+            let worst = max_difference(&ckpt, 9);
+            assert!(worst < 1e-4, "{}: kernels differ from tch by {worst}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no zoo checkpoints in {}", dir.display());
+}
