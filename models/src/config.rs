@@ -63,47 +63,24 @@ impl ModelConfig {
         self.features.len()
     }
 
-    /// Every tensor of the model: name and shape, in a fixed order. This is
-    /// the contract with the inference kernels (docs/model.md §Tensors).
-    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (s, d, h, f, r, o) =
-            (self.num_stabilizers, self.width, self.heads, self.ffn_width, self.readout_width, self.num_observables);
-        let mut out = vec![
-            ("embed.w_in".to_string(), vec![d, self.num_features()]),
-            ("embed.b_in".to_string(), vec![d]),
-            ("embed.stab".to_string(), vec![s, d]),
-        ];
-        for l in 0..self.layers {
-            let p = |n: &str| format!("layers.{l}.{n}");
-            out.extend([
-                (p("ln1.weight"), vec![d]),
-                (p("ln1.bias"), vec![d]),
-                (p("attn.wq"), vec![d, d]),
-                (p("attn.bq"), vec![d]),
-                (p("attn.wk"), vec![d, d]),
-                (p("attn.bk"), vec![d]),
-                (p("attn.wv"), vec![d, d]),
-                (p("attn.bv"), vec![d]),
-                (p("attn.wo"), vec![d, d]),
-                (p("attn.bo"), vec![d]),
-                (p("attn.bias"), vec![h, s, s]),
-                (p("ln2.weight"), vec![d]),
-                (p("ln2.bias"), vec![d]),
-                (p("ffn.w1"), vec![f, d]),
-                (p("ffn.b1"), vec![f]),
-                (p("ffn.w2"), vec![d, f]),
-                (p("ffn.b2"), vec![d]),
-            ]);
+    /// The shapes in the form the inference kernels take.
+    pub fn kernel_config(&self) -> kernels::KernelConfig {
+        kernels::KernelConfig {
+            stabilizers: self.num_stabilizers,
+            width: self.width,
+            heads: self.heads,
+            layers: self.layers,
+            ffn_width: self.ffn_width,
+            readout_width: self.readout_width,
+            observables: self.num_observables,
+            features: self.num_features(),
         }
-        out.extend([
-            ("readout.ln.weight".to_string(), vec![d]),
-            ("readout.ln.bias".to_string(), vec![d]),
-            ("readout.w1".to_string(), vec![r, d]),
-            ("readout.b1".to_string(), vec![r]),
-            ("readout.w2".to_string(), vec![o, r]),
-            ("readout.b2".to_string(), vec![o]),
-        ]);
-        out
+    }
+
+    /// Every tensor of the model: name and shape, in a fixed order. The
+    /// kernels own this list (docs/model.md §Tensors); training uses theirs.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.kernel_config().tensor_shapes()
     }
 }
 

@@ -3,7 +3,7 @@
 //! random inputs of 1..25 rounds.
 #![cfg(feature = "train")]
 
-use kernels::{KernelConfig, Scratch, Weights, forward_shot};
+use kernels::{Scratch, Weights, forward_shot};
 use models::ModelConfig;
 use models::checkpoint::{Checkpoint, ModelLayout};
 use models::net::{Net, features_tensor};
@@ -11,17 +11,7 @@ use simulator_bridge::Basis;
 use tch::Device;
 
 fn kernel_weights(ckpt: &Checkpoint) -> Weights {
-    let c = &ckpt.meta.config;
-    let config = KernelConfig {
-        stabilizers: c.num_stabilizers,
-        width: c.width,
-        heads: c.heads,
-        layers: c.layers,
-        ffn_width: c.ffn_width,
-        readout_width: c.readout_width,
-        observables: c.num_observables,
-        features: c.num_features(),
-    };
+    let config = ckpt.meta.config.kernel_config();
     Weights::from_named(config, |name| ckpt.tensors.get(name).map(|(s, v)| (s.as_slice(), v.as_slice()))).unwrap()
 }
 
