@@ -21,11 +21,6 @@ pub fn device_name(device: Device, threads: usize) -> String {
     }
 }
 
-/// The layout of a circuit or DEM's detectors, in the basis the model decodes.
-pub fn featurizer_for(ckpt: &Checkpoint, detector_layout: &StabilizerLayout) -> Result<Featurizer> {
-    Ok(Featurizer::new(&ckpt.meta.layout, detector_layout)?)
-}
-
 /// Builds the stabilizer layout of a DEM from its detector coordinates.
 pub fn dem_layout(dem: &stim::DetectorErrorModel, basis: simulator_bridge::Basis) -> Result<StabilizerLayout> {
     let coords = dem.get_detector_coordinates(None).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -48,7 +43,7 @@ impl TchNeuralDecoder {
         let device = device();
         Ok(Self {
             net: models::net::Net::from_checkpoint(ckpt, device)?,
-            featurizer: featurizer_for(ckpt, layout)?,
+            featurizer: Featurizer::new(&ckpt.meta.layout, layout)?,
             temperature: ckpt.meta.temperature,
             num_observables: ckpt.meta.config.num_observables,
             device,

@@ -12,7 +12,7 @@ use tch::{Device, Reduction, Tensor, nn, nn::OptimizerConfig};
 
 use crate::ModelError;
 use crate::checkpoint::CheckpointMeta;
-use crate::features::{Featurizer, NUM_FEATURES};
+use crate::features::Featurizer;
 use crate::net::{Net, features_tensor};
 
 /// One batch of training data.
@@ -410,11 +410,6 @@ pub fn train(
         *meta = ckpt.meta;
     }
     Ok(last_eval)
-}
-
-/// Feature values of a `[T, S, 3]` shot: the number of floats per shot.
-pub fn shot_floats(t: usize, s: usize) -> usize {
-    t * s * NUM_FEATURES
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ fn max_difference(ckpt: &Checkpoint, seed: u64) -> f32 {
     let mut rng = seed;
     let mut bit = || {
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (rng >> 33) % 7 == 0
+        (rng >> 33).is_multiple_of(7)
     };
     let mut worst = 0.0f32;
     for rounds in [1usize, 2, 3, 7, 13, 25] {
