@@ -17,7 +17,7 @@ case "$which" in
         --eval-rounds 3,25 --eval-shots 20000 --eval-every 2500 --seed 1 --eval-seed 1000003 \
         --out fixtures/models/d3_z_si1000_p003.safetensors "$@" ;;
   d5) ./target/release/qecd train -d 5 --basis z --noise si1000 --p 0.003 --rounds 1-25 \
-        --width 64 --heads 4 --layers 2 --ffn 128 --steps "${STEPS:-100000}" --batch 256 --lr 1e-3 --warmup 2000 \
+        --width 32 --heads 4 --layers 2 --ffn 64 --steps "${STEPS:-60000}" --batch 256 --lr 2e-3 --warmup 1000 \
         --eval-rounds 5,25 --eval-shots 20000 --eval-every 2500 --seed 2 --eval-seed 1000005 \
         --out fixtures/models/d5_z_si1000_p003.safetensors "$@" ;;
   *) echo "unknown zoo entry $which (d3 or d5)" >&2; exit 2 ;;
