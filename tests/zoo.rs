@@ -1,6 +1,5 @@
 //! Every zoo checkpoint in fixtures/models loads and decodes its golden shots
 //! to the predictions stored with it (scripts/make_zoo_fixtures.sh).
-#![cfg(feature = "train")]
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -31,8 +30,8 @@ fn zoo_checkpoints_reproduce_their_stored_predictions() {
         let got = std::fs::read_to_string(&pred).unwrap();
         let want = std::fs::read_to_string(f(".fixture.pred.01")).unwrap();
         assert_eq!(got.lines().count(), want.lines().count());
-        // The forward is deterministic up to float summation order across
-        // thread counts; a logit within rounding of 0 may flip, nothing more.
+        // The predictions were stored from the tch forward; the kernels agree
+        // within 1e-4 in the logits, so a logit within that of 0 may flip.
         let differ = got.lines().zip(want.lines()).filter(|(a, b)| a != b).count();
         assert!(differ <= 1, "{stem}: {differ} predictions changed");
         checked += 1;

@@ -4,24 +4,29 @@
 //! events in, predicted observable flips and a per-shot confidence out. The
 //! sweep, the CLI and the benches are generic over it. This crate holds the
 //! matching decoders (PyMatching, uncorrelated and two-pass correlated), the
-//! calibration that turns a matching weight gap into a probability, and the
-//! logical-error-rate statistics.
+//! calibration that turns a matching weight gap into a probability, the
+//! neural decoder on the inference kernels ([`neural`]) with its streaming,
+//! round-by-round form ([`stream`]), and the logical-error-rate statistics.
 //!
 //! It reads syndromes through `simulator-bridge` and never touches tch or tonic.
 #![deny(missing_docs)]
 
 pub mod confidence;
 pub mod matching;
+pub mod neural;
 pub mod parallel;
 pub mod stats;
+pub mod stream;
 
 use std::fmt;
 use std::str::FromStr;
 
 pub use confidence::GapCalibration;
 pub use matching::MatchingDecoder;
+pub use neural::{NeuralDecoder, NeuralModel};
 pub use parallel::decode_parallel;
 pub use simulator_bridge::PackedShots;
+pub use stream::{Reply, RoundAck, Session, ShotResult, StreamEngine, StreamError, StreamOptions};
 
 /// What a decoder says about a batch of shots.
 #[derive(Clone, Debug, PartialEq)]

@@ -118,6 +118,15 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The weights repacked for the inference kernels. A tensor the kernels
+    /// reject (missing, mis-shaped, non-finite) is named in the error.
+    pub fn kernel_weights(&self, path: &str) -> Result<kernels::Weights, ModelError> {
+        kernels::Weights::from_named(self.meta.config.kernel_config(), |name| {
+            self.tensors.get(name).map(|(shape, values)| (shape.as_slice(), values.as_slice()))
+        })
+        .map_err(|e| ModelError::Checkpoint { path: path.to_string(), why: e.to_string() })
+    }
+
     /// Serializes to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
         let meta = serde_json::to_string(&self.meta).expect("metadata serializes");

@@ -12,8 +12,10 @@ pub mod sweep;
 pub mod train;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use decoder::NeuralModel;
 use indicatif::{ProgressBar, ProgressStyle};
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
 
@@ -61,43 +63,37 @@ pub fn experiment(
 }
 
 /// Builds a decoder of any kind. The neural decoder needs the model and the
-/// circuit (for its stabilizer layout); the matching decoders need the DEM.
+/// circuit (for its stabilizer layout; without one, the DEM's detector
+/// coordinates); the matching decoders need the DEM.
 pub fn build_decoder(
     kind: decoder::DecoderKind,
     dem_text: &str,
     circuit: Option<&stim::Circuit>,
-    model: Option<&models::Checkpoint>,
+    model: Option<&Arc<NeuralModel>>,
 ) -> Result<Box<dyn decoder::Decoder>> {
     match kind {
-        decoder::DecoderKind::Neural => neural_decoder(dem_text, circuit, model),
+        decoder::DecoderKind::Neural => {
+            let model = model.context("the neural decoder needs --model CKPT")?;
+            let layout = match circuit {
+                Some(c) => StabilizerLayout::from_circuit(c, model.basis())?,
+                None => dem_layout(&dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?, model.basis())?,
+            };
+            Ok(Box::new(decoder::NeuralDecoder::new(model.clone(), &layout)?))
+        }
         kind => Ok(Box::new(decoder::MatchingDecoder::from_dem_text(dem_text, kind)?)),
     }
 }
 
-#[cfg(feature = "train")]
-fn neural_decoder(
-    dem_text: &str,
-    circuit: Option<&stim::Circuit>,
-    model: Option<&models::Checkpoint>,
-) -> Result<Box<dyn decoder::Decoder>> {
-    let model = model.context("the neural decoder needs --model CKPT")?;
-    let basis = model.meta.layout.basis;
-    let layout = match circuit {
-        Some(c) => StabilizerLayout::from_circuit(c, basis)?,
-        None => crate::neural::dem_layout(&dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?, basis)?,
-    };
-    Ok(Box::new(crate::neural::TchNeuralDecoder::new(model, &layout)?))
+/// Loads a checkpoint for the inference kernels.
+pub fn load_model(path: &Path) -> Result<Arc<NeuralModel>> {
+    Ok(Arc::new(NeuralModel::load(path)?))
 }
 
-#[cfg(not(feature = "train"))]
-fn neural_decoder(
-    _: &str,
-    _: Option<&stim::Circuit>,
-    _: Option<&models::Checkpoint>,
-) -> Result<Box<dyn decoder::Decoder>> {
-    anyhow::bail!(
-        "this qecd was built without the neural decoder; rebuild with `--features train` (see scripts/torch-env)"
-    )
+/// Builds the stabilizer layout of a DEM from its detector coordinates.
+pub fn dem_layout(dem: &stim::DetectorErrorModel, basis: Basis) -> Result<StabilizerLayout> {
+    let coords = dem.get_detector_coordinates(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    StabilizerLayout::from_coordinates(&coords, dem.num_detectors() as usize, basis)
+        .context("the neural decoder needs (x, y, t) detector coordinates")
 }
 
 /// A seed from the clock, for commands run without `--seed`.

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
-use decoder::{DecoderKind, MatchingDecoder, decode_parallel};
+use decoder::{DecoderKind, MatchingDecoder, NeuralDecoder, decode_parallel};
 use simulator_bridge::formats::{read_shots_file, write_shots};
-use simulator_bridge::{BitLabels, ResultFormat};
+use simulator_bridge::{BitLabels, ResultFormat, StabilizerLayout};
 
 use crate::outputs::Staged;
 
@@ -38,7 +38,7 @@ pub struct PredictArgs {
     /// Format of --out.
     #[arg(long, alias = "out_format", default_value = "01")]
     pub out_format: String,
-    /// matching, correlated, or neural (with --model; needs the `train` feature for now).
+    /// matching, correlated, or neural (with --model).
     #[arg(long, default_value = "correlated")]
     pub decoder: String,
     /// Neural-decoder checkpoint.
@@ -64,7 +64,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let out_format: ResultFormat = args.out_format.parse()?;
     let obs_format: ResultFormat = args.obs_in_format.parse()?;
     let kind: DecoderKind = args.decoder.parse()?;
-    let model = args.model.as_ref().map(|p| models::Checkpoint::load(p)).transpose()?;
+    let model = args.model.as_ref().map(|p| super::load_model(p)).transpose()?;
     if (kind == DecoderKind::Neural) != model.is_some() {
         bail!("--model goes with --decoder neural, and --decoder neural needs --model");
     }
@@ -117,8 +117,12 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             None => d,
         })
     };
-    let decisions = if kind == DecoderKind::Neural {
-        super::build_decoder(kind, &dem_text, circuit.as_ref(), model.as_ref())?.decode_batch(&events)?
+    let decisions = if let Some(model) = &model {
+        let layout = match &circuit {
+            Some(c) => StabilizerLayout::from_circuit(c, model.basis())?,
+            None => super::dem_layout(&dem, model.basis())?,
+        };
+        decode_parallel(|| NeuralDecoder::new(model.clone(), &layout), &events, args.threads)?
     } else {
         decode_parallel(make, &events, args.threads)?
     };

@@ -14,13 +14,13 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use decoder::DecoderKind;
 use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
+use decoder::{DecoderKind, NeuralModel};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use simulator_bridge::sample::{derive_seed, resolve_threads};
@@ -89,7 +89,7 @@ pub struct Case {
     /// sha256 over circuit, decoder, DEM and metadata, as sinter's strong id.
     pub strong_id: String,
     /// The model of a neural case.
-    pub model: Option<models::Checkpoint>,
+    pub model: Option<Arc<NeuralModel>>,
 }
 
 impl Case {
@@ -98,7 +98,7 @@ impl Case {
         decoder: DecoderKind,
         experiment: MemoryExperiment,
         noise: NoiseModel,
-        model: Option<(&Path, models::Checkpoint)>,
+        model: Option<(&Path, Arc<NeuralModel>)>,
     ) -> Result<Self> {
         let circuit = experiment.noisy_circuit(&noise)?;
         let dem = super::decoding_dem(&circuit)?;
@@ -177,8 +177,7 @@ pub fn run_case(
     if budget == 0 || prior.errors >= limits.max_errors {
         return Ok(ErrorCount::default());
     }
-    // tch parallelizes the neural forward itself; one worker feeds it.
-    let threads = if case.decoder == DecoderKind::Neural { 1 } else { resolve_threads(threads) as u64 };
+    let threads = resolve_threads(threads) as u64;
     // The shots depend on the circuit, not on the decoder, and batch sizes do
     // not depend on the thread count: decoders swept together on the same
     // circuit decode the same shots, so their error rates compare pairwise.
@@ -346,14 +345,14 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let seed = args.seed.unwrap_or_else(super::fresh_seed);
     let bar = super::shot_bar(0, "sweep");
     let mut built = Vec::new();
-    let checkpoints: Vec<(PathBuf, models::Checkpoint)> =
-        args.model.iter().map(|p| Ok((p.clone(), models::Checkpoint::load(p)?))).collect::<Result<_>>()?;
+    let checkpoints: Vec<(PathBuf, Arc<NeuralModel>)> =
+        args.model.iter().map(|p| Ok((p.clone(), super::load_model(p)?))).collect::<Result<_>>()?;
     for (decoder, experiment, noise) in mine {
         let model = match decoder {
             DecoderKind::Neural => {
-                let found = checkpoints.iter().find(|(_, c)| {
-                    c.meta.layout.distance == experiment.distance && c.meta.layout.basis == experiment.basis
-                });
+                let found = checkpoints
+                    .iter()
+                    .find(|(_, c)| c.distance() == experiment.distance && c.basis() == experiment.basis);
                 let (path, ckpt) = found.with_context(|| {
                     format!(
                         "no --model for the neural decoder at d={} memory-{}",

@@ -1,0 +1,256 @@
+//! The neural decoder on the inference kernels: a checkpoint loaded into
+//! [`kernels::Weights`], decoded in batches through the [`Decoder`] trait.
+//!
+//! No libtorch is involved: the round step and readout are the fused CPU
+//! kernels of the `kernels` crate, which reproduce the tch model's logits
+//! within 1e-4 (`models/tests/kernels_equivalence.rs`). The streaming form,
+//! one round at a time, is in [`crate::stream`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kernels::{Scratch, Weights, readout_batch, step_batch};
+use models::features::NUM_FEATURES;
+use models::{Checkpoint, CheckpointMeta, Featurizer};
+use simulator_bridge::layout::StabilizerType;
+use simulator_bridge::{Basis, PackedShots, StabilizerLayout};
+
+use crate::{Decisions, DecodeError, Decoder};
+
+/// Shots stepped together by the batch decoder: large enough that every
+/// weight panel is reused across many rows, small enough that the block's
+/// features stay in cache.
+const BATCH_SHOTS: usize = 64;
+/// Streams per kernel block (one matrix product covers this many streams).
+const KERNEL_BLOCK: usize = 8;
+
+/// A checkpoint ready for the kernels: weights, temperature and the layout
+/// the model expects. Shared (through [`Arc`]) by every decoder and stream
+/// that uses it.
+#[derive(Debug)]
+pub struct NeuralModel {
+    name: String,
+    weights: Weights,
+    meta: CheckpointMeta,
+    /// Model indices of the memory-basis stabilizers: the ones with a
+    /// detector in the first and the final round.
+    basis_stabilizers: Vec<usize>,
+}
+
+impl NeuralModel {
+    /// Loads and validates a checkpoint file; the model is named after the file stem.
+    pub fn load(path: &Path) -> Result<Self, DecodeError> {
+        let ckpt = Checkpoint::load(path).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Self::from_checkpoint(name, &ckpt, &path.display().to_string())
+    }
+
+    /// Repacks a checkpoint's weights for the kernels. `origin` names it in errors.
+    pub fn from_checkpoint(name: String, ckpt: &Checkpoint, origin: &str) -> Result<Self, DecodeError> {
+        let weights = ckpt.kernel_weights(origin).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        let own = match ckpt.meta.layout.basis {
+            Basis::Z => StabilizerType::Z,
+            Basis::X => StabilizerType::X,
+        };
+        let basis_stabilizers =
+            ckpt.meta.layout.stabilizers.iter().enumerate().filter(|(_, s)| s.kind == own).map(|(i, _)| i).collect();
+        Ok(Self { name, weights, meta: ckpt.meta.clone(), basis_stabilizers })
+    }
+
+    /// The model's name (its file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The kernel weights.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The checkpoint's metadata.
+    pub fn meta(&self) -> &CheckpointMeta {
+        &self.meta
+    }
+
+    /// Code distance.
+    pub fn distance(&self) -> usize {
+        self.meta.layout.distance
+    }
+
+    /// Memory basis.
+    pub fn basis(&self) -> Basis {
+        self.meta.layout.basis
+    }
+
+    /// S: stabilizers per round.
+    pub fn num_stabilizers(&self) -> usize {
+        self.meta.config.num_stabilizers
+    }
+
+    /// O: observables predicted.
+    pub fn num_observables(&self) -> usize {
+        self.meta.config.num_observables
+    }
+
+    /// Model indices of the stabilizers measured in the first round and
+    /// reconstructed from the data qubits in the final one (the memory basis).
+    pub fn basis_stabilizers(&self) -> &[usize] {
+        &self.basis_stabilizers
+    }
+
+    /// Maps the detectors of a circuit with this layout onto the model's grid.
+    pub fn featurizer(&self, layout: &StabilizerLayout) -> Result<Featurizer, DecodeError> {
+        Featurizer::new(&self.meta.layout, layout).map_err(|e| DecodeError::Invalid(e.to_string()))
+    }
+
+    /// The prediction and calibrated confidence of one shot's logits: each
+    /// observable is flipped iff its logit is positive, and the confidence is
+    /// the product over observables of `max(p, 1 − p)` with `p = sigmoid(logit / τ)`.
+    pub fn decide(&self, logits: &[f32]) -> (Vec<bool>, f64) {
+        decide(logits, self.meta.temperature)
+    }
+}
+
+/// See [`NeuralModel::decide`].
+pub fn decide(logits: &[f32], temperature: f64) -> (Vec<bool>, f64) {
+    let mut confidence = 1.0;
+    let flips = logits
+        .iter()
+        .map(|&x| {
+            let p = 1.0 / (1.0 + (-(x as f64) / temperature).exp());
+            confidence *= p.max(1.0 - p);
+            x > 0.0
+        })
+        .collect();
+    (flips, confidence)
+}
+
+/// Turns `[shots][O]` logits into [`Decisions`] with calibrated confidences.
+pub fn decisions_from_logits(logits: &[f32], num_observables: usize, temperature: f64) -> Decisions {
+    let shots = logits.len() / num_observables.max(1);
+    let mut predictions = PackedShots::zeros(shots, num_observables);
+    let mut confidence = Vec::with_capacity(shots);
+    for (s, row) in logits.chunks_exact(num_observables).enumerate() {
+        let (flips, c) = decide(row, temperature);
+        for (k, f) in flips.into_iter().enumerate() {
+            predictions.set(s, k, f);
+        }
+        confidence.push(c);
+    }
+    Decisions { predictions, confidence: Some(confidence) }
+}
+
+/// Reads one shot's detection events back out of its `[T][S][3]` features,
+/// round by round: for each round, the events of the stabilizers that have a
+/// detector in it (mask 1), in model order. This is what a stream pushes.
+pub fn rounds_of_features(features: &[f32], num_stabilizers: usize) -> Vec<Vec<bool>> {
+    features
+        .chunks_exact(num_stabilizers * NUM_FEATURES)
+        .map(|round| round.chunks_exact(NUM_FEATURES).filter(|f| f[1] != 0.0).map(|f| f[0] != 0.0).collect())
+        .collect()
+}
+
+/// The batch neural decoder on the CPU kernels, for one circuit.
+///
+/// Shots are stepped [`BATCH_SHOTS`] at a time on the calling thread (run
+/// several decoders through [`crate::decode_parallel`] for more threads).
+pub struct NeuralDecoder {
+    model: Arc<NeuralModel>,
+    featurizer: Featurizer,
+    scratch: [Scratch; 1],
+    /// `[B][T][S][NF]`: the block's features.
+    features: Vec<f32>,
+    /// `[B][S][NF]`: one round of the block.
+    round: Vec<f32>,
+    /// `[B][S][D]`.
+    states: Vec<f32>,
+    /// `[shots][O]`.
+    logits: Vec<f32>,
+}
+
+impl NeuralDecoder {
+    /// A decoder of `layout`'s circuit with `model`.
+    pub fn new(model: Arc<NeuralModel>, layout: &StabilizerLayout) -> Result<Self, DecodeError> {
+        let featurizer = model.featurizer(layout)?;
+        let scratch = [Scratch::with_block(model.weights.config(), KERNEL_BLOCK)];
+        Ok(Self {
+            model,
+            featurizer,
+            scratch,
+            features: Vec::new(),
+            round: Vec::new(),
+            states: Vec::new(),
+            logits: Vec::new(),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<NeuralModel> {
+        &self.model
+    }
+
+    /// The raw logits, `[shots][O]`, of a batch.
+    pub fn logits(&mut self, events: &PackedShots) -> Result<&[f32], DecodeError> {
+        self.check(events)?;
+        let config = self.model.weights.config();
+        let (t_count, per_round) = (self.featurizer.num_rounds(), config.features_len());
+        let (sd, o) = (config.state_len(), config.observables);
+        self.logits.clear();
+        self.logits.resize(events.num_shots() * o, 0.0);
+        for start in (0..events.num_shots()).step_by(BATCH_SHOTS) {
+            let end = (start + BATCH_SHOTS).min(events.num_shots());
+            let n = end - start;
+            self.features.clear();
+            self.featurizer.extend_features(events, start, end, &mut self.features);
+            self.states.clear();
+            self.states.resize(n * sd, 0.0);
+            self.round.resize(n * per_round, 0.0);
+            for t in 0..t_count {
+                for (b, dst) in self.round.chunks_exact_mut(per_round).enumerate() {
+                    let shot = &self.features[b * t_count * per_round..][..t_count * per_round];
+                    dst.copy_from_slice(&shot[t * per_round..][..per_round]);
+                }
+                step_batch(&self.model.weights, &mut self.states, &self.round[..n * per_round], &mut self.scratch, 1);
+            }
+            readout_batch(
+                &self.model.weights,
+                &self.states,
+                &mut self.scratch,
+                &mut self.logits[start * o..end * o],
+                1,
+            );
+        }
+        Ok(&self.logits)
+    }
+
+    fn check(&self, events: &PackedShots) -> Result<(), DecodeError> {
+        if events.bits_per_shot() != self.featurizer.num_detectors() {
+            return Err(DecodeError::Invalid(format!(
+                "shots have {} detection-event bits but the model's circuit has {} detectors",
+                events.bits_per_shot(),
+                self.featurizer.num_detectors()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Decoder for NeuralDecoder {
+    fn name(&self) -> &str {
+        "neural"
+    }
+
+    fn num_detectors(&self) -> usize {
+        self.featurizer.num_detectors()
+    }
+
+    fn num_observables(&self) -> usize {
+        self.model.num_observables()
+    }
+
+    fn decode_batch(&mut self, events: &PackedShots) -> Result<Decisions, DecodeError> {
+        let (o, tau) = (self.model.num_observables(), self.model.meta.temperature);
+        let logits = self.logits(events)?;
+        Ok(decisions_from_logits(logits, o, tau))
+    }
+}

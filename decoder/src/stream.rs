@@ -1,0 +1,600 @@
+//! Streaming decoding, one round at a time.
+//!
+//! A [`StreamEngine`] owns one model and one worker thread. Clients open
+//! [`Session`]s on it; a session pushes the detection events of one round of
+//! one shot at a time and gets back a [`RoundAck`] carrying the step's
+//! latency, and when it finishes a shot (with the final, data-qubit round) a
+//! [`ShotResult`]: the prediction, its calibrated confidence and the decision
+//! latency. Any number of shots may be open in a session at once.
+//!
+//! All sessions feed the worker through one crossbeam channel. The worker
+//! takes whatever is queued (up to [`StreamOptions::max_batch`] jobs, never
+//! waiting for more) and steps every shot in it as one batch through the
+//! kernels, so a lone stream gets batch-1 latency and many streams get batch
+//! throughput. Each shot's recurrent state stays in the worker between rounds.
+//!
+//! # Rounds
+//!
+//! Round 0 carries the events of the memory-basis stabilizers
+//! ([`NeuralModel::basis_stabilizers`], in model order), rounds 1, 2, … the
+//! events of all S stabilizers in model order, and the finishing round the
+//! memory-basis stabilizers' events computed from the data-qubit
+//! measurements: exactly the detectors of Stim's rotated memory experiment,
+//! so a streamed shot decodes to the same logits as the batch
+//! [`crate::NeuralDecoder`] (tested).
+//!
+//! # Errors
+//!
+//! A round with the wrong number of event bits, out of order, or pushed after
+//! its shot finished is refused for that shot alone, and nothing is applied:
+//! the shot's state and every other shot are untouched.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use kernels::{Scratch, readout_batch, step_batch};
+use models::features::NUM_FEATURES;
+
+use crate::neural::NeuralModel;
+
+/// How the worker batches.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// Most jobs stepped in one batch.
+    pub max_batch: usize,
+    /// Threads for a large batch's step (batches of fewer than 256 shots always run on the worker alone).
+    pub threads: usize,
+    /// Most shots open at once over all sessions; a round 0 beyond it is refused.
+    pub max_open_shots: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self { max_batch: 1024, threads: 1, max_open_shots: 1 << 20 }
+    }
+}
+
+/// Why a round or a shot was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The round has the wrong number of detection-event bits.
+    #[error("shot {shot}, round {round}: {got} detection-event bits, expected {expected}")]
+    EventBits {
+        /// The shot.
+        shot: u64,
+        /// The round pushed (for a finish, the round it would have been).
+        round: usize,
+        /// Bits this round needs.
+        expected: usize,
+        /// Bits given.
+        got: usize,
+    },
+    /// The round is not the shot's next one.
+    #[error("shot {shot}: round {got} pushed, but round {expected} is next")]
+    RoundOrder {
+        /// The shot.
+        shot: u64,
+        /// The next round.
+        expected: usize,
+        /// The round pushed.
+        got: usize,
+    },
+    /// The shot already finished.
+    #[error("shot {shot} has already finished")]
+    Finished {
+        /// The shot.
+        shot: u64,
+    },
+    /// A shot was finished before its round 0.
+    #[error("shot {shot} was finished before any round was pushed")]
+    NotStarted {
+        /// The shot.
+        shot: u64,
+    },
+    /// Too many shots are open on the engine.
+    #[error("shot {shot}: the engine already has {limit} open shots")]
+    Capacity {
+        /// The shot.
+        shot: u64,
+        /// [`StreamOptions::max_open_shots`].
+        limit: usize,
+    },
+    /// The engine's worker is gone.
+    #[error("the decoding engine has shut down")]
+    Closed,
+}
+
+/// A round was applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundAck {
+    /// The shot.
+    pub shot: u64,
+    /// The round.
+    pub round: usize,
+    /// From the push to the updated state: queueing plus the step.
+    pub latency: Duration,
+    /// The batch step alone.
+    pub compute: Duration,
+    /// Shots in the batch that carried this round.
+    pub batch: usize,
+}
+
+/// A shot was decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShotResult {
+    /// The shot.
+    pub shot: u64,
+    /// Round steps taken, the final round included (T).
+    pub rounds: usize,
+    /// The readout's logits, one per observable.
+    pub logits: Vec<f32>,
+    /// Predicted observable flips.
+    pub prediction: Vec<bool>,
+    /// Calibrated probability that the prediction is right.
+    pub confidence: f64,
+    /// From the final round's push to the prediction (last round in, prediction out).
+    pub decision_latency: Duration,
+    /// Shots in the batch that carried the final round.
+    pub batch: usize,
+}
+
+/// What a session receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// A round was applied.
+    Ack(RoundAck),
+    /// A shot finished.
+    Result(ShotResult),
+    /// A shot's round was refused by the worker.
+    Error {
+        /// The shot.
+        shot: u64,
+        /// Why.
+        error: StreamError,
+    },
+}
+
+impl Reply {
+    fn shot(&self) -> u64 {
+        match self {
+            Reply::Ack(a) => a.shot,
+            Reply::Result(r) => r.shot,
+            Reply::Error { shot, .. } => *shot,
+        }
+    }
+}
+
+enum JobKind {
+    Round { round: usize, events: Vec<bool> },
+    Finish { round: usize, events: Vec<bool> },
+    Abort,
+}
+
+struct Job {
+    session: u64,
+    shot: u64,
+    kind: JobKind,
+    submitted: Instant,
+    reply: Sender<Reply>,
+}
+
+/// One model's streaming engine: a worker thread and the sessions feeding it.
+pub struct StreamEngine {
+    model: Arc<NeuralModel>,
+    jobs: Option<Sender<Job>>,
+    worker: Option<JoinHandle<()>>,
+    sessions: AtomicU64,
+}
+
+impl StreamEngine {
+    /// Starts the worker.
+    pub fn start(model: Arc<NeuralModel>, options: StreamOptions) -> Self {
+        let (jobs, queue) = crossbeam_channel::unbounded();
+        let mut worker = Worker::new(model.clone(), options);
+        let handle = std::thread::Builder::new()
+            .name(format!("qecd-stream-{}", model.name()))
+            .spawn(move || worker.run(queue))
+            .expect("spawn the stream worker");
+        Self { model, jobs: Some(jobs), worker: Some(handle), sessions: AtomicU64::new(0) }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<NeuralModel> {
+        &self.model
+    }
+
+    /// Opens a session.
+    pub fn open(&self) -> Session {
+        let (reply, replies) = crossbeam_channel::unbounded();
+        Session {
+            id: self.sessions.fetch_add(1, Ordering::Relaxed),
+            model: self.model.clone(),
+            jobs: self.jobs.clone().expect("the engine is running"),
+            reply,
+            replies,
+            open: HashMap::new(),
+            finished: HashSet::new(),
+            stash: VecDeque::new(),
+        }
+    }
+
+    /// Stops taking new sessions and waits until every open session has been
+    /// dropped and all its queued rounds have been stepped and answered.
+    pub fn shutdown(mut self) {
+        self.jobs = None;
+        if let Some(worker) = self.worker.take() {
+            worker.join().expect("the stream worker panicked");
+        }
+    }
+}
+
+/// A client's view of the engine: its shots, their next rounds, its replies.
+pub struct Session {
+    id: u64,
+    model: Arc<NeuralModel>,
+    jobs: Sender<Job>,
+    reply: Sender<Reply>,
+    replies: Receiver<Reply>,
+    /// Open shot → its next round.
+    open: HashMap<u64, usize>,
+    finished: HashSet<u64>,
+    /// Replies received while waiting for another one.
+    stash: VecDeque<Reply>,
+}
+
+impl Session {
+    /// The model.
+    pub fn model(&self) -> &Arc<NeuralModel> {
+        &self.model
+    }
+
+    /// Event bits a round needs: the memory-basis stabilizers for round 0,
+    /// all of them for later rounds.
+    pub fn round_bits(&self, round: usize) -> usize {
+        if round == 0 { self.model.basis_stabilizers().len() } else { self.model.num_stabilizers() }
+    }
+
+    /// Event bits of the finishing (data-qubit) round.
+    pub fn final_bits(&self) -> usize {
+        self.model.basis_stabilizers().len()
+    }
+
+    /// Shots opened and not yet finished.
+    pub fn open_shots(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Queues one round of a shot (round 0 opens the shot) without waiting.
+    /// Its [`Reply::Ack`] comes through [`Session::recv`].
+    pub fn submit_round(&mut self, shot: u64, round: usize, events: &[bool]) -> Result<(), StreamError> {
+        let expected = self.next_round(shot)?;
+        if round != expected {
+            return Err(StreamError::RoundOrder { shot, expected, got: round });
+        }
+        self.check_bits(shot, round, events, self.round_bits(round))?;
+        self.send(shot, JobKind::Round { round, events: events.to_vec() })?;
+        self.open.insert(shot, round + 1);
+        Ok(())
+    }
+
+    /// Queues a shot's final round (the memory-basis events from the data
+    /// qubits) without waiting. Its [`Reply::Result`] comes through [`Session::recv`].
+    pub fn submit_finish(&mut self, shot: u64, events: &[bool]) -> Result<(), StreamError> {
+        let round = self.next_round(shot)?;
+        if round == 0 {
+            return Err(StreamError::NotStarted { shot });
+        }
+        self.check_bits(shot, round, events, self.final_bits())?;
+        self.send(shot, JobKind::Finish { round, events: events.to_vec() })?;
+        self.open.remove(&shot);
+        self.finished.insert(shot);
+        Ok(())
+    }
+
+    /// Drops an open shot's state; it gets no result.
+    pub fn abort(&mut self, shot: u64) {
+        if self.open.remove(&shot).is_some() {
+            let _ = self.send(shot, JobKind::Abort);
+        }
+    }
+
+    /// The next reply, waiting for it.
+    pub fn recv(&mut self) -> Result<Reply, StreamError> {
+        match self.stash.pop_front() {
+            Some(r) => Ok(r),
+            None => self.replies.recv().map_err(|_| StreamError::Closed),
+        }
+    }
+
+    /// The next reply, waiting at most `timeout`; `None` if none came.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Reply>, StreamError> {
+        if let Some(r) = self.stash.pop_front() {
+            return Ok(Some(r));
+        }
+        match self.replies.recv_timeout(timeout) {
+            Ok(r) => Ok(Some(r)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(StreamError::Closed),
+        }
+    }
+
+    /// Pushes one round and waits for its acknowledgement.
+    pub fn push_round(&mut self, shot: u64, round: usize, events: &[bool]) -> Result<RoundAck, StreamError> {
+        self.submit_round(shot, round, events)?;
+        match self.wait_for(shot)? {
+            Reply::Ack(ack) => Ok(ack),
+            Reply::Error { error, .. } => Err(error),
+            Reply::Result(_) => unreachable!("a shot's result before its finish"),
+        }
+    }
+
+    /// Pushes a shot's final round and waits for its result.
+    pub fn finish(&mut self, shot: u64, events: &[bool]) -> Result<ShotResult, StreamError> {
+        self.submit_finish(shot, events)?;
+        loop {
+            match self.wait_for(shot)? {
+                Reply::Result(result) => return Ok(result),
+                Reply::Error { error, .. } => return Err(error),
+                Reply::Ack(_) => {} // an earlier round of this shot, submitted without waiting
+            }
+        }
+    }
+
+    /// The next reply about `shot`; replies about other shots are kept for [`Session::recv`].
+    fn wait_for(&mut self, shot: u64) -> Result<Reply, StreamError> {
+        if let Some(i) = self.stash.iter().position(|r| r.shot() == shot) {
+            return Ok(self.stash.remove(i).expect("index in range"));
+        }
+        loop {
+            let reply = self.replies.recv().map_err(|_| StreamError::Closed)?;
+            if reply.shot() == shot {
+                return Ok(reply);
+            }
+            self.stash.push_back(reply);
+        }
+    }
+
+    fn next_round(&self, shot: u64) -> Result<usize, StreamError> {
+        if self.finished.contains(&shot) {
+            return Err(StreamError::Finished { shot });
+        }
+        Ok(self.open.get(&shot).copied().unwrap_or(0))
+    }
+
+    fn check_bits(&self, shot: u64, round: usize, events: &[bool], expected: usize) -> Result<(), StreamError> {
+        if events.len() != expected {
+            return Err(StreamError::EventBits { shot, round, expected, got: events.len() });
+        }
+        Ok(())
+    }
+
+    fn send(&self, shot: u64, kind: JobKind) -> Result<(), StreamError> {
+        let job = Job { session: self.id, shot, kind, submitted: Instant::now(), reply: self.reply.clone() };
+        self.jobs.send(job).map_err(|_| StreamError::Closed)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for shot in self.open.keys().copied().collect::<Vec<_>>() {
+            self.abort(shot);
+        }
+    }
+}
+
+/// The worker: every open shot's state, and the batch buffers.
+struct Worker {
+    model: Arc<NeuralModel>,
+    options: StreamOptions,
+    /// (session, shot) → slot in `states`.
+    slots: HashMap<(u64, u64), usize>,
+    /// `[slots][S·D]`.
+    states: Vec<f32>,
+    free: Vec<usize>,
+    scratches: Vec<Scratch>,
+    /// Jobs of shots that already had a job in the last batch, kept in order.
+    carry: VecDeque<Job>,
+    batch_states: Vec<f32>,
+    batch_features: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl Worker {
+    fn new(model: Arc<NeuralModel>, options: StreamOptions) -> Self {
+        let config = model.weights().config();
+        let scratches = (0..options.threads.max(1)).map(|_| Scratch::with_block(config, 8)).collect();
+        Self {
+            model,
+            options,
+            slots: HashMap::new(),
+            states: Vec::new(),
+            free: Vec::new(),
+            scratches,
+            carry: VecDeque::new(),
+            batch_states: Vec::new(),
+            batch_features: Vec::new(),
+            logits: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, queue: Receiver<Job>) {
+        let max = self.options.max_batch.max(1);
+        let mut pending: Vec<Job> = Vec::with_capacity(max);
+        loop {
+            pending.extend(self.carry.drain(..));
+            if pending.is_empty() {
+                match queue.recv() {
+                    Ok(job) => pending.push(job),
+                    Err(_) => return,
+                }
+            }
+            while pending.len() < max {
+                match queue.try_recv() {
+                    Ok(job) => pending.push(job),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.process(&mut pending);
+        }
+    }
+
+    /// Steps one batch. A shot with several jobs queued gets its first one
+    /// stepped now and the rest carried to the next batch, in order.
+    fn process(&mut self, pending: &mut Vec<Job>) {
+        let sd = self.model.weights().config().state_len();
+        let mut seen = HashSet::new();
+        let mut batch: Vec<(Job, usize)> = Vec::with_capacity(pending.len());
+        for job in pending.drain(..) {
+            let key = (job.session, job.shot);
+            if !seen.insert(key) {
+                self.carry.push_back(job);
+                continue;
+            }
+            let slot = match &job.kind {
+                JobKind::Abort => {
+                    self.release(key);
+                    continue;
+                }
+                JobKind::Round { round: 0, .. } => match self.open_slot(key) {
+                    Some(slot) => slot,
+                    None => {
+                        let limit = self.options.max_open_shots;
+                        let _ = job.reply.send(Reply::Error {
+                            shot: job.shot,
+                            error: StreamError::Capacity { shot: job.shot, limit },
+                        });
+                        continue;
+                    }
+                },
+                JobKind::Round { .. } | JobKind::Finish { .. } => match self.slots.get(&key) {
+                    Some(&slot) => slot,
+                    None => {
+                        // The session checks order, so this is a shot the engine refused at round 0.
+                        let _ = job
+                            .reply
+                            .send(Reply::Error { shot: job.shot, error: StreamError::NotStarted { shot: job.shot } });
+                        continue;
+                    }
+                },
+            };
+            batch.push((job, slot));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len();
+        let config = self.model.weights().config();
+        let per_round = config.features_len();
+        self.batch_states.resize(n * sd, 0.0);
+        self.batch_features.clear();
+        self.batch_features.resize(n * per_round, 0.0);
+        for (b, (job, slot)) in batch.iter().enumerate() {
+            self.batch_states[b * sd..][..sd].copy_from_slice(&self.states[slot * sd..][..sd]);
+            write_features(
+                self.model.basis_stabilizers(),
+                &job.kind,
+                &mut self.batch_features[b * per_round..][..per_round],
+            );
+        }
+        let threads = if n >= 256 { self.options.threads.max(1) } else { 1 };
+        let started = Instant::now();
+        let weights = self.model.weights();
+        step_batch(weights, &mut self.batch_states, &self.batch_features, &mut self.scratches, threads);
+        let compute = started.elapsed();
+        let o = config.observables;
+        // The finished shots' readout: their states gathered to the front.
+        let finishing: Vec<usize> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, (j, _))| matches!(j.kind, JobKind::Finish { .. }))
+            .map(|(b, _)| b)
+            .collect();
+        if !finishing.is_empty() {
+            for (k, &b) in finishing.iter().enumerate() {
+                if k != b {
+                    self.batch_states.copy_within(b * sd..(b + 1) * sd, k * sd);
+                }
+            }
+            self.logits.resize(finishing.len() * o, 0.0);
+            let m = finishing.len();
+            readout_batch(weights, &self.batch_states[..m * sd], &mut self.scratches[..1], &mut self.logits, 1);
+        }
+        let mut finished = 0;
+        for (b, (job, slot)) in batch.into_iter().enumerate() {
+            let latency = job.submitted.elapsed();
+            match job.kind {
+                JobKind::Round { round, .. } => {
+                    self.states[slot * sd..][..sd].copy_from_slice(&self.batch_states[b * sd..][..sd]);
+                    let ack = RoundAck { shot: job.shot, round, latency, compute, batch: n };
+                    let _ = job.reply.send(Reply::Ack(ack));
+                }
+                JobKind::Finish { round, .. } => {
+                    let logits = self.logits[finished * o..][..o].to_vec();
+                    finished += 1;
+                    let (prediction, confidence) = self.model.decide(&logits);
+                    self.release((job.session, job.shot));
+                    let result = ShotResult {
+                        shot: job.shot,
+                        rounds: round + 1,
+                        logits,
+                        prediction,
+                        confidence,
+                        decision_latency: latency,
+                        batch: n,
+                    };
+                    let _ = job.reply.send(Reply::Result(result));
+                }
+                JobKind::Abort => unreachable!("aborts are not stepped"),
+            }
+        }
+    }
+
+    /// A zeroed slot for a new shot, or `None` when the engine is full.
+    fn open_slot(&mut self, key: (u64, u64)) -> Option<usize> {
+        let sd = self.model.weights().config().state_len();
+        if let Some(&slot) = self.slots.get(&key) {
+            self.states[slot * sd..][..sd].fill(0.0);
+            return Some(slot);
+        }
+        if self.slots.len() >= self.options.max_open_shots {
+            return None;
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.states.resize(self.states.len() + sd, 0.0);
+            self.states.len() / sd - 1
+        });
+        self.states[slot * sd..][..sd].fill(0.0);
+        self.slots.insert(key, slot);
+        Some(slot)
+    }
+
+    fn release(&mut self, key: (u64, u64)) {
+        if let Some(slot) = self.slots.remove(&key) {
+            self.free.push(slot);
+        }
+    }
+}
+
+/// One round's features `[S][NF]` for a job (see the module doc for which
+/// stabilizers each round carries).
+fn write_features(basis: &[usize], kind: &JobKind, out: &mut [f32]) {
+    if matches!(kind, JobKind::Finish { .. }) {
+        out.chunks_exact_mut(NUM_FEATURES).for_each(|f| f[2] = 1.0);
+    }
+    let mut put = |s: usize, event: bool, is_final: bool| {
+        let f = &mut out[s * NUM_FEATURES..][..NUM_FEATURES];
+        f[0] = f32::from(u8::from(event));
+        f[1] = 1.0;
+        f[2] = f32::from(u8::from(is_final));
+    };
+    match kind {
+        JobKind::Round { round: 0, events } => basis.iter().zip(events).for_each(|(&s, &e)| put(s, e, false)),
+        JobKind::Round { events, .. } => events.iter().enumerate().for_each(|(s, &e)| put(s, e, false)),
+        JobKind::Finish { events, .. } => basis.iter().zip(events).for_each(|(&s, &e)| put(s, e, true)),
+        JobKind::Abort => {}
+    }
+}

@@ -1,0 +1,216 @@
+//! The neural engine: the batch decoder and the streaming sessions agree bit
+//! for bit, bad rounds are refused for their shot alone, and bad checkpoints
+//! are named.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use decoder::neural::rounds_of_features;
+use decoder::{Decoder, NeuralDecoder, NeuralModel, Reply, StreamEngine, StreamError, StreamOptions};
+use models::checkpoint::{Checkpoint, ModelLayout};
+use models::{Featurizer, ModelConfig};
+use simulator_bridge::sample::Sampler;
+use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, StabilizerLayout};
+
+fn random_model(d: usize, basis: Basis, seed: u64) -> Arc<NeuralModel> {
+    let layout = ModelLayout::for_code(d, basis).unwrap();
+    let ckpt = Checkpoint::random(ModelConfig::for_distance(d, 32, 4, 2, 64), layout, seed);
+    Arc::new(NeuralModel::from_checkpoint(format!("random-d{d}"), &ckpt, "random").unwrap())
+}
+
+fn zoo_d3() -> Arc<NeuralModel> {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/models/d3_z_si1000_p003.safetensors"));
+    Arc::new(NeuralModel::load(&path).unwrap())
+}
+
+struct Shots {
+    events: PackedShots,
+    featurizer: Featurizer,
+    layout: StabilizerLayout,
+}
+
+fn shots(d: usize, rounds: usize, basis: Basis, n: usize, seed: u64) -> (Shots, Arc<NeuralModel>) {
+    let circuit =
+        MemoryExperiment::new(d, rounds, basis).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.006 }).unwrap();
+    let layout = StabilizerLayout::from_circuit(&circuit, basis).unwrap();
+    let events = Sampler::new(&circuit).sample(n, seed, 1).unwrap().detectors;
+    let model = random_model(d, basis, seed);
+    let featurizer = model.featurizer(&layout).unwrap();
+    (Shots { events, featurizer, layout }, model)
+}
+
+/// Each shot's rounds, as a stream pushes them.
+fn stream_rounds(s: &Shots) -> Vec<Vec<Vec<bool>>> {
+    let mut features = Vec::new();
+    s.featurizer.extend_features(&s.events, 0, s.events.num_shots(), &mut features);
+    features
+        .chunks_exact(s.featurizer.shot_len())
+        .map(|f| rounds_of_features(f, s.featurizer.num_stabilizers()))
+        .collect()
+}
+
+#[test]
+fn streaming_equals_batch_bit_for_bit() {
+    for (d, rounds, basis) in [(3, 1, Basis::Z), (3, 6, Basis::X), (5, 3, Basis::Z)] {
+        let (s, model) = shots(d, rounds, basis, 40, 11 + rounds as u64);
+        let mut batch = NeuralDecoder::new(model.clone(), &s.layout).unwrap();
+        let want = batch.logits(&s.events).unwrap().to_vec();
+        let decisions = batch.decode_batch(&s.events).unwrap();
+        let engine = StreamEngine::start(model.clone(), StreamOptions::default());
+        let mut session = engine.open();
+        // All shots interleaved, round by round, so that batches mix shots.
+        let per_shot = stream_rounds(&s);
+        let t_count = per_shot[0].len();
+        assert_eq!(t_count, rounds + 1);
+        for t in 0..t_count - 1 {
+            for (shot, r) in per_shot.iter().enumerate() {
+                assert_eq!(r[t].len(), session.round_bits(t));
+                session.submit_round(shot as u64, t, &r[t]).unwrap();
+            }
+        }
+        for (shot, r) in per_shot.iter().enumerate() {
+            session.submit_finish(shot as u64, &r[t_count - 1]).unwrap();
+        }
+        let mut results = vec![None; per_shot.len()];
+        let mut acks = 0;
+        while results.iter().any(Option::is_none) {
+            match session.recv().unwrap() {
+                Reply::Ack(_) => acks += 1,
+                Reply::Result(r) => {
+                    let shot = r.shot as usize;
+                    results[shot] = Some(r);
+                }
+                Reply::Error { shot, error } => panic!("shot {shot}: {error}"),
+            }
+        }
+        assert_eq!(acks, per_shot.len() * (t_count - 1));
+        for (shot, r) in results.into_iter().enumerate() {
+            let r = r.unwrap();
+            assert_eq!(r.rounds, t_count);
+            assert_eq!(r.logits, want[shot..shot + 1], "d={d} r={rounds} shot {shot}");
+            assert_eq!(r.prediction, vec![decisions.predictions.get(shot, 0)]);
+            assert_eq!(r.confidence, decisions.confidence.as_ref().unwrap()[shot]);
+        }
+        drop(session);
+        engine.shutdown();
+    }
+}
+
+#[test]
+fn sessions_on_threads_share_the_worker() {
+    let (s, model) = shots(3, 4, Basis::Z, 24, 5);
+    let want = NeuralDecoder::new(model.clone(), &s.layout).unwrap().logits(&s.events).unwrap().to_vec();
+    let per_shot = stream_rounds(&s);
+    let engine = StreamEngine::start(model, StreamOptions { max_batch: 7, ..StreamOptions::default() });
+    std::thread::scope(|scope| {
+        for part in 0..4 {
+            let mut session = engine.open();
+            let (per_shot, want) = (&per_shot, &want);
+            scope.spawn(move || {
+                for shot in (part..per_shot.len()).step_by(4) {
+                    let rounds = &per_shot[shot];
+                    for (t, events) in rounds[..rounds.len() - 1].iter().enumerate() {
+                        let ack = session.push_round(shot as u64, t, events).unwrap();
+                        assert_eq!((ack.shot, ack.round), (shot as u64, t));
+                        assert!(ack.latency >= ack.compute && ack.batch >= 1);
+                    }
+                    let result = session.finish(shot as u64, rounds.last().unwrap()).unwrap();
+                    assert_eq!(result.logits, want[shot..shot + 1]);
+                    assert!(result.decision_latency > Duration::ZERO);
+                }
+            });
+        }
+    });
+    engine.shutdown();
+}
+
+#[test]
+fn bad_rounds_are_refused_for_their_shot_alone() {
+    let (s, model) = shots(3, 3, Basis::Z, 2, 9);
+    let want = NeuralDecoder::new(model.clone(), &s.layout).unwrap().logits(&s.events).unwrap().to_vec();
+    let rounds = stream_rounds(&s);
+    let engine = StreamEngine::start(model, StreamOptions::default());
+    let mut session = engine.open();
+    let good = &rounds[0];
+    session.push_round(0, 0, &good[0]).unwrap();
+    // Shot 1 sends garbage while shot 0 is open.
+    assert_eq!(
+        session.push_round(1, 0, &[true; 7]),
+        Err(StreamError::EventBits { shot: 1, round: 0, expected: 4, got: 7 })
+    );
+    assert_eq!(session.push_round(1, 2, &rounds[1][2]), Err(StreamError::RoundOrder { shot: 1, expected: 0, got: 2 }));
+    assert_eq!(session.submit_finish(1, &rounds[1][3]), Err(StreamError::NotStarted { shot: 1 }));
+    assert_eq!(
+        session.push_round(0, 1, &[false; 4]).unwrap_err(),
+        StreamError::EventBits { shot: 0, round: 1, expected: 8, got: 4 }
+    );
+    // The refused round of shot 0 changed nothing.
+    session.push_round(0, 1, &good[1]).unwrap();
+    session.push_round(0, 2, &good[2]).unwrap();
+    // Shot 1 now runs cleanly and finishes between shot 0's rounds.
+    for (t, e) in rounds[1][..3].iter().enumerate() {
+        session.push_round(1, t, e).unwrap();
+    }
+    let r1 = session.finish(1, &rounds[1][3]).unwrap();
+    let r0 = session.finish(0, &good[3]).unwrap();
+    assert_eq!((r0.logits[0], r1.logits[0]), (want[0], want[1]));
+    assert_eq!(session.push_round(0, 4, &good[2]), Err(StreamError::Finished { shot: 0 }));
+    assert_eq!(session.submit_finish(1, &good[3]), Err(StreamError::Finished { shot: 1 }));
+}
+
+#[test]
+fn the_engine_refuses_shots_beyond_its_capacity() {
+    let model = random_model(3, Basis::Z, 1);
+    let engine = StreamEngine::start(model, StreamOptions { max_open_shots: 2, ..StreamOptions::default() });
+    let mut session = engine.open();
+    let first = vec![false; session.round_bits(0)];
+    session.push_round(0, 0, &first).unwrap();
+    session.push_round(1, 0, &first).unwrap();
+    assert_eq!(session.push_round(2, 0, &first), Err(StreamError::Capacity { shot: 2, limit: 2 }));
+    // Finishing a shot frees its slot.
+    session.finish(0, &first).unwrap();
+    session.push_round(3, 0, &first).unwrap();
+}
+
+#[test]
+fn the_zoo_model_decodes_like_its_fixture() {
+    // The fixture's predictions were stored from the tch forward.
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/models"));
+    let text = std::fs::read_to_string(dir.join("d3_z_si1000_p003.fixture.stim")).unwrap();
+    let circuit: stim::Circuit = text.parse().unwrap();
+    let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z).unwrap();
+    let events = simulator_bridge::formats::read_shots_file(
+        &dir.join("d3_z_si1000_p003.fixture.b8"),
+        simulator_bridge::ResultFormat::B8,
+        simulator_bridge::BitLabels::detectors(circuit.num_detectors() as usize),
+    )
+    .unwrap();
+    let stored = std::fs::read_to_string(dir.join("d3_z_si1000_p003.fixture.pred.01")).unwrap();
+    let mut decoder = NeuralDecoder::new(zoo_d3(), &layout).unwrap();
+    let logits = decoder.logits(&events).unwrap().to_vec();
+    let decisions = decoder.decode_batch(&events).unwrap();
+    let mut differ = 0;
+    for (shot, line) in stored.lines().enumerate() {
+        if (line == "1") != decisions.predictions.get(shot, 0) {
+            assert!(logits[shot].abs() < 1e-4, "shot {shot}: logit {} disagrees with tch", logits[shot]);
+            differ += 1;
+        }
+    }
+    assert!(differ <= 1, "{differ} predictions differ");
+    assert_eq!(stored.lines().count(), events.num_shots());
+}
+
+#[test]
+fn a_bad_checkpoint_names_the_tensor() {
+    let layout = ModelLayout::for_code(3, Basis::Z).unwrap();
+    let mut ckpt = Checkpoint::random(ModelConfig::for_distance(3, 32, 4, 2, 64), layout, 3);
+    ckpt.tensors.get_mut("layers.1.attn.wk").unwrap().1[5] = f32::NAN;
+    let err = NeuralModel::from_checkpoint("bad".into(), &ckpt, "bad.safetensors").unwrap_err().to_string();
+    assert!(err.contains("layers.1.attn.wk") && err.contains("bad.safetensors"), "{err}");
+    let mut ckpt =
+        Checkpoint::random(ModelConfig::for_distance(3, 32, 4, 2, 64), ModelLayout::for_code(3, Basis::Z).unwrap(), 3);
+    ckpt.tensors.remove("readout.w2");
+    let err = NeuralModel::from_checkpoint("bad".into(), &ckpt, "bad.safetensors").unwrap_err().to_string();
+    assert!(err.contains("readout.w2"), "{err}");
+}
