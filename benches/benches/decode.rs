@@ -26,7 +26,7 @@ fn decode(c: &mut Criterion) {
             circuit.detector_error_model_with_options(true, true, false, 0.0, false, false).expect("decomposable DEM");
         let shots = Sampler::new(&circuit).sample(SHOTS, 7, 0).expect("sampling works");
         group.throughput(Throughput::Elements(SHOTS as u64));
-        for kind in DecoderKind::ALL {
+        for kind in DecoderKind::MATCHING {
             let mut decoder = MatchingDecoder::from_dem(&dem, kind).expect("graph builds");
             let id = BenchmarkId::new(format!("cpu/{kind}"), format!("d={d} (goal < {d} us/shot)"));
             group.bench_function(id, |b| {

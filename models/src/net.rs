@@ -100,18 +100,36 @@ impl Net {
     /// Logits `[B, O]` for features `[B, T, S, 3]`.
     pub fn forward(&self, features: &Tensor) -> Tensor {
         let (b, t, s, _) = features.size4().expect("features are [B, T, S, F]");
-        let d = self.config.width as i64;
-        let x = self.linear(features, "embed.w_in", "embed.b_in") + self.w("embed.stab");
-        let mut z = Tensor::zeros([b, s, d], (Kind::Float, features.device()));
+        let x = self.embed(features);
+        let mut z = Tensor::zeros([b, s, self.config.width as i64], (Kind::Float, features.device()));
         for step in 0..t {
-            z = (z + x.select(1, step)) / std::f64::consts::SQRT_2;
-            for l in 0..self.config.layers {
-                z = self.layer(l, &z);
-            }
+            z = self.step_embedded(&z, &x.select(1, step));
         }
-        let pooled = self.layer_norm(&z, "readout.ln").mean_dim(1, false, Kind::Float);
+        self.readout(&z)
+    }
+
+    /// One round step: the state `z: [B, S, D]` after the round with features `[B, S, 3]`.
+    pub fn step(&self, z: &Tensor, features: &Tensor) -> Tensor {
+        self.step_embedded(z, &self.embed(features))
+    }
+
+    /// Logits `[B, O]` from the state `z: [B, S, D]`.
+    pub fn readout(&self, z: &Tensor) -> Tensor {
+        let pooled = self.layer_norm(z, "readout.ln").mean_dim(1, false, Kind::Float);
         let hidden = self.linear(&pooled, "readout.w1", "readout.b1").gelu("none");
         self.linear(&hidden, "readout.w2", "readout.b2")
+    }
+
+    fn embed(&self, features: &Tensor) -> Tensor {
+        self.linear(features, "embed.w_in", "embed.b_in") + self.w("embed.stab")
+    }
+
+    fn step_embedded(&self, z: &Tensor, x: &Tensor) -> Tensor {
+        let mut z = (z + x) / std::f64::consts::SQRT_2;
+        for l in 0..self.config.layers {
+            z = self.layer(l, &z);
+        }
+        z
     }
 }
 
