@@ -27,7 +27,7 @@ echo "== training throughput of this configuration (300 steps from scratch, disc
 rm -f target/throughput.safetensors target/throughput.train.csv
 case "$which" in
   d3) arch="--width 32 --heads 4 --layers 2 --ffn 64" ;;
-  d5) arch="--width 64 --heads 4 --layers 2 --ffn 128" ;;
+  d5) arch="--width 32 --heads 4 --layers 2 --ffn 64" ;;
 esac
 $Q train -d $d --rounds 1-25 $arch --steps 300 --batch 256 --eval-rounds $d --eval-shots 1000 --eval-every 300 \
   --seed 11 --eval-seed 12 --out target/throughput.safetensors | tail -1 | tee "$out/throughput.txt"

@@ -17,6 +17,8 @@
 //! - [`step`] / [`readout`] / [`forward_shot`]: one stream.
 //! - [`step_batch`] / [`readout_batch`]: B streams at once, optionally split over threads.
 //! - [`reference::forward`]: a plain `f64` transcription of `docs/model.md`, for tests.
+//! - `cuda` (feature `cuda`, which adds the `cudarc` dependency): the same model as fused
+//!   CUDA kernels for B streams on a GPU (`cuda::CudaEngine`), compiled at run time by NVRTC.
 //!
 //! # Design decisions
 //!
@@ -106,6 +108,8 @@
 //! without (tested).
 #![deny(missing_docs)]
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod kernel;
 mod math;
 pub mod reference;
