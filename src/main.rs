@@ -8,6 +8,7 @@ mod cmd;
 mod neural;
 mod outputs;
 mod plot;
+mod server;
 mod sinter_csv;
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ enum Command {
     Sweep(cmd::sweep::SweepArgs),
     /// Plot a sweep's LER per round against distance.
     Plot(PlotArgs),
+    /// Serve decoding over gRPC (and the FPGA bridge) for a control stack.
+    Serve(cmd::serve::ServeArgs),
     /// Train the neural decoder on simulated shots (feature `train`).
     #[cfg(feature = "train")]
     Train(cmd::train::TrainArgs),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => cmd::predict::run(args),
         Command::Sweep(args) => cmd::sweep::run(args),
         Command::Plot(args) => run_plot(args),
+        Command::Serve(args) => cmd::serve::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => cmd::train::run(args),
         #[cfg(feature = "train")]

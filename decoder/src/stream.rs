@@ -302,6 +302,13 @@ impl Session {
         }
     }
 
+    /// The channel replies arrive on, for callers that wait on it together
+    /// with other channels (`crossbeam_channel::select!`). Replies taken
+    /// from it directly bypass [`Session::recv`]; use one or the other.
+    pub fn reply_receiver(&self) -> &Receiver<Reply> {
+        &self.replies
+    }
+
     /// The next reply, waiting for it.
     pub fn recv(&mut self) -> Result<Reply, StreamError> {
         match self.stash.pop_front() {

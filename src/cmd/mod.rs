@@ -7,6 +7,7 @@ pub mod demo;
 pub mod finetune;
 pub mod predict;
 pub mod sample;
+pub mod serve;
 pub mod sweep;
 #[cfg(feature = "train")]
 pub mod train;

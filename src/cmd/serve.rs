@@ -1,0 +1,72 @@
+//! `qecd serve`: the gRPC decoding service (and, with `--bridge-listen`, the FPGA bridge).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Args;
+use decoder::StreamOptions;
+
+use crate::server::{Hub, Models, ServerOptions, grpc};
+
+/// Arguments of `qecd serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address of the gRPC service (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Address of the FPGA bridge's TCP listener (docs/fpga-bridge.md).
+    #[arg(long)]
+    pub bridge_listen: Option<SocketAddr>,
+    /// Directory of neural checkpoints (*.safetensors); default: the zoo built into qecd.
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Most Decode streams open at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_streams: usize,
+    /// Default bound on a stream's rounds waiting for the neural engine.
+    #[arg(long, default_value_t = 64)]
+    pub max_backlog: usize,
+    /// Threads of each model's engine for large batches.
+    #[arg(long, default_value_t = 1)]
+    pub engine_threads: usize,
+}
+
+/// The hub a server built from these arguments uses.
+pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
+    let engine = StreamOptions { threads: args.engine_threads.max(1), ..StreamOptions::default() };
+    let models = match &args.models {
+        Some(dir) => Models::load_dir(dir, &engine)?,
+        None => Models::embedded(&engine)?,
+    };
+    let options = ServerOptions { max_streams: args.max_streams, max_backlog: args.max_backlog.max(1) };
+    Ok(Arc::new(Hub::new(models, options)))
+}
+
+/// Runs `qecd serve` until SIGINT or SIGTERM; then open streams are drained.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    if args.bridge_listen.is_some() {
+        anyhow::bail!("--bridge-listen: the FPGA bridge listener is not built yet (issue 5 in progress)");
+    }
+    let hub = hub(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let (listener, addr) = grpc::bind(args.listen).await?;
+        let names: Vec<&str> = hub.models.all().iter().map(|m| m.name.as_str()).collect();
+        println!("qecd serve: gRPC on {addr}; models: {}", names.join(", "));
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        grpc::serve(hub, listener, shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("qecd serve: shutting down; open streams finish their shots");
+}

@@ -1,0 +1,265 @@
+//! The tonic service of proto/qecd/v1/decoder.proto, with gRPC health
+//! checking and server reflection.
+//!
+//! A Decode stream gets its own thread running [`session::run_stream`]; a
+//! tokio task forwards the client's messages to it, and its responses go
+//! back through an unbounded channel. A bad message ends that stream with
+//! the status of its [`session::Fault`]; nothing else on the server notices.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, PackedShots};
+use simulator_bridge::{Basis, NoiseModel};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::Hub;
+use super::proto::decoder_server::{Decoder as DecoderApi, DecoderServer};
+use super::proto::{self, DecodeRequest, DecodeResponse, decode_request::Message as In};
+use super::session::{self, Fault, Input, pack, proto_kind};
+
+/// The gRPC front of a [`Hub`].
+pub struct DecoderService {
+    hub: Arc<Hub>,
+}
+
+impl DecoderService {
+    /// Serves `hub`.
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+/// Counts a stream as open for as long as it lives.
+struct OpenStream(Arc<Hub>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.stats.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[tonic::async_trait]
+impl DecoderApi for DecoderService {
+    type DecodeStream = UnboundedReceiverStream<Result<DecodeResponse, Status>>;
+
+    async fn decode(&self, request: Request<Streaming<DecodeRequest>>) -> Result<Response<Self::DecodeStream>, Status> {
+        let hub = self.hub.clone();
+        let open = hub.stats.open_streams.fetch_add(1, Ordering::Relaxed);
+        let guard = OpenStream(hub.clone());
+        if open as usize >= hub.options.max_streams {
+            super::stats::Stats::bump(&hub.stats.rejected_streams);
+            return Err(Status::resource_exhausted(format!(
+                "this server already has {open} open Decode streams (--max-streams {})",
+                hub.options.max_streams
+            )));
+        }
+        let mut inbound = request.into_inner();
+        let (in_tx, in_rx) = crossbeam_channel::unbounded();
+        let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let input = match inbound.message().await {
+                    Ok(Some(DecodeRequest { message: Some(In::Open(o)) })) => Input::Open(o),
+                    Ok(Some(DecodeRequest { message: Some(In::Round(r)) })) => Input::Round(r),
+                    Ok(Some(DecodeRequest { message: Some(In::Final(f)) })) => Input::Final(f),
+                    Ok(Some(DecodeRequest { message: None })) => {
+                        Input::Invalid("a DecodeRequest with no message (open, round or final)".into())
+                    }
+                    Ok(None) | Err(_) => return, // the client finished sending, or went away
+                };
+                if in_tx.send(input).is_err() {
+                    return;
+                }
+            }
+        });
+        let sink_tx = out_tx.clone();
+        let sink: session::Sink = Arc::new(move |r| sink_tx.send(Ok(r)).is_ok());
+        std::thread::Builder::new()
+            .name("qecd-stream".into())
+            .spawn(move || {
+                let _guard = guard;
+                if let Err(fault) = session::run_stream(hub, in_rx, sink) {
+                    let _ = out_tx.send(Err(fault.into()));
+                }
+            })
+            .map_err(|e| Status::internal(format!("cannot start the stream's thread: {e}")))?;
+        Ok(Response::new(UnboundedReceiverStream::new(out_rx)))
+    }
+
+    async fn decode_batch(
+        &self,
+        request: Request<proto::DecodeBatchRequest>,
+    ) -> Result<Response<proto::DecodeBatchResponse>, Status> {
+        let hub = self.hub.clone();
+        let req = request.into_inner();
+        tokio::task::spawn_blocking(move || decode_batch(&hub, req).map_err(Status::from))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(Response::new)
+    }
+
+    async fn list_models(
+        &self,
+        _: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let models = self
+            .hub
+            .models
+            .all()
+            .iter()
+            .map(|m| {
+                let meta = m.model.meta();
+                proto::ModelInfo {
+                    name: m.name.clone(),
+                    distance: m.model.distance() as u32,
+                    basis: proto_basis(m.model.basis()) as i32,
+                    noise: meta.provenance.noise.clone(),
+                    p: meta.provenance.p,
+                    rounds_trained: meta.provenance.rounds.clone(),
+                    width: meta.config.width as u32,
+                    layers: meta.config.layers as u32,
+                    temperature: meta.temperature,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::ListModelsResponse { models }))
+    }
+
+    async fn get_stats(&self, _: Request<proto::GetStatsRequest>) -> Result<Response<proto::GetStatsResponse>, Status> {
+        Ok(Response::new(stats_response(&self.hub)))
+    }
+}
+
+/// The `GetStats` answer of a hub.
+pub fn stats_response(hub: &Hub) -> proto::GetStatsResponse {
+    let s = &hub.stats;
+    let percentiles = |h: &super::stats::Histogram| {
+        let [p50_us, p99_us, p999_us] = h.percentiles_us();
+        proto::Percentiles { count: h.count(), p50_us, p99_us, p999_us }
+    };
+    let decoders = s
+        .latencies()
+        .iter()
+        .map(|(kind, l)| proto::DecoderStats {
+            decoder: proto_kind(*kind) as i32,
+            round_latency: Some(percentiles(&l.round)),
+            decision_latency: Some(percentiles(&l.decision)),
+            shots: l.decision.count(),
+        })
+        .collect();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (checked, agreed) = (load(&s.checked), load(&s.agreed));
+    proto::GetStatsResponse {
+        decoders,
+        budget_misses: load(&s.budget_misses),
+        backlog_fallbacks: load(&s.backlog_fallbacks),
+        fallbacks: load(&s.fallbacks),
+        checked_shots: checked,
+        agreed_shots: agreed,
+        agreement_rate: if checked == 0 { f64::NAN } else { agreed as f64 / checked as f64 },
+        open_streams: load(&s.open_streams) as u32,
+        rejected_streams: load(&s.rejected_streams),
+    }
+}
+
+fn proto_basis(basis: Basis) -> proto::Basis {
+    match basis {
+        Basis::X => proto::Basis::X,
+        Basis::Z => proto::Basis::Z,
+    }
+}
+
+fn bad(message: String) -> Fault {
+    Fault { code: Code::InvalidArgument, message }
+}
+
+fn decode_batch(hub: &Hub, req: proto::DecodeBatchRequest) -> Result<proto::DecodeBatchResponse, Fault> {
+    let code = req.code.ok_or_else(|| bad("`code` is missing".into()))?;
+    let basis = match proto::Basis::try_from(code.basis) {
+        Ok(proto::Basis::X) => Basis::X,
+        Ok(proto::Basis::Z) => Basis::Z,
+        _ => return Err(bad("code.basis must be BASIS_X or BASIS_Z".into())),
+    };
+    let (d, rounds) = (code.distance as usize, code.rounds as usize);
+    let noise = NoiseModel::from_name(
+        if code.noise.is_empty() { "si1000" } else { &code.noise },
+        if code.p == 0.0 { 0.003 } else { code.p },
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let info = hub.circuit(d, basis, rounds, &noise)?;
+    let mut decoder: Box<dyn Decoder> = match proto::DecoderKind::try_from(req.decoder) {
+        Ok(proto::DecoderKind::Neural) => {
+            let model = hub.models.find(&req.model, d, basis)?;
+            Box::new(NeuralDecoder::new(model.model, info.layout()).map_err(|e| bad(e.to_string()))?)
+        }
+        Ok(proto::DecoderKind::Matching) => Box::new(matching(&info, DecoderKind::Matching)?),
+        Ok(proto::DecoderKind::Correlated) => Box::new(matching(&info, DecoderKind::Correlated)?),
+        _ => return Err(bad("DecodeBatch takes neural, matching or correlated".into())),
+    };
+    let n = decoder.num_detectors();
+    let row = n.div_ceil(8);
+    if req.detection_events_b8.len() != row * req.num_shots as usize {
+        return Err(bad(format!(
+            "{} shots of {n} detectors take {} bytes of b8, but {} came",
+            req.num_shots,
+            row * req.num_shots as usize,
+            req.detection_events_b8.len()
+        )));
+    }
+    let events = PackedShots::from_bytes(req.detection_events_b8, n).map_err(|e| bad(e.to_string()))?;
+    let decisions = decoder.decode_batch(&events).map_err(|e| bad(e.to_string()))?;
+    let o = decoder.num_observables();
+    let mut predictions = Vec::with_capacity(events.num_shots() * o.div_ceil(8));
+    for s in 0..events.num_shots() {
+        predictions.extend(pack(&(0..o).map(|k| decisions.predictions.get(s, k)).collect::<Vec<_>>()));
+    }
+    let kind = match proto::DecoderKind::try_from(req.decoder) {
+        Ok(k) => k,
+        Err(_) => proto::DecoderKind::Unspecified,
+    };
+    Ok(proto::DecodeBatchResponse {
+        num_observables: o as u32,
+        predictions_b8: predictions,
+        confidence: decisions.confidence.unwrap_or_default(),
+        answered_by: kind as i32,
+    })
+}
+
+fn matching(info: &session::CircuitInfo, kind: DecoderKind) -> Result<MatchingDecoder, Fault> {
+    MatchingDecoder::from_dem_text(info.dem_text(), kind)
+        .map_err(|e| Fault { code: Code::Internal, message: e.to_string() })
+}
+
+/// Serves the decoder, health checking and reflection on `addr` until
+/// `shutdown` resolves; then stops taking streams and waits for the open ones to finish.
+pub async fn serve(
+    hub: Arc<Hub>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<DecoderServer<DecoderService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(DecoderServer::new(DecoderService::new(hub)))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `addr` (port 0 picks a free one) and returns the listener and the address it got.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}

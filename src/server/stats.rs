@@ -1,0 +1,147 @@
+//! Server-wide counters and latency histograms, for `GetStats` and the demo.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use decoder::DecoderKind;
+
+/// Latency histogram with logarithmic buckets: 64 per factor of 10 from
+/// 100 ns to 100 s (3.7% wide), so percentiles are exact to a few percent
+/// with constant memory however long the server runs.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+const BUCKETS_PER_DECADE: f64 = 64.0;
+const MIN_NS: f64 = 100.0;
+const DECADES: usize = 9;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self { counts: vec![0; DECADES * BUCKETS_PER_DECADE as usize + 2], total: 0 }
+    }
+}
+
+impl Histogram {
+    /// Adds one sample.
+    pub fn record(&mut self, d: Duration) {
+        let ns = d.as_nanos() as f64;
+        let i = if ns < MIN_NS {
+            0
+        } else {
+            (((ns / MIN_NS).log10() * BUCKETS_PER_DECADE) as usize + 1).min(self.counts.len() - 1)
+        };
+        self.counts[i] += 1;
+        self.total += 1;
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The `q`-quantile in microseconds (the upper edge of its bucket); NaN when empty.
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.total == 0 {
+            return f64::NAN;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return MIN_NS * 10f64.powf(i as f64 / BUCKETS_PER_DECADE) / 1e3;
+            }
+        }
+        unreachable!("rank ≤ total")
+    }
+
+    /// p50, p99 and p99.9 in microseconds.
+    pub fn percentiles_us(&self) -> [f64; 3] {
+        [self.quantile_us(0.5), self.quantile_us(0.99), self.quantile_us(0.999)]
+    }
+}
+
+/// Per answering decoder: round-acknowledgement and decision latencies.
+#[derive(Clone, Debug, Default)]
+pub struct DecoderLatency {
+    /// Round received → acknowledgement sent.
+    pub round: Histogram,
+    /// Final round received → result sent.
+    pub decision: Histogram,
+}
+
+/// Everything `GetStats` reports.
+#[derive(Debug, Default)]
+pub struct Stats {
+    latency: Mutex<Vec<(DecoderKind, DecoderLatency)>>,
+    /// Neural steps that missed their budget.
+    pub budget_misses: AtomicU64,
+    /// Shots moved to correlated matching because the backlog passed its bound.
+    pub backlog_fallbacks: AtomicU64,
+    /// Shots answered by correlated matching after leaving the neural decoder.
+    pub fallbacks: AtomicU64,
+    /// Shots shadow-decoded in the checked mode.
+    pub checked: AtomicU64,
+    /// Of those, the ones where correlated matching agreed.
+    pub agreed: AtomicU64,
+    /// Streams open now.
+    pub open_streams: AtomicU64,
+    /// Streams refused for lack of room.
+    pub rejected_streams: AtomicU64,
+}
+
+impl Stats {
+    /// Records a round acknowledgement's latency.
+    pub fn round(&self, kind: DecoderKind, d: Duration) {
+        self.with(kind, |l| l.round.record(d));
+    }
+
+    /// Records a decision's latency.
+    pub fn decision(&self, kind: DecoderKind, d: Duration) {
+        self.with(kind, |l| l.decision.record(d));
+    }
+
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A copy of the latency histograms.
+    pub fn latencies(&self) -> Vec<(DecoderKind, DecoderLatency)> {
+        self.latency.lock().expect("stats lock").clone()
+    }
+
+    fn with(&self, kind: DecoderKind, f: impl FnOnce(&mut DecoderLatency)) {
+        let mut all = self.latency.lock().expect("stats lock");
+        let i = match all.iter().position(|(k, _)| *k == kind) {
+            Some(i) => i,
+            None => {
+                all.push((kind, DecoderLatency::default()));
+                all.len() - 1
+            }
+        };
+        f(&mut all[i].1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_within_a_bucket() {
+        let mut h = Histogram::default();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let [p50, p99, p999] = h.percentiles_us();
+        for (got, want) in [(p50, 500.0), (p99, 990.0), (p999, 999.0)] {
+            assert!(got >= want && got <= want * 1.04, "{got} vs {want}");
+        }
+        assert!(Histogram::default().quantile_us(0.5).is_nan());
+    }
+}
