@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
-use decoder::{Decoder, DecoderKind, MatchingDecoder, PackedShots, Reply, Session};
+use decoder::{Decoder, DecoderKind, GapCalibration, MatchingDecoder, PackedShots, Reply, Session};
 use models::ModelLayout;
 use simulator_bridge::layout::StabilizerType;
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
@@ -142,14 +142,36 @@ impl RoundMap {
 pub struct CircuitInfo {
     dem_text: String,
     layout: StabilizerLayout,
+    /// Gap calibrations of plain and correlated matching, fitted on held-out shots of the DEM.
+    calibrations: [(DecoderKind, GapCalibration); 2],
 }
+
+/// Held-out shots that fit the matching decoders' confidence, and their seed.
+const CALIBRATION_SHOTS: usize = 10_000;
+const CALIBRATION_SEED: u64 = 0x6361_6c69_6272_6174;
 
 impl CircuitInfo {
     /// The circuit, DEM and layout of a code.
     pub fn build(d: usize, basis: Basis, rounds: usize, noise: &NoiseModel) -> anyhow::Result<Self> {
         let circuit = MemoryExperiment::new(d, rounds, basis)?.noisy_circuit(noise)?;
         let dem = crate::cmd::decoding_dem(&circuit)?;
-        Ok(Self { dem_text: dem.to_string(), layout: StabilizerLayout::from_circuit(&circuit, basis)? })
+        let dem_text = dem.to_string();
+        let fit = |kind| -> anyhow::Result<(DecoderKind, GapCalibration)> {
+            let decoder = MatchingDecoder::from_dem(&dem, kind)?;
+            Ok((kind, decoder.fit_calibration(&dem, CALIBRATION_SHOTS, CALIBRATION_SEED)?))
+        };
+        let calibrations = [fit(DecoderKind::Matching)?, fit(DecoderKind::Correlated)?];
+        Ok(Self { dem_text, layout: StabilizerLayout::from_circuit(&circuit, basis)?, calibrations })
+    }
+
+    /// A whole-shot matching decoder with its calibrated confidence.
+    pub fn matching(&self, kind: DecoderKind) -> anyhow::Result<MatchingDecoder> {
+        let calibration = self.calibrations.iter().find(|(k, _)| *k == kind).map(|c| c.1);
+        let decoder = MatchingDecoder::from_dem_text(&self.dem_text, kind)?;
+        Ok(match calibration {
+            Some(c) => decoder.with_confidence(c),
+            None => decoder,
+        })
     }
 
     /// The decoding DEM, as text.
@@ -255,8 +277,7 @@ impl Stream {
             ModelLayout::for_code(d, basis).map_err(|e| Fault::new(Code::InvalidArgument, format!("open: {e}")))?;
         let map = RoundMap::new(&order, &info.layout, rounds)?;
         let matching = |kind| {
-            MatchingDecoder::from_dem_text(&info.dem_text, kind)
-                .map_err(|e| Fault::new(Code::Internal, format!("cannot build {kind} matching: {e}")))
+            info.matching(kind).map_err(|e| Fault::new(Code::Internal, format!("cannot build {kind} matching: {e}")))
         };
         let whole = Some(matching(match mode {
             Mode::Whole(kind) => kind,
@@ -422,10 +443,17 @@ impl Stream {
             let session = self.neural.as_mut().expect("neural mode has a session");
             session.submit_finish(shot_id, &bits).map_err(|e| Fault::new(Code::Internal, e.to_string()))?;
             self.pending.insert((shot_id, self.rounds), received);
-            // Keep the events for the shadow check.
+            // Keep the events for the shadow check, or for correlated matching
+            // should one of its rounds turn out to have missed the budget.
             self.shots.insert(shot_id, Shot { next_round: u32::MAX, ..shot });
             return Ok(());
         }
+        self.decode_whole(shot_id, shot, received).map(|_| ())
+    }
+
+    /// Answers a shot with the whole-shot decoder: the session's, or correlated
+    /// matching for a shot that left the neural decoder.
+    fn decode_whole(&mut self, shot_id: u64, shot: Shot, received: Instant) -> Result<bool, Fault> {
         let kind = match self.mode {
             Mode::Whole(kind) => kind,
             Mode::Neural { .. } => DecoderKind::Correlated,
@@ -437,8 +465,7 @@ impl Stream {
         if shot.fallback.is_some() {
             Stats::bump(&self.hub.stats.fallbacks);
         }
-        self.send_result(shot_id, &prediction, confidence, kind, shot.fallback, received);
-        Ok(())
+        Ok(self.send_result(shot_id, &prediction, confidence, kind, shot.fallback, received))
     }
 
     /// Handles one reply of the engine; `false` when the client is gone.
@@ -469,6 +496,11 @@ impl Stream {
             Reply::Result(result) => {
                 let Some(received) = self.pending.remove(&(result.shot, self.rounds)) else { return true };
                 let shot = self.shots.remove(&result.shot);
+                if shot.as_ref().is_some_and(|s| s.fallback.is_some()) {
+                    // A round of this shot missed the budget after its final round was sent.
+                    let shot = shot.expect("checked");
+                    return self.decode_whole(result.shot, shot, received).unwrap_or(false);
+                }
                 let ok = self.send_result(
                     result.shot,
                     &result.prediction,
@@ -507,10 +539,14 @@ impl Stream {
         }
     }
 
+    /// Moves a shot to correlated matching. Its rounds still queued in the
+    /// engine are acknowledged as they are stepped; if its final round is
+    /// already in the engine, the neural answer is set aside for correlated matching's.
     fn fall_back(&mut self, shot_id: u64, why: String) {
-        if let Some(shot) = self.shots.get_mut(&shot_id).filter(|s| s.neural && s.next_round != u32::MAX) {
+        let Some(shot) = self.shots.get_mut(&shot_id).filter(|s| s.fallback.is_none()) else { return };
+        shot.fallback = Some(why);
+        if shot.neural && shot.next_round != u32::MAX {
             shot.neural = false;
-            shot.fallback = Some(why);
             if let Some(s) = self.neural.as_mut() {
                 s.abort(shot_id);
             }
