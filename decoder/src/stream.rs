@@ -407,6 +407,8 @@ struct Worker {
     carry: VecDeque<Job>,
     batch_states: Vec<f32>,
     batch_features: Vec<f32>,
+    /// The finishing shots' states, `[finishing][S·D]`.
+    readout_states: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -424,6 +426,7 @@ impl Worker {
             carry: VecDeque::new(),
             batch_states: Vec::new(),
             batch_features: Vec::new(),
+            readout_states: Vec::new(),
             logits: Vec::new(),
         }
     }
@@ -513,7 +516,8 @@ impl Worker {
         step_batch(weights, &mut self.batch_states, &self.batch_features, &mut self.scratches, threads);
         let compute = started.elapsed();
         let o = config.observables;
-        // The finished shots' readout: their states gathered to the front.
+        // The finished shots' readout, on copies of their states (the batch's
+        // states are copied back to the other shots' slots below).
         let finishing: Vec<usize> = batch
             .iter()
             .enumerate()
@@ -521,14 +525,13 @@ impl Worker {
             .map(|(b, _)| b)
             .collect();
         if !finishing.is_empty() {
-            for (k, &b) in finishing.iter().enumerate() {
-                if k != b {
-                    self.batch_states.copy_within(b * sd..(b + 1) * sd, k * sd);
-                }
-            }
-            self.logits.resize(finishing.len() * o, 0.0);
             let m = finishing.len();
-            readout_batch(weights, &self.batch_states[..m * sd], &mut self.scratches[..1], &mut self.logits, 1);
+            self.readout_states.resize(m * sd, 0.0);
+            for (k, &b) in finishing.iter().enumerate() {
+                self.readout_states[k * sd..][..sd].copy_from_slice(&self.batch_states[b * sd..][..sd]);
+            }
+            self.logits.resize(m * o, 0.0);
+            readout_batch(weights, &self.readout_states, &mut self.scratches[..1], &mut self.logits, 1);
         }
         let mut finished = 0;
         for (b, (job, slot)) in batch.into_iter().enumerate() {

@@ -98,6 +98,40 @@ fn streaming_equals_batch_bit_for_bit() {
 }
 
 #[test]
+fn staggered_shots_mix_first_middle_and_final_rounds_in_one_batch() {
+    // Shot k starts at step k, so every batch holds round 0 of one shot,
+    // middle rounds of others and the final round of another.
+    let (s, model) = shots(3, 5, Basis::Z, 30, 3);
+    let want = NeuralDecoder::new(model.clone(), &s.layout).unwrap().logits(&s.events).unwrap().to_vec();
+    let per_shot = stream_rounds(&s);
+    let t_count = per_shot[0].len();
+    let engine = StreamEngine::start(model, StreamOptions::default());
+    let mut session = engine.open();
+    let mut got = vec![f32::NAN; per_shot.len()];
+    for step in 0..per_shot.len() + t_count {
+        let mut expected = 0;
+        // Newest shot first, so that the finishing one comes after rounds of others.
+        for (shot, rounds) in per_shot.iter().enumerate().rev() {
+            let Some(t) = step.checked_sub(shot).filter(|&t| t < t_count) else { continue };
+            if t + 1 < t_count {
+                session.submit_round(shot as u64, t, &rounds[t]).unwrap();
+            } else {
+                session.submit_finish(shot as u64, &rounds[t]).unwrap();
+            }
+            expected += 1;
+        }
+        for _ in 0..expected {
+            match session.recv().unwrap() {
+                Reply::Ack(a) => assert!(a.batch >= 1),
+                Reply::Result(r) => got[r.shot as usize] = r.logits[0],
+                Reply::Error { shot, error } => panic!("shot {shot}: {error}"),
+            }
+        }
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
 fn sessions_on_threads_share_the_worker() {
     let (s, model) = shots(3, 4, Basis::Z, 24, 5);
     let want = NeuralDecoder::new(model.clone(), &s.layout).unwrap().logits(&s.events).unwrap().to_vec();
