@@ -5,7 +5,8 @@
 //! applied to them (uniform depolarizing and true SI1000), seeded
 //! multi-threaded sampling of bit-packed detection events, the stabilizer
 //! layout derived from detector coordinates, Stim's result formats, and
-//! experiment directories in the layout of Google's public surface-code data.
+//! experiment directories in the layout of Google's public surface-code data,
+//! and the binary frame codec of the FPGA bridge (`docs/fpga-bridge.md`).
 //!
 //! It never decodes, and it knows nothing of tch, CUDA or gRPC.
 #![deny(missing_docs)]
@@ -14,6 +15,7 @@ pub mod code;
 pub mod error;
 pub mod experiment;
 pub mod formats;
+pub mod frame;
 pub mod fsutil;
 pub mod layout;
 pub mod noise;
@@ -23,6 +25,7 @@ pub mod shots;
 pub use code::{Basis, MemoryExperiment};
 pub use error::BridgeError;
 pub use formats::{BitLabels, ResultFormat};
+pub use frame::{Frame, FrameDecoder, FrameEncoder, FrameError, FrameKind, Message};
 pub use layout::StabilizerLayout;
 pub use noise::NoiseModel;
 pub use shots::{PackedShots, ShotId};
