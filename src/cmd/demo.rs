@@ -10,25 +10,17 @@
 //! path. `--window` shots are in flight at once, each sending its next round
 //! when the previous one is acknowledged, as a control stack would.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
-use models::{Featurizer, ModelLayout};
-use simulator_bridge::sample::Sampler;
-use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
+use simulator_bridge::Basis;
 
-use crate::server::proto::decode_request::Message as In;
-use crate::server::proto::decode_response::Message as Out;
+use super::client::{Drive, ShotSet, drive};
 use crate::server::proto::decoder_client::DecoderClient;
-use crate::server::proto::{self, DecodeRequest};
-use crate::server::session::pack;
+use crate::server::proto::{self};
 use crate::server::stats::Histogram;
 use crate::server::{Hub, Models, ServerOptions, grpc};
 
@@ -109,105 +101,38 @@ async fn stream_distance(
     model: Option<String>,
     args: &DemoArgs,
 ) -> Result<Outcome> {
-    let rounds = d;
-    let circuit = MemoryExperiment::new(d, rounds, Basis::Z)?.noisy_circuit(&NoiseModel::Si1000 { p: 0.003 })?;
-    let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z)?;
-    let sampled = Sampler::new(&circuit).sample(args.shots, args.seed ^ d as u64, 0)?;
-    let featurizer = Featurizer::new(&ModelLayout::for_code(d, Basis::Z)?, &layout)?;
-    let mut features = Vec::new();
-    featurizer.extend_features(&sampled.detectors, 0, args.shots, &mut features);
-    let per_shot: Vec<Vec<Vec<bool>>> = features
-        .chunks_exact(featurizer.shot_len())
-        .map(|f| decoder::neural::rounds_of_features(f, featurizer.num_stabilizers()))
-        .collect();
-
-    let kind = if model.is_some() { proto::DecoderKind::NeuralChecked } else { proto::DecoderKind::Correlated };
-    let code = proto::Code {
-        distance: d as u32,
-        basis: proto::Basis::Z as i32,
-        rounds: rounds as u32,
-        noise: "si1000".into(),
-        p: 0.003,
-    };
-    let open = proto::OpenSession {
-        code: Some(code),
-        decoder: kind as i32,
-        model: model.clone().unwrap_or_default(),
-        round_budget_us: 0,
-        max_backlog: 0,
-    };
-    let (tx, rx) = mpsc::channel::<DecodeRequest>(4 * args.window + 16);
-    tx.send(DecodeRequest { message: Some(In::Open(open)) }).await?;
-    let mut responses = client.decode(ReceiverStream::new(rx)).await?.into_inner();
-
-    let message = |shot: usize, t: usize| -> DecodeRequest {
-        let bits = &per_shot[shot][t];
-        let events = pack(bits);
-        let num_events = bits.len() as u32;
-        let message = if t < rounds {
-            In::Round(proto::Round { shot: shot as u64, round: t as u32, num_events, events, soft: vec![] })
-        } else {
-            In::Final(proto::FinalRound { shot: shot as u64, num_events, events })
-        };
-        DecodeRequest { message: Some(message) }
-    };
-    let started = Instant::now();
+    let set = ShotSet::simulate(d, d, args.shots, args.seed ^ d as u64)?;
     let bar = super::shot_bar(args.shots as u64, &format!("d={d}"));
-    let mut sent_at: HashMap<u64, Instant> = HashMap::new();
-    let mut next_shot = 0usize;
-    for _ in 0..args.window.min(args.shots) {
-        sent_at.insert(next_shot as u64, Instant::now());
-        tx.send(message(next_shot, 0)).await?;
-        next_shot += 1;
-    }
-    let actual = |shot: u64| sampled.observables.get(shot as usize, 0);
-    let (mut neural, mut correlated) = (ErrorCount::default(), ErrorCount::default());
-    let (mut round_rtt, mut decision_rtt) = (Histogram::default(), Histogram::default());
-    let (mut confidence, mut results, mut checks) = (0.0, 0usize, 0usize);
-    let want_checks = if model.is_some() { args.shots } else { 0 };
-    while results < args.shots || checks < want_checks {
-        let response = responses.next().await.context("the server closed the stream early")??;
-        match response.message {
-            Some(Out::Ack(ack)) => {
-                let now = Instant::now();
-                round_rtt.record(now - sent_at[&ack.shot]);
-                sent_at.insert(ack.shot, now);
-                tx.send(message(ack.shot as usize, ack.round as usize + 1)).await?;
-            }
-            Some(Out::Result(r)) => {
-                decision_rtt.record(sent_at.remove(&r.shot).context("a result for a shot never sent")?.elapsed());
-                let wrong = u64::from((r.prediction[0] & 1 == 1) != actual(r.shot));
-                let count = if model.is_some() { &mut neural } else { &mut correlated };
-                *count += ErrorCount { shots: 1, errors: wrong };
-                confidence += r.confidence;
-                results += 1;
-                bar.inc(1);
-                if next_shot < args.shots {
-                    sent_at.insert(next_shot as u64, Instant::now());
-                    tx.send(message(next_shot, 0)).await?;
-                    next_shot += 1;
-                }
-            }
-            Some(Out::Check(c)) => {
-                let wrong = u64::from((c.baseline_prediction[0] & 1 == 1) != actual(c.shot));
-                correlated += ErrorCount { shots: 1, errors: wrong };
-                checks += 1;
-            }
-            Some(Out::Opened(_)) | None => {}
-        }
-    }
+    let plan = Drive {
+        decoder: if model.is_some() { proto::DecoderKind::NeuralChecked } else { proto::DecoderKind::Correlated },
+        model: model.clone().unwrap_or_default(),
+        window: args.window,
+        shots: args.shots,
+        until: None,
+        bar: Some(bar.clone()),
+    };
+    let tally = drive(client, &set, &plan).await?;
     bar.finish_and_clear();
-    drop(tx);
+    anyhow::ensure!(
+        tally.lost() == 0 && tally.duplicates == 0,
+        "d={d}: {} shots lost, {} answered twice",
+        tally.lost(),
+        tally.duplicates
+    );
+    let (neural, correlated) = match model {
+        Some(_) => (Some(tally.errors), tally.baseline),
+        None => (None, tally.errors),
+    };
     Ok(Outcome {
         d,
         model: model.unwrap_or_else(|| "(none in the zoo)".into()),
         shots: args.shots,
-        neural: (want_checks > 0).then_some(neural),
+        neural,
         correlated,
-        confidence: confidence / args.shots as f64,
-        round_rtt,
-        decision_rtt,
-        seconds: started.elapsed().as_secs_f64(),
+        confidence: tally.confidence_sum / tally.answered.max(1) as f64,
+        round_rtt: tally.round_rtt,
+        decision_rtt: tally.decision_rtt,
+        seconds: tally.seconds,
     })
 }
 

@@ -59,6 +59,12 @@ impl Histogram {
         unreachable!("rank ≤ total")
     }
 
+    /// Adds another histogram's samples.
+    pub fn merge(&mut self, other: &Histogram) {
+        self.counts.iter_mut().zip(&other.counts).for_each(|(a, b)| *a += b);
+        self.total += other.total;
+    }
+
     /// p50, p99 and p99.9 in microseconds.
     pub fn percentiles_us(&self) -> [f64; 3] {
         [self.quantile_us(0.5), self.quantile_us(0.99), self.quantile_us(0.999)]

@@ -1,0 +1,221 @@
+//! A gRPC client that plays simulated shots into a Decode stream as a
+//! control stack would: each shot in flight sends its next round when the
+//! previous one is acknowledged, and a new shot starts when one is answered.
+//! Used by `qecd demo` and `qecd load`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use decoder::stats::ErrorCount;
+use indicatif::ProgressBar;
+use models::{Featurizer, ModelLayout};
+use simulator_bridge::sample::Sampler;
+use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::server::proto::decode_request::Message as In;
+use crate::server::proto::decode_response::Message as Out;
+use crate::server::proto::decoder_client::DecoderClient;
+use crate::server::proto::{self, DecodeRequest};
+use crate::server::session::pack;
+use crate::server::stats::Histogram;
+
+/// Simulated shots (memory-Z, SI1000 p=0.003), as a stream sends them.
+pub struct ShotSet {
+    /// Code distance.
+    pub d: usize,
+    /// Stabilizer rounds per shot.
+    pub rounds: usize,
+    /// `[shot][round][bit]` in the session's order, the final round last.
+    pub per_shot: Vec<Vec<Vec<bool>>>,
+    /// The actual observable flip of each shot.
+    pub observables: Vec<bool>,
+}
+
+impl ShotSet {
+    /// Samples `shots` shots of distance `d` and `rounds` rounds.
+    pub fn simulate(d: usize, rounds: usize, shots: usize, seed: u64) -> Result<Self> {
+        let circuit = MemoryExperiment::new(d, rounds, Basis::Z)?.noisy_circuit(&NoiseModel::Si1000 { p: 0.003 })?;
+        let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z)?;
+        let sampled = Sampler::new(&circuit).sample(shots, seed, 0)?;
+        let featurizer = Featurizer::new(&ModelLayout::for_code(d, Basis::Z)?, &layout)?;
+        let mut features = Vec::new();
+        featurizer.extend_features(&sampled.detectors, 0, shots, &mut features);
+        let per_shot = features
+            .chunks_exact(featurizer.shot_len())
+            .map(|f| decoder::neural::rounds_of_features(f, featurizer.num_stabilizers()))
+            .collect();
+        let observables = (0..shots).map(|s| sampled.observables.get(s, 0)).collect();
+        Ok(Self { d, rounds, per_shot, observables })
+    }
+
+    fn message(&self, id: u64, t: usize) -> DecodeRequest {
+        let bits = &self.per_shot[id as usize % self.per_shot.len()][t];
+        let (events, num_events) = (pack(bits), bits.len() as u32);
+        let message = if t < self.rounds {
+            In::Round(proto::Round { shot: id, round: t as u32, num_events, events, soft: vec![] })
+        } else {
+            In::Final(proto::FinalRound { shot: id, num_events, events })
+        };
+        DecodeRequest { message: Some(message) }
+    }
+}
+
+/// How to drive a stream.
+pub struct Drive {
+    /// The session's decoder.
+    pub decoder: proto::DecoderKind,
+    /// The neural model's name (empty: the server's for the code).
+    pub model: String,
+    /// Shots in flight at once.
+    pub window: usize,
+    /// Stop starting shots after this many…
+    pub shots: usize,
+    /// …or at this instant.
+    pub until: Option<Instant>,
+    /// Counts answered shots.
+    pub bar: Option<ProgressBar>,
+}
+
+/// What a stream measured.
+#[derive(Default)]
+pub struct Tally {
+    /// Shots started.
+    pub started: u64,
+    /// Distinct shots answered.
+    pub answered: u64,
+    /// Answers to a shot already answered.
+    pub duplicates: u64,
+    /// Round acknowledgements received, and those for a round already acknowledged.
+    pub acks: u64,
+    /// Duplicate acknowledgements.
+    pub duplicate_acks: u64,
+    /// The answering decoder's errors.
+    pub errors: ErrorCount,
+    /// Correlated matching's errors on the same shots (checked mode).
+    pub baseline: ErrorCount,
+    /// Shots that fell back to correlated matching.
+    pub fell_back: u64,
+    /// Sum of the answers' confidences.
+    pub confidence_sum: f64,
+    /// Client round trip: round sent → acknowledgement.
+    pub round_rtt: Histogram,
+    /// Client round trip: final round sent → decision.
+    pub decision_rtt: Histogram,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl Tally {
+    /// Shots started and never answered.
+    pub fn lost(&self) -> u64 {
+        self.started - self.answered
+    }
+}
+
+/// Plays `set` into one Decode stream of `client` as `drive` says.
+pub async fn drive(
+    client: &mut DecoderClient<tonic::transport::Channel>,
+    set: &ShotSet,
+    drive: &Drive,
+) -> Result<Tally> {
+    let code = proto::Code {
+        distance: set.d as u32,
+        basis: proto::Basis::Z as i32,
+        rounds: set.rounds as u32,
+        noise: "si1000".into(),
+        p: 0.003,
+    };
+    let open = proto::OpenSession {
+        code: Some(code),
+        decoder: drive.decoder as i32,
+        model: drive.model.clone(),
+        round_budget_us: 0,
+        max_backlog: 0,
+    };
+    let (tx, rx) = mpsc::channel::<DecodeRequest>(4 * drive.window + 16);
+    tx.send(DecodeRequest { message: Some(In::Open(open)) }).await?;
+    let mut responses = client.decode(ReceiverStream::new(rx)).await?.into_inner();
+    let checked = drive.decoder == proto::DecoderKind::NeuralChecked;
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+    let mut acked: HashSet<(u64, u32)> = HashSet::new();
+    let mut answered: HashSet<u64> = HashSet::new();
+    let mut checks = 0u64;
+    let more = |tally: &Tally| tally.started < drive.shots as u64 && drive.until.is_none_or(|u| Instant::now() < u);
+    let mut tx = Some(tx);
+    while tally.started < drive.window as u64 && more(&tally) {
+        sent_at.insert(tally.started, Instant::now());
+        tx.as_ref().expect("open").send(set.message(tally.started, 0)).await?;
+        tally.started += 1;
+    }
+    loop {
+        if sent_at.is_empty() && !more(&tally) {
+            // Nothing in flight and nothing more to send: close our side.
+            tx = None;
+            if !checked || checks >= tally.answered {
+                break;
+            }
+        }
+        let response = tokio::time::timeout(Duration::from_secs(30), responses.next())
+            .await
+            .context("no answer from the server for 30 s")?;
+        let Some(response) = response else { break };
+        let response = response?;
+        let actual = |id: u64| set.observables[id as usize % set.observables.len()];
+        match response.message {
+            Some(Out::Ack(ack)) => {
+                tally.acks += 1;
+                if !acked.insert((ack.shot, ack.round)) {
+                    tally.duplicate_acks += 1;
+                    continue;
+                }
+                let now = Instant::now();
+                let sent = sent_at.get(&ack.shot).context("an acknowledgement for a shot not in flight")?;
+                tally.round_rtt.record(now - *sent);
+                sent_at.insert(ack.shot, now);
+                let tx = tx.as_ref().context("an acknowledgement after the stream closed")?;
+                tx.send(set.message(ack.shot, ack.round as usize + 1)).await?;
+            }
+            Some(Out::Result(r)) => {
+                if !answered.insert(r.shot) {
+                    tally.duplicates += 1;
+                    continue;
+                }
+                for t in 0..set.rounds as u32 {
+                    acked.remove(&(r.shot, t));
+                }
+                let sent = sent_at.remove(&r.shot).context("a decision for a shot not in flight")?;
+                tally.decision_rtt.record(sent.elapsed());
+                tally.answered += 1;
+                tally.fell_back += u64::from(r.fell_back);
+                tally.errors +=
+                    ErrorCount { shots: 1, errors: u64::from((r.prediction[0] & 1 == 1) != actual(r.shot)) };
+                tally.confidence_sum += r.confidence;
+                if let Some(bar) = &drive.bar {
+                    bar.inc(1);
+                }
+                if more(&tally) {
+                    sent_at.insert(tally.started, Instant::now());
+                    tx.as_ref().expect("open while shots remain").send(set.message(tally.started, 0)).await?;
+                    tally.started += 1;
+                }
+            }
+            Some(Out::Check(c)) => {
+                checks += 1;
+                let wrong = (c.baseline_prediction[0] & 1 == 1) != actual(c.shot);
+                tally.baseline += ErrorCount { shots: 1, errors: u64::from(wrong) };
+            }
+            Some(Out::Opened(_)) | None => {}
+        }
+    }
+    if tally.answered + tally.lost() != tally.started {
+        bail!("bookkeeping: {} started, {} answered", tally.started, tally.answered);
+    }
+    tally.seconds = started.elapsed().as_secs_f64();
+    Ok(tally)
+}

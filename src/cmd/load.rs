@@ -1,0 +1,172 @@
+//! `qecd load`: the load run of docs/perf.md. Many concurrent Decode streams
+//! (d=3 and d=5 mixed) play simulated shots for a fixed time against a
+//! server, in-process on loopback unless `--addr` names one; the run fails
+//! if any shot is lost or answered twice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Args;
+use decoder::stats::DEFAULT_LIKELIHOOD_FACTOR;
+use simulator_bridge::Basis;
+
+use super::client::{Drive, ShotSet, Tally, drive};
+use crate::server::proto::{self, decoder_client::DecoderClient};
+use crate::server::stats::Histogram;
+use crate::server::{Hub, Models, ServerOptions, grpc};
+
+/// Arguments of `qecd load`.
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// A running server (`http://HOST:PORT`); default: one started in-process on loopback.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Concurrent Decode streams, each on its own connection.
+    #[arg(long, default_value_t = 64)]
+    pub streams: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 60.0)]
+    pub seconds: f64,
+    /// Distances, assigned to the streams in turn (rounds = d).
+    #[arg(long, value_delimiter = ',', default_value = "3,5")]
+    pub distances: Vec<usize>,
+    /// Shots in flight per stream.
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+    /// Seed of the simulated shots.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// Runs `qecd load`.
+pub fn run(args: &LoadArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.streams > 0 && args.window > 0 && args.seconds > 0.0,
+        "--streams, --window and --seconds must be positive"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let models = Models::embedded(&decoder::StreamOptions::default())?;
+        let neural: Vec<(usize, Option<String>)> =
+            args.distances.iter().map(|&d| (d, models.find("", d, Basis::Z).ok().map(|m| m.name))).collect();
+        let (addr, stop) = match &args.addr {
+            Some(a) => (a.clone(), None),
+            None => {
+                let hub = Arc::new(Hub::new(models, ServerOptions { max_streams: args.streams + 8, ..ServerOptions::default() }));
+                let (listener, addr) = grpc::bind("127.0.0.1:0".parse::<SocketAddr>()?).await?;
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let server = tokio::spawn(grpc::serve(hub, listener, async move {
+                    let _ = stopped.await;
+                }));
+                (format!("http://{addr}"), Some((stop, server)))
+            }
+        };
+        let sets: Vec<Arc<ShotSet>> = args
+            .distances
+            .iter()
+            .map(|&d| ShotSet::simulate(d, d, 4096, args.seed ^ d as u64).map(Arc::new))
+            .collect::<Result<_>>()?;
+        println!(
+            "qecd load: {} streams for {} s against {addr}, distances {:?} (rounds = d), {} shot(s) in flight per stream",
+            args.streams, args.seconds, args.distances, args.window
+        );
+        let until = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let mut tasks = Vec::new();
+        for i in 0..args.streams {
+            let k = i % sets.len();
+            let (set, addr) = (sets[k].clone(), addr.clone());
+            let (decoder, model) = match &neural[k].1 {
+                Some(name) => (proto::DecoderKind::Neural, name.clone()),
+                None => (proto::DecoderKind::Correlated, String::new()),
+            };
+            let plan = Drive { decoder, model, window: args.window, shots: usize::MAX, until: Some(until), bar: None };
+            tasks.push(tokio::spawn(async move {
+                let mut client = DecoderClient::connect(addr).await?;
+                drive(&mut client, &set, &plan).await
+            }));
+        }
+        let mut per_distance: Vec<Vec<Tally>> = (0..sets.len()).map(|_| Vec::new()).collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            per_distance[i % sets.len()].push(t.await??);
+        }
+        let mut stats_client = DecoderClient::connect(addr.clone()).await?;
+        let stats = stats_client.get_stats(proto::GetStatsRequest {}).await?.into_inner();
+        let failed = report(args, &neural, &per_distance, &stats);
+        if let Some((stop, server)) = stop {
+            let _ = stop.send(());
+            server.await??;
+        }
+        if failed {
+            bail!("shots were lost or answered twice (see the table)");
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Prints the run's table; `true` if any shot was lost or duplicated.
+fn report(
+    args: &LoadArgs,
+    neural: &[(usize, Option<String>)],
+    per_distance: &[Vec<Tally>],
+    stats: &proto::GetStatsResponse,
+) -> bool {
+    println!(
+        "\n{:>2} {:<11} {:>7} {:>9} {:>5} {:>5} {:>8} {:>11} {:>26} {:>26}",
+        "d",
+        "decoder",
+        "streams",
+        "shots",
+        "lost",
+        "dup",
+        "dup acks",
+        "LER/shot",
+        "round ack p50/p99/p99.9 µs",
+        "decision p50/p99/p99.9 µs"
+    );
+    let mut failed = false;
+    for ((d, model), tallies) in neural.iter().zip(per_distance) {
+        let (mut round, mut decision) = (Histogram::default(), Histogram::default());
+        let (mut answered, mut lost, mut dup, mut dup_acks) = (0, 0, 0, 0);
+        let mut errors = decoder::stats::ErrorCount::default();
+        for t in tallies {
+            round.merge(&t.round_rtt);
+            decision.merge(&t.decision_rtt);
+            answered += t.answered;
+            lost += t.lost();
+            dup += t.duplicates;
+            dup_acks += t.duplicate_acks;
+            errors += t.errors;
+        }
+        failed |= lost > 0 || dup > 0 || dup_acks > 0;
+        let p = |h: &Histogram| {
+            let [a, b, c] = h.percentiles_us();
+            format!("{a:.0} / {b:.0} / {c:.0}")
+        };
+        let ler = errors.fit_per_round(1.0, DEFAULT_LIKELIHOOD_FACTOR).best;
+        let name = if model.is_some() { "neural" } else { "correlated" };
+        println!(
+            "{d:>2} {name:<11} {:>7} {answered:>9} {lost:>5} {dup:>5} {dup_acks:>8} {:>10.3}% {:>26} {:>26}",
+            tallies.len(),
+            100.0 * ler,
+            p(&round),
+            p(&decision)
+        );
+    }
+    println!("\nclient round trips over loopback gRPC; {} s, {} shots in flight per stream", args.seconds, args.window);
+    println!("server side (receipt → response queued), per answering decoder:");
+    for d in &stats.decoders {
+        let kind = proto::DecoderKind::try_from(d.decoder).map(|k| k.as_str_name()).unwrap_or("?");
+        let (r, x) = (d.round_latency.clone().unwrap_or_default(), d.decision_latency.clone().unwrap_or_default());
+        println!(
+            "  {kind:<26} rounds {:>9}: p50 {:.1} p99 {:.1} p99.9 {:.1} µs; decisions {:>8}: p50 {:.1} p99 {:.1} p99.9 {:.1} µs",
+            r.count, r.p50_us, r.p99_us, r.p999_us, x.count, x.p50_us, x.p99_us, x.p999_us
+        );
+    }
+    println!(
+        "  budget misses {}, fallbacks {}, rejected streams {}",
+        stats.budget_misses, stats.fallbacks, stats.rejected_streams
+    );
+    failed
+}
