@@ -39,6 +39,8 @@ enum Command {
     Plot(PlotArgs),
     /// Serve decoding over gRPC (and the FPGA bridge) for a control stack.
     Serve(cmd::serve::ServeArgs),
+    /// Load-test a decoding server with many concurrent streams.
+    Load(cmd::load::LoadArgs),
     /// Train the neural decoder on simulated shots (feature `train`).
     #[cfg(feature = "train")]
     Train(cmd::train::TrainArgs),
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => cmd::sweep::run(args),
         Command::Plot(args) => run_plot(args),
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Load(args) => cmd::load::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => cmd::train::run(args),
         #[cfg(feature = "train")]

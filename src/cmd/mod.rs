@@ -2,9 +2,11 @@
 
 #[cfg(feature = "train")]
 pub mod calibrate;
+pub mod client;
 pub mod demo;
 #[cfg(feature = "train")]
 pub mod finetune;
+pub mod load;
 pub mod predict;
 pub mod sample;
 pub mod serve;
