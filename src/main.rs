@@ -41,6 +41,8 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Load-test a decoding server with many concurrent streams.
     Load(cmd::load::LoadArgs),
+    /// Play an experiment directory over the FPGA bridge in real time and check every answer.
+    Replay(cmd::replay::ReplayArgs),
     /// Train the neural decoder on simulated shots (feature `train`).
     #[cfg(feature = "train")]
     Train(cmd::train::TrainArgs),
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Plot(args) => run_plot(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Load(args) => cmd::load::run(args),
+        Command::Replay(args) => cmd::replay::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => cmd::train::run(args),
         #[cfg(feature = "train")]

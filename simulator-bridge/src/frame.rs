@@ -397,7 +397,8 @@ pub struct Frame {
     pub sequence: SequenceNumber,
     /// The shot a ROUND, FINAL, ACK, DECISION or ERROR concerns; 0 in OPEN and CLOSE.
     pub shot: u64,
-    /// The round index within the shot (0 = first round; FINAL carries the index after the last ROUND).
+    /// The round index within the shot (0 = first round; FINAL carries the index after the last ROUND);
+    /// in OPEN, the number of stabilizer rounds per shot; 0 in CLOSE.
     pub round: u32,
     /// The payload, laid out as the kind says, at most [`MAX_PAYLOAD`] bytes.
     pub payload: Vec<u8>,
@@ -1246,7 +1247,7 @@ mod tests {
     #[test]
     fn golden_frames_match_the_doc_byte_for_byte() {
         let cases = [
-            ("open", Sender::Fpga, open(), 7, 0, 0, 0),
+            ("open", Sender::Fpga, open(), 7, 0, 0, 6),
             ("round", Sender::Fpga, round(), 7, 3, 42, 5),
             ("decision", Sender::Qecd, decision(), 7, 9, 42, 6),
         ];

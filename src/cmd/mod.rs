@@ -8,6 +8,7 @@ pub mod demo;
 pub mod finetune;
 pub mod load;
 pub mod predict;
+pub mod replay;
 pub mod sample;
 pub mod serve;
 pub mod sweep;

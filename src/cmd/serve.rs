@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Args;
 use decoder::StreamOptions;
 
+use crate::server::bridge::Bridge;
 use crate::server::{Hub, Models, ServerOptions, grpc};
 
 /// Arguments of `qecd serve`.
@@ -44,21 +45,25 @@ pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
     Ok(Arc::new(Hub::new(models, options)))
 }
 
-/// Runs `qecd serve` until SIGINT or SIGTERM; then open streams are drained.
+/// Runs `qecd serve` until SIGINT or SIGTERM; then open streams (gRPC and
+/// bridge) are drained.
 pub fn run(args: &ServeArgs) -> Result<()> {
-    if args.bridge_listen.is_some() {
-        anyhow::bail!("--bridge-listen: the FPGA bridge listener is not built yet (issue 5 in progress)");
-    }
     let hub = hub(args)?;
+    let bridge = args.bridge_listen.map(|addr| Bridge::start(hub.clone(), addr)).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    runtime.block_on(async {
         let (listener, addr) = grpc::bind(args.listen).await?;
         let names: Vec<&str> = hub.models.all().iter().map(|m| m.name.as_str()).collect();
-        println!("qecd serve: gRPC on {addr}; models: {}", names.join(", "));
+        let bridge_on = bridge.as_ref().map(|b| format!("; bridge on {}", b.addr())).unwrap_or_default();
+        println!("qecd serve: gRPC on {addr}{bridge_on}; models: {}", names.join(", "));
         use std::io::Write;
         std::io::stdout().flush()?;
-        grpc::serve(hub, listener, shutdown_signal()).await
-    })
+        grpc::serve(hub.clone(), listener, shutdown_signal()).await
+    })?;
+    if let Some(bridge) = bridge {
+        bridge.shutdown();
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -80,8 +80,10 @@ impl DecoderApi for DecoderService {
         std::thread::Builder::new()
             .name("qecd-stream".into())
             .spawn(move || {
-                let _guard = guard;
-                if let Err(fault) = session::run_stream(hub, in_rx, sink) {
+                let result = session::run_stream(hub, in_rx, sink);
+                // The stream no longer counts as open once the client can learn that it ended.
+                drop(guard);
+                if let Err(fault) = result {
                     let _ = out_tx.send(Err(fault.into()));
                 }
             })

@@ -2,6 +2,7 @@
 //! ([`Hub`]), the transport-agnostic stream logic ([`session`]), the tonic
 //! gRPC service ([`grpc`]) and the counters behind `GetStats` ([`stats`]).
 
+pub mod bridge;
 pub mod grpc;
 pub mod session;
 pub mod stats;

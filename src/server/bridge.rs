@@ -1,0 +1,659 @@
+//! The FPGA bridge listener (docs/fpga-bridge.md): binary frames over TCP,
+//! one decode session per stream id, any number of streams per connection.
+//!
+//! The bridge is a second transport for [`session::run_stream`], next to
+//! gRPC, and it decodes nothing itself. Each connection has one reader
+//! thread, which turns frames into the session's [`Input`]s, and each stream
+//! runs its session on a thread of its own, exactly as a gRPC stream does.
+//! The replies of every stream go back through one [`FrameEncoder`] behind a
+//! mutex, so the connection's sequence numbers stay in order. It is all plain
+//! threads and blocking sockets with `TCP_NODELAY`: a frame costs one read and
+//! one write system call, and no async runtime sits between the socket and the
+//! decoder.
+//!
+//! The reader checks the conversation itself (OPEN first, rounds in order,
+//! event counts) before a frame reaches the session. The session would catch
+//! the same mistakes, but only the reader knows which frame was at fault, and
+//! the ERROR must repeat that frame's shot and round. It ends a stream by
+//! handing the session an [`Input::Invalid`] and noting the frame to blame,
+//! so the ERROR comes after every reply the stream owed before that frame.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use simulator_bridge::Basis;
+use simulator_bridge::frame::{
+    Ack, Decision, DecoderChoice, ErrorCode, ErrorReply, Events, Frame, FrameDecoder, FrameEncoder, Message, Open,
+    Sender as End, StreamId,
+};
+use simulator_bridge::layout::StabilizerType;
+use tonic::Code;
+
+use super::Hub;
+use super::proto::{self, DecodeResponse, decode_response::Message as Out};
+use super::session::{self, Input, unpack};
+use super::stats::Stats;
+
+/// Noise model of the detector error model that a bridge session's matching
+/// decoders use; OPEN has no field for it.
+pub const NOISE: &str = "si1000";
+/// Physical error rate of [`NOISE`].
+pub const NOISE_P: f64 = 0.003;
+/// A frame half received for this long without another byte is a framing error.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that takes no reply bytes for this long is treated as gone (its
+/// streams stop), so that no session blocks forever on a full socket.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a connection-level ERROR, how long the peer's further bytes are read
+/// and dropped, so that closing the socket does not reset the connection
+/// before the peer has read the ERROR.
+const DRAIN_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// A running bridge listener.
+pub struct Bridge {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+/// What the accept loop and the connections share.
+struct Shared {
+    /// Set by [`Bridge::shutdown`]: take no more connections.
+    stopping: AtomicBool,
+    /// Connections open now.
+    connections: Mutex<usize>,
+    /// Signalled when a connection ends.
+    ended: Condvar,
+}
+
+impl Bridge {
+    /// Listens on `addr` (port 0 picks a free one) and serves `hub` to every connection.
+    pub fn start(hub: Arc<Hub>, addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (--bridge-listen)"))?;
+        let addr = listener.local_addr()?;
+        let shared =
+            Arc::new(Shared { stopping: AtomicBool::new(false), connections: Mutex::new(0), ended: Condvar::new() });
+        let accept = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("qecd-bridge".into())
+                .spawn(move || accept_loop(hub, listener, shared))
+                .context("cannot start the bridge's accept thread")?
+        };
+        Ok(Self { addr, shared, accept: Some(accept) })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Takes no more connections, then waits until the open ones end (their
+    /// peers close them), as the gRPC service waits for its open streams.
+    pub fn shutdown(mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wake the accept loop with a connection of our own.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(if wake.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+        let mut open = self.shared.connections.lock().expect("bridge connections");
+        if *open > 0 {
+            eprintln!("qecd serve: waiting for {} bridge connection(s) to close", *open);
+        }
+        while *open > 0 {
+            open = self.shared.ended.wait(open).expect("bridge connections");
+        }
+    }
+}
+
+fn accept_loop(hub: Arc<Hub>, listener: TcpListener, shared: Arc<Shared>) {
+    for socket in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, say: do not spin on it.
+                eprintln!("qecd bridge: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        *shared.connections.lock().expect("bridge connections") += 1;
+        let (hub, done) = (hub.clone(), shared.clone());
+        let spawned = std::thread::Builder::new().name("qecd-bridge-conn".into()).spawn(move || {
+            serve_connection(hub, socket);
+            *done.connections.lock().expect("bridge connections") -= 1;
+            done.ended.notify_all();
+        });
+        if let Err(e) = spawned {
+            eprintln!("qecd bridge: cannot start a connection's thread: {e}");
+            *shared.connections.lock().expect("bridge connections") -= 1;
+            shared.ended.notify_all();
+        }
+    }
+}
+
+/// The sending half of a connection: every frame of every stream goes through it.
+struct Writer {
+    state: Mutex<WriterState>,
+}
+
+struct WriterState {
+    socket: TcpStream,
+    encoder: FrameEncoder,
+    /// Scratch buffer for one encoded frame.
+    buf: Vec<u8>,
+    /// False once the connection failed or was closed: nothing more is sent.
+    open: bool,
+}
+
+impl Writer {
+    fn new(socket: TcpStream) -> Self {
+        let state = WriterState { socket, encoder: FrameEncoder::new(End::Qecd), buf: Vec::new(), open: true };
+        Self { state: Mutex::new(state) }
+    }
+
+    /// Sends one frame; `false` once the connection is gone.
+    fn send(&self, message: &Message, stream: StreamId, shot: u64, round: u32) -> bool {
+        let mut state = self.state.lock().expect("bridge writer");
+        let WriterState { socket, encoder, buf, open } = &mut *state;
+        if !*open {
+            return false;
+        }
+        buf.clear();
+        if let Err(e) = encoder.encode_message(message, stream, shot, round, buf) {
+            // A reply the codec refuses is a bug here, not the peer's fault: skip it, keep the connection.
+            eprintln!("qecd bridge: cannot encode a {} frame for stream {stream}: {e}", message.kind());
+            return true;
+        }
+        if socket.write_all(buf).is_err() {
+            *open = false;
+            let _ = socket.shutdown(Shutdown::Both);
+            return false;
+        }
+        true
+    }
+
+    /// Sends a connection-level ERROR (stream, shot and round 0) as the last
+    /// frame, and shuts down the sending side.
+    fn fail(&self, code: ErrorCode, message: String) {
+        self.send(&Message::Error(ErrorReply::new(code, message)), 0, 0, 0);
+        let mut state = self.state.lock().expect("bridge writer");
+        state.open = false;
+        let _ = state.socket.shutdown(Shutdown::Write);
+    }
+
+    fn is_open(&self) -> bool {
+        self.state.lock().expect("bridge writer").open
+    }
+
+    fn close(&self) {
+        let mut state = self.state.lock().expect("bridge writer");
+        state.open = false;
+        let _ = state.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// The frame an ERROR blames, with the status and message it carries.
+#[derive(Clone, Debug)]
+struct Blame {
+    code: ErrorCode,
+    shot: u64,
+    round: u32,
+    message: String,
+}
+
+/// What a connection's reader knows about one of its streams.
+struct StreamEntry {
+    /// The session's inputs; `None` once the stream failed (its ROUND and
+    /// FINAL frames are then dropped until CLOSE or a new OPEN).
+    inputs: Option<crossbeam_channel::Sender<Input>>,
+    /// Set by the session's thread when it ends.
+    ended: Arc<AtomicBool>,
+    /// The frame to name in the ERROR when the reader ends the stream.
+    blame: Arc<Mutex<Option<Blame>>>,
+    /// Code distance and basis, for messages.
+    code: (u8, Basis),
+    /// Stabilizer rounds per shot (OPEN's round field).
+    rounds: u32,
+    /// Event bits of round 0, of rounds 1.., and of FINAL.
+    events: [usize; 3],
+    /// The next round due of every shot in flight.
+    next_round: HashMap<u64, u32>,
+}
+
+impl StreamEntry {
+    /// A stream that got its ERROR (or never opened): its frames are dropped.
+    fn failed() -> Self {
+        Self {
+            inputs: None,
+            ended: Arc::new(AtomicBool::new(true)),
+            blame: Arc::new(Mutex::new(None)),
+            code: (0, Basis::Z),
+            rounds: 0,
+            events: [0; 3],
+            next_round: HashMap::new(),
+        }
+    }
+
+    fn live(&self) -> bool {
+        self.inputs.is_some() && !self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// A connection as its reader sees it.
+struct Connection {
+    hub: Arc<Hub>,
+    writer: Arc<Writer>,
+    streams: HashMap<StreamId, StreamEntry>,
+    /// The session threads started on this connection (finished ones are pruned).
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Reads and handles frames until the peer stops sending or a framing error;
+/// then lets the streams answer what they owe and closes the connection.
+fn serve_connection(hub: Arc<Hub>, mut socket: TcpStream) {
+    let writer = match socket.try_clone() {
+        Ok(s) => Arc::new(Writer::new(s)),
+        Err(e) => {
+            eprintln!("qecd bridge: cannot use a new connection: {e}");
+            return;
+        }
+    };
+    let _ = socket.set_read_timeout(Some(STALL_TIMEOUT));
+    let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut conn = Connection { hub, writer: writer.clone(), streams: HashMap::new(), threads: Vec::new() };
+    let mut decoder = FrameDecoder::new(End::Fpga);
+    let mut buf = vec![0u8; 64 * 1024];
+    let failure = 'read: loop {
+        let n = match socket.read(&mut buf) {
+            Ok(0) => break decoder.finish().err().map(|e| (e.error.code(), e.to_string())),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if decoder.buffered() == 0 {
+                    continue;
+                }
+                let e = decoder.finish().expect_err("bytes are buffered");
+                let why = format!("no byte for {} s: {e}", STALL_TIMEOUT.as_secs());
+                break Some((ErrorCode::InvalidArgument, why));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break None, // reset by the peer: nobody to tell
+        };
+        decoder.feed(&buf[..n]);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => conn.handle(frame),
+                Ok(None) => break,
+                Err(e) => break 'read Some((e.error.code(), e.to_string())),
+            }
+        }
+        if !writer.is_open() {
+            break None; // the peer stopped reading
+        }
+    };
+    if let Some((code, message)) = failure {
+        writer.fail(code, message);
+        drain(&mut socket);
+    }
+    // Every stream's input ends: the sessions answer the shots whose FINAL
+    // came (unless the connection failed), then their threads end.
+    conn.streams.clear();
+    for thread in conn.threads.drain(..) {
+        let _ = thread.join();
+    }
+    writer.close();
+}
+
+/// Reads and drops what the peer still sends, until it closes or for [`DRAIN_AFTER_ERROR`].
+fn drain(socket: &mut TcpStream) {
+    let until = Instant::now() + DRAIN_AFTER_ERROR;
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut sink = [0u8; 4096];
+    while Instant::now() < until {
+        match socket.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Connection {
+    fn handle(&mut self, frame: Frame) {
+        let Ok(message) = frame.message() else {
+            unreachable!("the frame decoder checked the payload");
+        };
+        match message {
+            Message::Open(open) => self.open(frame.stream, frame.round, open),
+            Message::Round(events) => self.events(frame.stream, frame.shot, frame.round, events, false),
+            Message::Final(events) => self.events(frame.stream, frame.shot, frame.round, events, true),
+            Message::Close => self.close(frame.stream),
+            Message::Ack(_) | Message::Decision(_) | Message::Error(_) => {
+                unreachable!("the frame decoder refuses qecd's kinds from the FPGA")
+            }
+        }
+    }
+
+    /// An ERROR for `stream` that no session will send (the stream has none).
+    fn refuse(&mut self, stream: StreamId, blame: Blame) {
+        self.writer.send(&Message::Error(ErrorReply::new(blame.code, blame.message)), stream, blame.shot, blame.round);
+        self.streams.insert(stream, StreamEntry::failed());
+    }
+
+    /// Ends a live stream with an ERROR blaming `blame`'s frame: the session
+    /// sends its replies owed so far, then the ERROR.
+    fn fail_stream(&mut self, stream: StreamId, blame: Blame) {
+        let Some(entry) = self.streams.get_mut(&stream) else { return };
+        let Some(inputs) = entry.inputs.take() else { return };
+        let message = blame.message.clone();
+        *entry.blame.lock().expect("bridge blame") = Some(blame);
+        // If the session already ended, it has sent its own ERROR.
+        let _ = inputs.send(Input::Invalid(message));
+    }
+
+    fn open(&mut self, id: StreamId, rounds: u32, open: Open) {
+        let whole = |code, message| Blame { code, shot: 0, round: 0, message };
+        if self.streams.get(&id).is_some_and(StreamEntry::live) {
+            // As a second `open` ends a gRPC stream.
+            let why = format!("stream {id} is already open: CLOSE it before opening it again");
+            return self.fail_stream(id, whole(ErrorCode::FailedPrecondition, why));
+        }
+        // A stream id that failed or closed may be opened again.
+        self.streams.remove(&id);
+        self.threads.retain(|t| !t.is_finished());
+        if rounds == 0 {
+            let why = format!(
+                "OPEN of stream {id}: the header's round field carries the stabilizer rounds per shot and must be at least 1"
+            );
+            return self.refuse(id, whole(ErrorCode::InvalidArgument, why));
+        }
+        let d = open.distance;
+        let order = match models::ModelLayout::for_code(d as usize, open.basis) {
+            Ok(order) => order,
+            Err(e) => return self.refuse(id, whole(ErrorCode::InvalidArgument, format!("OPEN of stream {id}: {e}"))),
+        };
+        let own = match open.basis {
+            Basis::X => StabilizerType::X,
+            Basis::Z => StabilizerType::Z,
+        };
+        let memory = order.stabilizers.iter().filter(|s| s.kind == own).count();
+        let hub = self.hub.clone();
+        let already = hub.stats.open_streams.fetch_add(1, Ordering::Relaxed);
+        let guard = OpenStream(hub.clone());
+        if already as usize >= hub.options.max_streams {
+            Stats::bump(&hub.stats.rejected_streams);
+            drop(guard);
+            let why = format!(
+                "this server already has {already} open streams, gRPC and bridge together (--max-streams {})",
+                hub.options.max_streams
+            );
+            return self.refuse(id, whole(ErrorCode::ResourceExhausted, why));
+        }
+        let basis = match open.basis {
+            Basis::X => proto::Basis::X,
+            Basis::Z => proto::Basis::Z,
+        };
+        let request = proto::OpenSession {
+            code: Some(proto::Code {
+                distance: d.into(),
+                basis: basis as i32,
+                rounds,
+                noise: NOISE.into(),
+                p: NOISE_P,
+            }),
+            decoder: proto_decoder(open.decoder) as i32,
+            model: open.model,
+            round_budget_us: open.budget_us,
+            max_backlog: 0,
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let _ = tx.send(Input::Open(request));
+        let ended = Arc::new(AtomicBool::new(false));
+        let blame = Arc::new(Mutex::new(None));
+        let session = SessionThread {
+            hub,
+            id,
+            rounds,
+            writer: self.writer.clone(),
+            ended: ended.clone(),
+            blame: blame.clone(),
+            guard,
+        };
+        match std::thread::Builder::new().name("qecd-bridge-stream".into()).spawn(move || session.run(rx)) {
+            Ok(thread) => self.threads.push(thread),
+            Err(e) => {
+                let why = format!("cannot start stream {id}'s thread: {e}");
+                return self.refuse(id, whole(ErrorCode::Internal, why));
+            }
+        }
+        let entry = StreamEntry {
+            inputs: Some(tx),
+            ended,
+            blame,
+            code: (d, open.basis),
+            rounds,
+            events: [memory, order.stabilizers.len(), memory],
+            next_round: HashMap::new(),
+        };
+        self.streams.insert(id, entry);
+    }
+
+    /// A ROUND (`last` false) or FINAL frame.
+    fn events(&mut self, id: StreamId, shot: u64, round: u32, events: Events, last: bool) {
+        let kind = if last { "FINAL" } else { "ROUND" };
+        let blame = |code, message| Blame { code, shot, round, message };
+        let Some(entry) = self.streams.get_mut(&id) else {
+            let why = format!("{kind} for stream {id}, which is not open: OPEN comes first");
+            return self.refuse(id, blame(ErrorCode::FailedPrecondition, why));
+        };
+        if !entry.live() {
+            return; // the stream already got its ERROR
+        }
+        let rounds = entry.rounds;
+        let next = entry.next_round.get(&shot).copied();
+        let order = match (last, next) {
+            (false, _) if round != next.unwrap_or(0) => Some(format!(
+                "shot {shot}: ROUND {round} is out of order: round {} is next (rounds come in order, each once)",
+                next.unwrap_or(0)
+            )),
+            (false, _) if round >= rounds => Some(format!(
+                "shot {shot}: ROUND {round}, but the session has {rounds} rounds (0..{}); FINAL comes next",
+                rounds - 1
+            )),
+            (true, None) => Some(format!("shot {shot}: FINAL before its round 0 (or after the shot's FINAL)")),
+            (true, Some(n)) if n != rounds => Some(format!("shot {shot}: FINAL after {n} of {rounds} rounds")),
+            (true, Some(_)) if round != rounds => Some(format!(
+                "shot {shot}: FINAL carries round {round}, but it is round {rounds}, after the last ROUND"
+            )),
+            _ => None,
+        };
+        if let Some(why) = order {
+            return self.fail_stream(id, blame(ErrorCode::FailedPrecondition, why));
+        }
+        let want = entry.events[if last { 2 } else { (round > 0) as usize }];
+        if events.len() != want {
+            let (d, basis) = entry.code;
+            let why = format!(
+                "shot {shot}, {kind} {round}: {} events, but that round of a d={d} memory-{basis} session has {want}",
+                events.len()
+            );
+            return self.fail_stream(id, blame(ErrorCode::InvalidArgument, why));
+        }
+        let num_events = events.len() as u32;
+        let packed = events.packed().to_vec();
+        let input = if last {
+            entry.next_round.remove(&shot);
+            Input::Final(proto::FinalRound { shot, num_events, events: packed })
+        } else {
+            entry.next_round.insert(shot, round + 1);
+            Input::Round(proto::Round { shot, round, num_events, events: packed, soft: vec![] })
+        };
+        if entry.inputs.as_ref().is_some_and(|tx| tx.send(input).is_err()) {
+            entry.inputs = None; // the session ended on its own, with its ERROR
+        }
+    }
+
+    fn close(&mut self, id: StreamId) {
+        // Dropping the entry ends the session's input: it answers the shots
+        // whose FINAL came, then ends.
+        if self.streams.remove(&id).is_none() {
+            let why = format!("CLOSE for stream {id}, which is not open");
+            self.writer.send(&Message::Error(ErrorReply::new(ErrorCode::FailedPrecondition, why)), id, 0, 0);
+        }
+    }
+}
+
+/// Counts a stream as open for as long as it lives.
+struct OpenStream(Arc<Hub>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.stats.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One stream's session, on its own thread.
+struct SessionThread {
+    hub: Arc<Hub>,
+    id: StreamId,
+    rounds: u32,
+    writer: Arc<Writer>,
+    ended: Arc<AtomicBool>,
+    blame: Arc<Mutex<Option<Blame>>>,
+    guard: OpenStream,
+}
+
+impl SessionThread {
+    fn run(self, inputs: crossbeam_channel::Receiver<Input>) {
+        let Self { hub, id, rounds, writer, ended, blame, guard } = self;
+        let sink_writer = writer.clone();
+        let sink: session::Sink = Arc::new(move |r| reply(&sink_writer, id, rounds, r));
+        let result = session::run_stream(hub, inputs, sink);
+        ended.store(true, Ordering::SeqCst);
+        if let Err(fault) = result {
+            // The reader's verdict if the session ended on the reader's Invalid input, else the session's own.
+            let blamed = blame
+                .lock()
+                .expect("bridge blame")
+                .take()
+                .filter(|b| fault.code == Code::InvalidArgument && b.message == fault.message);
+            let b = blamed.unwrap_or(Blame { code: error_code(fault.code), shot: 0, round: 0, message: fault.message });
+            writer.send(&Message::Error(ErrorReply::new(b.code, b.message)), id, b.shot, b.round);
+        }
+        drop(guard);
+    }
+}
+
+/// Sends a session's response as a frame; `false` once the connection is gone.
+fn reply(writer: &Writer, stream: StreamId, rounds: u32, response: DecodeResponse) -> bool {
+    match response.message {
+        Some(Out::Ack(a)) => {
+            let ack = Ack { step_latency_ns: saturate(a.step_latency_ns), budget_met: a.budget_met };
+            writer.send(&Message::Ack(ack), stream, a.shot, a.round)
+        }
+        Some(Out::Result(r)) => writer.send(&Message::Decision(decision(&r)), stream, r.shot, rounds),
+        // A successful OPEN has no reply, and the shadow check's verdict
+        // comes after the DECISION it would belong in (see docs/fpga-bridge.md).
+        Some(Out::Opened(_)) | Some(Out::Check(_)) | None => writer.is_open(),
+    }
+}
+
+/// The DECISION payload of a shot's result.
+pub fn decision(r: &proto::ShotResult) -> Decision {
+    let num = (r.num_observables as usize).min(r.prediction.len() * 8);
+    let decoder = match proto::DecoderKind::try_from(r.answered_by) {
+        Ok(proto::DecoderKind::Matching) => DecoderChoice::Matching,
+        Ok(proto::DecoderKind::Correlated) => DecoderChoice::Correlated,
+        _ => DecoderChoice::Neural,
+    };
+    // A confidence the session could not compute says nothing either way.
+    let confidence = if r.confidence.is_finite() { (r.confidence as f32).clamp(0.0, 1.0) } else { 0.5 };
+    Decision {
+        flips: unpack(&r.prediction, num),
+        confidence,
+        latency_ns: saturate(r.decision_latency_ns),
+        decoder,
+        fell_back: r.fell_back,
+        baseline: None,
+    }
+}
+
+fn saturate(ns: u64) -> u32 {
+    u32::try_from(ns).unwrap_or(u32::MAX)
+}
+
+/// The session decoder an OPEN asks for.
+pub fn proto_decoder(choice: DecoderChoice) -> proto::DecoderKind {
+    match choice {
+        DecoderChoice::Neural => proto::DecoderKind::Neural,
+        DecoderChoice::Matching => proto::DecoderKind::Matching,
+        DecoderChoice::Correlated => proto::DecoderKind::Correlated,
+        DecoderChoice::NeuralChecked => proto::DecoderKind::NeuralChecked,
+    }
+}
+
+/// The ERROR code of a session's status.
+pub fn error_code(code: Code) -> ErrorCode {
+    match code {
+        Code::InvalidArgument => ErrorCode::InvalidArgument,
+        Code::NotFound => ErrorCode::NotFound,
+        Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+        Code::FailedPrecondition => ErrorCode::FailedPrecondition,
+        _ => ErrorCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_error_codes() {
+        for (code, want) in [
+            (Code::InvalidArgument, ErrorCode::InvalidArgument),
+            (Code::NotFound, ErrorCode::NotFound),
+            (Code::ResourceExhausted, ErrorCode::ResourceExhausted),
+            (Code::FailedPrecondition, ErrorCode::FailedPrecondition),
+            (Code::Internal, ErrorCode::Internal),
+            (Code::Unavailable, ErrorCode::Internal),
+        ] {
+            assert_eq!(error_code(code), want);
+            assert_eq!(want.code() as i32, if want == ErrorCode::Internal { 13 } else { code as i32 });
+        }
+    }
+
+    #[test]
+    fn results_become_decisions_the_codec_accepts() {
+        let result = proto::ShotResult {
+            shot: 9,
+            num_observables: 1,
+            prediction: vec![1],
+            confidence: f64::NAN,
+            answered_by: proto::DecoderKind::Correlated as i32,
+            fell_back: true,
+            fallback_reason: "budget".into(),
+            decision_latency_ns: 1 << 40,
+        };
+        let d = decision(&result);
+        assert_eq!((d.flips.clone(), d.confidence, d.latency_ns), (vec![true], 0.5, u32::MAX));
+        assert_eq!((d.decoder, d.fell_back, d.baseline), (DecoderChoice::Correlated, true, None));
+        let frame = Message::Decision(d).to_frame(3, 9, 5).unwrap();
+        assert_eq!(frame.flags, simulator_bridge::frame::flags::DECISION_FELL_BACK);
+    }
+}
