@@ -50,11 +50,13 @@ pub struct StreamOptions {
     pub threads: usize,
     /// Most shots open at once over all sessions; a round 0 beyond it is refused.
     pub max_open_shots: usize,
+    /// How long the idle worker spins for the next job before it parks.
+    pub spin: Duration,
 }
 
 impl Default for StreamOptions {
     fn default() -> Self {
-        Self { max_batch: 1024, threads: 1, max_open_shots: 1 << 20 }
+        Self { max_batch: 1024, threads: 1, max_open_shots: 1 << 20, spin: Duration::from_micros(50) }
     }
 }
 
@@ -437,9 +439,9 @@ impl Worker {
         loop {
             pending.extend(self.carry.drain(..));
             if pending.is_empty() {
-                match queue.recv() {
-                    Ok(job) => pending.push(job),
-                    Err(_) => return,
+                match self.next_job(&queue) {
+                    Some(job) => pending.push(job),
+                    None => return,
                 }
             }
             while pending.len() < max {
@@ -449,6 +451,22 @@ impl Worker {
                 }
             }
             self.process(&mut pending);
+        }
+    }
+
+    /// Waits for the next job: spinning for [`StreamOptions::spin`] first (a
+    /// stream that was just answered usually sends its next round within
+    /// microseconds, and waking a parked thread costs tens of them), then
+    /// parked. `None` once every sender is gone.
+    fn next_job(&self, queue: &Receiver<Job>) -> Option<Job> {
+        let deadline = Instant::now() + self.options.spin;
+        loop {
+            match queue.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) if Instant::now() < deadline => std::hint::spin_loop(),
+                Err(TryRecvError::Empty) => return queue.recv().ok(),
+            }
         }
     }
 
