@@ -155,7 +155,9 @@ impl Hub {
         Self { models, stats: Stats::default(), options, circuits: Mutex::new(HashMap::new()) }
     }
 
-    /// The circuit of a code, built once and cached.
+    /// The circuit of a code, built once and cached. The cache stays locked
+    /// while a circuit is built, so that streams opening together for the
+    /// same code wait for one build instead of each making their own.
     pub fn circuit(
         &self,
         d: usize,
@@ -164,14 +166,15 @@ impl Hub {
         noise: &NoiseModel,
     ) -> Result<Arc<CircuitInfo>, Fault> {
         let key = (d, basis, rounds, noise.name(), noise.p().to_bits());
-        if let Some(c) = self.circuits.lock().expect("circuit cache").get(&key) {
+        let mut cache = self.circuits.lock().expect("circuit cache");
+        if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
         let info = Arc::new(CircuitInfo::build(d, basis, rounds, noise).map_err(|e| Fault {
             code: Code::InvalidArgument,
             message: format!("code d={d} memory-{basis} rounds={rounds}: {e}"),
         })?);
-        self.circuits.lock().expect("circuit cache").insert(key, info.clone());
+        cache.insert(key, info.clone());
         Ok(info)
     }
 }
