@@ -50,7 +50,8 @@ pub struct StreamOptions {
     pub threads: usize,
     /// Most shots open at once over all sessions; a round 0 beyond it is refused.
     pub max_open_shots: usize,
-    /// How long the idle worker spins for the next job before it parks.
+    /// How long the idle worker (and a session's blocking calls) spin for
+    /// the next message before parking.
     pub spin: Duration,
 }
 
@@ -190,18 +191,20 @@ pub struct StreamEngine {
     jobs: Option<Sender<Job>>,
     worker: Option<JoinHandle<()>>,
     sessions: AtomicU64,
+    spin: Duration,
 }
 
 impl StreamEngine {
     /// Starts the worker.
     pub fn start(model: Arc<NeuralModel>, options: StreamOptions) -> Self {
         let (jobs, queue) = crossbeam_channel::unbounded();
+        let spin = options.spin;
         let mut worker = Worker::new(model.clone(), options);
         let handle = std::thread::Builder::new()
             .name(format!("qecd-stream-{}", model.name()))
             .spawn(move || worker.run(queue))
             .expect("spawn the stream worker");
-        Self { model, jobs: Some(jobs), worker: Some(handle), sessions: AtomicU64::new(0) }
+        Self { model, jobs: Some(jobs), worker: Some(handle), sessions: AtomicU64::new(0), spin }
     }
 
     /// The model.
@@ -221,6 +224,7 @@ impl StreamEngine {
             open: HashMap::new(),
             finished: HashSet::new(),
             stash: VecDeque::new(),
+            spin: self.spin,
         }
     }
 
@@ -246,6 +250,8 @@ pub struct Session {
     finished: HashSet<u64>,
     /// Replies received while waiting for another one.
     stash: VecDeque<Reply>,
+    /// How long the blocking calls spin for their reply before parking.
+    spin: Duration,
 }
 
 impl Session {
@@ -359,7 +365,10 @@ impl Session {
             return Ok(self.stash.remove(i).expect("index in range"));
         }
         loop {
-            let reply = self.replies.recv().map_err(|_| StreamError::Closed)?;
+            let reply = match spin_recv(&self.replies, self.spin) {
+                Some(reply) => reply,
+                None => self.replies.recv().map_err(|_| StreamError::Closed)?,
+            };
             if reply.shot() == shot {
                 return Ok(reply);
             }
@@ -459,15 +468,7 @@ impl Worker {
     /// microseconds, and waking a parked thread costs tens of them), then
     /// parked. `None` once every sender is gone.
     fn next_job(&self, queue: &Receiver<Job>) -> Option<Job> {
-        let deadline = Instant::now() + self.options.spin;
-        loop {
-            match queue.try_recv() {
-                Ok(job) => return Some(job),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) if Instant::now() < deadline => std::hint::spin_loop(),
-                Err(TryRecvError::Empty) => return queue.recv().ok(),
-            }
-        }
+        spin_recv(queue, self.options.spin).or_else(|| queue.recv().ok())
     }
 
     /// Steps one batch. A shot with several jobs queued gets its first one
@@ -603,6 +604,21 @@ impl Worker {
     fn release(&mut self, key: (u64, u64)) {
         if let Some(slot) = self.slots.remove(&key) {
             self.free.push(slot);
+        }
+    }
+}
+
+/// A message from `rx` if one comes within `spin` (busy-waiting: waking a
+/// parked thread costs tens of microseconds, more than a round step); `None`
+/// otherwise, or if every sender is gone.
+fn spin_recv<T>(rx: &Receiver<T>, spin: Duration) -> Option<T> {
+    let deadline = Instant::now() + spin;
+    loop {
+        match rx.try_recv() {
+            Ok(x) => return Some(x),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if Instant::now() < deadline => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) => return None,
         }
     }
 }
