@@ -253,3 +253,25 @@ fn sweep_appends_resumes_and_shards_concatenate() {
     fails(&["sweep", "--distances", "3", "--max-shots", "100", "--out", p(&junk)], "refusing to append", &[]);
     assert_eq!(std::fs::read_to_string(&junk).unwrap(), "hello\n");
 }
+
+#[test]
+fn demo_streams_through_grpc_and_prints_its_table() {
+    let o = qecd(&["demo", "--shots", "300", "--window", "8"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("decoding server on 127.0.0.1:"), "{out}");
+    // One table row per distance, each with the neural and the correlated LER.
+    for d in [" 3  3 d3_z_si1000_p003", " 5  5 "] {
+        assert!(out.lines().any(|l| l.starts_with(d) && l.contains("% (")), "no row '{d}' in:\n{out}");
+    }
+    assert!(out.contains("correlated matching agreed with the neural decoder"), "{out}");
+}
+
+#[test]
+fn serve_and_load_refuse_bad_arguments() {
+    fails(&["serve", "--listen", "127.0.0.1:0", "--models", "/no/such/dir"], "/no/such/dir", &[]);
+    let empty = tempfile::tempdir().unwrap();
+    fails(&["serve", "--listen", "127.0.0.1:0", "--models", p(empty.path())], "no .safetensors", &[]);
+    fails(&["load", "--streams", "0"], "must be positive", &[]);
+    fails(&["demo", "--shots", "0"], "must be positive", &[]);
+}
