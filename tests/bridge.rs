@@ -6,56 +6,19 @@
 //! plays an experiment directory and checks every answer.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use decoder::neural::rounds_of_features;
-use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, NeuralModel};
+use decoder::DecoderKind;
+use simulator_bridge::Basis;
 use simulator_bridge::frame::{
     Decision, DecoderChoice, ErrorCode, Events, Frame, FrameDecoder, FrameEncoder, Message, Open, Sender, StreamId,
 };
-use simulator_bridge::sample::Sampler;
-use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, StabilizerLayout};
 
-const ZOO_D3: &str = "d3_z_si1000_p003";
-
-/// A `qecd serve` process with the bridge on free loopback ports, killed on drop.
-struct Server {
-    child: Child,
-    bridge: String,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qecd"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--bridge-listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "qecd serve: gRPC on A; bridge on B; models: ..."
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let grpc = words.iter().find(|w| w.starts_with("127.0.0.1:")).expect(&line);
-        assert!(grpc.ends_with(';'), "{line}");
-        let at = words.iter().position(|w| *w == "bridge").expect(&line);
-        assert_eq!(words[at + 1], "on", "{line}");
-        let bridge = words[at + 2].trim_end_matches(';').to_string();
-        assert!(bridge.starts_with("127.0.0.1:") && bridge != grpc.trim_end_matches(';'), "{line}");
-        Self { child, bridge }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{Server, ZOO_D3, offline, shots};
 
 /// An FPGA's end of a connection.
 struct Fpga {
@@ -66,7 +29,7 @@ struct Fpga {
 
 impl Fpga {
     fn connect(server: &Server) -> Self {
-        let socket = TcpStream::connect(&server.bridge).unwrap();
+        let socket = TcpStream::connect(server.bridge()).unwrap();
         socket.set_nodelay(true).unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         Self { socket, encoder: FrameEncoder::new(Sender::Fpga), decoder: FrameDecoder::new(Sender::Qecd) }
@@ -108,48 +71,6 @@ impl Fpga {
     }
 }
 
-/// Shots of d=3 memory-Z SI1000 p=0.003 and the frames an FPGA sends for them.
-struct Shots {
-    rounds: usize,
-    events: PackedShots,
-    layout: StabilizerLayout,
-    circuit: stim::Circuit,
-    /// `[shot][round][bit]` in the session's order, the final round last.
-    per_round: Vec<Vec<Vec<bool>>>,
-}
-
-fn zoo_model() -> Arc<NeuralModel> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/models/d3_z_si1000_p003.safetensors");
-    Arc::new(NeuralModel::load(std::path::Path::new(path)).unwrap())
-}
-
-fn shots(rounds: usize, n: usize, seed: u64) -> Shots {
-    let circuit =
-        MemoryExperiment::new(3, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.003 }).unwrap();
-    let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z).unwrap();
-    let events = Sampler::new(&circuit).sample(n, seed, 1).unwrap().detectors;
-    let featurizer = zoo_model().featurizer(&layout).unwrap();
-    let mut features = Vec::new();
-    featurizer.extend_features(&events, 0, n, &mut features);
-    let per_round = features
-        .chunks_exact(featurizer.shot_len())
-        .map(|f| rounds_of_features(f, featurizer.num_stabilizers()))
-        .collect();
-    Shots { rounds, events, layout, circuit, per_round }
-}
-
-fn offline(s: &Shots, kind: DecoderKind) -> Vec<bool> {
-    let mut decoder: Box<dyn Decoder> = match kind {
-        DecoderKind::Neural => Box::new(NeuralDecoder::new(zoo_model(), &s.layout).unwrap()),
-        kind => {
-            let dem = s.circuit.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap();
-            Box::new(MatchingDecoder::from_dem(&dem, kind).unwrap())
-        }
-    };
-    let d = decoder.decode_batch(&s.events).unwrap();
-    (0..s.events.num_shots()).map(|i| d.predictions.get(i, 0)).collect()
-}
-
 /// The ERROR frame's code and message.
 fn error_of(frame: &Frame) -> (ErrorCode, String) {
     match frame.message().unwrap() {
@@ -161,7 +82,7 @@ fn error_of(frame: &Frame) -> (ErrorCode, String) {
 #[test]
 fn streams_of_one_connection_decode_like_offline_exactly_once() {
     // No backlog bound: every frame is sent at once, and every shot must stay neural.
-    let server = Server::start(&["--max-backlog", "1000000"]);
+    let server = Server::with_bridge(&["--max-backlog", "1000000"]);
     let s = shots(3, 200, 31);
     let mut fpga = Fpga::connect(&server);
     let (neural, correlated) = (5, 6);
@@ -218,7 +139,7 @@ fn streams_of_one_connection_decode_like_offline_exactly_once() {
 
 #[test]
 fn bad_frames_get_their_error_code_while_other_streams_go_on() {
-    let server = Server::start(&[]);
+    let server = Server::with_bridge(&[]);
     let s = shots(3, 1, 32);
     let shot = &s.per_round[0];
     let mut fpga = Fpga::connect(&server);
@@ -298,7 +219,7 @@ fn bad_frames_get_their_error_code_while_other_streams_go_on() {
 
 #[test]
 fn a_stream_past_the_server_limit_is_refused() {
-    let server = Server::start(&["--max-streams", "2"]);
+    let server = Server::with_bridge(&["--max-streams", "2"]);
     let s = shots(2, 1, 33);
     let mut fpga = Fpga::connect(&server);
     for stream in [1, 2, 3] {
@@ -340,8 +261,8 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
     let sampled = qecd(&["sample", "-d", "3", "-r", "3", "--shots", "2000", "--seed", "34", "--out-dir", dir]);
     assert!(sampled.status.success(), "{}", String::from_utf8_lossy(&sampled.stderr));
 
-    let server = Server::start(&[]);
-    let replay = qecd(&["replay", "--dir", dir, "--addr", &server.bridge, "--round-period-us", "1"]);
+    let server = Server::with_bridge(&[]);
+    let replay = qecd(&["replay", "--dir", dir, "--addr", server.bridge(), "--round-period-us", "1"]);
     let stdout = String::from_utf8_lossy(&replay.stdout);
     assert_eq!(replay.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&replay.stderr));
     for needle in [
@@ -368,7 +289,7 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
         "--dir",
         dir,
         "--addr",
-        &server.bridge,
+        server.bridge(),
         "--decoder",
         "matching",
         "--streams",
@@ -381,8 +302,8 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
     assert!(stdout.contains("300 of 300 shots answered exactly once") && stdout.contains("; 0 differ"), "{stdout}");
 
     // A server that refuses every stream loses every shot: status 1.
-    let full = Server::start(&["--max-streams", "0"]);
-    let replay = qecd(&["replay", "--dir", dir, "--addr", &full.bridge, "--shots", "50"]);
+    let full = Server::with_bridge(&["--max-streams", "0"]);
+    let replay = qecd(&["replay", "--dir", dir, "--addr", full.bridge(), "--shots", "50"]);
     let stdout = String::from_utf8_lossy(&replay.stdout);
     assert_eq!(replay.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("0 of 50 shots answered exactly once; 50 lost"), "{stdout}");
@@ -396,7 +317,7 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
         (vec!["--dir", dir, "--decoder", "bogus"], "unknown decoder 'bogus'"),
         (vec!["--dir", dir, "--model", "no_such_model"], "unknown model 'no_such_model'"),
     ] {
-        let mut all = vec!["replay", "--addr", &server.bridge];
+        let mut all = vec!["replay", "--addr", server.bridge()];
         all.extend(args);
         let out = qecd(&all);
         let stderr = String::from_utf8_lossy(&out.stderr);

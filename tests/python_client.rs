@@ -3,8 +3,9 @@
 //! examples/python_client.py. Skipped, and saying so, where the Python
 //! packages are missing (scripts/torch-env installs them).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+mod common;
 
 #[test]
 fn the_python_example_client_decodes() {
@@ -17,21 +18,13 @@ fn the_python_example_client_decodes() {
         eprintln!("SKIPPED: {python} lacks grpcio, grpcio-tools, stim or numpy (`. scripts/torch-env` installs them)");
         return;
     }
-    let mut server = Command::new(env!("CARGO_BIN_EXE_qecd"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().find(|w| w.starts_with("127.0.0.1:")).expect(&line).trim_end_matches(';');
+    let server = common::Server::start(&[]);
     let out = Command::new(&python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python_client.py"))
-        .args(["--addr", addr, "--shots", "500"])
+        .args(["--addr", &server.grpc, "--shots", "500"])
         .output()
         .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("500 shots of d=3, 3 rounds") && stdout.contains("each answered once"), "{stdout}");

@@ -3,18 +3,16 @@
 //! answered once; bad input gets the right status while other streams go on;
 //! a client that vanishes mid-shot hurts nobody; shutdown drains open shots.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 
-use decoder::neural::rounds_of_features;
-use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, NeuralModel};
-use simulator_bridge::sample::Sampler;
-use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, StabilizerLayout};
+use decoder::DecoderKind;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
+
+mod common;
+use common::{Server, Shots, ZOO_D3, offline, shots};
 
 mod proto {
     tonic::include_proto!("qecd.v1");
@@ -22,70 +20,6 @@ mod proto {
 use proto::decode_request::Message as In;
 use proto::decode_response::Message as Out;
 use proto::decoder_client::DecoderClient;
-
-const ZOO_D3: &str = "d3_z_si1000_p003";
-
-/// A `qecd serve` process on a free loopback port, killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qecd"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.split_whitespace().find(|w| w.starts_with("127.0.0.1:")).expect(&line).trim_end_matches(';');
-        Self { addr: format!("http://{addr}"), child }
-    }
-
-    async fn client(&self) -> DecoderClient<tonic::transport::Channel> {
-        DecoderClient::connect(self.addr.clone()).await.unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Shots of d=3 memory-Z SI1000 p=0.003 and the rounds a stream sends for them.
-struct Shots {
-    rounds: usize,
-    events: PackedShots,
-    layout: StabilizerLayout,
-    circuit: stim::Circuit,
-    /// `[shot][round][bit]` in the session's order, the final round last.
-    per_round: Vec<Vec<Vec<bool>>>,
-}
-
-fn zoo_model() -> Arc<NeuralModel> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/models/d3_z_si1000_p003.safetensors");
-    Arc::new(NeuralModel::load(std::path::Path::new(path)).unwrap())
-}
-
-fn shots(rounds: usize, n: usize, seed: u64) -> Shots {
-    let circuit =
-        MemoryExperiment::new(3, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.003 }).unwrap();
-    let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z).unwrap();
-    let events = Sampler::new(&circuit).sample(n, seed, 1).unwrap().detectors;
-    let featurizer = zoo_model().featurizer(&layout).unwrap();
-    let mut features = Vec::new();
-    featurizer.extend_features(&events, 0, n, &mut features);
-    let per_round = features
-        .chunks_exact(featurizer.shot_len())
-        .map(|f| rounds_of_features(f, featurizer.num_stabilizers()))
-        .collect();
-    Shots { rounds, events, layout, circuit, per_round }
-}
 
 fn pack(bits: &[bool]) -> Vec<u8> {
     let mut out = vec![0u8; bits.len().div_ceil(8)];
@@ -152,6 +86,10 @@ struct Answers {
     status: Option<tonic::Status>,
 }
 
+async fn connect(server: &Server) -> DecoderClient<tonic::transport::Channel> {
+    DecoderClient::connect(format!("http://{}", server.grpc)).await.unwrap()
+}
+
 async fn run(
     client: &mut DecoderClient<tonic::transport::Channel>,
     msgs: Vec<proto::DecodeRequest>,
@@ -175,18 +113,6 @@ async fn run(
         }
     }
     Ok(answers)
-}
-
-fn offline(s: &Shots, kind: DecoderKind) -> Vec<bool> {
-    let mut decoder: Box<dyn Decoder> = match kind {
-        DecoderKind::Neural => Box::new(NeuralDecoder::new(zoo_model(), &s.layout).unwrap()),
-        kind => {
-            let dem = s.circuit.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap();
-            Box::new(MatchingDecoder::from_dem(&dem, kind).unwrap())
-        }
-    };
-    let d = decoder.decode_batch(&s.events).unwrap();
-    (0..s.events.num_shots()).map(|i| d.predictions.get(i, 0)).collect()
 }
 
 /// Each round acknowledged once, each shot answered once, with offline's predictions.
@@ -213,7 +139,7 @@ fn check_exactly_once(s: &Shots, a: &Answers, want: &[bool], answered_by: proto:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neural_and_matching_streams_decode_like_offline() {
     let server = Server::start(&[]);
-    let mut client = server.client().await;
+    let mut client = connect(&server).await;
     let s = shots(5, 300, 21);
     let mut with_open = vec![open(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0)];
     with_open.extend(all_messages(&s));
@@ -239,7 +165,7 @@ async fn neural_and_matching_streams_decode_like_offline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checked_mode_and_budget_fallback() {
     let server = Server::start(&[]);
-    let mut client = server.client().await;
+    let mut client = connect(&server).await;
     let s = shots(3, 200, 22);
     let mut msgs = vec![open(proto::DecoderKind::NeuralChecked, "", s.rounds, 0)];
     msgs.extend(all_messages(&s));
@@ -268,7 +194,7 @@ async fn checked_mode_and_budget_fallback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_past_its_bound_moves_shots_to_correlated_matching() {
     let server = Server::start(&[]);
-    let mut client = server.client().await;
+    let mut client = connect(&server).await;
     let s = shots(5, 300, 26);
     let mut msgs = vec![open_with_backlog(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0, 8)];
     msgs.extend(all_messages(&s));
@@ -310,11 +236,11 @@ async fn expect_status(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_status_while_others_go_on() {
     let server = Server::start(&["--max-streams", "3"]);
-    let mut client = server.client().await;
+    let mut client = connect(&server).await;
     let s = shots(3, 50, 23);
     // A healthy stream stays open through everything below.
     let (tx, rx) = mpsc::channel(4096);
-    let mut good = server.client().await.decode(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut good = connect(&server).await.decode(ReceiverStream::new(rx)).await.unwrap().into_inner();
     tx.send(open(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0)).await.unwrap();
     assert!(matches!(good.next().await.unwrap().unwrap().message, Some(Out::Opened(_))));
     let first = &s.per_round[0];
@@ -345,10 +271,10 @@ async fn bad_input_gets_the_right_status_while_others_go_on() {
 
     // Two more streams fill the server (3 allowed); the next is refused.
     let (_tx2, rx2) = mpsc::channel::<proto::DecodeRequest>(1);
-    let _s2 = server.client().await.decode(ReceiverStream::new(rx2)).await.unwrap();
+    let _s2 = connect(&server).await.decode(ReceiverStream::new(rx2)).await.unwrap();
     let (_tx3, rx3) = mpsc::channel::<proto::DecodeRequest>(1);
-    let _s3 = server.client().await.decode(ReceiverStream::new(rx3)).await.unwrap();
-    let refused = server.client().await.decode(tokio_stream::iter(vec![o()])).await;
+    let _s3 = connect(&server).await.decode(ReceiverStream::new(rx3)).await.unwrap();
+    let refused = connect(&server).await.decode(tokio_stream::iter(vec![o()])).await;
     let status = match refused {
         Err(s) => s,
         Ok(r) => r.into_inner().next().await.unwrap().unwrap_err(),
@@ -377,14 +303,14 @@ async fn a_client_vanishing_mid_shot_hurts_nobody() {
     let s = shots(3, 40, 24);
     {
         let (tx, rx) = mpsc::channel(64);
-        let mut gone = server.client().await.decode(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut gone = connect(&server).await.decode(ReceiverStream::new(rx)).await.unwrap().into_inner();
         tx.send(open(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0)).await.unwrap();
         tx.send(round(7, 0, &s.per_round[7][0])).await.unwrap();
         tx.send(round(7, 1, &s.per_round[7][1])).await.unwrap();
         let _ = gone.next().await;
         // Dropping both halves resets the stream mid-shot.
     }
-    let mut client = server.client().await;
+    let mut client = connect(&server).await;
     let mut msgs = vec![open(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0)];
     msgs.extend(all_messages(&s));
     let answers = run(&mut client, msgs).await.unwrap();
@@ -406,7 +332,7 @@ async fn shutdown_drains_open_shots() {
     let mut server = Server::start(&[]);
     let s = shots(3, 20, 25);
     let (tx, rx) = mpsc::channel(4096);
-    let mut responses = server.client().await.decode(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut responses = connect(&server).await.decode(ReceiverStream::new(rx)).await.unwrap().into_inner();
     tx.send(open(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0)).await.unwrap();
     for (shot, r) in s.per_round.iter().enumerate() {
         tx.send(round(shot as u64, 0, &r[0])).await.unwrap();
