@@ -34,7 +34,7 @@ fn step_batch1(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new(format!("{label}/kernels"), format!("d={d} ({source})")), |b| {
             let mut i = 0usize;
             b.iter(|| {
-                if i % 25 == 0 {
+                if i.is_multiple_of(25) {
                     state.fill(0.0);
                 }
                 step(w, &mut state, &rounds[(i % 64) * per_round..][..per_round], &mut scratch);
@@ -64,7 +64,7 @@ fn step_throughput(c: &mut Criterion) {
             let mut i = 0usize;
             group.bench_function(id, |b| {
                 b.iter(|| {
-                    if i % 25 == 0 {
+                    if i.is_multiple_of(25) {
                         states.fill(0.0);
                     }
                     step_batch(w, &mut states, &rounds, &mut scratches, threads);
@@ -147,7 +147,7 @@ fn tch_step(c: &mut Criterion) {
             group.bench_function(id, |b| {
                 b.iter(|| {
                     tch::no_grad(|| {
-                        if i % 25 == 0 {
+                        if i.is_multiple_of(25) {
                             z = Tensor::zeros([streams as i64, s, width], (Kind::Float, Device::Cpu));
                         }
                         z = net.step(&z, &x);

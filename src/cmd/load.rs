@@ -158,7 +158,7 @@ fn report(
     println!("server side (receipt → response queued), per answering decoder:");
     for d in &stats.decoders {
         let kind = proto::DecoderKind::try_from(d.decoder).map(|k| k.as_str_name()).unwrap_or("?");
-        let (r, x) = (d.round_latency.clone().unwrap_or_default(), d.decision_latency.clone().unwrap_or_default());
+        let (r, x) = (d.round_latency.unwrap_or_default(), d.decision_latency.unwrap_or_default());
         println!(
             "  {kind:<26} rounds {:>9}: p50 {:.1} p99 {:.1} p99.9 {:.1} µs; decisions {:>8}: p50 {:.1} p99 {:.1} p99.9 {:.1} µs",
             r.count, r.p50_us, r.p99_us, r.p999_us, x.count, x.p50_us, x.p99_us, x.p999_us
