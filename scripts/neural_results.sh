@@ -8,6 +8,8 @@
 #      never saw (SI1000 with per-qubit rates scaled by factors in [0.5, 2]).
 #
 #   scripts/neural_results.sh d3 [SHOTS]     (default 200000 shots per case)
+#
+# SKIP_THROUGHPUT=1 and SKIP_FINETUNE=1 leave out steps 0 and 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/torch-env
@@ -23,6 +25,7 @@ model=fixtures/models/${which}_z_si1000_p003.safetensors
 out=docs/data/$which
 mkdir -p "$out"
 
+if [[ -z "${SKIP_THROUGHPUT:-}" ]]; then
 echo "== training throughput of this configuration (300 steps from scratch, discarded)"
 rm -f target/throughput.safetensors target/throughput.train.csv
 case "$which" in
@@ -31,6 +34,7 @@ case "$which" in
 esac
 $Q train -d $d --rounds 1-25 $arch --steps 300 --batch 256 --eval-rounds $d --eval-shots 1000 --eval-every 300 \
   --seed 11 --eval-seed 12 --out target/throughput.safetensors | tail -1 | tee "$out/throughput.txt"
+fi
 
 echo "== calibration"
 $Q calibrate --model "$model" --rounds "$rounds" --shots 100000 --seed 2000003 --plot "$out/reliability.png" | tee "$out/calibration.txt"
@@ -40,6 +44,7 @@ rm -f "$out/ler.csv"
 $Q sweep --decoders neural,correlated --distances $d --rounds "$rounds" --p 0.003 --model "$model" \
   --max-shots "$shots" --max-errors 1000000000 --seed 3000003 --out "$out/ler.csv" | tee "$out/ler.txt"
 
+[[ -n "${SKIP_FINETUNE:-}" ]] && exit 0
 echo "== fine-tuning on an unseen noise model"
 exp=target/experiments/${which}_varied
 rm -rf "$exp" "$out/finetuned.safetensors" "$out/finetuned.finetune.csv"
