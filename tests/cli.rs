@@ -275,3 +275,32 @@ fn serve_and_load_refuse_bad_arguments() {
     fails(&["load", "--streams", "0"], "must be positive", &[]);
     fails(&["demo", "--shots", "0"], "must be positive", &[]);
 }
+
+#[test]
+fn sweep_uses_the_built_in_zoo_and_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("stats.csv");
+    let o = qecd(&[
+        "sweep",
+        "--decoders",
+        "neural,correlated",
+        "--distances",
+        "3",
+        "--rounds",
+        "d",
+        "--max-shots",
+        "2000",
+        "--seed",
+        "5",
+        "--out",
+        p(&csv),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.contains("d3_z_si1000_p003.safetensors") && text.contains("neural"), "{text}");
+    fails(
+        &["sweep", "--decoders", "neural", "--distances", "11", "--max-shots", "10"],
+        "no neural model for d=11",
+        &[],
+    );
+}

@@ -67,7 +67,8 @@ pub struct SweepArgs {
     /// Base seed (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Neural-decoder checkpoints; each neural case uses the one for its distance and basis.
+    /// Neural-decoder checkpoints; each neural case uses the one for its
+    /// distance and basis. Default: the zoo built into qecd.
     #[arg(long, value_delimiter = ',')]
     pub model: Vec<PathBuf>,
 }
@@ -345,8 +346,12 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let seed = args.seed.unwrap_or_else(super::fresh_seed);
     let bar = super::shot_bar(0, "sweep");
     let mut built = Vec::new();
-    let checkpoints: Vec<(PathBuf, Arc<NeuralModel>)> =
-        args.model.iter().map(|p| Ok((p.clone(), super::load_model(p)?))).collect::<Result<_>>()?;
+    let checkpoints: Vec<(PathBuf, Arc<NeuralModel>)> = if args.model.is_empty() {
+        let zoo = crate::server::zoo()?;
+        zoo.into_iter().map(|(name, m)| (PathBuf::from(format!("{name}.safetensors")), m)).collect()
+    } else {
+        args.model.iter().map(|p| Ok((p.clone(), super::load_model(p)?))).collect::<Result<_>>()?
+    };
     for (decoder, experiment, noise) in mine {
         let model = match decoder {
             DecoderKind::Neural => {
@@ -354,9 +359,12 @@ pub fn run(args: &SweepArgs) -> Result<()> {
                     .iter()
                     .find(|(_, c)| c.distance() == experiment.distance && c.basis() == experiment.basis);
                 let (path, ckpt) = found.with_context(|| {
+                    let have: Vec<String> = checkpoints.iter().map(|(p, _)| p.display().to_string()).collect();
                     format!(
-                        "no --model for the neural decoder at d={} memory-{}",
-                        experiment.distance, experiment.basis
+                        "no neural model for d={} memory-{} (models: {}); give one with --model",
+                        experiment.distance,
+                        experiment.basis,
+                        have.join(", ")
                     )
                 })?;
                 Some((path.as_path(), ckpt.clone()))

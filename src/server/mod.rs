@@ -31,6 +31,17 @@ mod zoo {
     include!(concat!(env!("OUT_DIR"), "/zoo.rs"));
 }
 
+/// The zoo checkpoints built into qecd, by name, loaded for the kernels.
+pub fn zoo() -> Result<Vec<(String, Arc<NeuralModel>)>> {
+    zoo::ZOO
+        .iter()
+        .map(|(name, bytes)| {
+            let ckpt = models::Checkpoint::from_bytes(bytes, name)?;
+            Ok((name.to_string(), Arc::new(NeuralModel::from_checkpoint(name.to_string(), &ckpt, name)?)))
+        })
+        .collect()
+}
+
 /// A neural model served by name, with its streaming engine.
 #[derive(Clone)]
 pub struct Model {
@@ -50,13 +61,7 @@ pub struct Models {
 impl Models {
     /// The zoo checkpoints built into the binary.
     pub fn embedded(options: &StreamOptions) -> Result<Self> {
-        let list = zoo::ZOO
-            .iter()
-            .map(|(name, bytes)| {
-                let ckpt = models::Checkpoint::from_bytes(bytes, name)?;
-                Self::entry(name.to_string(), &ckpt, options)
-            })
-            .collect::<Result<_>>()?;
+        let list = zoo()?.into_iter().map(|(name, model)| Self::serve(name, model, options)).collect();
         Ok(Self { list })
     }
 
@@ -82,8 +87,12 @@ impl Models {
 
     fn entry(name: String, ckpt: &models::Checkpoint, options: &StreamOptions) -> Result<Model> {
         let model = Arc::new(NeuralModel::from_checkpoint(name.clone(), ckpt, &name)?);
+        Ok(Self::serve(name, model, options))
+    }
+
+    fn serve(name: String, model: Arc<NeuralModel>, options: &StreamOptions) -> Model {
         let engine = Arc::new(StreamEngine::start(model.clone(), options.clone()));
-        Ok(Model { name, model, engine })
+        Model { name, model, engine }
     }
 
     /// All of them.
