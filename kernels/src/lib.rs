@@ -308,9 +308,11 @@ pub enum KernelError {
     Unsupported(Isa),
 }
 
-#[cfg(test)]
-pub(crate) mod testutil {
-    //! Deterministic random models and inputs for the tests.
+#[doc(hidden)]
+pub mod testutil {
+    //! Deterministic random models and inputs for the tests and the GPU
+    //! bench; not part of the API.
+    #![allow(missing_docs)]
     use super::*;
 
     /// SplitMix64: tiny, deterministic, good enough for test data.
@@ -407,8 +409,14 @@ pub(crate) mod testutil {
 
     /// The d = 3 shape the brief targets, at width `d`.
     pub fn d3(width: usize) -> KernelConfig {
+        config(3, width)
+    }
+
+    /// The shape the project trains at distance `d` and width D: S = d² − 1,
+    /// H = 4, L = 2, F = 2D, R = D, one observable.
+    pub fn config(distance: usize, width: usize) -> KernelConfig {
         KernelConfig {
-            stabilizers: 8,
+            stabilizers: distance * distance - 1,
             width,
             heads: 4,
             layers: 2,
@@ -417,5 +425,19 @@ pub(crate) mod testutil {
             observables: 1,
             features: 3,
         }
+    }
+
+    /// CPU logits `[B][O]` of the shots in `features` `[B][rounds][S][NF]`, by the fused CPU engine.
+    pub fn cpu_logits(w: &Weights, features: &[f32], rounds: usize) -> Vec<f32> {
+        let c = w.config();
+        let mut scratch = Scratch::new(c);
+        let mut state = vec![0.0; c.state_len()];
+        let mut out = Vec::new();
+        for shot in features.chunks_exact(rounds * c.features_len()) {
+            let mut logits = vec![0.0; c.observables];
+            forward_shot(w, shot, rounds, &mut scratch, &mut state, &mut logits);
+            out.extend(logits);
+        }
+        out
     }
 }
