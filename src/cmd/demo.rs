@@ -72,8 +72,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let mut client = DecoderClient::connect(format!("http://{addr}")).await?;
         let mut outcomes = Vec::new();
         for d in [3usize, 5] {
-            let model = hub.models.find("", d, Basis::Z).ok().map(|m| m.name);
-            outcomes.push(stream_distance(&mut client, d, model, args).await?);
+            let found = hub.models.find("", d, Basis::Z).ok();
+            let model = found.as_ref().map(|m| m.name.clone());
+            let mut outcome = stream_distance(&mut client, d, model, args).await?;
+            if let Some(m) = found {
+                let seen = m.model.meta().provenance.samples_seen as f64;
+                outcome.model = format!("{} ({:.1}M samples)", m.name, seen / 1e6);
+            }
+            outcomes.push(outcome);
         }
         print_outcomes(&outcomes);
         let stats = client.get_stats(proto::GetStatsRequest {}).await?.into_inner();
@@ -138,7 +144,7 @@ async fn stream_distance(
 
 fn print_outcomes(outcomes: &[Outcome]) {
     println!(
-        "{:>2} {:>2} {:<18} {:>7} {:>20} {:>20} {:>7} {:>22} {:>22} {:>9}",
+        "{:>2} {:>2} {:<33} {:>7} {:>20} {:>20} {:>7} {:>22} {:>22} {:>9}",
         "d",
         "r",
         "model",
@@ -158,10 +164,10 @@ fn print_outcomes(outcomes: &[Outcome]) {
         let [r50, r99, _] = o.round_rtt.percentiles_us();
         let [d50, d99, _] = o.decision_rtt.percentiles_us();
         println!(
-            "{:>2} {:>2} {:<18} {:>7} {:>20} {:>20} {:>7.4} {:>22} {:>22} {:>9.0}",
+            "{:>2} {:>2} {:<33} {:>7} {:>20} {:>20} {:>7.4} {:>22} {:>22} {:>9.0}",
             o.d,
             o.d,
-            o.model.chars().take(18).collect::<String>(),
+            o.model,
             o.shots,
             o.neural.as_ref().map(ler).unwrap_or_else(|| "–".into()),
             ler(&o.correlated),
@@ -174,5 +180,9 @@ fn print_outcomes(outcomes: &[Outcome]) {
     println!(
         "\nLatencies are client round trips over loopback gRPC: from sending a round to its acknowledgement, and \
          from sending the final round to the decision."
+    );
+    println!(
+        "A neural model is as good as its training: the zoo's cards (fixtures/models/*.json) and docs/results.md \
+         say how each was trained and how it compares."
     );
 }
