@@ -427,6 +427,20 @@ pub mod testutil {
         }
     }
 
+    /// A ragged shape: widths that are no multiple of 16, three heads of 6, two observables.
+    pub fn odd() -> KernelConfig {
+        KernelConfig {
+            stabilizers: 5,
+            width: 18,
+            heads: 3,
+            layers: 3,
+            ffn_width: 37,
+            readout_width: 7,
+            observables: 2,
+            features: 3,
+        }
+    }
+
     /// CPU logits `[B][O]` of the shots in `features` `[B][rounds][S][NF]`, by the fused CPU engine.
     pub fn cpu_logits(w: &Weights, features: &[f32], rounds: usize) -> Vec<f32> {
         let c = w.config();

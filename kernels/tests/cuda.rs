@@ -15,16 +15,7 @@ use random::{Rng, config, cpu_logits, random_features, random_weights};
 
 /// A ragged shape: widths that are no multiple of 32, three heads of 6, two observables.
 fn odd() -> KernelConfig {
-    KernelConfig {
-        stabilizers: 5,
-        width: 18,
-        heads: 3,
-        layers: 3,
-        ffn_width: 37,
-        readout_width: 7,
-        observables: 2,
-        features: 3,
-    }
+    kernels::testutil::odd()
 }
 
 /// Many stabilizers: S·NF = 600, too many features to pass in a launch.

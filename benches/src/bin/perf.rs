@@ -39,6 +39,14 @@ struct Row {
     goal: String,
 }
 
+impl Row {
+    /// A throughput figure (no latency percentiles).
+    fn throughput(case: String, model: String, throughput: f64, goal: String) -> Self {
+        let nan = f64::NAN;
+        Self { section: "shot-rounds/s", case, model, p50: nan, p99: nan, p999: nan, throughput, goal }
+    }
+}
+
 struct Report {
     rows: Vec<Row>,
     quick: bool,
@@ -207,17 +215,7 @@ fn run(report: &mut Report) -> Result<()> {
             let rounds = workload.middle_rounds(&model, streams)?;
             let throughput = kernel_throughput(&model, &rounds, streams, min_time);
             let case = format!("{label} kernels, batch {streams}, {} threads, d={d}", cores());
-            let nan = f64::NAN;
-            report.push(Row {
-                section: "shot-rounds/s",
-                case,
-                model: source.to_string(),
-                p50: nan,
-                p99: nan,
-                p999: nan,
-                throughput,
-                goal: String::new(),
-            });
+            report.push(Row::throughput(case, source.to_string(), throughput, String::new()));
         }
     }
     #[cfg(feature = "train")]
@@ -246,17 +244,7 @@ fn run(report: &mut Report) -> Result<()> {
         let ours = kernel_throughput(&model, &rounds, 1024, min_time);
         let case = format!("tch forward, batch 1024, {} threads, d={d}", tch::get_num_threads());
         let goal = format!("kernels ≥ 1.0× tch: {:.2}×", ours / throughput);
-        let nan = f64::NAN;
-        report.push(Row {
-            section: "shot-rounds/s",
-            case,
-            model: source.to_string(),
-            p50: nan,
-            p99: nan,
-            p999: nan,
-            throughput,
-            goal,
-        });
+        report.push(Row::throughput(case, source.to_string(), throughput, goal));
     }
     decision_latency(report, &label)
 }

@@ -270,16 +270,7 @@ mod tests {
     use super::*;
 
     fn config() -> KernelConfig {
-        KernelConfig {
-            stabilizers: 5,
-            width: 18,
-            heads: 3,
-            layers: 3,
-            ffn_width: 37,
-            readout_width: 7,
-            observables: 2,
-            features: 3,
-        }
+        crate::testutil::odd()
     }
 
     /// Tensors whose values encode their name's index and position.
