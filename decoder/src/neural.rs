@@ -113,16 +113,8 @@ impl NeuralModel {
 
 /// See [`NeuralModel::decide`].
 pub fn decide(logits: &[f32], temperature: f64) -> (Vec<bool>, f64) {
-    let mut confidence = 1.0;
-    let flips = logits
-        .iter()
-        .map(|&x| {
-            let p = 1.0 / (1.0 + (-(x as f64) / temperature).exp());
-            confidence *= p.max(1.0 - p);
-            x > 0.0
-        })
-        .collect();
-    (flips, confidence)
+    let confidence = logits.iter().map(|&x| models::calibration::confidence(x, temperature)).product();
+    (logits.iter().map(|&x| x > 0.0).collect(), confidence)
 }
 
 /// Turns `[shots][O]` logits into [`Decisions`] with calibrated confidences.

@@ -10,7 +10,6 @@
 //! path. `--window` shots are in flight at once, each sending its next round
 //! when the previous one is acknowledged, as a control stack would.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -59,11 +58,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let hub = std::sync::Arc::new(Hub::new(models, ServerOptions::default()));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let (listener, addr) = grpc::bind("127.0.0.1:0".parse::<SocketAddr>()?).await?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(grpc::serve(hub.clone(), listener, async move {
-            let _ = stopped.await;
-        }));
+        let server = grpc::LocalServer::start(hub.clone()).await?;
+        let addr = server.addr;
         println!("qecd demo: decoding server on {addr} (gRPC, in-process)");
         println!(
             "streaming {} simulated shots per distance: rotated surface code, memory-Z, SI1000 p=0.003, rounds = d, {} in flight\n",
@@ -90,9 +86,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             100.0 * stats.agreement_rate,
             stats.checked_shots
         );
-        let _ = stop.send(());
-        server.await??;
-        anyhow::Ok(())
+        server.stop().await
     })?;
     println!(
         "\n{:.1} s. Next: `qecd serve --help` (the service), `qecd sweep --help` (LER sweeps), docs/.",

@@ -3,7 +3,6 @@
 //! server, in-process on loopback unless `--addr` names one; the run fails
 //! if any shot is lost or answered twice.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,13 +53,9 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         let (addr, stop) = match &args.addr {
             Some(a) => (a.clone(), None),
             None => {
-                let hub = Arc::new(Hub::new(models, ServerOptions { max_streams: args.streams + 8, ..ServerOptions::default() }));
-                let (listener, addr) = grpc::bind("127.0.0.1:0".parse::<SocketAddr>()?).await?;
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let server = tokio::spawn(grpc::serve(hub, listener, async move {
-                    let _ = stopped.await;
-                }));
-                (format!("http://{addr}"), Some((stop, server)))
+                let options = ServerOptions { max_streams: args.streams + 8, ..ServerOptions::default() };
+                let server = grpc::LocalServer::start(Arc::new(Hub::new(models, options))).await?;
+                (format!("http://{}", server.addr), Some(server))
             }
         };
         let sets: Vec<Arc<ShotSet>> = args
@@ -94,9 +89,8 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         let mut stats_client = DecoderClient::connect(addr.clone()).await?;
         let stats = stats_client.get_stats(proto::GetStatsRequest {}).await?.into_inner();
         let failed = report(args, &neural, &per_distance, &stats);
-        if let Some((stop, server)) = stop {
-            let _ = stop.send(());
-            server.await??;
+        if let Some(server) = stop {
+            server.stop().await?;
         }
         if failed {
             bail!("shots were lost or answered twice (see the table)");

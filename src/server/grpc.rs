@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, PackedShots};
-use simulator_bridge::{Basis, NoiseModel};
+use simulator_bridge::Basis;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -180,17 +180,7 @@ fn bad(message: String) -> Fault {
 
 fn decode_batch(hub: &Hub, req: proto::DecodeBatchRequest) -> Result<proto::DecodeBatchResponse, Fault> {
     let code = req.code.ok_or_else(|| bad("`code` is missing".into()))?;
-    let basis = match proto::Basis::try_from(code.basis) {
-        Ok(proto::Basis::X) => Basis::X,
-        Ok(proto::Basis::Z) => Basis::Z,
-        _ => return Err(bad("code.basis must be BASIS_X or BASIS_Z".into())),
-    };
-    let (d, rounds) = (code.distance as usize, code.rounds as usize);
-    let noise = NoiseModel::from_name(
-        if code.noise.is_empty() { "si1000" } else { &code.noise },
-        if code.p == 0.0 { 0.003 } else { code.p },
-    )
-    .map_err(|e| bad(e.to_string()))?;
+    let (d, basis, rounds, noise) = session::parse_code(&code)?;
     let info = hub.circuit(d, basis, rounds, &noise)?;
     let mut decoder: Box<dyn Decoder> = match proto::DecoderKind::try_from(req.decoder) {
         Ok(proto::DecoderKind::Neural) => {
@@ -258,6 +248,32 @@ pub async fn serve(
         )
         .await?;
     Ok(())
+}
+
+/// A server on a free loopback port inside this process (`qecd demo`, `qecd load`).
+pub struct LocalServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl LocalServer {
+    /// Starts serving `hub` on 127.0.0.1, port chosen by the system.
+    pub async fn start(hub: Arc<Hub>) -> anyhow::Result<Self> {
+        let (listener, addr) = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(hub, listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Shuts it down, waiting for open streams to finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
 }
 
 /// Binds `addr` (port 0 picks a free one) and returns the listener and the address it got.

@@ -67,6 +67,15 @@ enum Mode {
 }
 
 impl Mode {
+    /// The decoder that answers whole shots: the session's own, or correlated
+    /// matching for shots that leave the neural decoder.
+    fn whole_kind(self) -> DecoderKind {
+        match self {
+            Mode::Whole(kind) => kind,
+            Mode::Neural { .. } => DecoderKind::Correlated,
+        }
+    }
+
     fn from_proto(kind: i32) -> Result<Self, Fault> {
         match proto::DecoderKind::try_from(kind) {
             Ok(proto::DecoderKind::Neural) => Ok(Mode::Neural { checked: false }),
@@ -79,6 +88,20 @@ impl Mode {
             )),
         }
     }
+}
+
+/// A proto `Code`: distance, basis, rounds and the matching decoders' noise
+/// model (SI1000 and p = 0.003 where left empty).
+pub fn parse_code(code: &proto::Code) -> Result<(usize, Basis, usize, NoiseModel), Fault> {
+    let basis = match proto::Basis::try_from(code.basis) {
+        Ok(proto::Basis::X) => Basis::X,
+        Ok(proto::Basis::Z) => Basis::Z,
+        _ => return Err(Fault::new(Code::InvalidArgument, "code.basis must be BASIS_X or BASIS_Z")),
+    };
+    let name = if code.noise.is_empty() { "si1000" } else { code.noise.as_str() };
+    let p = if code.p == 0.0 { 0.003 } else { code.p };
+    let noise = NoiseModel::from_name(name, p).map_err(|e| Fault::new(Code::InvalidArgument, e.to_string()))?;
+    Ok((code.distance as usize, basis, code.rounds as usize, noise))
 }
 
 /// The proto name of a decoder kind.
@@ -253,13 +276,9 @@ pub fn run_stream(hub: Arc<Hub>, inputs: Receiver<Input>, sink: Sink) -> Result<
 impl Stream {
     fn open(hub: Arc<Hub>, open: proto::OpenSession, sink: Sink) -> Result<Self, Fault> {
         let code = open.code.ok_or_else(|| Fault::new(Code::InvalidArgument, "open: `code` is missing"))?;
-        let d = code.distance as usize;
-        let basis = match proto::Basis::try_from(code.basis) {
-            Ok(proto::Basis::X) => Basis::X,
-            Ok(proto::Basis::Z) => Basis::Z,
-            _ => return Err(Fault::new(Code::InvalidArgument, "open: code.basis must be BASIS_X or BASIS_Z")),
-        };
-        if code.rounds == 0 {
+        let (d, basis, rounds, noise) =
+            parse_code(&code).map_err(|f| Fault::new(f.code, format!("open: {}", f.message)))?;
+        if rounds == 0 {
             return Err(Fault::new(Code::InvalidArgument, "open: code.rounds must be at least 1"));
         }
         let mode = Mode::from_proto(open.decoder)?;
@@ -267,11 +286,6 @@ impl Stream {
             Mode::Neural { .. } => Some(hub.models.find(&open.model, d, basis)?),
             Mode::Whole(_) => None,
         };
-        let noise_name = if code.noise.is_empty() { "si1000" } else { code.noise.as_str() };
-        let p = if code.p == 0.0 { 0.003 } else { code.p };
-        let noise = NoiseModel::from_name(noise_name, p)
-            .map_err(|e| Fault::new(Code::InvalidArgument, format!("open: {e}")))?;
-        let rounds = code.rounds as usize;
         let info = hub.circuit(d, basis, rounds, &noise)?;
         let order =
             ModelLayout::for_code(d, basis).map_err(|e| Fault::new(Code::InvalidArgument, format!("open: {e}")))?;
@@ -279,10 +293,7 @@ impl Stream {
         let matching = |kind| {
             info.matching(kind).map_err(|e| Fault::new(Code::Internal, format!("cannot build {kind} matching: {e}")))
         };
-        let whole = Some(matching(match mode {
-            Mode::Whole(kind) => kind,
-            Mode::Neural { .. } => DecoderKind::Correlated,
-        })?);
+        let whole = Some(matching(mode.whole_kind())?);
         let num_observables = whole.as_ref().map(|w| w.num_observables()).unwrap_or(1);
         let shadow = match mode {
             Mode::Neural { checked: true } => Some(spawn_shadow(hub.clone(), info.dem_text.clone(), sink.clone())),
@@ -403,10 +414,7 @@ impl Stream {
             self.pending.insert((shot_id, t), received);
             return Ok(());
         }
-        let answered = match self.mode {
-            Mode::Whole(kind) => kind,
-            Mode::Neural { .. } => DecoderKind::Correlated,
-        };
+        let answered = self.mode.whole_kind();
         let latency = received.elapsed();
         self.hub.stats.round(answered, latency);
         let ack = proto::RoundAck {
@@ -454,10 +462,7 @@ impl Stream {
     /// Answers a shot with the whole-shot decoder: the session's, or correlated
     /// matching for a shot that left the neural decoder.
     fn decode_whole(&mut self, shot_id: u64, shot: Shot, received: Instant) -> Result<bool, Fault> {
-        let kind = match self.mode {
-            Mode::Whole(kind) => kind,
-            Mode::Neural { .. } => DecoderKind::Correlated,
-        };
+        let kind = self.mode.whole_kind();
         let events = PackedShots::from_bytes(shot.events, self.map.num_detectors).map_err(internal)?;
         let decisions = self.whole.as_mut().expect("always built").decode_batch(&events).map_err(internal)?;
         let prediction: Vec<bool> = (0..self.num_observables).map(|k| decisions.predictions.get(0, k)).collect();

@@ -40,6 +40,11 @@ struct Row {
 }
 
 impl Row {
+    /// A latency figure: p50, p99 and p99.9 in µs.
+    fn latency(section: &'static str, case: String, model: String, [p50, p99, p999]: [f64; 3], goal: String) -> Self {
+        Self { section, case, model, p50, p99, p999, throughput: f64::NAN, goal }
+    }
+
     /// A throughput figure (no latency percentiles).
     fn throughput(case: String, model: String, throughput: f64, goal: String) -> Self {
         let nan = f64::NAN;
@@ -196,16 +201,7 @@ fn run(report: &mut Report) -> Result<()> {
             _ => "",
         };
         let case = format!("{label} kernels, batch 1, d={d}");
-        report.push(Row {
-            section: "step µs",
-            case,
-            model: source.to_string(),
-            p50,
-            p99,
-            p999,
-            throughput: f64::NAN,
-            goal: goal.into(),
-        });
+        report.push(Row::latency("step µs", case, source.to_string(), [p50, p99, p999], goal.into()));
         batch1.push((d, p50));
     }
     for streams in [64usize, 1024] {
@@ -230,16 +226,7 @@ fn run(report: &mut Report) -> Result<()> {
         let kernels_p50 = batch1.iter().find(|(k, _)| *k == d).map(|x| x.1).unwrap_or(f64::NAN);
         let case = format!("tch {} forward, batch 1, d={d}", tch::get_num_threads());
         let goal = format!("kernels ≥ 10× faster: {:.1}×", p50 / kernels_p50);
-        report.push(Row {
-            section: "step µs",
-            case,
-            model: source.to_string(),
-            p50,
-            p99,
-            p999,
-            throughput: f64::NAN,
-            goal,
-        });
+        report.push(Row::latency("step µs", case, source.to_string(), [p50, p99, p999], goal));
         let throughput = peer.throughput(&rounds, 1024, min_time);
         let ours = kernel_throughput(&model, &rounds, 1024, min_time);
         let case = format!("tch forward, batch 1024, {} threads, d={d}", tch::get_num_threads());
@@ -274,7 +261,6 @@ fn decision_latency(report: &mut Report, label: &str) -> Result<()> {
     drop(session);
     engine.shutdown();
     let [p50, p99, p999] = percentiles(&mut neural);
-    let nan = f64::NAN;
     let mut peers = Vec::new();
     for kind in DecoderKind::MATCHING {
         let mut decoder = MatchingDecoder::from_dem(&workload.dem, kind)?;
@@ -290,32 +276,12 @@ fn decision_latency(report: &mut Report, label: &str) -> Result<()> {
     let correlated = peers.iter().find(|(k, _)| *k == DecoderKind::Correlated).map(|p| p.1).context("correlated")?;
     let case = format!("{label} stream: final round in → prediction out, d=5 r=25");
     let goal = format!("≤ 0.5× correlated: p50 {:.2}×, p99 {:.2}×", p50 / correlated[0], p99 / correlated[1]);
-    report
-        .push(Row { section: "decision µs", case, model: source.to_string(), p50, p99, p999, throughput: nan, goal });
-    let [e50, e99, e999] = percentiles(&mut engine_side);
+    report.push(Row::latency("decision µs", case, source.to_string(), [p50, p99, p999], goal));
     let case = "(engine side: push timestamp → result sent)".to_string();
-    report.push(Row {
-        section: "decision µs",
-        case,
-        model: source.to_string(),
-        p50: e50,
-        p99: e99,
-        p999: e999,
-        throughput: nan,
-        goal: String::new(),
-    });
-    for (kind, [p50, p99, p999]) in peers {
+    report.push(Row::latency("decision µs", case, source.to_string(), percentiles(&mut engine_side), String::new()));
+    for (kind, percentiles) in peers {
         let case = format!("{label} {kind}, whole shot, d=5 r=25");
-        report.push(Row {
-            section: "decision µs",
-            case,
-            model: "PyMatching 2 (C++)".into(),
-            p50,
-            p99,
-            p999,
-            throughput: nan,
-            goal: String::new(),
-        });
+        report.push(Row::latency("decision µs", case, "PyMatching 2 (C++)".into(), percentiles, String::new()));
     }
     Ok(())
 }
