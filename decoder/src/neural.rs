@@ -72,6 +72,12 @@ impl NeuralModel {
         &self.meta
     }
 
+    /// Whether the weights run at any distance (relative positions,
+    /// docs/model.md §Positions); see `models::Checkpoint::retarget`.
+    pub fn is_relative(&self) -> bool {
+        self.meta.config.positions != models::Positions::PerStabilizer
+    }
+
     /// Code distance.
     pub fn distance(&self) -> usize {
         self.meta.layout.distance

@@ -13,7 +13,8 @@ use simulator_bridge::layout::Stabilizer;
 use simulator_bridge::{Basis, MemoryExperiment, StabilizerLayout};
 
 use crate::ModelError;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Positions};
+use crate::positions::PositionIndex;
 
 /// Version tag of the metadata layout.
 pub const FORMAT: &str = "qecd-checkpoint/1";
@@ -118,13 +119,99 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// The weights repacked for the inference kernels. A tensor the kernels
-    /// reject (missing, mis-shaped, non-finite) is named in the error.
+    /// The weights repacked for the inference kernels, a relative model's
+    /// position tensors expanded for its layout. A tensor the kernels reject
+    /// (missing, mis-shaped, non-finite) is named in the error.
     pub fn kernel_weights(&self, path: &str) -> Result<kernels::Weights, ModelError> {
+        let expanded = self.expanded_positions();
         kernels::Weights::from_named(self.meta.config.kernel_config(), |name| {
-            self.tensors.get(name).map(|(shape, values)| (shape.as_slice(), values.as_slice()))
+            expanded
+                .get(name)
+                .or_else(|| self.tensors.get(name))
+                .map(|(shape, values)| (shape.as_slice(), values.as_slice()))
         })
         .map_err(|e| ModelError::Checkpoint { path: path.to_string(), why: e.to_string() })
+    }
+
+    /// The gather indices of a relative model's layout (None for a per-stabilizer model).
+    pub fn position_index(&self) -> Option<PositionIndex> {
+        match self.meta.config.positions {
+            Positions::PerStabilizer => None,
+            Positions::Relative { max_offset, edge_classes } => {
+                Some(PositionIndex::new(&self.meta.layout, max_offset, edge_classes))
+            }
+        }
+    }
+
+    /// A relative model's `embed.stab` and `layers.{l}.attn.bias` for its
+    /// layout; empty for a per-stabilizer model, which stores them.
+    fn expanded_positions(&self) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+        let mut out = BTreeMap::new();
+        let Some(index) = self.position_index() else {
+            return out;
+        };
+        let c = &self.meta.config;
+        let (s, d, h) = (c.num_stabilizers, c.width, c.heads);
+        if let (Some((_, types)), Some((_, edges))) = (self.tensors.get("embed.type"), self.tensors.get("embed.edge")) {
+            out.insert("embed.stab".to_string(), (vec![s, d], index.stabilizer_embedding(types, edges, d)));
+        }
+        for l in 0..c.layers {
+            if let Some((_, rel)) = self.tensors.get(&format!("layers.{l}.attn.rel")) {
+                out.insert(format!("layers.{l}.attn.bias"), (vec![h, s, s], index.attention_bias(rel, h)));
+            }
+        }
+        out
+    }
+
+    /// This relative model laid out for distance `distance` (same weights,
+    /// the stabilizers of Stim's rotated code at that distance). A
+    /// per-stabilizer model is refused unless the distance is its own.
+    pub fn retarget(&self, distance: usize) -> Result<Self, ModelError> {
+        if distance == self.meta.layout.distance {
+            return Ok(self.clone());
+        }
+        if self.meta.config.positions == Positions::PerStabilizer {
+            return Err(ModelError::Mismatch(format!(
+                "a per-stabilizer model of d={} cannot run at d={distance}; only a relative model runs at any distance",
+                self.meta.layout.distance
+            )));
+        }
+        let mut out = self.clone();
+        out.meta.layout = ModelLayout::for_code(distance, self.meta.layout.basis)?;
+        out.meta.config = self.meta.config.at_distance(distance);
+        Ok(out)
+    }
+
+    /// A per-stabilizer model projected onto relative positions: the type and
+    /// edge embeddings by least squares, each bias-table cell the mean of the
+    /// biases that map to it. The rest of the weights are kept; the projection
+    /// is exact only where the layout has no two pairs sharing a cell with
+    /// different biases, so the result wants some further training.
+    pub fn to_relative(&self, positions: Positions) -> Result<Self, ModelError> {
+        let Positions::Relative { max_offset, edge_classes } = positions else {
+            return Err(ModelError::Invalid("to_relative needs relative positions".into()));
+        };
+        if self.meta.config.positions != Positions::PerStabilizer {
+            return Err(ModelError::Invalid("the model already has relative positions".into()));
+        }
+        let index = PositionIndex::new(&self.meta.layout, max_offset, edge_classes);
+        let c = self.meta.config.clone().with_positions(positions);
+        let mut tensors = self.tensors.clone();
+        let (_, stab) = tensors.remove("embed.stab").expect("validated checkpoint");
+        let (types, edges) = index.fit_embedding(&stab, c.width);
+        tensors.insert("embed.type".into(), (vec![2, c.width], types));
+        tensors.insert("embed.edge".into(), (vec![4, edge_classes, c.width], edges));
+        let side = 2 * max_offset + 1;
+        for l in 0..c.layers {
+            let (_, bias) = tensors.remove(&format!("layers.{l}.attn.bias")).expect("validated checkpoint");
+            let rel = index.fit_bias(&bias, c.heads);
+            tensors.insert(format!("layers.{l}.attn.rel"), (vec![c.heads, 4, side, side], rel));
+        }
+        let mut meta = self.meta.clone();
+        meta.config = c;
+        let out = Self { meta, tensors };
+        out.validate("<projected>")?;
+        Ok(out)
     }
 
     /// Serializes to safetensors bytes.

@@ -11,6 +11,7 @@ pub mod calibration;
 pub mod checkpoint;
 pub mod config;
 pub mod features;
+pub mod positions;
 
 #[cfg(feature = "train")]
 pub mod net;
@@ -18,7 +19,7 @@ pub mod net;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, ModelLayout};
-pub use config::ModelConfig;
+pub use config::{ModelConfig, Positions};
 pub use features::Featurizer;
 
 /// What can go wrong with models and checkpoints.

@@ -19,6 +19,18 @@ pub struct Net {
     pub vs: nn::VarStore,
     config: ModelConfig,
     vars: BTreeMap<String, Tensor>,
+    /// A relative model's gather indices for its layout.
+    positions: Option<Gather>,
+}
+
+/// [`crate::positions::PositionIndex`] as index tensors on the model's device.
+struct Gather {
+    /// `[S]`: each stabilizer's type.
+    types: Tensor,
+    /// Per boundary, `[S]`: each stabilizer's distance class.
+    edges: [Tensor; 4],
+    /// `[S·S]`: each pair's cell in a head's bias table.
+    pairs: Tensor,
 }
 
 impl Net {
@@ -39,7 +51,16 @@ impl Net {
             let var = path.var_copy(parts[parts.len() - 1], &init);
             vars.insert(name, var);
         }
-        Ok(Self { vs, config: ckpt.meta.config.clone(), vars })
+        let index = |v: &[usize]| {
+            let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+            Tensor::from_slice(&v).to_device(device)
+        };
+        let positions = ckpt.position_index().map(|p| Gather {
+            types: index(&p.types),
+            edges: [index(&p.edges[0]), index(&p.edges[1]), index(&p.edges[2]), index(&p.edges[3])],
+            pairs: index(&p.pairs),
+        });
+        Ok(Self { vs, config: ckpt.meta.config.clone(), vars, positions })
     }
 
     /// The model's shapes.
@@ -89,7 +110,7 @@ impl Net {
         let q = heads(self.linear(&x, &p("attn.wq"), &p("attn.bq")));
         let k = heads(self.linear(&x, &p("attn.wk"), &p("attn.bk")));
         let v = heads(self.linear(&x, &p("attn.wv"), &p("attn.bv")));
-        let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt() + self.w(&p("attn.bias"));
+        let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt() + self.attention_bias(l);
         let attended = scores.softmax(-1, Kind::Float).matmul(&v).permute([0, 2, 1, 3]).reshape([b, s, d]);
         let z = z + self.linear(&attended, &p("attn.wo"), &p("attn.bo"));
         let x = self.layer_norm(&z, &p("ln2"));
@@ -121,7 +142,30 @@ impl Net {
     }
 
     fn embed(&self, features: &Tensor) -> Tensor {
-        self.linear(features, "embed.w_in", "embed.b_in") + self.w("embed.stab")
+        self.linear(features, "embed.w_in", "embed.b_in") + self.stabilizer_embedding()
+    }
+
+    /// `[S, D]`: stored, or gathered from the type and edge embeddings.
+    fn stabilizer_embedding(&self) -> Tensor {
+        let Some(g) = &self.positions else {
+            return self.w("embed.stab").shallow_clone();
+        };
+        let edge = self.w("embed.edge");
+        let mut out = self.w("embed.type").index_select(0, &g.types);
+        for (e, classes) in g.edges.iter().enumerate() {
+            out = out + edge.select(0, e as i64).index_select(0, classes);
+        }
+        out
+    }
+
+    /// `[H, S, S]` of layer `l`: stored, or gathered from the relative table.
+    fn attention_bias(&self, l: usize) -> Tensor {
+        let Some(g) = &self.positions else {
+            return self.w(&format!("layers.{l}.attn.bias")).shallow_clone();
+        };
+        let h = self.config.heads as i64;
+        let s = self.config.num_stabilizers as i64;
+        self.w(&format!("layers.{l}.attn.rel")).view([h, -1]).index_select(1, &g.pairs).view([h, s, s])
     }
 
     fn step_embedded(&self, z: &Tensor, x: &Tensor) -> Tensor {
@@ -155,5 +199,28 @@ mod tests {
         let logits = net.forward(&Tensor::zeros([5, 4, 8, 3], (Kind::Float, Device::Cpu)));
         assert_eq!(logits.size(), vec![5, 1]);
         assert!(bool::try_from(logits.isfinite().all()).unwrap());
+    }
+
+    /// A relative model's gathered embedding and bias equal the expansion the
+    /// kernels get, and its gradients reach the compact tables.
+    #[test]
+    fn relative_positions_gather_like_the_expansion() {
+        use crate::config::Positions;
+        let layout = ModelLayout::for_code(5, Basis::Z).unwrap();
+        let config = ModelConfig::for_distance(5, 8, 2, 1, 16).with_positions(Positions::RELATIVE);
+        let ckpt = Checkpoint::random(config, layout, 3);
+        let net = Net::from_checkpoint(&ckpt, Device::Cpu).unwrap();
+        let index = ckpt.position_index().unwrap();
+        let get = |n: &str| ckpt.tensors[n].1.clone();
+        let stab = Vec::<f32>::try_from(net.stabilizer_embedding().view(-1)).unwrap();
+        assert_eq!(stab, index.stabilizer_embedding(&get("embed.type"), &get("embed.edge"), 8));
+        let bias = Vec::<f32>::try_from(net.attention_bias(0).view(-1)).unwrap();
+        assert_eq!(bias, index.attention_bias(&get("layers.0.attn.rel"), 2));
+        let loss = net.forward(&Tensor::ones([2, 3, 24, 3], (Kind::Float, Device::Cpu))).sum(Kind::Float);
+        loss.backward();
+        for name in ["embed.edge", "layers.0.attn.rel"] {
+            let grad = net.w(name).grad();
+            assert!(f64::try_from(grad.abs().sum(Kind::Float)).unwrap() > 0.0, "{name} gets no gradient");
+        }
     }
 }

@@ -4,15 +4,14 @@
 #![cfg(feature = "train")]
 
 use kernels::{Scratch, Weights, forward_shot};
-use models::ModelConfig;
+use models::{ModelConfig, Positions};
 use models::checkpoint::{Checkpoint, ModelLayout};
 use models::net::{Net, features_tensor};
 use simulator_bridge::Basis;
 use tch::Device;
 
 fn kernel_weights(ckpt: &Checkpoint) -> Weights {
-    let config = ckpt.meta.config.kernel_config();
-    Weights::from_named(config, |name| ckpt.tensors.get(name).map(|(s, v)| (s.as_slice(), v.as_slice()))).unwrap()
+    ckpt.kernel_weights("test").unwrap()
 }
 
 fn max_difference(ckpt: &Checkpoint, seed: u64) -> f32 {
@@ -54,6 +53,34 @@ fn kernels_match_tch_on_random_checkpoints() {
         let worst = max_difference(&ckpt, seed);
         assert!(worst < 1e-4, "d={d} D={width}: kernels differ from tch by {worst}");
     }
+}
+
+/// One relative model, laid out at d=3, 5 and 7: the kernels get its
+/// expanded position tensors and still match tch, which gathers them itself.
+#[test]
+fn kernels_match_tch_on_a_relative_model_at_every_distance() {
+    let layout = ModelLayout::for_code(3, Basis::Z).unwrap();
+    let config = ModelConfig::for_distance(3, 32, 4, 2, 64).with_positions(Positions::RELATIVE);
+    let ckpt = Checkpoint::random(config, layout, 11);
+    for d in [3, 5, 7] {
+        let at = ckpt.retarget(d).unwrap();
+        assert_eq!(at.meta.config.num_stabilizers, d * d - 1);
+        let worst = max_difference(&at, d as u64);
+        assert!(worst < 1e-4, "relative model at d={d}: kernels differ from tch by {worst}");
+    }
+}
+
+/// Projecting a per-stabilizer model onto relative positions keeps the
+/// tensors that are not positional and expands back to a valid model.
+#[test]
+fn projection_onto_relative_positions_runs_in_both_engines() {
+    let layout = ModelLayout::for_code(3, Basis::Z).unwrap();
+    let ckpt = Checkpoint::random(ModelConfig::for_distance(3, 16, 2, 1, 32), layout, 5);
+    let relative = ckpt.to_relative(Positions::RELATIVE).unwrap();
+    assert_eq!(relative.tensors["layers.0.ffn.w1"], ckpt.tensors["layers.0.ffn.w1"]);
+    assert!(max_difference(&relative, 4) < 1e-4);
+    assert!(max_difference(&relative.retarget(5).unwrap(), 4) < 1e-4);
+    assert!(ckpt.retarget(5).unwrap_err().to_string().contains("only a relative model"));
 }
 
 #[test]

@@ -93,6 +93,13 @@ pub fn load_model(path: &Path) -> Result<Arc<NeuralModel>> {
     Ok(Arc::new(NeuralModel::load(path)?))
 }
 
+/// Loads a relative (distance-agnostic) model laid out for distance `d`.
+pub fn load_model_at(path: &Path, d: usize) -> Result<Arc<NeuralModel>> {
+    let ckpt = models::Checkpoint::load(path)?.retarget(d).with_context(|| format!("{}", path.display()))?;
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Arc::new(NeuralModel::from_checkpoint(name, &ckpt, &path.display().to_string())?))
+}
+
 /// Builds the stabilizer layout of a DEM from its detector coordinates.
 pub fn dem_layout(dem: &stim::DetectorErrorModel, basis: Basis) -> Result<StabilizerLayout> {
     let coords = dem.get_detector_coordinates(None).map_err(|e| anyhow::anyhow!("{e}"))?;

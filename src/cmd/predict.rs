@@ -122,6 +122,14 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             Some(c) => StabilizerLayout::from_circuit(c, model.basis())?,
             None => super::dem_layout(&dem, model.basis())?,
         };
+        // A relative model runs at any distance: lay it out for the circuit's.
+        let model = match layout.distance() {
+            Some(d) if d != model.distance() && model.is_relative() => {
+                let path = args.model.as_deref().expect("a neural model came from --model");
+                super::load_model_at(path, d)?
+            }
+            _ => model.clone(),
+        };
         decode_parallel(|| NeuralDecoder::new(model.clone(), &layout), &events, args.threads)?
     } else {
         decode_parallel(make, &events, args.threads)?

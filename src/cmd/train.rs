@@ -7,7 +7,7 @@ use clap::Args;
 use decoder::{DecoderKind, MatchingDecoder, decode_parallel};
 use models::checkpoint::{Checkpoint, ModelLayout};
 use models::train::{EvalCase, EvalReport, SimulatedSource, TrainOptions, train};
-use models::{Featurizer, ModelConfig};
+use models::{Featurizer, ModelConfig, Positions};
 use simulator_bridge::sample::{Sampler, derive_seed};
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
 
@@ -83,6 +83,16 @@ pub struct TrainArgs {
     /// Continue the checkpoint at --out.
     #[arg(long)]
     pub resume: bool,
+    /// How stabilizer positions are encoded: `per-stabilizer` (weights for one
+    /// distance) or `relative` (one set of weights for any distance).
+    #[arg(long, default_value = "per-stabilizer")]
+    pub positions: String,
+    /// Start from this checkpoint's weights instead of random ones (its shapes
+    /// replace --width/--heads/--layers/--ffn). A relative model from another
+    /// distance is laid out for --distance; a per-stabilizer model of this
+    /// distance is projected onto relative positions when --positions relative.
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
     /// Stop (saving) after this many minutes.
     #[arg(long)]
     pub max_minutes: Option<f64>,
@@ -103,6 +113,42 @@ pub fn parse_rounds(text: &str) -> Result<Vec<usize>> {
         bail!("--rounds '{text}' must name rounds >= 1");
     }
     Ok(rounds)
+}
+
+/// Parses `--positions`.
+fn parse_positions(text: &str) -> Result<Positions> {
+    match text {
+        "per-stabilizer" => Ok(Positions::PerStabilizer),
+        "relative" => Ok(Positions::RELATIVE),
+        other => bail!("--positions takes per-stabilizer or relative, not '{other}'"),
+    }
+}
+
+/// The starting point of `--init`: the checkpoint at `path`, laid out for
+/// `distance` and with `positions`. Its step count starts again at 0 (the
+/// learning-rate schedule is this run's); its samples, seconds and commands
+/// carry over, so the card counts everything the weights have seen.
+fn initial_checkpoint(path: &std::path::Path, distance: usize, positions: Positions) -> Result<Checkpoint> {
+    let mut ckpt = Checkpoint::load(path)?;
+    if positions != Positions::PerStabilizer && ckpt.meta.config.positions == Positions::PerStabilizer {
+        if ckpt.meta.layout.distance != distance {
+            bail!(
+                "--init {}: a per-stabilizer d={} model can be projected onto relative positions only at its own \
+                 distance; train the relative model at d={} first",
+                path.display(),
+                ckpt.meta.layout.distance,
+                ckpt.meta.layout.distance
+            );
+        }
+        ckpt = ckpt.to_relative(positions)?;
+    }
+    let mut ckpt = ckpt.retarget(distance).with_context(|| format!("--init {}", path.display()))?;
+    ckpt.meta.provenance.steps = 0;
+    let earlier = std::mem::take(&mut ckpt.meta.provenance.seeds);
+    ckpt.meta.provenance.seeds = earlier.into_iter().map(|(k, v)| (format!("init.{k}"), v)).collect();
+    ckpt.meta.temperature = 1.0;
+    ckpt.meta.evaluation = serde_json::Value::Null;
+    Ok(ckpt)
 }
 
 /// Held-out cases with correlated matching's error counts on them.
@@ -170,9 +216,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         ckpt
     } else {
-        let config = ModelConfig::for_distance(args.distance, args.width, args.heads, args.layers, args.ffn);
-        config.validate()?;
-        let mut c = Checkpoint::random(config, layout.clone(), derive_seed(args.seed, 0x1417));
+        let positions = parse_positions(&args.positions)?;
+        let mut c = match &args.init {
+            Some(path) => initial_checkpoint(path, args.distance, positions)?,
+            None => {
+                let config = ModelConfig::for_distance(args.distance, args.width, args.heads, args.layers, args.ffn)
+                    .with_positions(positions);
+                config.validate()?;
+                Checkpoint::random(config, layout.clone(), derive_seed(args.seed, 0x1417))
+            }
+        };
+        if c.meta.layout != layout {
+            bail!("the initial model is laid out for d={}, not d={}", c.meta.layout.distance, args.distance);
+        }
         c.meta.provenance.noise = noise.name().to_string();
         c.meta.provenance.p = noise.p();
         c.meta.provenance.rounds = args.rounds.clone();
