@@ -8,6 +8,7 @@ mod cmd;
 mod neural;
 mod outputs;
 mod plot;
+mod rates;
 mod server;
 mod sinter_csv;
 
@@ -35,8 +36,10 @@ enum Command {
     Predict(cmd::predict::PredictArgs),
     /// Measure logical error rates over distances, noise strengths and decoders (sinter CSV).
     Sweep(cmd::sweep::SweepArgs),
-    /// Plot a sweep's LER per round against distance.
+    /// Plot a sweep's LER per round against distance (or rounds).
     Plot(PlotArgs),
+    /// Tabulate a sweep's logical error rates as Markdown, against a baseline decoder.
+    Report(cmd::report::ReportArgs),
     /// Serve decoding over gRPC (and the FPGA bridge) for a control stack.
     Serve(cmd::serve::ServeArgs),
     /// Load-test a decoding server with many concurrent streams.
@@ -63,18 +66,27 @@ struct PlotArgs {
     /// The PNG to write.
     #[arg(long)]
     out: PathBuf,
+    /// The x axis: code distance (one curve per decoder, noise, p and basis)
+    /// or rounds (log scale; one curve per decoder, distance, noise, p and basis).
+    #[arg(long, value_enum, default_value = "distance")]
+    x: PlotX,
+}
+
+/// What `qecd plot` puts on its x axis.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlotX {
+    /// Code distance.
+    Distance,
+    /// Rounds per experiment.
+    Rounds,
 }
 
 fn run_plot(args: &PlotArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let mut rows = Vec::new();
-    for path in &args.inputs {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        rows.extend(sinter_csv::parse_csv(&text).with_context(|| format!("{}", path.display()))?);
+    let cases = sinter_csv::read_cases(&args.inputs)?;
+    match args.x {
+        PlotX::Distance => plot::plot_ler(&cases, &args.out)?,
+        PlotX::Rounds => plot::plot_ler_rounds(&cases, &args.out)?,
     }
-    let cases = sinter_csv::aggregate(&rows);
-    anyhow::ensure!(!cases.is_empty(), "no statistics in {:?}", args.inputs);
-    plot::plot_ler(&cases, &args.out)?;
     eprintln!("wrote {} ({} cases)", args.out.display(), cases.len());
     Ok(())
 }
@@ -87,6 +99,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => cmd::predict::run(args),
         Command::Sweep(args) => cmd::sweep::run(args),
         Command::Plot(args) => run_plot(args),
+        Command::Report(args) => cmd::report::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::Replay(args) => cmd::replay::run(args),

@@ -6,6 +6,7 @@
 //! concatenated (repeated header lines are skipped).
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -148,6 +149,23 @@ pub fn aggregate(rows: &[StatsRow]) -> Vec<StatsRow> {
         }
     }
     order
+}
+
+/// Reads sinter CSV files and sums each case's lines (see [`aggregate`]);
+/// fails naming the file that cannot be read, or when there are no statistics.
+pub fn read_cases(paths: &[impl AsRef<Path>]) -> Result<Vec<StatsRow>> {
+    let mut rows = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        rows.extend(parse_csv(&text).with_context(|| format!("{}", path.display()))?);
+    }
+    let cases = aggregate(&rows);
+    if cases.is_empty() {
+        let names: Vec<String> = paths.iter().map(|p| p.as_ref().display().to_string()).collect();
+        bail!("no statistics in {}", names.join(", "));
+    }
+    Ok(cases)
 }
 
 #[cfg(test)]

@@ -255,6 +255,40 @@ fn sweep_appends_resumes_and_shards_concatenate() {
 }
 
 #[test]
+fn sweep_plots_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, png, md) = (dir.path().join("s.csv"), dir.path().join("s.png"), dir.path().join("s.md"));
+    let mut sweep = vec!["sweep", "--distances", "3", "--rounds", "3,25", "--p", "0.005", "--max-shots", "1000"];
+    sweep.extend_from_slice(&["--seed", "2", "--plot", p(&png)]);
+    fails(&sweep, "give --out too", &[&png]);
+    sweep.extend_from_slice(&["--out", p(&csv)]);
+    let o = qecd(&sweep);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(stderr(&o).contains("(4 cases)"), "{}", stderr(&o));
+
+    let o = qecd(&["report", "--in", p(&csv), "--out", p(&md)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), text);
+    assert!(text.contains("| matching ÷ correlated |"), "{text}");
+    for r in ["3", "25"] {
+        let prefix = format!("| Z | si1000 | 0.005 | 3 | {r} | 1000 | ");
+        assert!(text.lines().any(|l| l.starts_with(&prefix)), "no row for r={r} in:\n{text}");
+    }
+    let o = qecd(&["report", "--in", p(&csv), "--by", "rounds"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("| correlated | Z | si1000 | 0.005 | 3 | 3 | 1000 |"), "{out}");
+    assert!(out.lines().filter(|l| l.ends_with("| (reference) |")).count() == 2, "{out}");
+    let rounds_png = dir.path().join("rounds.png");
+    let o = qecd(&["plot", "--x", "rounds", "--in", p(&csv), "--out", p(&rounds_png)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(&std::fs::read(&rounds_png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let missing = dir.path().join("missing.csv");
+    fails(&["report", "--in", p(&missing), "--out", p(&dir.path().join("m.md"))], "missing.csv", &[]);
+}
+
+#[test]
 fn demo_streams_through_grpc_and_prints_its_table() {
     let o = qecd(&["demo", "--shots", "300", "--window", "8"]);
     let out = String::from_utf8_lossy(&o.stdout);

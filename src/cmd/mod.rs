@@ -9,6 +9,7 @@ pub mod finetune;
 pub mod load;
 pub mod predict;
 pub mod replay;
+pub mod report;
 pub mod sample;
 pub mod serve;
 pub mod sweep;

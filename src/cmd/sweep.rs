@@ -10,6 +10,12 @@
 //! case already had when this run started, and the batch index, so a resumed
 //! run never reuses the shots of a recorded batch, and different decoders on
 //! the same circuit in one sweep decode exactly the same shots.
+//!
+//! A batch holds at most [`MAX_BATCH_BITS`] detection-event bits, so long
+//! experiments (10,000 rounds at d=5 is 240,000 detectors a shot) keep each
+//! thread's memory and each batch's time bounded. Cases on the same circuit
+//! share its text and DEM, which for long experiments take the most time and
+//! memory to build.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -71,6 +77,71 @@ pub struct SweepArgs {
     /// distance and basis. Default: the zoo built into qecd.
     #[arg(long, value_delimiter = ',')]
     pub model: Vec<PathBuf>,
+    /// After the sweep, plot every case in --out (earlier runs' included):
+    /// LER per round against distance, as `qecd plot` draws it.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// The most detection-event bits in one batch (32 MiB packed). At 240,000
+/// detectors a shot (d=5, 10,000 rounds) that is 1,118 shots, a few minutes of
+/// decoding; stim's sampler needs a few times the packed size while it works.
+pub const MAX_BATCH_BITS: u64 = 1 << 28;
+
+/// Shots in the next batch of a case with `left` shots still unclaimed:
+/// a sixteenth of what is left, within [1,024, 32,768], then at most
+/// [`MAX_BATCH_BITS`] bits and at least one shot. It depends on nothing else
+/// (not the thread count), so the batches, and so the shots, are the same for
+/// every decoder on a circuit.
+pub fn batch_shots(left: u64, num_detectors: usize) -> u64 {
+    let by_bits = (MAX_BATCH_BITS / num_detectors.max(1) as u64).max(1);
+    (left / 16).clamp(1024, 32_768).min(by_bits).min(left)
+}
+
+/// A noisy circuit and its decoding DEM, as text, shared by the cases that
+/// sweep decoders over it.
+pub struct CircuitTexts {
+    /// The noisy circuit's text.
+    pub circuit: String,
+    /// The decoding DEM's text.
+    pub dem: String,
+    /// Detectors per shot.
+    pub num_detectors: usize,
+}
+
+impl CircuitTexts {
+    /// Builds the circuit of `experiment` under `noise`, and its DEM.
+    pub fn build(experiment: MemoryExperiment, noise: NoiseModel) -> Result<Self> {
+        let circuit = experiment.noisy_circuit(&noise)?;
+        let dem = super::decoding_dem(&circuit)?;
+        Ok(Self { circuit: circuit.to_string(), dem: dem.to_string(), num_detectors: circuit.num_detectors() as usize })
+    }
+}
+
+/// sinter's identity of a case, serialized as `serde_json::json!` would (keys
+/// sorted), straight into the hash: the DEM of a long experiment is hundreds
+/// of megabytes, not worth copying twice to hash once.
+#[derive(serde::Serialize)]
+struct Identity<'a> {
+    circuit: &'a str,
+    decoder: &'a str,
+    decoder_error_model: &'a str,
+    json_metadata: &'a serde_json::Value,
+    postselection_mask: (),
+}
+
+/// Feeds what is written into a SHA-256.
+struct HashWriter(Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One case of a sweep, ready to run.
@@ -81,10 +152,8 @@ pub struct Case {
     pub experiment: MemoryExperiment,
     /// The noise.
     pub noise: NoiseModel,
-    /// The noisy circuit's text.
-    pub circuit_text: String,
-    /// The decoding DEM's text.
-    pub dem_text: String,
+    /// The noisy circuit and its DEM.
+    pub texts: Arc<CircuitTexts>,
     /// sinter's json_metadata.
     pub metadata: serde_json::Value,
     /// sha256 over circuit, decoder, DEM and metadata, as sinter's strong id.
@@ -94,15 +163,14 @@ pub struct Case {
 }
 
 impl Case {
-    /// Builds the circuit and DEM of a case.
+    /// A case on a circuit already built (`texts` must be `experiment` under `noise`).
     pub fn build(
         decoder: DecoderKind,
         experiment: MemoryExperiment,
         noise: NoiseModel,
+        texts: Arc<CircuitTexts>,
         model: Option<(&Path, Arc<NeuralModel>)>,
     ) -> Result<Self> {
-        let circuit = experiment.noisy_circuit(&noise)?;
-        let dem = super::decoding_dem(&circuit)?;
         let mut metadata = serde_json::json!({
             "basis": experiment.basis.to_string(),
             "d": experiment.distance,
@@ -115,17 +183,17 @@ impl Case {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             metadata["model"] = name.into();
         }
-        let circuit_text = circuit.to_string();
-        let dem_text = dem.to_string();
-        let identity = serde_json::json!({
-            "circuit": circuit_text,
-            "decoder": decoder.name(),
-            "decoder_error_model": dem_text,
-            "postselection_mask": null,
-            "json_metadata": metadata,
-        });
-        let strong_id = format!("{:x}", Sha256::digest(identity.to_string().as_bytes()));
-        Ok(Self { decoder, experiment, noise, circuit_text, dem_text, metadata, strong_id, model: model.map(|m| m.1) })
+        let identity = Identity {
+            circuit: &texts.circuit,
+            decoder: decoder.name(),
+            decoder_error_model: &texts.dem,
+            json_metadata: &metadata,
+            postselection_mask: (),
+        };
+        let mut hasher = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hasher, &identity)?;
+        let strong_id = format!("{:x}", hasher.0.finalize());
+        Ok(Self { decoder, experiment, noise, texts, metadata, strong_id, model: model.map(|m| m.1) })
     }
 
     /// A short label for progress messages.
@@ -182,7 +250,7 @@ pub fn run_case(
     // The shots depend on the circuit, not on the decoder, and batch sizes do
     // not depend on the thread count: decoders swept together on the same
     // circuit decode the same shots, so their error rates compare pairwise.
-    let circuit_hash = Sha256::digest(case.circuit_text.as_bytes());
+    let circuit_hash = Sha256::digest(case.texts.circuit.as_bytes());
     let case_seed = derive_seed(seed, u64::from_le_bytes(circuit_hash[..8].try_into().expect("8 bytes")));
     let ledger = Mutex::new(Ledger { done: ErrorCount::default(), claimed: 0, next_batch: 0 });
     let claim = || -> Option<(u64, u64)> {
@@ -190,8 +258,7 @@ pub fn run_case(
         if l.claimed >= budget || prior.errors + l.done.errors >= limits.max_errors {
             return None;
         }
-        let left = budget - l.claimed;
-        let n = (left / 16).clamp(1024, 32_768).min(left);
+        let n = batch_shots(budget - l.claimed, case.texts.num_detectors);
         l.claimed += n;
         l.next_batch += 1;
         Some((l.next_batch - 1, n))
@@ -200,9 +267,9 @@ pub fn run_case(
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
-                    let circuit: stim::Circuit = case.circuit_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let circuit: stim::Circuit = case.texts.circuit.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
                     let mut decoder =
-                        super::build_decoder(case.decoder, &case.dem_text, Some(&circuit), case.model.as_ref())?;
+                        super::build_decoder(case.decoder, &case.texts.dem, Some(&circuit), case.model.as_ref())?;
                     while let Some((batch, n)) = claim() {
                         let start = Instant::now();
                         let batch_seed = derive_seed(case_seed, (generation << 32) | batch);
@@ -311,6 +378,12 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         bail!("--max-shots must be positive");
     }
     let limits = Limits { max_shots: args.max_shots, max_errors: args.max_errors };
+    if let Some(png) = &args.plot {
+        if args.out.is_none() {
+            bail!("--plot draws the cases recorded in the --out CSV: give --out too");
+        }
+        crate::plot::check_png_out(png)?;
+    }
 
     let existing = match &args.out {
         Some(path) if path.exists() => {
@@ -345,7 +418,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
 
     let seed = args.seed.unwrap_or_else(super::fresh_seed);
     let bar = super::shot_bar(0, "sweep");
-    let mut built = Vec::new();
+    let mut built: Vec<(Case, ErrorCount, u64)> = Vec::new();
     let checkpoints: Vec<(PathBuf, Arc<NeuralModel>)> = if args.model.is_empty() {
         let zoo = crate::server::zoo()?;
         zoo.into_iter().map(|(name, m)| (PathBuf::from(format!("{name}.safetensors")), m)).collect()
@@ -371,7 +444,12 @@ pub fn run(args: &SweepArgs) -> Result<()> {
             }
             _ => None,
         };
-        let case = Case::build(decoder, experiment, noise, model)?;
+        // `cases` lists the decoders of a circuit together.
+        let texts = match built.last() {
+            Some((last, ..)) if last.experiment == experiment && last.noise == noise => last.texts.clone(),
+            _ => Arc::new(CircuitTexts::build(experiment, noise)?),
+        };
+        let case = Case::build(decoder, experiment, noise, texts, model)?;
         let prior_rows: Vec<&StatsRow> = existing.iter().filter(|r| r.strong_id == case.strong_id).collect();
         let prior = prior_rows.iter().fold(ErrorCount::default(), |mut acc, r| {
             acc += ErrorCount { shots: r.shots, errors: r.errors };
@@ -399,6 +477,11 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     print_table(&table);
     if let Some(path) = &args.out {
         eprintln!("statistics appended to {}", path.display());
+        if let Some(png) = &args.plot {
+            let cases = sinter_csv::read_cases(std::slice::from_ref(path))?;
+            crate::plot::plot_ler(&cases, png)?;
+            eprintln!("wrote {} ({} cases)", png.display(), cases.len());
+        }
     }
     Ok(())
 }
@@ -406,6 +489,42 @@ pub fn run(args: &SweepArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn texts(exp: MemoryExperiment, noise: NoiseModel) -> Arc<CircuitTexts> {
+        Arc::new(CircuitTexts::build(exp, noise).unwrap())
+    }
+
+    /// The strong id hashes sinter's identity JSON, written as `json!` writes it.
+    #[test]
+    fn strong_id_is_the_hash_of_the_identity_json() {
+        let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
+        let noise = NoiseModel::Si1000 { p: 0.003 };
+        let case = Case::build(DecoderKind::Correlated, exp, noise, texts(exp, noise), None).unwrap();
+        let identity = serde_json::json!({
+            "circuit": case.texts.circuit,
+            "decoder": "correlated",
+            "decoder_error_model": case.texts.dem,
+            "postselection_mask": null,
+            "json_metadata": case.metadata,
+        });
+        assert_eq!(case.strong_id, format!("{:x}", Sha256::digest(identity.to_string().as_bytes())));
+        assert_eq!(case.texts.num_detectors, 8 * 3);
+    }
+
+    /// Batches shrink to bound their bits, never below one shot, and depend
+    /// only on what is left and the detector count.
+    #[test]
+    fn batch_sizes() {
+        assert_eq!(batch_shots(100_000, 24), 6_250);
+        assert_eq!(batch_shots(1_000_000_000, 24), 32_768);
+        assert_eq!(batch_shots(500, 24), 500);
+        assert_eq!(batch_shots(5_000, 24), 1_024);
+        // d=5, 10,000 rounds: 240,000 detectors.
+        assert_eq!(batch_shots(20_000, 240_000), 1_118);
+        assert!(batch_shots(20_000, 240_000) * 240_000 <= MAX_BATCH_BITS);
+        assert_eq!(batch_shots(20_000, 1 << 30), 1);
+        assert_eq!(batch_shots(1, 1 << 30), 1);
+    }
 
     #[test]
     fn shards_partition_the_cases() {
@@ -426,7 +545,7 @@ mod tests {
         let bar = ProgressBar::hidden();
         let mut errors = Vec::new();
         for (kind, threads) in [(DecoderKind::Matching, 1), (DecoderKind::Matching, 2), (DecoderKind::Correlated, 2)] {
-            let case = Case::build(kind, exp, noise, None).unwrap();
+            let case = Case::build(kind, exp, noise, texts(exp, noise), None).unwrap();
             let run = CaseRun { prior: ErrorCount::default(), generation: 0, limits, threads, seed: 9 };
             errors.push(run_case(&case, &run, &bar, &|_| Ok(())).unwrap());
         }
@@ -438,7 +557,8 @@ mod tests {
     #[test]
     fn budget_and_resume() {
         let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
-        let case = Case::build(DecoderKind::Matching, exp, NoiseModel::Si1000 { p: 0.01 }, None).unwrap();
+        let noise = NoiseModel::Si1000 { p: 0.01 };
+        let case = Case::build(DecoderKind::Matching, exp, noise, texts(exp, noise), None).unwrap();
         let rows = Mutex::new(Vec::new());
         let record = |r: &StatsRow| {
             rows.lock().unwrap().push(r.clone());

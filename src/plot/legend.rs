@@ -1,11 +1,11 @@
 //! Legends: a box of labelled keys (a curve's line and marker, the
-//! upper-limit arrow, a dashed line), placed in the corner of the plotting
+//! upper- and lower-limit arrows, a dashed line, or none), placed in the corner of the plotting
 //! area where it covers the least of what is drawn there.
 
 use anyhow::Result;
 use plotters::prelude::*;
 
-use super::{Shape, draw_dashed, draw_marker, draw_upper_limit, font, plot_err, px};
+use super::{Shape, draw_dashed, draw_lower_limit, draw_marker, draw_upper_limit, font, plot_err, px};
 
 /// Which corner of the plotting area a legend box goes in: (right, bottom).
 pub(super) type Corner = (bool, bool);
@@ -17,6 +17,10 @@ pub(super) enum LegendKey {
     Curve(Shape, RGBColor),
     /// The upper-limit arrow.
     UpperLimit,
+    /// The lower-limit arrow.
+    LowerLimit,
+    /// Nothing: a note.
+    Blank,
     /// A dashed line.
     Dashed(RGBColor),
 }
@@ -85,6 +89,10 @@ impl Legend {
                 LegendKey::UpperLimit => {
                     draw_upper_limit(area, kx + key_w / 2, cy - px(10.0), RGBColor(0x50, 0x50, 0x50))?
                 }
+                LegendKey::LowerLimit => {
+                    draw_lower_limit(area, kx + key_w / 2, cy + px(10.0), RGBColor(0x50, 0x50, 0x50))?
+                }
+                LegendKey::Blank => {}
                 LegendKey::Dashed(color) => draw_dashed(area, &[(kx, cy), (kx + key_w, cy)], color)?,
             }
             area.draw(&Text::new(

@@ -1,72 +1,117 @@
-//! The logical error rate per round against code distance, one curve per
-//! (decoder, noise model, p, basis), with binomial error bars.
+//! The logical-error-rate figure: LER per round with binomial error bars,
+//! against code distance (one curve per decoder, noise model, p and basis),
+//! or, through [`super::rounds`], against rounds.
+//!
+//! Every case is one point at its best fit with an error bar over its
+//! interval, except: a case with no errors is an upper limit (a bar at the top
+//! of its interval, an arrow pointing down), and a saturated case (its
+//! per-shot interval reaches 0.5, so the shots bound the per-round rate from
+//! below only; see `crate::rates`) is a lower limit (a bar at the bottom of
+//! its interval, an arrow pointing up), or, when even that bound is 0, not
+//! drawn, which the legend says. Lines join only the points with a best fit.
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount, Fit};
+use anyhow::{Result, bail};
+use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, Fit};
 use plotters::coord::combinators::BindKeyPoints;
 use plotters::prelude::*;
-use serde_json::Value;
 
 use super::axes::{LinearAxis, snap, y_tick_label, y_ticks};
 use super::legend::{Corner, Legend, LegendKey, legend_corner, trace};
 use super::{
-    GRID_MAJOR, GRID_MINOR, TEXT, check_png_out, curve_style, draw_error_bar, draw_marker, draw_upper_limit, font,
-    plot_err, px, write_png,
+    GRID_MAJOR, GRID_MINOR, TEXT, check_png_out, curve_style, draw_error_bar, draw_lower_limit, draw_marker,
+    draw_upper_limit, font, plot_err, px, write_png,
 };
+use crate::rates::Measured;
 use crate::sinter_csv::StatsRow;
 
 /// Output size in pixels.
-const WIDTH: u32 = 1000;
-const HEIGHT: u32 = 700;
+pub(super) const WIDTH: u32 = 1000;
+pub(super) const HEIGHT: u32 = 700;
 
 /// Plots LER per round against distance, one series per (decoder, noise, p, basis), with binomial error bars.
 ///
 /// `cases` are per-case totals (see `sinter_csv::aggregate`); each needs `d`
 /// and `r` (rounds) in its metadata. The rate is fitted on the shots that were
-/// not discarded. A case with no errors is drawn as an upper limit (a bar at
-/// the top of its interval with an arrow pointing down). The file must end in
-/// `.png`; it is written to a temporary file beside `out` and renamed, so a
-/// failure leaves no partial file.
+/// not discarded. Zero-error and saturated cases are drawn as limits (see the
+/// module doc). The file must end in `.png`; it is written to a temporary file
+/// beside `out` and renamed, so a failure leaves no partial file.
 pub fn plot_ler(cases: &[StatsRow], out: &Path) -> Result<()> {
     check_png_out(out)?;
-    let series = collect_series(cases)?;
+    let series = collect_series(cases, Across::Distance)?;
+    draw_png(&series, distance_axis, out)
+}
+
+/// Writes the figure of `series`, along the x axis that `axis` makes for
+/// them, to `out`.
+pub(super) fn draw_png(series: &[Series], axis: impl Fn(&[Series]) -> XAxis, out: &Path) -> Result<()> {
     if series.is_empty() {
         bail!("nothing to plot: no case has any shots that were not discarded");
     }
+    let axis = axis(series);
     write_png(out, (WIDTH, HEIGHT), |canvas, size| {
         // The legend goes inside the plot unless it would cover data there.
-        if draw_figure(&series, canvas, size, LegendPlace::Inside)? {
+        if draw_figure(series, &axis, canvas, size, LegendPlace::Inside)? {
             canvas.fill(255);
-            draw_figure(&series, canvas, size, LegendPlace::Outside)?;
+            draw_figure(series, &axis, canvas, size, LegendPlace::Outside)?;
         }
         Ok(())
     })
 }
 
+/// What the x axis shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Across {
+    /// Code distance; a curve per (decoder, noise, p, basis).
+    Distance,
+    /// log10 of the rounds; a curve per (decoder, d, noise, p, basis).
+    Rounds,
+}
+
 /// One plotted case.
 #[derive(Clone, Debug)]
-struct Point {
-    d: u32,
-    errors: u64,
-    fit: Fit,
+pub(super) struct Point {
+    /// Position along the x axis (distance, or log10 of the rounds).
+    pub(super) x: f64,
+    pub(super) errors: u64,
+    /// The per-shot interval reaches 0.5: only `fit.low` means anything.
+    pub(super) saturated: bool,
+    /// The per-round rate.
+    pub(super) fit: Fit,
+}
+
+impl Point {
+    /// Drawn at its best fit (joined by the curve's line).
+    fn has_best(&self) -> bool {
+        self.errors > 0 && !self.saturated
+    }
+
+    /// Drawn at all: a saturated case needs a positive lower bound.
+    fn drawn(&self) -> bool {
+        !self.saturated || self.fit.low > 0.0
+    }
 }
 
 /// One curve.
 #[derive(Clone, Debug)]
-struct Series {
-    decoder: String,
-    noise: Option<String>,
+pub(super) struct Series {
+    pub(super) decoder: String,
+    /// The distance, when the curve runs along rounds.
+    pub(super) d: Option<u32>,
+    pub(super) noise: Option<String>,
     /// The value of `p` and how the metadata wrote it.
-    p: Option<(f64, String)>,
-    basis: Option<String>,
-    points: Vec<Point>,
+    pub(super) p: Option<(f64, String)>,
+    pub(super) basis: Option<String>,
+    pub(super) points: Vec<Point>,
 }
 
 impl Series {
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         let mut label = self.decoder.clone();
+        if let Some(d) = self.d {
+            label += &format!(" d={d}");
+        }
         let mut noise = Vec::new();
         if let Some(n) = &self.noise {
             noise.push(n.clone());
@@ -85,70 +130,28 @@ impl Series {
 
     fn same_curve(&self, other: &Series) -> bool {
         self.decoder == other.decoder
+            && self.d == other.d
             && self.noise == other.noise
             && self.p.as_ref().map(|p| &p.1) == other.p.as_ref().map(|p| &p.1)
             && self.basis == other.basis
     }
 }
 
-/// A metadata field as text (strings unquoted), if present and not null.
-fn meta_text(meta: &Value, key: &str) -> Option<String> {
-    match meta.get(key)? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        v => Some(v.to_string()),
-    }
-}
-
-/// A metadata field that must be a positive number.
-fn meta_number(row: &StatsRow, key: &str, what: &str) -> Result<f64> {
-    let value = row.json_metadata.get(key).with_context(|| {
-        format!("case {} has no '{key}' ({what}) in its metadata {}", row.strong_id, row.json_metadata)
-    })?;
-    let number = match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    };
-    match number {
-        Some(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => bail!("case {}: metadata '{key}' ({what}) is {value}, not a positive number", row.strong_id),
-    }
-}
-
-/// Groups the cases into curves, sorted by decoder, noise, p and basis, each by distance.
-fn collect_series(cases: &[StatsRow]) -> Result<Vec<Series>> {
+/// Groups the cases into curves, sorted by decoder, distance (along rounds),
+/// noise, p and basis, each along x.
+pub(super) fn collect_series(cases: &[StatsRow], across: Across) -> Result<Vec<Series>> {
     let mut series: Vec<Series> = Vec::new();
     for row in cases {
-        let meta = &row.json_metadata;
-        let d = meta_number(row, "d", "code distance")?;
-        if d.fract() != 0.0 || d > u32::MAX as f64 {
-            bail!("case {}: metadata 'd' (code distance) is {d}, not an integer", row.strong_id);
-        }
-        let rounds = meta_number(row, "r", "rounds")?;
-        if row.errors > row.shots.saturating_sub(row.discards) {
-            bail!(
-                "case {}: {} errors in {} shots with {} discarded",
-                row.strong_id,
-                row.errors,
-                row.shots,
-                row.discards
-            );
-        }
-        let count = ErrorCount { shots: row.shots - row.discards, errors: row.errors };
-        if count.shots == 0 {
+        let m = Measured::from_row(row)?;
+        if m.count.shots == 0 {
             continue; // no data: nothing to draw
         }
-        let fit = count.fit_per_round(rounds, DEFAULT_LIKELIHOOD_FACTOR);
-        let decoder = if row.decoder.trim().is_empty() {
-            meta_text(meta, "decoder").unwrap_or_else(|| "?".to_string())
-        } else {
-            row.decoder.trim().to_string()
+        let (x, d) = match across {
+            Across::Distance => (m.d as f64, None),
+            Across::Rounds => (m.rounds.log10(), Some(m.d)),
         };
-        let p = meta_text(meta, "p").map(|text| (text.parse().unwrap_or(f64::NAN), text));
-        let candidate =
-            Series { decoder, noise: meta_text(meta, "noise"), p, basis: meta_text(meta, "basis"), points: Vec::new() };
-        let point = Point { d: d as u32, errors: row.errors, fit };
+        let point = Point { x, errors: m.count.errors, saturated: m.saturated(), fit: m.per_round() };
+        let candidate = Series { decoder: m.decoder, d, noise: m.noise, p: m.p, basis: m.basis, points: Vec::new() };
         match series.iter_mut().find(|s| s.same_curve(&candidate)) {
             Some(s) => s.points.push(point),
             None => series.push(Series { points: vec![point], ..candidate }),
@@ -157,6 +160,7 @@ fn collect_series(cases: &[StatsRow]) -> Result<Vec<Series>> {
     series.sort_by(|a, b| {
         a.decoder
             .cmp(&b.decoder)
+            .then_with(|| a.d.cmp(&b.d))
             .then_with(|| a.noise.cmp(&b.noise))
             .then_with(|| match (&a.p, &b.p) {
                 (Some(x), Some(y)) => x.0.total_cmp(&y.0).then_with(|| x.1.cmp(&y.1)),
@@ -165,18 +169,64 @@ fn collect_series(cases: &[StatsRow]) -> Result<Vec<Series>> {
             .then_with(|| a.basis.cmp(&b.basis))
     });
     for s in &mut series {
-        s.points.sort_by(|a, b| a.d.cmp(&b.d).then(a.fit.best.total_cmp(&b.fit.best)));
+        s.points.sort_by(|a, b| a.x.total_cmp(&b.x).then(a.fit.best.total_cmp(&b.fit.best)));
     }
     Ok(series)
 }
 
-/// The y range: covers every drawn value (bars and upper-limit arrows
-/// included) with a little room, its ends snapped outward to 1, 2 or 5 times
-/// a power of ten.
-fn y_range(series: &[Series]) -> (f64, f64) {
+/// A linear x axis with ticks exactly at the data's x values.
+pub(super) struct XAxis {
+    pub(super) lo: f64,
+    pub(super) hi: f64,
+    pub(super) ticks: Vec<f64>,
+    /// A tick's label.
+    pub(super) label: fn(f64) -> String,
+    /// The axis title.
+    pub(super) desc: &'static str,
+    /// Output pixels between neighbouring curves' points at one x (0: none),
+    /// so that their bars do not hide each other; the spread is capped at 48.
+    pub(super) dodge: f64,
+}
+
+impl XAxis {
+    /// Ticks at the distinct x values of `series`, with `pad` (at least
+    /// `min_pad`, else a tenth of the span) beyond the outer ones.
+    pub(super) fn over(
+        series: &[Series],
+        min_pad: f64,
+        label: fn(f64) -> String,
+        desc: &'static str,
+        dodge: f64,
+    ) -> XAxis {
+        let mut ticks: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.x)).collect();
+        ticks.sort_by(f64::total_cmp);
+        ticks.dedup();
+        let (lo, hi) = (ticks[0], *ticks.last().expect("a point"));
+        let pad = ((hi - lo) * 0.1).max(min_pad);
+        XAxis { lo: lo - pad, hi: hi + pad, ticks, label, desc, dodge }
+    }
+}
+
+/// The distances, one unit of room either side.
+fn distance_axis(series: &[Series]) -> XAxis {
+    XAxis::over(series, 1.0, |d| format!("{}", d.round() as i64), "Code distance d", 0.0)
+}
+
+/// The y range: covers every drawn value (bars and limit arrows included)
+/// with a little room, its ends snapped outward to 1, 2 or 5 times a power of
+/// ten.
+pub(super) fn y_range(series: &[Series]) -> (f64, f64) {
     let mut lo = f64::INFINITY;
     let mut hi = f64::NEG_INFINITY;
     for p in series.iter().flat_map(|s| &s.points) {
+        if p.saturated {
+            if p.fit.low > 0.0 {
+                // Room above a lower limit for its arrow.
+                lo = lo.min(p.fit.low);
+                hi = hi.max(p.fit.low * 2.0);
+            }
+            continue;
+        }
         for v in [p.fit.low, p.fit.best, p.fit.high] {
             if v > 0.0 {
                 lo = lo.min(v);
@@ -212,18 +262,32 @@ enum LegendPlace {
 const LER_CORNERS: [Corner; 4] = [(true, false), (false, false), (true, true), (false, true)];
 
 /// Draws the figure onto `canvas`; returns whether an inside legend covers data.
-fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: LegendPlace) -> Result<bool> {
+fn draw_figure(
+    series: &[Series],
+    axis: &XAxis,
+    canvas: &mut [u8],
+    size: (u32, u32),
+    place: LegendPlace,
+) -> Result<bool> {
     use plotters::style::text_anchor::{HPos, Pos, VPos};
     let root = BitMapBackend::with_buffer(canvas, size).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let shape_of = |i: usize| curve_style(i).0;
     let color_of = |i: usize| curve_style(i).1;
+    let points = || series.iter().flat_map(|s| &s.points);
 
     // Legend contents and size, needed before the layout.
     let mut entries: Vec<(String, LegendKey)> =
         series.iter().enumerate().map(|(i, s)| (s.label(), LegendKey::Curve(shape_of(i), color_of(i)))).collect();
-    if series.iter().flat_map(|s| &s.points).any(|p| p.errors == 0) {
+    if points().any(|p| p.errors == 0 && !p.saturated) {
         entries.push(("upper limit (no errors seen)".to_string(), LegendKey::UpperLimit));
+    }
+    if points().any(|p| p.saturated && p.drawn()) {
+        entries.push(("lower limit (saturated: LER/shot consistent with 0.5)".to_string(), LegendKey::LowerLimit));
+    }
+    let hidden = points().filter(|p| !p.drawn()).count();
+    if hidden > 0 {
+        entries.push((format!("{hidden} saturated case(s) with no lower bound: not drawn"), LegendKey::Blank));
     }
     let (margin_top, margin_bottom, margin_left, margin_right) = (px(14.0), px(12.0), px(18.0), px(28.0));
     let (x_area, y_area, caption_h) = (px(58.0), px(86.0), px(40.0));
@@ -233,14 +297,9 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
     let (box_w, box_h) = (legend.w, legend.h);
 
     // Axes.
-    let mut distances: Vec<u32> = series.iter().flat_map(|s| s.points.iter().map(|p| p.d)).collect();
-    distances.sort_unstable();
-    distances.dedup();
-    let (dmin, dmax) = (distances[0] as f64, *distances.last().unwrap() as f64);
-    let pad = ((dmax - dmin) * 0.1).max(1.0);
     let (ylo, yhi) = y_range(series);
     let (major, minor) = y_ticks(ylo, yhi);
-    let x_label = |d: &f64| format!("{}", d.round() as i64);
+    let x_label = |x: &f64| (axis.label)(*x);
     let y_label = |v: &f64| y_tick_label(*v);
     let right = match place {
         LegendPlace::Inside => margin_right,
@@ -255,12 +314,7 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
         .x_label_area_size(x_area)
         .y_label_area_size(y_area)
         .build_cartesian_2d(
-            LinearAxis {
-                lo: dmin - pad,
-                hi: dmax + pad,
-                ticks: distances.iter().map(|&d| d as f64).collect(),
-                minor: Vec::new(),
-            },
+            LinearAxis { lo: axis.lo, hi: axis.hi, ticks: axis.ticks.clone(), minor: Vec::new() },
             (ylo..yhi).log_scale().with_key_points(major).with_light_points(minor),
         )
         .map_err(plot_err)?;
@@ -274,7 +328,7 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
         .y_label_formatter(&y_label)
         .label_style(font(17.0))
         .axis_desc_style(font(18.0))
-        .x_desc("Code distance d")
+        .x_desc(axis.desc)
         .y_desc("Logical error rate per round")
         .draw()
         .map_err(plot_err)?;
@@ -285,32 +339,44 @@ fn draw_figure(series: &[Series], canvas: &mut [u8], size: (u32, u32), place: Le
 
     // Data, in canvas pixels: bars first, then lines, then markers on top.
     // `occupied` collects drawn pixels, to keep the legend off them.
-    let to_px = |d: u32, v: f64| chart.backend_coord(&(d as f64, v));
+    let spread = (series.len() as f64 - 1.0).max(1.0);
+    let step = axis.dodge.min(48.0 / spread);
+    let to_px = |i: usize, x: f64, v: f64| {
+        let (x, y) = chart.backend_coord(&(x, v));
+        (x + px(step * (i as f64 - (series.len() as f64 - 1.0) / 2.0)), y)
+    };
     let mut occupied: Vec<(i32, i32)> = Vec::new();
     for (i, s) in series.iter().enumerate() {
-        for p in &s.points {
-            let (x, top) = to_px(p.d, p.fit.high);
-            let bottom = if p.errors == 0 {
+        let to_px = |x, v| to_px(i, x, v);
+        for p in s.points.iter().filter(|p| p.drawn()) {
+            let (x, top, bottom) = if p.saturated {
+                let (x, bottom) = to_px(p.x, p.fit.low);
+                draw_lower_limit(&root, x, bottom, color_of(i))?;
+                (x, bottom - px(20.0), bottom)
+            } else if p.errors == 0 {
+                let (x, top) = to_px(p.x, p.fit.high);
                 draw_upper_limit(&root, x, top, color_of(i))?;
-                top + px(20.0)
+                (x, top, top + px(20.0))
             } else {
-                let (_, bottom) = to_px(p.d, p.fit.low.max(ylo));
+                let (x, top) = to_px(p.x, p.fit.high);
+                let (_, bottom) = to_px(p.x, p.fit.low.max(ylo));
                 draw_error_bar(&root, x, (top, bottom), (true, true), color_of(i))?;
-                bottom
+                (x, top, bottom)
             };
             trace(&[(x, top), (x, bottom)], &mut occupied);
         }
     }
     for (i, s) in series.iter().enumerate() {
-        let line: Vec<(i32, i32)> = s.points.iter().filter(|p| p.errors > 0).map(|p| to_px(p.d, p.fit.best)).collect();
+        let line: Vec<(i32, i32)> =
+            s.points.iter().filter(|p| p.has_best()).map(|p| to_px(i, p.x, p.fit.best)).collect();
         if line.len() > 1 {
             trace(&line, &mut occupied);
             root.draw(&PathElement::new(line, color_of(i).stroke_width(px(2.0) as u32))).map_err(plot_err)?;
         }
     }
     for (i, s) in series.iter().enumerate() {
-        for p in s.points.iter().filter(|p| p.errors > 0) {
-            draw_marker(&root, to_px(p.d, p.fit.best), shape_of(i), color_of(i))?;
+        for p in s.points.iter().filter(|p| p.has_best()) {
+            draw_marker(&root, to_px(i, p.x, p.fit.best), shape_of(i), color_of(i))?;
         }
     }
 
@@ -463,10 +529,10 @@ mod tests {
 
     #[test]
     fn series_are_grouped_and_labelled() {
-        let series = collect_series(&sample()).unwrap();
+        let series = collect_series(&sample(), Across::Distance).unwrap();
         let labels: Vec<String> = series.iter().map(Series::label).collect();
         assert_eq!(labels, ["correlated, si1000 p=0.003, memory-Z", "pymatching, si1000 p=0.003, memory-Z"]);
-        assert!(series.iter().all(|s| s.points.iter().map(|p| p.d).eq([3, 5, 7])));
+        assert!(series.iter().all(|s| s.points.iter().map(|p| p.x).eq([3.0, 5.0, 7.0])));
         // The zero-error case has an upper limit but no lower one.
         let zero = &series[0].points[2];
         assert_eq!((zero.errors, zero.fit.low, zero.fit.best), (0, 0.0, 0.0));

@@ -1,6 +1,6 @@
 //! Plots of sweep and calibration statistics, written as PNG files: the
-//! logical error rate per round against code distance ([`ler`]) and the
-//! reliability diagram of a decoder's confidence ([`reliability`]), with
+//! logical error rate per round against code distance ([`ler`]) or rounds
+//! ([`rounds`]), and the reliability diagram of a decoder's confidence ([`reliability`]), with
 //! sinter's error bars (rates within a likelihood factor of 1000 of the best
 //! fit).
 //!
@@ -15,11 +15,13 @@ mod axes;
 mod legend;
 mod ler;
 mod reliability;
+mod rounds;
 
 pub use ler::plot_ler;
 // Only `calibrate` (behind the `train` feature) calls it.
 #[cfg_attr(not(feature = "train"), allow(unused_imports))]
 pub use reliability::plot_reliability;
+pub use rounds::plot_ler_rounds;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -56,7 +58,7 @@ const GRID_MAJOR: RGBColor = RGBColor(0xd0, 0xd0, 0xd0);
 const GRID_MINOR: RGBColor = RGBColor(0xee, 0xee, 0xee);
 
 /// Checks that `out` names a PNG file (not a directory).
-fn check_png_out(out: &Path) -> Result<()> {
+pub(crate) fn check_png_out(out: &Path) -> Result<()> {
     let ext = out.extension().and_then(OsStr::to_str).unwrap_or("");
     if !ext.eq_ignore_ascii_case("png") {
         bail!("cannot plot to {}: only PNG output is supported (use a .png file name)", out.display());
@@ -234,17 +236,36 @@ fn draw_upper_limit<DB: DrawingBackend>(
     top: i32,
     color: RGBColor,
 ) -> Result<()> {
+    draw_limit(area, x, top, 1, color)
+}
+
+/// A lower limit: a cap at `bottom` with an arrow pointing up.
+fn draw_lower_limit<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    x: i32,
+    bottom: i32,
+    color: RGBColor,
+) -> Result<()> {
+    draw_limit(area, x, bottom, -1, color)
+}
+
+/// A cap at `y` with an arrow 20 pixels long pointing down (`dir` 1) or up (-1).
+fn draw_limit<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    x: i32,
+    y: i32,
+    dir: i32,
+    color: RGBColor,
+) -> Result<()> {
     let style = color.stroke_width(px(1.6) as u32);
     let cap = px(5.5);
     let len = px(20.0);
     let head = px(4.5);
-    area.draw(&PathElement::new(vec![(x - cap, top), (x + cap, top)], style)).map_err(plot_err)?;
-    area.draw(&PathElement::new(vec![(x, top), (x, top + len - head)], style)).map_err(plot_err)?;
-    area.draw(&Polygon::new(
-        vec![(x - head, top + len - head * 3 / 2), (x + head, top + len - head * 3 / 2), (x, top + len)],
-        color.filled(),
-    ))
-    .map_err(plot_err)
+    area.draw(&PathElement::new(vec![(x - cap, y), (x + cap, y)], style)).map_err(plot_err)?;
+    area.draw(&PathElement::new(vec![(x, y), (x, y + dir * (len - head))], style)).map_err(plot_err)?;
+    let base = y + dir * (len - head * 3 / 2);
+    area.draw(&Polygon::new(vec![(x - head, base), (x + head, base), (x, y + dir * len)], color.filled()))
+        .map_err(plot_err)
 }
 
 /// A dashed line through `points` (canvas pixels).
