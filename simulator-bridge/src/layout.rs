@@ -146,10 +146,15 @@ impl StabilizerLayout {
         self.detectors.iter().enumerate().filter(move |(_, s)| s.round == round).map(|(d, s)| (d, s.stabilizer))
     }
 
-    /// The code distance implied by the stabilizer count of a rotated surface code, `S = d² − 1`.
+    /// The code distance implied by the stabilizer count of a rotated surface
+    /// code: `S = d² − 1`, or `(d² − 1) / 2` when the circuit has detectors for
+    /// one type only (a one-round memory experiment, where the other type is
+    /// never compared with anything).
     pub fn distance(&self) -> Option<usize> {
-        let d = ((self.stabilizers.len() + 1) as f64).sqrt().round() as usize;
-        (d * d == self.stabilizers.len() + 1).then_some(d)
+        let one_type = self.stabilizers.windows(2).all(|w| w[0].kind == w[1].kind);
+        let full = if one_type { 2 * self.stabilizers.len() } else { self.stabilizers.len() };
+        let d = ((full + 1) as f64).sqrt().round() as usize;
+        (d * d == full + 1).then_some(d)
     }
 }
 
@@ -157,6 +162,18 @@ impl StabilizerLayout {
 mod tests {
     use super::*;
     use crate::code::MemoryExperiment;
+
+    /// A one-round memory experiment has detectors for one type only; its
+    /// distance is still read right (at d=7 its 24 stabilizers are d=5's count).
+    #[test]
+    fn one_round_circuits_know_their_distance() {
+        for d in [3, 5, 7, 9] {
+            let circuit = MemoryExperiment::new(d, 1, Basis::Z).unwrap().ideal_circuit().unwrap();
+            let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z).unwrap();
+            assert_eq!(layout.num_stabilizers(), (d * d - 1) / 2);
+            assert_eq!(layout.distance(), Some(d));
+        }
+    }
 
     #[test]
     fn generated_circuit_layout() {
