@@ -9,7 +9,9 @@
 #
 #   scripts/neural_results.sh d3 [SHOTS]     (default 200000 shots per case)
 #
-# SKIP_THROUGHPUT=1 and SKIP_FINETUNE=1 leave out steps 0 and 3.
+# SKIP_THROUGHPUT=1 and SKIP_FINETUNE=1 leave out steps 0 and 3. CAL_SEED (default
+# 2000003) seeds the calibration shots; qecd calibrate refuses a seed the
+# checkpoint (or a model it was initialised from) already used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/torch-env
@@ -37,7 +39,7 @@ $Q train -d $d --rounds 1-25 $arch --steps 300 --batch 256 --eval-rounds $d --ev
 fi
 
 echo "== calibration"
-$Q calibrate --model "$model" --rounds "$rounds" --shots 100000 --seed 2000003 --plot "$out/reliability.png" | tee "$out/calibration.txt"
+$Q calibrate --model "$model" --rounds "$rounds" --shots 100000 --seed "${CAL_SEED:-2000003}" --plot "$out/reliability.png" | tee "$out/calibration.txt"
 
 echo "== neural vs correlated matching on the same shots (seed 3000003)"
 rm -f "$out/ler.csv"
