@@ -260,14 +260,15 @@ async fn bad_input_gets_the_right_status_while_others_go_on() {
     expect_status(&mut client, vec![o(), final_round(0, &first[3])], Code::InvalidArgument, "before round 0").await;
     let unknown = open(proto::DecoderKind::Neural, "no_such_model", s.rounds, 0);
     expect_status(&mut client, vec![unknown], Code::NotFound, "no_such_model").await;
-    let d7 = {
+    // The zoo has memory-Z models only.
+    let memory_x = {
         let mut m = open(proto::DecoderKind::Neural, "", 3, 0);
         if let Some(In::Open(o)) = m.message.as_mut() {
-            o.code.as_mut().unwrap().distance = 7;
+            o.code.as_mut().unwrap().basis = proto::Basis::X as i32;
         }
         m
     };
-    expect_status(&mut client, vec![d7], Code::NotFound, "no model for d=7").await;
+    expect_status(&mut client, vec![memory_x], Code::NotFound, "no model for d=3 memory-X").await;
 
     // Two more streams fill the server (3 allowed); the next is refused.
     let (_tx2, rx2) = mpsc::channel::<proto::DecodeRequest>(1);
