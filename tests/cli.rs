@@ -332,9 +332,10 @@ fn sweep_uses_the_built_in_zoo_and_names_what_is_missing() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(&csv).unwrap();
     assert!(text.contains("d3_z_si1000_p003.safetensors") && text.contains("neural"), "{text}");
+    // The zoo has memory-Z models only.
     fails(
-        &["sweep", "--decoders", "neural", "--distances", "11", "--max-shots", "10"],
-        "no neural model for d=11",
+        &["sweep", "--decoders", "neural", "--distances", "3", "--basis", "x", "--max-shots", "10"],
+        "no neural model for d=3 memory-X",
         &[],
     );
 }
