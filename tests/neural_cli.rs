@@ -271,8 +271,29 @@ fn relative_models_climb_the_distance_ladder() {
     let tiny = tiny_model(dir.path(), "10");
     let step = |d: &str, init: &Path, out: &Path, extra: &[&str]| {
         let mut args = vec![
-            "train", "-d", d, "--rounds", "1-3", "--steps", "4", "--batch", "32", "--warmup", "1", "--eval-rounds",
-            "2", "--eval-shots", "200", "--eval-every", "4", "--threads", "1", "--init", p(init), "--out", p(out),
+            "train",
+            "-d",
+            d,
+            "--rounds",
+            "1-3",
+            "--steps",
+            "4",
+            "--batch",
+            "32",
+            "--warmup",
+            "1",
+            "--eval-rounds",
+            "2",
+            "--eval-shots",
+            "200",
+            "--eval-every",
+            "4",
+            "--threads",
+            "1",
+            "--init",
+            p(init),
+            "--out",
+            p(out),
         ];
         args.extend_from_slice(extra);
         qecd(&args)
@@ -301,13 +322,37 @@ fn relative_models_climb_the_distance_ladder() {
     let (c5, d5, o5, pred) =
         (dir.path().join("c5.stim"), dir.path().join("d5.b8"), dir.path().join("o5.01"), dir.path().join("p.01"));
     ok(&[
-        "sample", "-d", "5", "-r", "3", "--shots", "100", "--seed", "4", "--out", p(&d5), "--obs-out", p(&o5),
-        "--circuit-out", p(&c5),
+        "sample",
+        "-d",
+        "5",
+        "-r",
+        "3",
+        "--shots",
+        "100",
+        "--seed",
+        "4",
+        "--out",
+        p(&d5),
+        "--obs-out",
+        p(&o5),
+        "--circuit-out",
+        p(&c5),
     ]);
     for model in [&rel5, &rel3] {
         let out = ok(&[
-            "predict", "--circuit", p(&c5), "--in", p(&d5), "--obs-in", p(&o5), "--out", p(&pred), "--decoder",
-            "neural", "--model", p(model),
+            "predict",
+            "--circuit",
+            p(&c5),
+            "--in",
+            p(&d5),
+            "--obs-in",
+            p(&o5),
+            "--out",
+            p(&pred),
+            "--decoder",
+            "neural",
+            "--model",
+            p(model),
         ]);
         assert!(out.contains("of 100 shots decoded wrongly"), "{out}");
     }

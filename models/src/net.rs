@@ -151,11 +151,11 @@ impl Net {
             return self.w("embed.stab").shallow_clone();
         };
         let edge = self.w("embed.edge");
-        let mut out = self.w("embed.type").index_select(0, &g.types);
-        for (e, classes) in g.edges.iter().enumerate() {
-            out = out + edge.select(0, e as i64).index_select(0, classes);
-        }
-        out
+        let types = self.w("embed.type").index_select(0, &g.types);
+        g.edges
+            .iter()
+            .enumerate()
+            .fold(types, |sum, (e, classes)| sum + edge.select(0, e as i64).index_select(0, classes))
     }
 
     /// `[H, S, S]` of layer `l`: stored, or gathered from the relative table.

@@ -159,7 +159,10 @@ impl PositionIndex {
                 sum[h * cells + p] += f64::from(bias[h * pairs + k]);
             }
         }
-        sum.iter().enumerate().map(|(i, &v)| if count[i % cells] == 0 { 0.0 } else { (v / f64::from(count[i % cells])) as f32 }).collect()
+        sum.iter()
+            .enumerate()
+            .map(|(i, &v)| if count[i % cells] == 0 { 0.0 } else { (v / f64::from(count[i % cells])) as f32 })
+            .collect()
     }
 }
 
@@ -268,11 +271,12 @@ mod tests {
         let (small, large) = (lookup(3), lookup(7));
         let mut shared = 0;
         for (key, v) in &small {
-            if key.0.abs() <= 4 && key.1.abs() <= 4 {
-                if let Some(w) = large.get(key) {
-                    shared += 1;
-                    assert_eq!(v, w, "{key:?}");
-                }
+            if key.0.abs() <= 4
+                && key.1.abs() <= 4
+                && let Some(w) = large.get(key)
+            {
+                shared += 1;
+                assert_eq!(v, w, "{key:?}");
             }
         }
         assert!(shared > 20, "only {shared} offsets in common");

@@ -4,9 +4,9 @@
 #![cfg(feature = "train")]
 
 use kernels::{Scratch, Weights, forward_shot};
-use models::{ModelConfig, Positions};
 use models::checkpoint::{Checkpoint, ModelLayout};
 use models::net::{Net, features_tensor};
+use models::{ModelConfig, Positions};
 use simulator_bridge::Basis;
 use tch::Device;
 
