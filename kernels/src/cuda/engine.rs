@@ -58,6 +58,15 @@ pub struct CudaEngine {
     device: String,
 }
 
+/// Which device buffer holds the features of a step launch.
+#[derive(Clone, Copy)]
+enum Staged {
+    /// `features`: one round of every stream.
+    Round,
+    /// `rounds_features`: several rounds of every stream.
+    Rounds,
+}
+
 impl CudaEngine {
     /// The model on GPU 0, with room for `max_streams` live streams (all
     /// states zero). Compiles the kernels for the device (NVRTC, cached per
@@ -180,23 +189,7 @@ impl CudaEngine {
         self.stream
             .memcpy_htod(features, &mut self.features.slice_mut(..streams * sf))
             .map_err(CudaError::driver("copying the features"))?;
-        let (stride, rounds) = (sf as i64, 1i32);
-        let cfg = self.launch_config(streams);
-        // SAFETY: `qecd_step(float* states, const float* features, long long stride, int rounds,
-        // const float* w)`; grid = streams ≤ max_streams blocks, each touching its own state
-        // [S·D] and features at b·stride + t·S·NF (< max_streams·S·NF).
-        unsafe {
-            self.stream
-                .launch_builder(&self.step_fn)
-                .arg(&mut self.states)
-                .arg(&self.features)
-                .arg(&stride)
-                .arg(&rounds)
-                .arg(&self.weights)
-                .launch(cfg)
-        }
-        .map_err(CudaError::driver(STEP_KERNEL))?;
-        Ok(())
+        self.launch_step(streams, sf, 1, Staged::Round)
     }
 
     /// `rounds` round steps of live streams `0..B` in one launch: `features`
@@ -209,15 +202,27 @@ impl CudaEngine {
             return Ok(());
         }
         self.upload_rounds(features)?;
-        let (stride, rounds) = (per_stream as i64, Self::rounds_arg(rounds)?);
+        self.launch_step(streams, per_stream, rounds, Staged::Rounds)
+    }
+
+    /// Launches `qecd_step` on streams `0..streams` over the features staged
+    /// in `staged`, `[streams][rounds][S][NF]` with `stride` floats per stream.
+    fn launch_step(&mut self, streams: usize, stride: usize, rounds: usize, staged: Staged) -> Result<(), CudaError> {
+        let (stride, rounds) = (stride as i64, Self::rounds_arg(rounds)?);
         let cfg = self.launch_config(streams);
-        let buf = self.rounds_features.as_ref().expect("uploaded above");
-        // SAFETY: as in `step_batch`, with features [streams][rounds][S][NF] in `buf`.
+        let features = match staged {
+            Staged::Round => &self.features,
+            Staged::Rounds => self.rounds_features.as_ref().expect("uploaded before the launch"),
+        };
+        // SAFETY: `qecd_step(float* states, const float* features, long long stride, int rounds,
+        // const float* w)`; grid = streams ≤ max_streams blocks, each touching its own state
+        // [S·D] and features at b·stride + t·S·NF, within the staged buffer (the callers
+        // copied streams·stride floats into it).
         unsafe {
             self.stream
                 .launch_builder(&self.step_fn)
                 .arg(&mut self.states)
-                .arg(buf)
+                .arg(features)
                 .arg(&stride)
                 .arg(&rounds)
                 .arg(&self.weights)
