@@ -40,7 +40,17 @@ pub struct NeuralModel {
 impl NeuralModel {
     /// Loads and validates a checkpoint file; the model is named after the file stem.
     pub fn load(path: &Path) -> Result<Self, DecodeError> {
-        let ckpt = Checkpoint::load(path).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        Self::load_at(path, None)
+    }
+
+    /// Loads a checkpoint file laid out for `distance` (when given): a
+    /// relative model runs at any distance, a per-stabilizer one only at its own.
+    pub fn load_at(path: &Path, distance: Option<usize>) -> Result<Self, DecodeError> {
+        let invalid = |e: models::ModelError| DecodeError::Invalid(format!("{}: {e}", path.display()));
+        let mut ckpt = Checkpoint::load(path).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        if let Some(d) = distance {
+            ckpt = ckpt.retarget(d).map_err(invalid)?;
+        }
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Self::from_checkpoint(name, &ckpt, &path.display().to_string())
     }

@@ -96,9 +96,7 @@ pub fn load_model(path: &Path) -> Result<Arc<NeuralModel>> {
 
 /// Loads a relative (distance-agnostic) model laid out for distance `d`.
 pub fn load_model_at(path: &Path, d: usize) -> Result<Arc<NeuralModel>> {
-    let ckpt = models::Checkpoint::load(path)?.retarget(d).with_context(|| format!("{}", path.display()))?;
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Arc::new(NeuralModel::from_checkpoint(name, &ckpt, &path.display().to_string())?))
+    Ok(Arc::new(NeuralModel::load_at(path, Some(d))?))
 }
 
 /// Builds the stabilizer layout of a DEM from its detector coordinates.
