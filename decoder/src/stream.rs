@@ -1,17 +1,29 @@
 //! Streaming decoding, one round at a time.
 //!
-//! A [`StreamEngine`] owns one model and one worker thread. Clients open
-//! [`Session`]s on it; a session pushes the detection events of one round of
-//! one shot at a time and gets back a [`RoundAck`] carrying the step's
-//! latency, and when it finishes a shot (with the final, data-qubit round) a
-//! [`ShotResult`]: the prediction, its calibrated confidence and the decision
-//! latency. Any number of shots may be open in a session at once.
+//! A [`StreamEngine`] owns one model. Clients open [`Session`]s on it (or,
+//! to have replies delivered by a callback instead of a channel, [`Feed`]s);
+//! a session pushes the detection events of one round of one shot at a time
+//! and gets back a [`RoundAck`] carrying the step's latency, and when it
+//! finishes a shot (with the final, data-qubit round) a [`ShotResult`]: the
+//! prediction, its calibrated confidence and the decision latency. Any
+//! number of shots may be open in a session at once.
 //!
-//! All sessions feed the worker through one crossbeam channel. The worker
-//! takes whatever is queued (up to [`StreamOptions::max_batch`] jobs, never
-//! waiting for more) and steps every shot in it as one batch through the
-//! kernels, so a lone stream gets batch-1 latency and many streams get batch
-//! throughput. Each shot's recurrent state stays in the worker between rounds.
+//! # Who steps
+//!
+//! Submitted rounds go into one queue shared by every session. Whoever
+//! drives the engine ([`Feed::drive`]; a [`Session`] drives before it
+//! waits) takes what is queued (up to [`StreamOptions::max_batch`] jobs,
+//! never waiting for more) and steps every shot in it as one batch through
+//! the kernels, on its own thread, if the engine is idle. If another thread
+//! is stepping already, it rings the engine's helper thread instead, which
+//! steps batches until the queue is empty. So a lone stream gets its round
+//! stepped on the thread that received it, with no thread hand-off at all
+//! (waking a parked thread costs tens of microseconds on a VM, several
+//! times a d=3 step), and many streams get batch throughput from the helper.
+//! Each shot's recurrent state stays in the engine between rounds.
+//!
+//! Replies are delivered on the stepping thread, while it holds the engine:
+//! a [`Feed`]'s callback must be quick and must not block.
 //!
 //! # Rounds
 //!
@@ -25,13 +37,14 @@
 //!
 //! # Errors
 //!
-//! A round with the wrong number of event bits, out of order, or pushed after
-//! its shot finished is refused for that shot alone, and nothing is applied:
-//! the shot's state and every other shot are untouched.
+//! A round with the wrong number of event bits, or out of order, is refused
+//! for that shot alone, and nothing is applied: the shot's state and every
+//! other shot are untouched. A shot id may be used again once its shot has
+//! finished: its next round 0 starts a new shot.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,17 +54,17 @@ use models::features::NUM_FEATURES;
 
 use crate::neural::NeuralModel;
 
-/// How the worker batches.
+/// How the engine batches.
 #[derive(Clone, Debug)]
 pub struct StreamOptions {
     /// Most jobs stepped in one batch.
     pub max_batch: usize,
-    /// Threads for a large batch's step (batches of fewer than 256 shots always run on the worker alone).
+    /// Threads for a large batch's step (batches of fewer than 256 shots always run on one).
     pub threads: usize,
     /// Most shots open at once over all sessions; a round 0 beyond it is refused.
     pub max_open_shots: usize,
-    /// How long the idle worker (and a session's blocking calls) spin for
-    /// the next message before parking.
+    /// How long the idle helper thread (and a session's blocking calls)
+    /// spin for the next message before parking.
     pub spin: Duration,
 }
 
@@ -86,12 +99,6 @@ pub enum StreamError {
         /// The round pushed.
         got: usize,
     },
-    /// The shot already finished.
-    #[error("shot {shot} has already finished")]
-    Finished {
-        /// The shot.
-        shot: u64,
-    },
     /// A shot was finished before its round 0.
     #[error("shot {shot} was finished before any round was pushed")]
     NotStarted {
@@ -106,7 +113,7 @@ pub enum StreamError {
         /// [`StreamOptions::max_open_shots`].
         limit: usize,
     },
-    /// The engine's worker is gone.
+    /// The engine has shut down.
     #[error("the decoding engine has shut down")]
     Closed,
 }
@@ -177,34 +184,99 @@ enum JobKind {
     Abort,
 }
 
+/// Where a session's replies go. It is called on whichever thread steps the
+/// batch, while that thread holds the engine: it must be quick and must not block.
+pub type ReplyFn = Arc<dyn Fn(Reply) + Send + Sync>;
+
 struct Job {
     session: u64,
     shot: u64,
     kind: JobKind,
     submitted: Instant,
-    reply: Sender<Reply>,
+    reply: ReplyFn,
 }
 
-/// One model's streaming engine: a worker thread and the sessions feeding it.
+/// What the sessions, the stepping threads and the helper share.
+struct Shared {
+    /// Jobs submitted and not yet taken into a batch.
+    queue: Mutex<VecDeque<Job>>,
+    /// The shots' states and the batch buffers; whoever holds it steps.
+    core: Mutex<Worker>,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Worker> {
+        // A reply callback that panicked leaves the states consistent: every
+        // state is written back before replies go out.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn queued(&self) -> bool {
+        !self.queue.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
+    fn push(&self, job: Job) {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).push_back(job);
+    }
+
+    /// Steps one batch here if the engine is idle; otherwise, or if work is
+    /// left after it, rings the helper.
+    fn drive(&self, bell: &Sender<()>) {
+        let more = match self.core.try_lock() {
+            Ok(mut core) => {
+                core.step_queued(&self.queue);
+                core.has_carry() || self.queued()
+            }
+            Err(TryLockError::Poisoned(p)) => {
+                let mut core = p.into_inner();
+                core.step_queued(&self.queue);
+                core.has_carry() || self.queued()
+            }
+            Err(TryLockError::WouldBlock) => true,
+        };
+        if more {
+            // A full doorbell means the helper will look at the queue anyway.
+            let _ = bell.try_send(());
+        }
+    }
+
+    /// Steps batches until nothing is queued.
+    fn drain(&self) {
+        let mut core = self.core();
+        while core.step_queued(&self.queue) {}
+    }
+}
+
+/// One model's streaming engine: the shots' states, the sessions feeding
+/// them, and a helper thread that steps when the sessions' own threads are busy.
 pub struct StreamEngine {
     model: Arc<NeuralModel>,
-    jobs: Option<Sender<Job>>,
-    worker: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    /// The helper's doorbell; every feed holds a clone, and the helper stops
+    /// once they and this one are all dropped.
+    bell: Option<Sender<()>>,
+    helper: Option<JoinHandle<()>>,
     sessions: AtomicU64,
     spin: Duration,
 }
 
 impl StreamEngine {
-    /// Starts the worker.
+    /// Starts the engine and its helper thread.
     pub fn start(model: Arc<NeuralModel>, options: StreamOptions) -> Self {
-        let (jobs, queue) = crossbeam_channel::unbounded();
+        let (bell, rung) = crossbeam_channel::bounded(1);
         let spin = options.spin;
-        let mut worker = Worker::new(model.clone(), options);
-        let handle = std::thread::Builder::new()
-            .name(format!("qecd-stream-{}", model.name()))
-            .spawn(move || worker.run(queue))
-            .expect("spawn the stream worker");
-        Self { model, jobs: Some(jobs), worker: Some(handle), sessions: AtomicU64::new(0), spin }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            core: Mutex::new(Worker::new(model.clone(), options)),
+        });
+        let helper = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("qecd-stream-{}", model.name()))
+                .spawn(move || help(&shared, &rung, spin))
+                .expect("spawn the stream engine's helper")
+        };
+        Self { model, shared, bell: Some(bell), helper: Some(helper), sessions: AtomicU64::new(0), spin }
     }
 
     /// The model.
@@ -212,49 +284,64 @@ impl StreamEngine {
         &self.model
     }
 
-    /// Opens a session.
+    /// Opens a session whose replies come through [`Session::recv`].
     pub fn open(&self) -> Session {
         let (reply, replies) = crossbeam_channel::unbounded();
-        Session {
+        let reply: ReplyFn = Arc::new(move |r| {
+            let _ = reply.send(r);
+        });
+        Session { feed: self.open_with(reply), replies, stash: VecDeque::new(), spin: self.spin }
+    }
+
+    /// Opens a feed whose replies are handed to `reply` on the stepping
+    /// thread (see [`ReplyFn`]).
+    pub fn open_with(&self, reply: ReplyFn) -> Feed {
+        Feed {
             id: self.sessions.fetch_add(1, Ordering::Relaxed),
             model: self.model.clone(),
-            jobs: self.jobs.clone().expect("the engine is running"),
+            shared: self.shared.clone(),
+            bell: self.bell.clone().expect("the engine is running"),
             reply,
-            replies,
             open: HashMap::new(),
-            finished: HashSet::new(),
-            stash: VecDeque::new(),
-            spin: self.spin,
         }
     }
 
     /// Stops taking new sessions and waits until every open session has been
     /// dropped and all its queued rounds have been stepped and answered.
     pub fn shutdown(mut self) {
-        self.jobs = None;
-        if let Some(worker) = self.worker.take() {
-            worker.join().expect("the stream worker panicked");
+        self.bell = None;
+        if let Some(helper) = self.helper.take() {
+            helper.join().expect("the stream engine's helper panicked");
         }
     }
 }
 
-/// A client's view of the engine: its shots, their next rounds, its replies.
-pub struct Session {
-    id: u64,
-    model: Arc<NeuralModel>,
-    jobs: Sender<Job>,
-    reply: Sender<Reply>,
-    replies: Receiver<Reply>,
-    /// Open shot → its next round.
-    open: HashMap<u64, usize>,
-    finished: HashSet<u64>,
-    /// Replies received while waiting for another one.
-    stash: VecDeque<Reply>,
-    /// How long the blocking calls spin for their reply before parking.
-    spin: Duration,
+/// The helper thread: steps whatever is queued each time it is rung,
+/// spinning for the next ring for `spin` before parking; drains the queue
+/// and stops once every doorbell is dropped.
+fn help(shared: &Shared, rung: &Receiver<()>, spin: Duration) {
+    loop {
+        let closed = spin_recv(rung, spin).is_none() && rung.recv().is_err();
+        shared.drain();
+        if closed {
+            return;
+        }
+    }
 }
 
-impl Session {
+/// The submitting half of a session: its open shots and where its replies
+/// go. Submitting only queues; [`Feed::drive`] gets the queue stepped.
+pub struct Feed {
+    id: u64,
+    model: Arc<NeuralModel>,
+    shared: Arc<Shared>,
+    bell: Sender<()>,
+    reply: ReplyFn,
+    /// Open shot → its next round.
+    open: HashMap<u64, usize>,
+}
+
+impl Feed {
     /// The model.
     pub fn model(&self) -> &Arc<NeuralModel> {
         &self.model
@@ -276,53 +363,150 @@ impl Session {
         self.open.len()
     }
 
-    /// Queues one round of a shot (round 0 opens the shot) without waiting.
-    /// Its [`Reply::Ack`] comes through [`Session::recv`].
+    /// Queues one round of a shot (round 0 opens the shot). Its
+    /// [`Reply::Ack`] comes once the queue is stepped.
     pub fn submit_round(&mut self, shot: u64, round: usize, events: &[bool]) -> Result<(), StreamError> {
-        let expected = self.next_round(shot)?;
+        let expected = self.next_round(shot);
         if round != expected {
             return Err(StreamError::RoundOrder { shot, expected, got: round });
         }
         self.check_bits(shot, round, events, self.round_bits(round))?;
-        self.send(shot, JobKind::Round { round, events: events.to_vec() })?;
+        self.send(shot, JobKind::Round { round, events: events.to_vec() });
         self.open.insert(shot, round + 1);
         Ok(())
     }
 
     /// Queues a shot's final round (the memory-basis events from the data
-    /// qubits) without waiting. Its [`Reply::Result`] comes through [`Session::recv`].
+    /// qubits). Its [`Reply::Result`] comes once the queue is stepped.
     pub fn submit_finish(&mut self, shot: u64, events: &[bool]) -> Result<(), StreamError> {
-        let round = self.next_round(shot)?;
+        let round = self.next_round(shot);
         if round == 0 {
             return Err(StreamError::NotStarted { shot });
         }
         self.check_bits(shot, round, events, self.final_bits())?;
-        self.send(shot, JobKind::Finish { round, events: events.to_vec() })?;
+        self.send(shot, JobKind::Finish { round, events: events.to_vec() });
         self.open.remove(&shot);
-        self.finished.insert(shot);
         Ok(())
     }
 
     /// Drops an open shot's state; it gets no result.
     pub fn abort(&mut self, shot: u64) {
         if self.open.remove(&shot).is_some() {
-            let _ = self.send(shot, JobKind::Abort);
+            self.send(shot, JobKind::Abort);
         }
     }
 
-    /// The channel replies arrive on, for callers that wait on it together
-    /// with other channels (`crossbeam_channel::select!`). Replies taken
-    /// from it directly bypass [`Session::recv`]; use one or the other.
-    pub fn reply_receiver(&self) -> &Receiver<Reply> {
-        &self.replies
+    /// Gets what is queued stepped: here, now, if the engine is idle;
+    /// otherwise by the thread stepping now or by the helper. Call it
+    /// without holding anything a reply callback takes.
+    pub fn drive(&self) {
+        self.shared.drive(&self.bell);
+    }
+
+    /// A handle that drives the engine like [`Feed::drive`], for a caller
+    /// that keeps the feed behind a lock its reply callback takes.
+    pub fn driver(&self) -> Driver {
+        Driver { shared: self.shared.clone(), bell: self.bell.clone() }
+    }
+
+    fn next_round(&self, shot: u64) -> usize {
+        self.open.get(&shot).copied().unwrap_or(0)
+    }
+
+    fn check_bits(&self, shot: u64, round: usize, events: &[bool], expected: usize) -> Result<(), StreamError> {
+        if events.len() != expected {
+            return Err(StreamError::EventBits { shot, round, expected, got: events.len() });
+        }
+        Ok(())
+    }
+
+    fn send(&self, shot: u64, kind: JobKind) {
+        let job = Job { session: self.id, shot, kind, submitted: Instant::now(), reply: self.reply.clone() };
+        self.shared.push(job);
+    }
+}
+
+/// Drives an engine (see [`Feed::driver`]).
+#[derive(Clone)]
+pub struct Driver {
+    shared: Arc<Shared>,
+    bell: Sender<()>,
+}
+
+impl Driver {
+    /// As [`Feed::drive`].
+    pub fn drive(&self) {
+        self.shared.drive(&self.bell);
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        for shot in self.open.keys().copied().collect::<Vec<_>>() {
+            self.abort(shot);
+        }
+        // The helper frees their states; this may run inside a reply callback.
+        let _ = self.bell.try_send(());
+    }
+}
+
+/// A client's view of the engine: a [`Feed`] whose replies queue on a
+/// channel, with calls that wait for them. Every call that waits drives the
+/// engine first, so rounds submitted together are stepped as one batch.
+pub struct Session {
+    feed: Feed,
+    replies: Receiver<Reply>,
+    /// Replies received while waiting for another one.
+    stash: VecDeque<Reply>,
+    /// How long the blocking calls spin for their reply before parking.
+    spin: Duration,
+}
+
+impl Session {
+    /// The model.
+    pub fn model(&self) -> &Arc<NeuralModel> {
+        self.feed.model()
+    }
+
+    /// Event bits a round needs (see [`Feed::round_bits`]).
+    pub fn round_bits(&self, round: usize) -> usize {
+        self.feed.round_bits(round)
+    }
+
+    /// Event bits of the finishing (data-qubit) round.
+    pub fn final_bits(&self) -> usize {
+        self.feed.final_bits()
+    }
+
+    /// Shots opened and not yet finished.
+    pub fn open_shots(&self) -> usize {
+        self.feed.open_shots()
+    }
+
+    /// Queues one round of a shot (round 0 opens the shot) without waiting.
+    /// Its [`Reply::Ack`] comes through [`Session::recv`].
+    pub fn submit_round(&mut self, shot: u64, round: usize, events: &[bool]) -> Result<(), StreamError> {
+        self.feed.submit_round(shot, round, events)
+    }
+
+    /// Queues a shot's final round (the memory-basis events from the data
+    /// qubits) without waiting. Its [`Reply::Result`] comes through [`Session::recv`].
+    pub fn submit_finish(&mut self, shot: u64, events: &[bool]) -> Result<(), StreamError> {
+        self.feed.submit_finish(shot, events)
+    }
+
+    /// Drops an open shot's state; it gets no result.
+    pub fn abort(&mut self, shot: u64) {
+        self.feed.abort(shot);
     }
 
     /// The next reply, waiting for it.
     pub fn recv(&mut self) -> Result<Reply, StreamError> {
-        match self.stash.pop_front() {
-            Some(r) => Ok(r),
-            None => self.replies.recv().map_err(|_| StreamError::Closed),
+        if let Some(r) = self.stash.pop_front() {
+            return Ok(r);
         }
+        self.feed.drive();
+        self.replies.recv().map_err(|_| StreamError::Closed)
     }
 
     /// The next reply, waiting at most `timeout`; `None` if none came.
@@ -330,6 +514,7 @@ impl Session {
         if let Some(r) = self.stash.pop_front() {
             return Ok(Some(r));
         }
+        self.feed.drive();
         match self.replies.recv_timeout(timeout) {
             Ok(r) => Ok(Some(r)),
             Err(RecvTimeoutError::Timeout) => Ok(None),
@@ -364,6 +549,7 @@ impl Session {
         if let Some(i) = self.stash.iter().position(|r| r.shot() == shot) {
             return Ok(self.stash.remove(i).expect("index in range"));
         }
+        self.feed.drive();
         loop {
             let reply = match spin_recv(&self.replies, self.spin) {
                 Some(reply) => reply,
@@ -375,36 +561,9 @@ impl Session {
             self.stash.push_back(reply);
         }
     }
-
-    fn next_round(&self, shot: u64) -> Result<usize, StreamError> {
-        if self.finished.contains(&shot) {
-            return Err(StreamError::Finished { shot });
-        }
-        Ok(self.open.get(&shot).copied().unwrap_or(0))
-    }
-
-    fn check_bits(&self, shot: u64, round: usize, events: &[bool], expected: usize) -> Result<(), StreamError> {
-        if events.len() != expected {
-            return Err(StreamError::EventBits { shot, round, expected, got: events.len() });
-        }
-        Ok(())
-    }
-
-    fn send(&self, shot: u64, kind: JobKind) -> Result<(), StreamError> {
-        let job = Job { session: self.id, shot, kind, submitted: Instant::now(), reply: self.reply.clone() };
-        self.jobs.send(job).map_err(|_| StreamError::Closed)
-    }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        for shot in self.open.keys().copied().collect::<Vec<_>>() {
-            self.abort(shot);
-        }
-    }
-}
-
-/// The worker: every open shot's state, and the batch buffers.
+/// The engine's core: every open shot's state, and the batch buffers.
 struct Worker {
     model: Arc<NeuralModel>,
     options: StreamOptions,
@@ -442,39 +601,37 @@ impl Worker {
         }
     }
 
-    fn run(&mut self, queue: Receiver<Job>) {
+    /// Takes the carried jobs and what is queued (up to
+    /// [`StreamOptions::max_batch`] in all) and steps them; `false` if there was nothing.
+    fn step_queued(&mut self, queue: &Mutex<VecDeque<Job>>) -> bool {
         let max = self.options.max_batch.max(1);
-        let mut pending: Vec<Job> = Vec::with_capacity(max);
-        loop {
-            pending.extend(self.carry.drain(..));
-            if pending.is_empty() {
-                match self.next_job(&queue) {
-                    Some(job) => pending.push(job),
-                    None => return,
-                }
-            }
-            while pending.len() < max {
-                match queue.try_recv() {
-                    Ok(job) => pending.push(job),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
-            self.process(&mut pending);
+        let mut pending: Vec<Job> = self.carry.drain(..).collect();
+        {
+            let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let take = max.saturating_sub(pending.len()).min(queue.len());
+            pending.extend(queue.drain(..take));
         }
+        if pending.is_empty() {
+            return false;
+        }
+        // Every state is written back before the first reply goes out, so a
+        // reply callback that panics leaves the engine consistent.
+        for (to, reply) in self.process(&mut pending) {
+            to(reply);
+        }
+        true
     }
 
-    /// Waits for the next job: spinning for [`StreamOptions::spin`] first (a
-    /// stream that was just answered usually sends its next round within
-    /// microseconds, and waking a parked thread costs tens of them), then
-    /// parked. `None` once every sender is gone.
-    fn next_job(&self, queue: &Receiver<Job>) -> Option<Job> {
-        spin_recv(queue, self.options.spin).or_else(|| queue.recv().ok())
+    fn has_carry(&self) -> bool {
+        !self.carry.is_empty()
     }
 
-    /// Steps one batch. A shot with several jobs queued gets its first one
-    /// stepped now and the rest carried to the next batch, in order.
-    fn process(&mut self, pending: &mut Vec<Job>) {
+    /// Steps one batch and returns its replies. A shot with several jobs
+    /// queued gets its first one stepped now and the rest carried to the
+    /// next batch, in order.
+    fn process(&mut self, pending: &mut Vec<Job>) -> Vec<(ReplyFn, Reply)> {
         let sd = self.model.weights().config().state_len();
+        let mut replies = Vec::with_capacity(pending.len());
         let mut seen = HashSet::new();
         let mut batch: Vec<(Job, usize)> = Vec::with_capacity(pending.len());
         for job in pending.drain(..) {
@@ -492,10 +649,8 @@ impl Worker {
                     Some(slot) => slot,
                     None => {
                         let limit = self.options.max_open_shots;
-                        let _ = job.reply.send(Reply::Error {
-                            shot: job.shot,
-                            error: StreamError::Capacity { shot: job.shot, limit },
-                        });
+                        let error = StreamError::Capacity { shot: job.shot, limit };
+                        replies.push((job.reply, Reply::Error { shot: job.shot, error }));
                         continue;
                     }
                 },
@@ -503,9 +658,8 @@ impl Worker {
                     Some(&slot) => slot,
                     None => {
                         // The session checks order, so this is a shot the engine refused at round 0.
-                        let _ = job
-                            .reply
-                            .send(Reply::Error { shot: job.shot, error: StreamError::NotStarted { shot: job.shot } });
+                        let error = StreamError::NotStarted { shot: job.shot };
+                        replies.push((job.reply, Reply::Error { shot: job.shot, error }));
                         continue;
                     }
                 },
@@ -513,7 +667,7 @@ impl Worker {
             batch.push((job, slot));
         }
         if batch.is_empty() {
-            return;
+            return replies;
         }
         let n = batch.len();
         let config = self.model.weights().config();
@@ -555,18 +709,17 @@ impl Worker {
         let mut finished = 0;
         for (b, (job, slot)) in batch.into_iter().enumerate() {
             let latency = job.submitted.elapsed();
-            match job.kind {
+            let reply = match job.kind {
                 JobKind::Round { round, .. } => {
                     self.states[slot * sd..][..sd].copy_from_slice(&self.batch_states[b * sd..][..sd]);
-                    let ack = RoundAck { shot: job.shot, round, latency, compute, batch: n };
-                    let _ = job.reply.send(Reply::Ack(ack));
+                    Reply::Ack(RoundAck { shot: job.shot, round, latency, compute, batch: n })
                 }
                 JobKind::Finish { round, .. } => {
                     let logits = self.logits[finished * o..][..o].to_vec();
                     finished += 1;
                     let (prediction, confidence) = self.model.decide(&logits);
                     self.release((job.session, job.shot));
-                    let result = ShotResult {
+                    Reply::Result(ShotResult {
                         shot: job.shot,
                         rounds: round + 1,
                         logits,
@@ -574,12 +727,13 @@ impl Worker {
                         confidence,
                         decision_latency: latency,
                         batch: n,
-                    };
-                    let _ = job.reply.send(Reply::Result(result));
+                    })
                 }
                 JobKind::Abort => unreachable!("aborts are not stepped"),
-            }
+            };
+            replies.push((job.reply, reply));
         }
+        replies
     }
 
     /// A zeroed slot for a new shot, or `None` when the engine is full.

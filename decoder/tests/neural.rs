@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use decoder::neural::rounds_of_features;
-use decoder::{Decoder, NeuralDecoder, NeuralModel, Reply, StreamEngine, StreamError, StreamOptions};
+use decoder::{Decoder, NeuralDecoder, NeuralModel, Reply, ReplyFn, RoundAck, StreamEngine, StreamError, StreamOptions};
 use models::checkpoint::{Checkpoint, ModelLayout};
 use models::{Featurizer, ModelConfig};
 use simulator_bridge::sample::Sampler;
@@ -189,8 +189,51 @@ fn bad_rounds_are_refused_for_their_shot_alone() {
     let r1 = session.finish(1, &rounds[1][3]).unwrap();
     let r0 = session.finish(0, &good[3]).unwrap();
     assert_eq!((r0.logits[0], r1.logits[0]), (want[0], want[1]));
-    assert_eq!(session.push_round(0, 4, &good[2]), Err(StreamError::Finished { shot: 0 }));
-    assert_eq!(session.submit_finish(1, &good[3]), Err(StreamError::Finished { shot: 1 }));
+    // A finished shot's id takes round 0 only, which starts a new shot.
+    assert_eq!(session.push_round(0, 4, &good[2]), Err(StreamError::RoundOrder { shot: 0, expected: 0, got: 4 }));
+    assert_eq!(session.submit_finish(1, &good[3]), Err(StreamError::NotStarted { shot: 1 }));
+    for (t, e) in rounds[1][..3].iter().enumerate() {
+        session.push_round(0, t, e).unwrap();
+    }
+    assert_eq!(session.finish(0, &rounds[1][3]).unwrap().logits[0], want[1], "a reused id starts from a zero state");
+}
+
+#[test]
+fn an_idle_engine_steps_on_the_submitting_thread_and_a_busy_one_on_its_helper() {
+    let (s, model) = shots(3, 3, Basis::Z, 1, 4);
+    let rounds = &stream_rounds(&s)[0];
+    let engine = StreamEngine::start(model, StreamOptions::default());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let reply: ReplyFn = Arc::new(move |r| tx.send((r, std::thread::current().id())).unwrap());
+    let mut feed = engine.open_with(reply);
+    feed.submit_round(0, 0, &rounds[0]).unwrap();
+    // Submitting only queues.
+    assert!(rx.try_recv().is_err());
+    feed.drive();
+    let (reply, stepped_on) = rx.try_recv().expect("stepped before drive returned");
+    assert!(matches!(reply, Reply::Ack(RoundAck { shot: 0, round: 0, .. })));
+    assert_eq!(stepped_on, std::thread::current().id());
+    // While another thread holds the engine, driving hands the round to the helper.
+    std::thread::scope(|scope| {
+        let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
+        let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(0);
+        let first = rounds[0].clone();
+        let reply: ReplyFn = Arc::new(move |_| {
+            // Runs on the stepping thread, holding the engine, until released.
+            let _ = hold_tx.send(());
+            let _ = go_rx.recv();
+        });
+        let mut holder = engine.open_with(reply);
+        holder.submit_round(7, 0, &first).unwrap();
+        scope.spawn(move || holder.drive());
+        hold_rx.recv().unwrap();
+        feed.submit_round(0, 1, &rounds[1]).unwrap();
+        feed.drive();
+        go_tx.send(()).unwrap();
+        let (reply, stepped_on) = rx.recv_timeout(Duration::from_secs(10)).expect("the helper stepped it");
+        assert!(matches!(reply, Reply::Ack(RoundAck { shot: 0, round: 1, .. })));
+        assert_ne!(stepped_on, std::thread::current().id());
+    });
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -148,8 +148,15 @@ fn accept_loop(hub: Arc<Hub>, listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// The sending half of a connection: every frame of every stream goes through it.
+///
+/// Frames are mostly sent by the thread that stepped the neural engine,
+/// while it holds the engine, so a send must never block: it writes what
+/// the socket takes at once (`MSG_DONTWAIT`) and leaves the rest to the
+/// connection's flusher thread, which waits on the socket instead.
 struct Writer {
     state: Mutex<WriterState>,
+    /// Signalled when bytes are left for the flusher, or the writer closes.
+    wake: Condvar,
 }
 
 struct WriterState {
@@ -157,20 +164,38 @@ struct WriterState {
     encoder: FrameEncoder,
     /// Scratch buffer for one encoded frame.
     buf: Vec<u8>,
+    /// Bytes the socket did not take yet, in order; the flusher sends them.
+    backlog: Vec<u8>,
+    /// The flusher holds bytes taken from the backlog and not yet sent.
+    flushing: bool,
     /// False once the connection failed or was closed: nothing more is sent.
     open: bool,
 }
 
+/// A peer that leaves this many reply bytes unread is treated as gone.
+const MAX_UNSENT: usize = 64 << 20;
+
 impl Writer {
     fn new(socket: TcpStream) -> Self {
-        let state = WriterState { socket, encoder: FrameEncoder::new(End::Qecd), buf: Vec::new(), open: true };
-        Self { state: Mutex::new(state) }
+        let state = WriterState {
+            socket,
+            encoder: FrameEncoder::new(End::Qecd),
+            buf: Vec::new(),
+            backlog: Vec::new(),
+            flushing: false,
+            open: true,
+        };
+        Self { state: Mutex::new(state), wake: Condvar::new() }
     }
 
-    /// Sends one frame; `false` once the connection is gone.
+    fn lock(&self) -> MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends one frame, without blocking; `false` once the connection is gone.
     fn send(&self, message: &Message, stream: StreamId, shot: u64, round: u32) -> bool {
-        let mut state = self.state.lock().expect("bridge writer");
-        let WriterState { socket, encoder, buf, open } = &mut *state;
+        let mut state = self.lock();
+        let WriterState { socket, encoder, buf, backlog, flushing, open } = &mut *state;
         if !*open {
             return false;
         }
@@ -180,31 +205,120 @@ impl Writer {
             eprintln!("qecd bridge: cannot encode a {} frame for stream {stream}: {e}", message.kind());
             return true;
         }
-        if socket.write_all(buf).is_err() {
-            *open = false;
-            let _ = socket.shutdown(Shutdown::Both);
-            return false;
+        let mut sent = 0;
+        if backlog.is_empty() && !*flushing {
+            match send_now(socket, buf) {
+                Ok(n) => sent = n,
+                Err(_) => {
+                    *open = false;
+                    let _ = socket.shutdown(Shutdown::Both);
+                    self.wake.notify_all();
+                    return false;
+                }
+            }
         }
-        true
+        if sent < buf.len() {
+            backlog.extend_from_slice(&buf[sent..]);
+            if backlog.len() > MAX_UNSENT {
+                eprintln!("qecd bridge: the peer left {MAX_UNSENT} bytes of replies unread; closing the connection");
+                *open = false;
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+            self.wake.notify_all();
+        }
+        *open
+    }
+
+    /// The flusher thread's loop: sends the backlog, waiting on the socket,
+    /// until the writer closes.
+    fn flush_loop(&self) {
+        let mut state = self.lock();
+        loop {
+            while state.open && state.backlog.is_empty() {
+                state = self.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.backlog.is_empty() {
+                return; // closed, everything sent
+            }
+            let bytes = std::mem::take(&mut state.backlog);
+            state.flushing = true;
+            let mut socket = match state.socket.try_clone() {
+                Ok(s) => s,
+                Err(_) => {
+                    state.open = false;
+                    return;
+                }
+            };
+            drop(state);
+            let written = socket.write_all(&bytes);
+            state = self.lock();
+            state.flushing = false;
+            if written.is_err() {
+                state.open = false;
+                state.backlog.clear();
+                let _ = state.socket.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+
+    /// Waits until the flusher has sent everything queued (or the connection failed).
+    fn wait_flushed(&self) {
+        let mut state = self.lock();
+        while state.open && (state.flushing || !state.backlog.is_empty()) {
+            state = self.wake.wait_timeout(state, Duration::from_millis(10)).unwrap_or_else(PoisonError::into_inner).0;
+        }
     }
 
     /// Sends a connection-level ERROR (stream, shot and round 0) as the last
-    /// frame, and shuts down the sending side.
+    /// frame, and shuts down the sending side once it is out.
     fn fail(&self, code: ErrorCode, message: String) {
         self.send(&Message::Error(ErrorReply::new(code, message)), 0, 0, 0);
-        let mut state = self.state.lock().expect("bridge writer");
+        self.wait_flushed();
+        let mut state = self.lock();
         state.open = false;
         let _ = state.socket.shutdown(Shutdown::Write);
+        self.wake.notify_all();
     }
 
     fn is_open(&self) -> bool {
-        self.state.lock().expect("bridge writer").open
+        self.lock().open
     }
 
+    /// Sends what is left, then closes the connection.
     fn close(&self) {
-        let mut state = self.state.lock().expect("bridge writer");
+        self.wait_flushed();
+        let mut state = self.lock();
         state.open = false;
         let _ = state.socket.shutdown(Shutdown::Both);
+        self.wake.notify_all();
+    }
+}
+
+/// Writes what the socket takes without waiting: the byte count, 0 when its
+/// buffer is full.
+fn send_now(socket: &TcpStream, bytes: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: `bytes` is a live, initialized buffer of `bytes.len()`
+        // bytes, and the descriptor belongs to `socket`, open for this call.
+        let n = unsafe {
+            libc::send(
+                socket.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            ErrorKind::WouldBlock => return Ok(0),
+            ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
     }
 }
 
@@ -219,13 +333,11 @@ struct Blame {
 
 /// What a connection's reader knows about one of its streams.
 struct StreamEntry {
-    /// The session's inputs; `None` once the stream failed (its ROUND and
-    /// FINAL frames are then dropped until CLOSE or a new OPEN).
-    inputs: Option<crossbeam_channel::Sender<Input>>,
-    /// Set by the session's thread when it ends.
-    ended: Arc<AtomicBool>,
-    /// The frame to name in the ERROR when the reader ends the stream.
-    blame: Arc<Mutex<Option<Blame>>>,
+    /// The session; `None` once the stream failed (its ROUND and FINAL
+    /// frames are then dropped until CLOSE or a new OPEN).
+    stream: Option<Arc<session::Stream>>,
+    /// Counts the stream as open on the server while it lives.
+    _guard: Option<OpenStream>,
     /// Code distance and basis, for messages.
     code: (u8, Basis),
     /// Stabilizer rounds per shot (OPEN's round field).
@@ -239,19 +351,11 @@ struct StreamEntry {
 impl StreamEntry {
     /// A stream that got its ERROR (or never opened): its frames are dropped.
     fn failed() -> Self {
-        Self {
-            inputs: None,
-            ended: Arc::new(AtomicBool::new(true)),
-            blame: Arc::new(Mutex::new(None)),
-            code: (0, Basis::Z),
-            rounds: 0,
-            events: [0; 3],
-            next_round: HashMap::new(),
-        }
+        Self { stream: None, _guard: None, code: (0, Basis::Z), rounds: 0, events: [0; 3], next_round: HashMap::new() }
     }
 
     fn live(&self) -> bool {
-        self.inputs.is_some() && !self.ended.load(Ordering::SeqCst)
+        self.stream.as_ref().is_some_and(|s| !s.is_closed())
     }
 }
 
@@ -260,8 +364,10 @@ struct Connection {
     hub: Arc<Hub>,
     writer: Arc<Writer>,
     streams: HashMap<StreamId, StreamEntry>,
-    /// The session threads started on this connection (finished ones are pruned).
-    threads: Vec<JoinHandle<()>>,
+    /// Threads ending closed streams (finished ones are pruned).
+    closing: Vec<JoinHandle<()>>,
+    /// Streams given rounds since the engine was last driven.
+    touched: Vec<Arc<session::Stream>>,
 }
 
 /// Reads and handles frames until the peer stops sending or a framing error;
@@ -274,9 +380,19 @@ fn serve_connection(hub: Arc<Hub>, mut socket: TcpStream) {
             return;
         }
     };
+    let flusher = {
+        let writer = writer.clone();
+        match std::thread::Builder::new().name("qecd-bridge-flush".into()).spawn(move || writer.flush_loop()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("qecd bridge: cannot start a connection's flusher: {e}");
+                return;
+            }
+        }
+    };
     let _ = socket.set_read_timeout(Some(STALL_TIMEOUT));
     let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut conn = Connection { hub, writer: writer.clone(), streams: HashMap::new(), threads: Vec::new() };
+    let mut conn = Connection { hub, writer: writer.clone(), streams: HashMap::new(), closing: Vec::new(), touched: Vec::new() };
     let mut decoder = FrameDecoder::new(End::Fpga);
     let mut buf = vec![0u8; 64 * 1024];
     let failure = 'read: loop {
@@ -302,21 +418,38 @@ fn serve_connection(hub: Arc<Hub>, mut socket: TcpStream) {
                 Err(e) => break 'read Some((e.error.code(), e.to_string())),
             }
         }
+        // Every frame that came in this read is queued before any is
+        // stepped, so that a peer sending faster than the engine steps shows
+        // up as the streams' backlogs, not as bytes waiting in the socket.
+        for stream in conn.touched.drain(..) {
+            stream.drive();
+        }
         if !writer.is_open() {
             break None; // the peer stopped reading
         }
     };
     if let Some((code, message)) = failure {
+        // The shots in flight get no answers after a connection-level ERROR.
+        for entry in conn.streams.values() {
+            if let Some(stream) = &entry.stream {
+                stream.abandon();
+            }
+        }
         writer.fail(code, message);
         drain(&mut socket);
     }
     // Every stream's input ends: the sessions answer the shots whose FINAL
-    // came (unless the connection failed), then their threads end.
-    conn.streams.clear();
-    for thread in conn.threads.drain(..) {
+    // came (unless the connection failed), then end.
+    for (_, entry) in conn.streams.drain() {
+        if let Some(stream) = &entry.stream {
+            stream.end();
+        }
+    }
+    for thread in conn.closing.drain(..) {
         let _ = thread.join();
     }
     writer.close();
+    let _ = flusher.join();
 }
 
 /// Reads and drops what the peer still sends, until it closes or for [`DRAIN_AFTER_ERROR`].
@@ -356,15 +489,15 @@ impl Connection {
         self.streams.insert(stream, StreamEntry::failed());
     }
 
-    /// Ends a live stream with an ERROR blaming `blame`'s frame: the session
-    /// sends its replies owed so far, then the ERROR.
+    /// Ends a live stream with an ERROR blaming `blame`'s frame: it sends
+    /// nothing more, and the ERROR is its last frame.
     fn fail_stream(&mut self, stream: StreamId, blame: Blame) {
         let Some(entry) = self.streams.get_mut(&stream) else { return };
-        let Some(inputs) = entry.inputs.take() else { return };
-        let message = blame.message.clone();
-        *entry.blame.lock().expect("bridge blame") = Some(blame);
-        // If the session already ended, it has sent its own ERROR.
-        let _ = inputs.send(Input::Invalid(message));
+        let Some(session) = entry.stream.take() else { return };
+        entry._guard = None;
+        session.abandon();
+        let error = Message::Error(ErrorReply::new(blame.code, blame.message));
+        self.writer.send(&error, stream, blame.shot, blame.round);
     }
 
     fn open(&mut self, id: StreamId, rounds: u32, open: Open) {
@@ -375,8 +508,10 @@ impl Connection {
             return self.fail_stream(id, whole(ErrorCode::FailedPrecondition, why));
         }
         // A stream id that failed or closed may be opened again.
-        self.streams.remove(&id);
-        self.threads.retain(|t| !t.is_finished());
+        if let Some(old) = self.streams.remove(&id) {
+            self.end_later(old);
+        }
+        self.closing.retain(|t| !t.is_finished());
         if rounds == 0 {
             let why = format!(
                 "OPEN of stream {id}: the header's round field carries the stabilizer rounds per shot and must be at least 1"
@@ -422,30 +557,15 @@ impl Connection {
             round_budget_us: open.budget_us,
             max_backlog: 0,
         };
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let _ = tx.send(Input::Open(request));
-        let ended = Arc::new(AtomicBool::new(false));
-        let blame = Arc::new(Mutex::new(None));
-        let session = SessionThread {
-            hub,
-            id,
-            rounds,
-            writer: self.writer.clone(),
-            ended: ended.clone(),
-            blame: blame.clone(),
-            guard,
+        let writer = self.writer.clone();
+        let sink: session::Sink = Arc::new(move |r| reply(&writer, id, rounds, r));
+        let stream = match session::Stream::open(hub, request, sink) {
+            Ok(stream) => stream,
+            Err(fault) => return self.refuse(id, whole(error_code(fault.code), fault.message)),
         };
-        match std::thread::Builder::new().name("qecd-bridge-stream".into()).spawn(move || session.run(rx)) {
-            Ok(thread) => self.threads.push(thread),
-            Err(e) => {
-                let why = format!("cannot start stream {id}'s thread: {e}");
-                return self.refuse(id, whole(ErrorCode::Internal, why));
-            }
-        }
         let entry = StreamEntry {
-            inputs: Some(tx),
-            ended,
-            blame,
+            stream: Some(stream),
+            _guard: Some(guard),
             code: (d, open.basis),
             rounds,
             events: [memory, order.stabilizers.len(), memory],
@@ -504,17 +624,41 @@ impl Connection {
             entry.next_round.insert(shot, round + 1);
             Input::Round(proto::Round { shot, round, num_events, events: packed, soft: vec![] })
         };
-        if entry.inputs.as_ref().is_some_and(|tx| tx.send(input).is_err()) {
-            entry.inputs = None; // the session ended on its own, with its ERROR
+        let Some(stream) = entry.stream.clone() else { return };
+        if let Err(fault) = stream.input(input) {
+            // The checks above leave the session nothing to refuse but its own trouble.
+            return self.fail_stream(id, blame(error_code(fault.code), fault.message));
+        }
+        if !self.touched.iter().any(|s| Arc::ptr_eq(s, &stream)) {
+            self.touched.push(stream);
         }
     }
 
     fn close(&mut self, id: StreamId) {
-        // Dropping the entry ends the session's input: it answers the shots
-        // whose FINAL came, then ends.
-        if self.streams.remove(&id).is_none() {
-            let why = format!("CLOSE for stream {id}, which is not open");
-            self.writer.send(&Message::Error(ErrorReply::new(ErrorCode::FailedPrecondition, why)), id, 0, 0);
+        match self.streams.remove(&id) {
+            Some(entry) => self.end_later(entry),
+            None => {
+                let why = format!("CLOSE for stream {id}, which is not open");
+                self.writer.send(&Message::Error(ErrorReply::new(ErrorCode::FailedPrecondition, why)), id, 0, 0);
+            }
+        }
+    }
+
+    /// Ends a stream whose input is over, on a thread of its own: it answers
+    /// the shots whose FINAL came, while this reader goes on with the others.
+    fn end_later(&mut self, entry: StreamEntry) {
+        if entry.stream.is_none() {
+            return;
+        }
+        let ending = std::thread::Builder::new().name("qecd-bridge-close".into()).spawn(move || {
+            if let Some(stream) = &entry.stream {
+                stream.end();
+            }
+            drop(entry);
+        });
+        match ending {
+            Ok(thread) => self.closing.push(thread),
+            Err(e) => eprintln!("qecd bridge: cannot start a thread to end a stream: {e}"),
         }
     }
 }
@@ -525,38 +669,6 @@ struct OpenStream(Arc<Hub>);
 impl Drop for OpenStream {
     fn drop(&mut self) {
         self.0.stats.open_streams.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One stream's session, on its own thread.
-struct SessionThread {
-    hub: Arc<Hub>,
-    id: StreamId,
-    rounds: u32,
-    writer: Arc<Writer>,
-    ended: Arc<AtomicBool>,
-    blame: Arc<Mutex<Option<Blame>>>,
-    guard: OpenStream,
-}
-
-impl SessionThread {
-    fn run(self, inputs: crossbeam_channel::Receiver<Input>) {
-        let Self { hub, id, rounds, writer, ended, blame, guard } = self;
-        let sink_writer = writer.clone();
-        let sink: session::Sink = Arc::new(move |r| reply(&sink_writer, id, rounds, r));
-        let result = session::run_stream(hub, inputs, sink);
-        ended.store(true, Ordering::SeqCst);
-        if let Err(fault) = result {
-            // The reader's verdict if the session ended on the reader's Invalid input, else the session's own.
-            let blamed = blame
-                .lock()
-                .expect("bridge blame")
-                .take()
-                .filter(|b| fault.code == Code::InvalidArgument && b.message == fault.message);
-            let b = blamed.unwrap_or(Blame { code: error_code(fault.code), shot: 0, round: 0, message: fault.message });
-            writer.send(&Message::Error(ErrorReply::new(b.code, b.message)), id, b.shot, b.round);
-        }
-        drop(guard);
     }
 }
 

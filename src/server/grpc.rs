@@ -1,10 +1,10 @@
 //! The tonic service of proto/qecd/v1/decoder.proto, with gRPC health
 //! checking and server reflection.
 //!
-//! A Decode stream gets its own thread running [`session::run_stream`]; a
-//! tokio task forwards the client's messages to it, and its responses go
-//! back through an unbounded channel. A bad message ends that stream with
-//! the status of its [`session::Fault`]; nothing else on the server notices.
+//! A Decode stream runs on the tokio task that reads its messages ([`run`]),
+//! and its responses go back through an unbounded channel. A bad message
+//! ends that stream with the status of its [`session::Fault`]; nothing else
+//! on the server notices.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, PackedShots};
 use simulator_bridge::Basis;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -56,38 +57,16 @@ impl DecoderApi for DecoderService {
                 hub.options.max_streams
             )));
         }
-        let mut inbound = request.into_inner();
-        let (in_tx, in_rx) = crossbeam_channel::unbounded();
+        let inbound = request.into_inner();
         let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            loop {
-                let input = match inbound.message().await {
-                    Ok(Some(DecodeRequest { message: Some(In::Open(o)) })) => Input::Open(o),
-                    Ok(Some(DecodeRequest { message: Some(In::Round(r)) })) => Input::Round(r),
-                    Ok(Some(DecodeRequest { message: Some(In::Final(f)) })) => Input::Final(f),
-                    Ok(Some(DecodeRequest { message: None })) => {
-                        Input::Invalid("a DecodeRequest with no message (open, round or final)".into())
-                    }
-                    Ok(None) | Err(_) => return, // the client finished sending, or went away
-                };
-                if in_tx.send(input).is_err() {
-                    return;
-                }
+            let result = run(hub, inbound, out_tx.clone()).await;
+            // The stream no longer counts as open once the client can learn that it ended.
+            drop(guard);
+            if let Err(fault) = result {
+                let _ = out_tx.send(Err(fault.into()));
             }
         });
-        let sink_tx = out_tx.clone();
-        let sink: session::Sink = Arc::new(move |r| sink_tx.send(Ok(r)).is_ok());
-        std::thread::Builder::new()
-            .name("qecd-stream".into())
-            .spawn(move || {
-                let result = session::run_stream(hub, in_rx, sink);
-                // The stream no longer counts as open once the client can learn that it ended.
-                drop(guard);
-                if let Err(fault) = result {
-                    let _ = out_tx.send(Err(fault.into()));
-                }
-            })
-            .map_err(|e| Status::internal(format!("cannot start the stream's thread: {e}")))?;
         Ok(Response::new(UnboundedReceiverStream::new(out_rx)))
     }
 
@@ -132,6 +111,74 @@ impl DecoderApi for DecoderService {
 
     async fn get_stats(&self, _: Request<proto::GetStatsRequest>) -> Result<Response<proto::GetStatsResponse>, Status> {
         Ok(Response::new(stats_response(&self.hub)))
+    }
+}
+
+/// Runs one Decode stream until the client's messages end and every answer
+/// owed has been sent, or the client goes away. Each message is handled
+/// right here, on the task that read it, and a neural round is stepped here
+/// too when the engine is idle (see [`session::Stream`]); only opening the
+/// session and waiting for the last answers leave the async runtime.
+async fn run(
+    hub: Arc<Hub>,
+    mut inbound: Streaming<DecodeRequest>,
+    out: UnboundedSender<Result<DecodeResponse, Status>>,
+) -> Result<(), Fault> {
+    let open = match inbound.message().await {
+        Ok(Some(DecodeRequest { message: Some(In::Open(open)) })) => open,
+        Ok(Some(_)) => {
+            return Err(Fault {
+                code: Code::FailedPrecondition,
+                message: "no session opened: the first message of a Decode stream must be `open`".into(),
+            });
+        }
+        Ok(None) | Err(_) => return Ok(()),
+    };
+    let sink: session::Sink = Arc::new(move |r| out.send(Ok(r)).is_ok());
+    let stream = tokio::task::spawn_blocking(move || session::Stream::open(hub, open, sink))
+        .await
+        .map_err(|e| Fault { code: Code::Internal, message: format!("opening the session failed: {e}") })??;
+    let mut ended = false;
+    while !ended {
+        // Handle every message that has arrived before stepping, so that a
+        // client sending faster than the engine steps shows up as this
+        // stream's backlog (and falls back), not as bytes piling up unread.
+        let mut next = Some(inbound.message().await);
+        while let Some(message) = next.take() {
+            let input = match message {
+                Ok(Some(DecodeRequest { message: Some(In::Open(_)) })) => Input::Open,
+                Ok(Some(DecodeRequest { message: Some(In::Round(r)) })) => Input::Round(r),
+                Ok(Some(DecodeRequest { message: Some(In::Final(f)) })) => Input::Final(f),
+                Ok(Some(DecodeRequest { message: None })) => {
+                    Input::Invalid("a DecodeRequest with no message (open, round or final)".into())
+                }
+                Ok(None) | Err(_) => {
+                    ended = true; // the client finished sending, or went away
+                    break;
+                }
+            };
+            if let Err(fault) = stream.input(input) {
+                stream.abandon();
+                return Err(fault);
+            }
+            next = ready_now(inbound.message());
+        }
+        stream.drive();
+        ended |= stream.is_closed();
+    }
+    let _ = tokio::task::spawn_blocking(move || stream.end()).await;
+    Ok(())
+}
+
+/// The future's output if it is ready without waiting. Polling
+/// `Streaming::message` and dropping it unfinished loses nothing: its state
+/// lives in the stream.
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }
 

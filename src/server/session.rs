@@ -2,17 +2,18 @@
 //! session it opens, its shots, the budgets, the fallback to correlated
 //! matching and the shadow check.
 //!
-//! Each stream runs on its own thread ([`run_stream`]). It waits on two
-//! channels at once: the client's messages, and the neural engine's replies
-//! for its session. Everything it sends goes through a [`Sink`].
+//! A [`Stream`] runs on its transport's own thread or task, and on the
+//! thread that steps the neural engine (see [`Stream`]). Everything it sends
+//! goes through a [`Sink`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, select};
-use decoder::{Decoder, DecoderKind, GapCalibration, MatchingDecoder, PackedShots, Reply, Session};
+use crossbeam_channel::Sender;
+use decoder::{Decoder, DecoderKind, Driver, Feed, GapCalibration, MatchingDecoder, PackedShots, Reply, ReplyFn};
 use models::ModelLayout;
 use simulator_bridge::layout::StabilizerType;
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
@@ -25,8 +26,8 @@ use super::{Hub, Model};
 /// A message of the client, in order.
 #[derive(Debug)]
 pub enum Input {
-    /// Opens the session; must come first, once.
-    Open(proto::OpenSession),
+    /// A second `open`: the session is open already.
+    Open,
     /// One stabilizer round of a shot.
     Round(proto::Round),
     /// The final round of a shot.
@@ -227,16 +228,39 @@ impl Shot {
     }
 }
 
-/// A shot to shadow-decode.
-struct Check {
-    shot: u64,
-    events: Vec<u8>,
-    prediction: Vec<bool>,
+/// Work for a stream's matching lane.
+enum LaneJob {
+    /// Answer a shot with the whole-shot decoder.
+    Whole { shot: u64, events: Vec<u8>, fallback: Option<String>, received: Instant },
+    /// Shadow-decode a neural answer (the checked mode).
+    Check { shot: u64, events: Vec<u8>, prediction: Vec<bool> },
 }
 
-struct Stream {
+/// What the stream's mutex guards: everything both the transport's thread
+/// and the engine's reply callback change.
+struct State {
+    /// The neural engine's session; `None` in the matching modes and once the stream ended.
+    feed: Option<Feed>,
+    shots: HashMap<u64, Shot>,
+    /// Receipt time of every round and final handed to the engine.
+    pending: HashMap<(u64, u32), Instant>,
+    /// The matching lane's queue; `None` once the stream ended.
+    lane: Option<Sender<LaneJob>>,
+}
+
+/// One decode stream. Its transport (a gRPC task, a bridge connection's
+/// reader) hands it the client's messages one at a time with
+/// [`Stream::input`], then calls [`Stream::drive`]: the neural engine steps
+/// the round right there if it is idle, and its reply comes back through a
+/// callback into the stream, so a round crosses no thread on its way.
+/// Whole-shot decoding (the matching modes, shots that fell back) and the
+/// checked mode's shadow run on the stream's matching lane, a thread of its
+/// own, off the neural path.
+pub struct Stream {
     hub: Arc<Hub>,
     sink: Sink,
+    /// Set when the stream ends or the client goes away: nothing more is sent.
+    closed: Arc<AtomicBool>,
     mode: Mode,
     rounds: u32,
     budget: Option<Duration>,
@@ -244,37 +268,18 @@ struct Stream {
     map: RoundMap,
     /// Keeps the model (and its engine) alive while the stream runs.
     _model: Option<Model>,
-    neural: Option<Session>,
-    whole: Option<MatchingDecoder>,
-    shots: HashMap<u64, Shot>,
-    /// Receipt time of every round and final handed to the engine.
-    pending: HashMap<(u64, u32), Instant>,
-    shadow: Option<(Sender<Check>, std::thread::JoinHandle<()>)>,
-    num_observables: usize,
-}
-
-/// Runs a stream until the client's messages end and every answer owed has
-/// been sent, or the client goes away. A bad message ends the stream with a
-/// [`Fault`]; other streams are never affected.
-pub fn run_stream(hub: Arc<Hub>, inputs: Receiver<Input>, sink: Sink) -> Result<(), Fault> {
-    let open = match inputs.recv() {
-        Ok(Input::Open(open)) => open,
-        Ok(_) => {
-            return Err(Fault::new(
-                Code::FailedPrecondition,
-                "no session opened: the first message of a Decode stream must be `open`",
-            ));
-        }
-        Err(_) => return Ok(()),
-    };
-    let mut stream = Stream::open(hub, open, sink)?;
-    let result = stream.serve(&inputs);
-    stream.close();
-    result
+    driver: Option<Driver>,
+    state: Mutex<State>,
+    /// Signalled when the last pending round is answered.
+    drained: Condvar,
+    lane_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Stream {
-    fn open(hub: Arc<Hub>, open: proto::OpenSession, sink: Sink) -> Result<Self, Fault> {
+    /// Opens a session (sending its `opened` response). It builds the code's
+    /// circuit and matching graph the first time, which takes milliseconds:
+    /// call it where blocking is fine.
+    pub fn open(hub: Arc<Hub>, open: proto::OpenSession, sink: Sink) -> Result<Arc<Self>, Fault> {
         let code = open.code.ok_or_else(|| Fault::new(Code::InvalidArgument, "open: `code` is missing"))?;
         let (d, basis, rounds, noise) =
             parse_code(&code).map_err(|f| Fault::new(f.code, format!("open: {}", f.message)))?;
@@ -290,16 +295,22 @@ impl Stream {
         let order =
             ModelLayout::for_code(d, basis).map_err(|e| Fault::new(Code::InvalidArgument, format!("open: {e}")))?;
         let map = RoundMap::new(&order, &info.layout, rounds)?;
-        let matching = |kind| {
-            info.matching(kind).map_err(|e| Fault::new(Code::Internal, format!("cannot build {kind} matching: {e}")))
+        let closed = Arc::new(AtomicBool::new(false));
+        let sink: Sink = {
+            let closed = closed.clone();
+            Arc::new(move |r| {
+                if closed.load(Ordering::Acquire) {
+                    return false;
+                }
+                let sent = sink(r);
+                if !sent {
+                    closed.store(true, Ordering::Release);
+                }
+                sent
+            })
         };
-        let whole = Some(matching(mode.whole_kind())?);
-        let num_observables = whole.as_ref().map(|w| w.num_observables()).unwrap_or(1);
-        let shadow = match mode {
-            Mode::Neural { checked: true } => Some(spawn_shadow(hub.clone(), info.dem_text.clone(), sink.clone())),
-            _ => None,
-        };
-        let neural = model.as_ref().map(|m| m.engine.open());
+        let (lane, lane_thread) =
+            spawn_lane(hub.clone(), info, mode.whole_kind(), map.num_detectors, sink.clone())?;
         let opened = proto::SessionOpened {
             model: model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
             first_round_events: map.first.len() as u32,
@@ -309,55 +320,94 @@ impl Stream {
             stabilizer_y: order.stabilizers.iter().map(|s| s.y).collect(),
             stabilizer_is_memory_basis: order.stabilizers.iter().map(|s| s.kind == memory_type(basis)).collect(),
         };
-        let stream = Self {
-            max_backlog: if open.max_backlog == 0 { hub.options.max_backlog } else { open.max_backlog as usize },
-            budget: (open.round_budget_us > 0).then(|| Duration::from_micros(u64::from(open.round_budget_us))),
-            hub,
-            sink,
-            mode,
-            rounds: code.rounds,
-            map,
-            _model: model,
-            neural,
-            whole,
-            shots: HashMap::new(),
-            pending: HashMap::new(),
-            shadow,
-            num_observables,
-        };
+        let stream = Arc::new_cyclic(|me: &Weak<Stream>| {
+            let feed = model.as_ref().map(|m| {
+                let me = me.clone();
+                let reply: ReplyFn = Arc::new(move |reply| {
+                    if let Some(stream) = me.upgrade() {
+                        stream.engine_reply(reply);
+                    }
+                });
+                m.engine.open_with(reply)
+            });
+            Stream {
+                max_backlog: if open.max_backlog == 0 { hub.options.max_backlog } else { open.max_backlog as usize },
+                budget: (open.round_budget_us > 0).then(|| Duration::from_micros(u64::from(open.round_budget_us))),
+                hub,
+                sink,
+                closed,
+                mode,
+                rounds: code.rounds,
+                map,
+                driver: feed.as_ref().map(Feed::driver),
+                _model: model,
+                state: Mutex::new(State {
+                    feed,
+                    shots: HashMap::new(),
+                    pending: HashMap::new(),
+                    lane: Some(lane),
+                }),
+                drained: Condvar::new(),
+                lane_thread: Mutex::new(Some(lane_thread)),
+            }
+        });
         (stream.sink)(DecodeResponse { message: Some(Out::Opened(opened)) });
         Ok(stream)
     }
 
-    fn serve(&mut self, inputs: &Receiver<Input>) -> Result<(), Fault> {
-        let never = crossbeam_channel::never();
-        let mut inputs_open = true;
-        loop {
-            if !inputs_open && self.pending.is_empty() {
-                return Ok(());
-            }
-            let replies = self.neural.as_ref().map(|s| s.reply_receiver().clone()).unwrap_or_else(|| never.clone());
-            let input_rx = if inputs_open { inputs.clone() } else { crossbeam_channel::never() };
-            select! {
-                recv(input_rx) -> msg => match msg {
-                    Ok(Input::Open(_)) => {
-                        return Err(Fault::new(Code::FailedPrecondition, "the session is already open"));
-                    }
-                    Ok(Input::Round(r)) => self.round(r)?,
-                    Ok(Input::Final(f)) => self.finish(f)?,
-                    Ok(Input::Invalid(why)) => return Err(Fault::new(Code::InvalidArgument, why)),
-                    Err(_) => inputs_open = false,
-                },
-                recv(replies) -> reply => match reply {
-                    Ok(reply) => {
-                        if !self.engine_reply(reply) {
-                            return Ok(());
-                        }
-                    }
-                    Err(_) => return Err(Fault::new(Code::Internal, "the neural engine stopped")),
-                },
-            }
+    /// Handles one message of the client after the open. A fault ends the
+    /// stream: the transport reports it and calls [`Stream::abandon`].
+    pub fn input(&self, input: Input) -> Result<(), Fault> {
+        match input {
+            Input::Open => Err(Fault::new(Code::FailedPrecondition, "the session is already open")),
+            Input::Round(r) => self.round(r),
+            Input::Final(f) => self.finish(f),
+            Input::Invalid(why) => Err(Fault::new(Code::InvalidArgument, why)),
         }
+    }
+
+    /// Gets the rounds queued by [`Stream::input`] stepped, on this thread
+    /// if the engine is idle. Call it after every input.
+    pub fn drive(&self) {
+        if let Some(driver) = &self.driver {
+            driver.drive();
+        }
+    }
+
+    /// True once the client is gone (or the stream ended): stop reading it.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The client sends no more: waits until every round and shot it sent is
+    /// answered (or the client goes away), then ends the stream. Blocks.
+    pub fn end(&self) {
+        let mut state = self.lock();
+        while !state.pending.is_empty() && !self.is_closed() {
+            state = self.drained.wait_timeout(state, Duration::from_millis(50)).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        state.feed = None;
+        state.lane = None;
+        drop(state);
+        // The lane answers the shots queued on it, then stops.
+        if let Some(thread) = self.lane_thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = thread.join();
+        }
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Ends the stream now, after a fault: nothing more is sent, the
+    /// engine forgets its shots and the lane stops after its current shot.
+    pub fn abandon(&self) {
+        self.closed.store(true, Ordering::Release);
+        let mut state = self.lock();
+        state.feed = None;
+        state.lane = None;
+        state.pending.clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn check_events(&self, shot: u64, what: &str, expected: usize, num: u32, bytes: &[u8]) -> Result<(), Fault> {
@@ -374,10 +424,12 @@ impl Stream {
         Ok(())
     }
 
-    fn round(&mut self, r: proto::Round) -> Result<(), Fault> {
+    fn round(&self, r: proto::Round) -> Result<(), Fault> {
         let received = Instant::now();
         let (shot_id, t) = (r.shot, r.round);
-        let next = self.shots.get(&shot_id).map(|s| s.next_round).unwrap_or(0);
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let next = state.shots.get(&shot_id).map(|s| s.next_round).unwrap_or(0);
         if t != next || t >= self.rounds {
             let why = if t >= self.rounds {
                 format!("the session has {} rounds (0..{}); send the final round next", self.rounds, self.rounds - 1)
@@ -390,7 +442,7 @@ impl Stream {
         self.check_events(shot_id, &format!("round {t}"), detectors.len(), r.num_events, &r.events)?;
         let neural_mode = matches!(self.mode, Mode::Neural { .. });
         let bytes = self.map.num_detectors.div_ceil(8);
-        let shot = self.shots.entry(shot_id).or_insert_with(|| Shot {
+        let shot = state.shots.entry(shot_id).or_insert_with(|| Shot {
             next_round: 0,
             events: vec![0; bytes],
             neural: neural_mode,
@@ -398,40 +450,41 @@ impl Stream {
         });
         shot.set(detectors, &r.events);
         shot.next_round += 1;
-        if shot.neural && self.pending.len() >= self.max_backlog {
+        if shot.neural && state.pending.len() >= self.max_backlog {
             shot.neural = false;
             shot.fallback =
-                Some(format!("backlog of {} rounds reached its bound {}", self.pending.len(), self.max_backlog));
+                Some(format!("backlog of {} rounds reached its bound {}", state.pending.len(), self.max_backlog));
             Stats::bump(&self.hub.stats.backlog_fallbacks);
-            if let Some(s) = self.neural.as_mut() {
-                s.abort(shot_id);
+            if let Some(feed) = state.feed.as_mut() {
+                feed.abort(shot_id);
             }
         }
         if shot.neural {
             let bits = unpack(&r.events, detectors.len());
-            let session = self.neural.as_mut().expect("neural mode has a session");
-            session.submit_round(shot_id, t as usize, &bits).map_err(|e| Fault::new(Code::Internal, e.to_string()))?;
-            self.pending.insert((shot_id, t), received);
+            let feed = state.feed.as_mut().ok_or_else(ended)?;
+            feed.submit_round(shot_id, t as usize, &bits).map_err(internal)?;
+            state.pending.insert((shot_id, t), received);
             return Ok(());
         }
         let answered = self.mode.whole_kind();
-        let latency = received.elapsed();
-        self.hub.stats.round(answered, latency);
+        self.hub.stats.round(answered, received.elapsed());
         let ack = proto::RoundAck {
             shot: shot_id,
             round: t,
             step_latency_ns: 0,
             budget_met: true,
-            backlog: self.pending.len() as u32,
+            backlog: state.pending.len() as u32,
         };
         (self.sink)(DecodeResponse { message: Some(Out::Ack(ack)) });
         Ok(())
     }
 
-    fn finish(&mut self, f: proto::FinalRound) -> Result<(), Fault> {
+    fn finish(&self, f: proto::FinalRound) -> Result<(), Fault> {
         let received = Instant::now();
         let shot_id = f.shot;
-        let Some(shot) = self.shots.get(&shot_id) else {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(shot) = state.shots.get(&shot_id).filter(|s| s.next_round != u32::MAX) else {
             return Err(Fault::new(
                 Code::InvalidArgument,
                 format!("shot {shot_id}: final round before round 0 (or the shot already finished)"),
@@ -444,153 +497,150 @@ impl Stream {
             ));
         }
         self.check_events(shot_id, "final round", self.map.last.len(), f.num_events, &f.events)?;
-        let mut shot = self.shots.remove(&shot_id).expect("checked above");
+        let mut shot = state.shots.remove(&shot_id).expect("checked above");
         shot.set(&self.map.last, &f.events);
         if shot.neural {
             let bits = unpack(&f.events, self.map.last.len());
-            let session = self.neural.as_mut().expect("neural mode has a session");
-            session.submit_finish(shot_id, &bits).map_err(|e| Fault::new(Code::Internal, e.to_string()))?;
-            self.pending.insert((shot_id, self.rounds), received);
+            let feed = state.feed.as_mut().ok_or_else(ended)?;
+            feed.submit_finish(shot_id, &bits).map_err(internal)?;
+            state.pending.insert((shot_id, self.rounds), received);
             // Keep the events for the shadow check, or for correlated matching
             // should one of its rounds turn out to have missed the budget.
-            self.shots.insert(shot_id, Shot { next_round: u32::MAX, ..shot });
+            state.shots.insert(shot_id, Shot { next_round: u32::MAX, ..shot });
             return Ok(());
         }
-        self.decode_whole(shot_id, shot, received).map(|_| ())
+        Self::to_lane(state, shot_id, shot, received);
+        Ok(())
     }
 
-    /// Answers a shot with the whole-shot decoder: the session's, or correlated
+    /// Hands a shot to the whole-shot decoder: the session's, or correlated
     /// matching for a shot that left the neural decoder.
-    fn decode_whole(&mut self, shot_id: u64, shot: Shot, received: Instant) -> Result<bool, Fault> {
-        let kind = self.mode.whole_kind();
-        let events = PackedShots::from_bytes(shot.events, self.map.num_detectors).map_err(internal)?;
-        let decisions = self.whole.as_mut().expect("always built").decode_batch(&events).map_err(internal)?;
-        let prediction: Vec<bool> = (0..self.num_observables).map(|k| decisions.predictions.get(0, k)).collect();
-        let confidence = decisions.confidence.map(|c| c[0]).unwrap_or(f64::NAN);
-        if shot.fallback.is_some() {
-            Stats::bump(&self.hub.stats.fallbacks);
+    fn to_lane(state: &mut State, shot_id: u64, shot: Shot, received: Instant) {
+        if let Some(lane) = &state.lane {
+            let job = LaneJob::Whole { shot: shot_id, events: shot.events, fallback: shot.fallback, received };
+            let _ = lane.send(job);
         }
-        Ok(self.send_result(shot_id, &prediction, confidence, kind, shot.fallback, received))
     }
 
-    /// Handles one reply of the engine; `false` when the client is gone.
-    fn engine_reply(&mut self, reply: Reply) -> bool {
+    /// Handles one reply of the engine, on the thread that stepped it.
+    fn engine_reply(&self, reply: Reply) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
         match reply {
             Reply::Ack(ack) => {
                 let key = (ack.shot, ack.round as u32);
-                let Some(received) = self.pending.remove(&key) else { return true };
+                let Some(received) = state.pending.remove(&key) else { return };
                 let latency = received.elapsed();
                 let met = self.budget.is_none_or(|b| latency <= b);
                 self.hub.stats.round(DecoderKind::Neural, latency);
                 if !met {
                     Stats::bump(&self.hub.stats.budget_misses);
-                    self.fall_back(
-                        ack.shot,
-                        format!("round {} took {:.1} µs, over the budget", ack.round, micros(latency)),
-                    );
+                    let why = format!("round {} took {:.1} µs, over the budget", ack.round, micros(latency));
+                    Self::fall_back(state, ack.shot, why);
                 }
                 let ack = proto::RoundAck {
                     shot: ack.shot,
                     round: ack.round as u32,
                     step_latency_ns: latency.as_nanos() as u64,
                     budget_met: met,
-                    backlog: self.pending.len() as u32,
+                    backlog: state.pending.len() as u32,
                 };
-                (self.sink)(DecodeResponse { message: Some(Out::Ack(ack)) })
+                (self.sink)(DecodeResponse { message: Some(Out::Ack(ack)) });
             }
             Reply::Result(result) => {
-                let Some(received) = self.pending.remove(&(result.shot, self.rounds)) else { return true };
-                let shot = self.shots.remove(&result.shot);
-                if shot.as_ref().is_some_and(|s| s.fallback.is_some()) {
-                    // A round of this shot missed the budget after its final round was sent.
-                    let shot = shot.expect("checked");
-                    return self.decode_whole(result.shot, shot, received).unwrap_or(false);
+                let Some(received) = state.pending.remove(&(result.shot, self.rounds)) else { return };
+                let shot = state.shots.remove(&result.shot);
+                match shot {
+                    Some(shot) if shot.fallback.is_some() => {
+                        // A round of this shot missed the budget after its final round was sent.
+                        Self::to_lane(state, result.shot, shot, received);
+                    }
+                    shot => {
+                        send_result(
+                            &self.hub,
+                            &self.sink,
+                            result.shot,
+                            &result.prediction,
+                            result.confidence,
+                            DecoderKind::Neural,
+                            None,
+                            received,
+                        );
+                        if let (Mode::Neural { checked: true }, Some(shot), Some(lane)) =
+                            (self.mode, shot, &state.lane)
+                        {
+                            let check =
+                                LaneJob::Check { shot: result.shot, events: shot.events, prediction: result.prediction };
+                            let _ = lane.send(check);
+                        }
+                    }
                 }
-                let ok = self.send_result(
-                    result.shot,
-                    &result.prediction,
-                    result.confidence,
-                    DecoderKind::Neural,
-                    None,
-                    received,
-                );
-                if let (Some((shadow, _)), Some(shot)) = (&self.shadow, shot) {
-                    let _ =
-                        shadow.send(Check { shot: result.shot, events: shot.events, prediction: result.prediction });
-                }
-                ok
             }
             Reply::Error { shot, error } => {
                 // The engine refused the shot (it is full): correlated matching takes it over.
-                let rounds: Vec<(u64, u32)> = self.pending.keys().filter(|k| k.0 == shot).copied().collect();
-                self.fall_back(shot, format!("the neural engine refused it: {error}"));
-                let mut ok = true;
+                let rounds: Vec<(u64, u32)> = state.pending.keys().filter(|k| k.0 == shot).copied().collect();
+                Self::fall_back(state, shot, format!("the neural engine refused it: {error}"));
                 for key in rounds {
                     if key.1 == self.rounds {
                         continue;
                     }
-                    self.pending.remove(&key);
+                    state.pending.remove(&key);
                     let ack = proto::RoundAck {
                         shot,
                         round: key.1,
                         step_latency_ns: 0,
                         budget_met: true,
-                        backlog: self.pending.len() as u32,
+                        backlog: state.pending.len() as u32,
                     };
-                    ok &= (self.sink)(DecodeResponse { message: Some(Out::Ack(ack)) });
+                    (self.sink)(DecodeResponse { message: Some(Out::Ack(ack)) });
                 }
-                ok
             }
+        }
+        if state.pending.is_empty() || self.is_closed() {
+            self.drained.notify_all();
         }
     }
 
     /// Moves a shot to correlated matching. Its rounds still queued in the
     /// engine are acknowledged as they are stepped; if its final round is
     /// already in the engine, the neural answer is set aside for correlated matching's.
-    fn fall_back(&mut self, shot_id: u64, why: String) {
-        let Some(shot) = self.shots.get_mut(&shot_id).filter(|s| s.fallback.is_none()) else { return };
+    fn fall_back(state: &mut State, shot_id: u64, why: String) {
+        let Some(shot) = state.shots.get_mut(&shot_id).filter(|s| s.fallback.is_none()) else { return };
         shot.fallback = Some(why);
         if shot.neural && shot.next_round != u32::MAX {
             shot.neural = false;
-            if let Some(s) = self.neural.as_mut() {
-                s.abort(shot_id);
+            if let Some(feed) = state.feed.as_mut() {
+                feed.abort(shot_id);
             }
         }
     }
+}
 
-    fn send_result(
-        &self,
-        shot: u64,
-        prediction: &[bool],
-        confidence: f64,
-        kind: DecoderKind,
-        fallback: Option<String>,
-        received: Instant,
-    ) -> bool {
-        let latency = received.elapsed();
-        self.hub.stats.decision(kind, latency);
-        let result = proto::ShotResult {
-            shot,
-            num_observables: prediction.len() as u32,
-            prediction: pack(prediction),
-            confidence,
-            answered_by: proto_kind(kind) as i32,
-            fell_back: fallback.is_some(),
-            fallback_reason: fallback.unwrap_or_default(),
-            decision_latency_ns: latency.as_nanos() as u64,
-        };
-        (self.sink)(DecodeResponse { message: Some(Out::Result(result)) })
-    }
-
-    /// Ends the stream: the engine forgets its open shots, and the shadow
-    /// finishes the checks it was given.
-    fn close(&mut self) {
-        self.neural = None;
-        if let Some((tx, worker)) = self.shadow.take() {
-            drop(tx);
-            let _ = worker.join();
-        }
-    }
+/// Sends a shot's result and counts its decision latency; `false` once the client is gone.
+#[allow(clippy::too_many_arguments)]
+fn send_result(
+    hub: &Hub,
+    sink: &Sink,
+    shot: u64,
+    prediction: &[bool],
+    confidence: f64,
+    kind: DecoderKind,
+    fallback: Option<String>,
+    received: Instant,
+) -> bool {
+    let latency = received.elapsed();
+    hub.stats.decision(kind, latency);
+    let result = proto::ShotResult {
+        shot,
+        num_observables: prediction.len() as u32,
+        prediction: pack(prediction),
+        confidence,
+        answered_by: proto_kind(kind) as i32,
+        fell_back: fallback.is_some(),
+        fallback_reason: fallback.unwrap_or_default(),
+        decision_latency_ns: latency.as_nanos() as u64,
+    };
+    sink(DecodeResponse { message: Some(Out::Result(result)) })
 }
 
 /// The stabilizer type measured in the first and final rounds of a memory experiment.
@@ -603,6 +653,10 @@ fn memory_type(basis: Basis) -> StabilizerType {
 
 fn internal(e: impl std::fmt::Display) -> Fault {
     Fault::new(Code::Internal, e.to_string())
+}
+
+fn ended() -> Fault {
+    Fault::new(Code::FailedPrecondition, "the stream has ended")
 }
 
 fn micros(d: Duration) -> f64 {
@@ -623,27 +677,81 @@ pub fn pack(bits: &[bool]) -> Vec<u8> {
     out
 }
 
-/// The checked mode's shadow: correlated matching on every neural shot, off the hot path.
-fn spawn_shadow(hub: Arc<Hub>, dem_text: String, sink: Sink) -> (Sender<Check>, std::thread::JoinHandle<()>) {
-    let (tx, rx) = crossbeam_channel::unbounded::<Check>();
-    let worker = std::thread::spawn(move || {
-        // PyMatching's graph cannot cross threads: build it here.
-        let Ok(mut matching) = MatchingDecoder::from_dem_text(&dem_text, DecoderKind::Correlated) else { return };
-        let n = matching.num_detectors();
-        for check in rx {
-            let Ok(events) = PackedShots::from_bytes(check.events, n) else { continue };
-            let Ok(d) = matching.decode_batch(&events) else { continue };
-            let baseline: Vec<bool> = (0..check.prediction.len()).map(|k| d.predictions.get(0, k)).collect();
-            let agreed = baseline == check.prediction;
-            Stats::bump(&hub.stats.checked);
-            if agreed {
-                hub.stats.agreed.fetch_add(1, Ordering::Relaxed);
+/// Starts a stream's matching lane: a thread that owns the whole-shot
+/// decoder (PyMatching's graph cannot cross threads, so it is built there)
+/// and answers the shots and shadow checks queued on it, in order. Returns
+/// its queue and its thread.
+fn spawn_lane(
+    hub: Arc<Hub>,
+    info: Arc<CircuitInfo>,
+    kind: DecoderKind,
+    num_detectors: usize,
+    sink: Sink,
+) -> Result<(Sender<LaneJob>, JoinHandle<()>), Fault> {
+    let (tx, rx) = crossbeam_channel::unbounded::<LaneJob>();
+    let (built_tx, built) = crossbeam_channel::bounded::<Result<(), String>>(1);
+    let thread = std::thread::Builder::new()
+        .name("qecd-lane".into())
+        .spawn(move || {
+            let mut decoder = match info.matching(kind) {
+                Ok(d) => {
+                    let _ = built_tx.send(Ok(()));
+                    d
+                }
+                Err(e) => {
+                    let _ = built_tx.send(Err(format!("cannot build {kind} matching: {e}")));
+                    return;
+                }
+            };
+            for job in rx {
+                let sent = match job {
+                    LaneJob::Whole { shot, events, fallback, received } => {
+                        let Some((prediction, confidence)) = decode_one(&mut decoder, events, num_detectors) else {
+                            continue;
+                        };
+                        if fallback.is_some() {
+                            Stats::bump(&hub.stats.fallbacks);
+                        }
+                        send_result(&hub, &sink, shot, &prediction, confidence, kind, fallback, received)
+                    }
+                    LaneJob::Check { shot, events, prediction } => {
+                        let Some((baseline, _)) = decode_one(&mut decoder, events, num_detectors) else { continue };
+                        let agreed = baseline == prediction;
+                        Stats::bump(&hub.stats.checked);
+                        if agreed {
+                            hub.stats.agreed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let msg = proto::BaselineCheck { shot, agreed, baseline_prediction: pack(&baseline) };
+                        sink(DecodeResponse { message: Some(Out::Check(msg)) })
+                    }
+                };
+                if !sent {
+                    return;
+                }
             }
-            let msg = proto::BaselineCheck { shot: check.shot, agreed, baseline_prediction: pack(&baseline) };
-            if !sink(DecodeResponse { message: Some(Out::Check(msg)) }) {
-                return;
-            }
+        })
+        .map_err(|e| Fault::new(Code::Internal, format!("cannot start the stream's matching thread: {e}")))?;
+    match built.recv() {
+        Ok(Ok(())) => Ok((tx, thread)),
+        Ok(Err(why)) => Err(Fault::new(Code::Internal, why)),
+        Err(_) => Err(Fault::new(Code::Internal, "the stream's matching thread stopped")),
+    }
+}
+
+/// One shot through a matching decoder: its predicted flips and confidence
+/// (NaN without a calibration); `None`, reported, if PyMatching fails.
+fn decode_one(decoder: &mut MatchingDecoder, events: Vec<u8>, num_detectors: usize) -> Option<(Vec<bool>, f64)> {
+    let decoded = PackedShots::from_bytes(events, num_detectors)
+        .map_err(|e| e.to_string())
+        .and_then(|events| decoder.decode_batch(&events).map_err(|e| e.to_string()));
+    match decoded {
+        Ok(d) => {
+            let prediction = (0..decoder.num_observables()).map(|k| d.predictions.get(0, k)).collect();
+            Some((prediction, d.confidence.map(|c| c[0]).unwrap_or(f64::NAN)))
         }
-    });
-    (tx, worker)
+        Err(e) => {
+            eprintln!("qecd: matching failed on a shot: {e}");
+            None
+        }
+    }
 }
