@@ -302,6 +302,21 @@ fn demo_streams_through_grpc_and_prints_its_table() {
 }
 
 #[test]
+fn load_echo_measures_the_transport_floor() {
+    let o = qecd(&["load", "--echo", "--streams", "2", "--seconds", "1", "--distances", "3"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("transport floor: a tonic echo service, no decoding"), "{out}");
+    // d, decoder, streams, shots, lost, dup, dup acks, LER/shot, then the latencies.
+    let row: Vec<&str> =
+        out.lines().find(|l| l.starts_with(" 3 echo")).expect("an echo row").split_whitespace().collect();
+    assert_eq!(row[2], "2", "{out}");
+    assert!(row[3].parse::<u64>().unwrap() > 0, "no shot answered: {out}");
+    assert_eq!(&row[4..8], ["0", "0", "0", "-"], "lost, dup, dup acks and LER: {out}");
+    fails(&["load", "--echo", "--addr", "http://127.0.0.1:1"], "cannot be used with", &[]);
+}
+
+#[test]
 fn serve_and_load_refuse_bad_arguments() {
     fails(&["serve", "--listen", "127.0.0.1:0", "--models", "/no/such/dir"], "/no/such/dir", &[]);
     let empty = tempfile::tempdir().unwrap();

@@ -1,7 +1,9 @@
 //! `qecd load`: the load run of docs/perf.md. Many concurrent Decode streams
 //! (d=3 and d=5 mixed) play simulated shots for a fixed time against a
 //! server, in-process on loopback unless `--addr` names one; the run fails
-//! if any shot is lost or answered twice.
+//! if any shot is lost or answered twice. With `--echo` the in-process server
+//! is [`super::echo`]'s, which decodes nothing: the same client's round trips
+//! against it are the transport floor of the decoder's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use decoder::stats::DEFAULT_LIKELIHOOD_FACTOR;
 use simulator_bridge::Basis;
 
 use super::client::{Drive, ShotSet, Tally, drive};
+use super::echo::LocalEcho;
 use crate::server::proto::{self, decoder_client::DecoderClient};
 use crate::server::stats::Histogram;
 use crate::server::{Hub, Models, ServerOptions, grpc};
@@ -22,6 +25,10 @@ pub struct LoadArgs {
     /// A running server (`http://HOST:PORT`); default: one started in-process on loopback.
     #[arg(long)]
     pub addr: Option<String>,
+    /// Run against an in-process echo of the Decode service that decodes nothing:
+    /// the transport floor (gRPC, HTTP/2, tokio) of the round trips.
+    #[arg(long, conflicts_with = "addr")]
+    pub echo: bool,
     /// Concurrent Decode streams, each on its own connection.
     #[arg(long, default_value_t = 64)]
     pub streams: usize,
@@ -39,6 +46,54 @@ pub struct LoadArgs {
     pub seed: u64,
 }
 
+/// What answers the streams of one distance.
+enum Answerer {
+    /// The neural decoder, with this model.
+    Neural(String),
+    /// Correlated matching, where no neural model fits the distance.
+    Correlated,
+    /// The echo service of `--echo`.
+    Echo,
+}
+
+impl Answerer {
+    /// The decoder column of the table.
+    fn name(&self) -> &'static str {
+        match self {
+            Answerer::Neural(_) => "neural",
+            Answerer::Correlated => "correlated",
+            Answerer::Echo => "echo",
+        }
+    }
+
+    /// The decoder and model the streams open their sessions with.
+    fn session(&self) -> (proto::DecoderKind, String) {
+        match self {
+            Answerer::Neural(name) => (proto::DecoderKind::Neural, name.clone()),
+            Answerer::Correlated => (proto::DecoderKind::Correlated, String::new()),
+            Answerer::Echo => (proto::DecoderKind::Unspecified, String::new()),
+        }
+    }
+}
+
+/// A server started in-process for the run.
+enum Local {
+    /// The decoding server.
+    Decoder(grpc::LocalServer),
+    /// The transport floor of `--echo`.
+    Echo(LocalEcho),
+}
+
+impl Local {
+    /// Shuts it down, waiting for open streams to finish.
+    async fn stop(self) -> Result<()> {
+        match self {
+            Local::Decoder(server) => server.stop().await,
+            Local::Echo(server) => server.stop().await,
+        }
+    }
+}
+
 /// Runs `qecd load`.
 pub fn run(args: &LoadArgs) -> Result<()> {
     anyhow::ensure!(
@@ -47,15 +102,27 @@ pub fn run(args: &LoadArgs) -> Result<()> {
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let models = Models::embedded(&decoder::StreamOptions::default())?;
-        let neural: Vec<(usize, Option<String>)> =
-            args.distances.iter().map(|&d| (d, models.find("", d, Basis::Z).ok().map(|m| m.name))).collect();
-        let (addr, stop) = match &args.addr {
-            Some(a) => (a.clone(), None),
-            None => {
-                let options = ServerOptions { max_streams: args.streams + 8, ..ServerOptions::default() };
-                let server = grpc::LocalServer::start(Arc::new(Hub::new(models, options))).await?;
-                (format!("http://{}", server.addr), Some(server))
+        let (answerers, addr, stop): (Vec<(usize, Answerer)>, String, Option<Local>) = if args.echo {
+            let server = LocalEcho::start().await?;
+            let answerers = args.distances.iter().map(|&d| (d, Answerer::Echo)).collect();
+            (answerers, format!("http://{}", server.addr), Some(Local::Echo(server)))
+        } else {
+            let models = Models::embedded(&decoder::StreamOptions::default())?;
+            let answerers = args
+                .distances
+                .iter()
+                .map(|&d| match models.find("", d, Basis::Z) {
+                    Ok(m) => (d, Answerer::Neural(m.name)),
+                    Err(_) => (d, Answerer::Correlated),
+                })
+                .collect();
+            match &args.addr {
+                Some(a) => (answerers, a.clone(), None),
+                None => {
+                    let options = ServerOptions { max_streams: args.streams + 8, ..ServerOptions::default() };
+                    let server = grpc::LocalServer::start(Arc::new(Hub::new(models, options))).await?;
+                    (answerers, format!("http://{}", server.addr), Some(Local::Decoder(server)))
+                }
             }
         };
         let sets: Vec<Arc<ShotSet>> = args
@@ -64,18 +131,19 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             .map(|&d| ShotSet::simulate(d, d, 4096, args.seed ^ d as u64).map(Arc::new))
             .collect::<Result<_>>()?;
         println!(
-            "qecd load: {} streams for {} s against {addr}, distances {:?} (rounds = d), {} shot(s) in flight per stream",
-            args.streams, args.seconds, args.distances, args.window
+            "qecd load: {} streams for {} s against {addr}{}, distances {:?} (rounds = d), {} shot(s) in flight per stream",
+            args.streams,
+            args.seconds,
+            if args.echo { " (echo)" } else { "" },
+            args.distances,
+            args.window
         );
         let until = Instant::now() + Duration::from_secs_f64(args.seconds);
         let mut tasks = Vec::new();
         for i in 0..args.streams {
             let k = i % sets.len();
             let (set, addr) = (sets[k].clone(), addr.clone());
-            let (decoder, model) = match &neural[k].1 {
-                Some(name) => (proto::DecoderKind::Neural, name.clone()),
-                None => (proto::DecoderKind::Correlated, String::new()),
-            };
+            let (decoder, model) = answerers[k].1.session();
             let plan = Drive { decoder, model, window: args.window, shots: usize::MAX, until: Some(until), bar: None };
             tasks.push(tokio::spawn(async move {
                 let mut client = DecoderClient::connect(addr).await?;
@@ -88,7 +156,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         }
         let mut stats_client = DecoderClient::connect(addr.clone()).await?;
         let stats = stats_client.get_stats(proto::GetStatsRequest {}).await?.into_inner();
-        let failed = report(args, &neural, &per_distance, &stats);
+        let failed = report(args, &answerers, &per_distance, &stats);
         if let Some(server) = stop {
             server.stop().await?;
         }
@@ -102,7 +170,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
 /// Prints the run's table; `true` if any shot was lost or duplicated.
 fn report(
     args: &LoadArgs,
-    neural: &[(usize, Option<String>)],
+    answerers: &[(usize, Answerer)],
     per_distance: &[Vec<Tally>],
     stats: &proto::GetStatsResponse,
 ) -> bool {
@@ -120,7 +188,7 @@ fn report(
         "decision p50/p99/p99.9 µs"
     );
     let mut failed = false;
-    for ((d, model), tallies) in neural.iter().zip(per_distance) {
+    for ((d, answerer), tallies) in answerers.iter().zip(per_distance) {
         let (mut round, mut decision) = (Histogram::default(), Histogram::default());
         let (mut answered, mut lost, mut dup, mut dup_acks) = (0, 0, 0, 0);
         let mut errors = decoder::stats::ErrorCount::default();
@@ -138,17 +206,24 @@ fn report(
             let [a, b, c] = h.percentiles_us();
             format!("{a:.0} / {b:.0} / {c:.0}")
         };
-        let ler = errors.fit_per_round(1.0, DEFAULT_LIKELIHOOD_FACTOR).best;
-        let name = if model.is_some() { "neural" } else { "correlated" };
+        // The echo answers "no flip" to every shot: its error rate measures nothing.
+        let ler = match answerer {
+            Answerer::Echo => "-".to_string(),
+            _ => format!("{:.3}%", 100.0 * errors.fit_per_round(1.0, DEFAULT_LIKELIHOOD_FACTOR).best),
+        };
         println!(
-            "{d:>2} {name:<11} {:>7} {answered:>9} {lost:>5} {dup:>5} {dup_acks:>8} {:>10.3}% {:>26} {:>26}",
+            "{d:>2} {:<11} {:>7} {answered:>9} {lost:>5} {dup:>5} {dup_acks:>8} {ler:>11} {:>26} {:>26}",
+            answerer.name(),
             tallies.len(),
-            100.0 * ler,
             p(&round),
             p(&decision)
         );
     }
     println!("\nclient round trips over loopback gRPC; {} s, {} shots in flight per stream", args.seconds, args.window);
+    if args.echo {
+        println!("transport floor: a tonic echo service, no decoding");
+        return failed;
+    }
     println!("server side (receipt → response queued), per answering decoder:");
     for d in &stats.decoders {
         let kind = proto::DecoderKind::try_from(d.decoder).map(|k| k.as_str_name()).unwrap_or("?");

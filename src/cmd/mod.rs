@@ -4,6 +4,7 @@
 pub mod calibrate;
 pub mod client;
 pub mod demo;
+pub mod echo;
 #[cfg(feature = "train")]
 pub mod finetune;
 pub mod load;
