@@ -318,6 +318,7 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
         return Ok(sent);
     }
     std::thread::sleep(Duration::from_millis(args.settle_ms));
+    precise_sleeps();
     // Each stream's shot in flight and its next frame.
     let mut cursors: Vec<(usize, usize)> = (0..streams).map(|i| (i, 0)).collect();
     let period_ns = args.round_period_us * 1e3;
@@ -372,7 +373,10 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
     Ok(sent)
 }
 
-/// Sleeps until shortly before `deadline`, then spins.
+/// Sleeps until shortly before `deadline`, then spins. The sender thread
+/// asks the kernel for a timer slack of 1 ns (see [`precise_sleeps`]), so a
+/// sleep ends within a few µs of its time and the spin stays short, leaving
+/// the cores to the bridge being measured.
 fn wait_until(deadline: Instant) {
     loop {
         let now = Instant::now();
@@ -380,11 +384,21 @@ fn wait_until(deadline: Instant) {
             return;
         }
         let left = deadline - now;
-        if left > Duration::from_micros(200) {
-            std::thread::sleep(left - Duration::from_micros(100));
+        if left > Duration::from_micros(40) {
+            std::thread::sleep(left - Duration::from_micros(25));
         } else {
             std::hint::spin_loop();
         }
+    }
+}
+
+/// Makes this thread's sleeps end on time: Linux lets a sleep overrun by the
+/// thread's timer slack, 50 µs by default. Best effort.
+fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches
+    // nothing but the calling thread's timer slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
     }
 }
 

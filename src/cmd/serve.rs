@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// Default bound on a stream's rounds waiting for the neural engine.
     #[arg(long, default_value_t = 64)]
     pub max_backlog: usize,
+    /// µs a bridge connection's reader polls its socket for the next frame
+    /// before blocking (0: block at once). Give it a core of its own.
+    #[arg(long, default_value_t = 0)]
+    pub bridge_poll_us: u64,
     /// Threads of each model's engine for large batches.
     #[arg(long, default_value_t = 1)]
     pub engine_threads: usize,
@@ -41,7 +45,11 @@ pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
         Some(dir) => Models::load_dir(dir, &engine)?,
         None => Models::embedded(&engine)?,
     };
-    let options = ServerOptions { max_streams: args.max_streams, max_backlog: args.max_backlog.max(1) };
+    let options = ServerOptions {
+        max_streams: args.max_streams,
+        max_backlog: args.max_backlog.max(1),
+        bridge_poll: std::time::Duration::from_micros(args.bridge_poll_us),
+    };
     Ok(Arc::new(Hub::new(models, options)))
 }
 

@@ -295,6 +295,27 @@ impl Writer {
     }
 }
 
+/// Reads what has arrived, polling the socket without blocking for up to
+/// `poll`; `None` if nothing came in that time (then block on it).
+fn poll_read(socket: &TcpStream, buf: &mut [u8], poll: Duration) -> Option<std::io::Result<usize>> {
+    use std::os::fd::AsRawFd;
+    let until = Instant::now() + poll;
+    loop {
+        // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes, and
+        // the descriptor belongs to `socket`, open for this call.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Some(Ok(n as usize));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::Interrupted if Instant::now() < until => std::hint::spin_loop(),
+            ErrorKind::WouldBlock | ErrorKind::Interrupted => return None,
+            _ => return Some(Err(e)),
+        }
+    }
+}
+
 /// Writes what the socket takes without waiting: the byte count, 0 when its
 /// buffer is full.
 fn send_now(socket: &TcpStream, bytes: &[u8]) -> std::io::Result<usize> {
@@ -395,8 +416,10 @@ fn serve_connection(hub: Arc<Hub>, mut socket: TcpStream) {
     let mut conn = Connection { hub, writer: writer.clone(), streams: HashMap::new(), closing: Vec::new(), touched: Vec::new() };
     let mut decoder = FrameDecoder::new(End::Fpga);
     let mut buf = vec![0u8; 64 * 1024];
+    let poll = conn.hub.options.bridge_poll;
     let failure = 'read: loop {
-        let n = match socket.read(&mut buf) {
+        let polled = if poll.is_zero() { None } else { poll_read(&socket, &mut buf, poll) };
+        let n = match polled.unwrap_or_else(|| socket.read(&mut buf)) {
             Ok(0) => break decoder.finish().err().map(|e| (e.error.code(), e.to_string())),
             Ok(n) => n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
