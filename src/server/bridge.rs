@@ -759,6 +759,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_peer_that_stops_reading_never_blocks_a_send() {
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let small: libc::c_int = 4096;
+        // SAFETY: SO_SNDBUF takes a c_int, passed by pointer with its size, on a live socket.
+        let set = unsafe {
+            libc::setsockopt(
+                ours.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0);
+        let writer = Arc::new(Writer::new(ours));
+        let flusher = {
+            let writer = writer.clone();
+            std::thread::spawn(move || writer.flush_loop())
+        };
+        // Far more than the socket buffers hold, with nobody reading: a
+        // blocking send would hang here.
+        let frames = 50_000u64;
+        let ack = Message::Ack(Ack { step_latency_ns: 1, budget_met: true });
+        for shot in 0..frames {
+            assert!(writer.send(&ack, 1, shot, 0));
+        }
+        assert!(!writer.lock().backlog.is_empty() || writer.lock().flushing, "the socket took everything");
+        // Once the peer reads, every frame arrives, in order.
+        let reader = std::thread::spawn(move || {
+            let mut decoder = FrameDecoder::new(End::Qecd);
+            let (mut buf, mut next) = (vec![0u8; 1 << 16], 0u64);
+            loop {
+                let n = peer.read(&mut buf).unwrap();
+                if n == 0 {
+                    return next;
+                }
+                decoder.feed(&buf[..n]);
+                while let Some(frame) = decoder.next_frame().unwrap() {
+                    assert_eq!(frame.shot, next);
+                    next += 1;
+                }
+            }
+        });
+        writer.close();
+        flusher.join().unwrap();
+        assert_eq!(reader.join().unwrap(), frames);
+    }
+
+    #[test]
     fn statuses_map_to_error_codes() {
         for (code, want) in [
             (Code::InvalidArgument, ErrorCode::InvalidArgument),
