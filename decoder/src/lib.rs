@@ -26,7 +26,9 @@ pub use matching::MatchingDecoder;
 pub use neural::{NeuralDecoder, NeuralModel};
 pub use parallel::decode_parallel;
 pub use simulator_bridge::PackedShots;
-pub use stream::{Driver, Feed, Reply, ReplyFn, RoundAck, Session, ShotResult, StreamEngine, StreamError, StreamOptions};
+pub use stream::{
+    Driver, Feed, Reply, ReplyFn, RoundAck, Session, ShotResult, StreamEngine, StreamError, StreamOptions,
+};
 
 /// What a decoder says about a batch of shots.
 #[derive(Clone, Debug, PartialEq)]

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use decoder::neural::rounds_of_features;
-use decoder::{Decoder, NeuralDecoder, NeuralModel, Reply, ReplyFn, RoundAck, StreamEngine, StreamError, StreamOptions};
+use decoder::{
+    Decoder, NeuralDecoder, NeuralModel, Reply, ReplyFn, RoundAck, StreamEngine, StreamError, StreamOptions,
+};
 use models::checkpoint::{Checkpoint, ModelLayout};
 use models::{Featurizer, ModelConfig};
 use simulator_bridge::sample::Sampler;

@@ -324,12 +324,7 @@ fn send_now(socket: &TcpStream, bytes: &[u8]) -> std::io::Result<usize> {
         // SAFETY: `bytes` is a live, initialized buffer of `bytes.len()`
         // bytes, and the descriptor belongs to `socket`, open for this call.
         let n = unsafe {
-            libc::send(
-                socket.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
+            libc::send(socket.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
         };
         if n >= 0 {
             return Ok(n as usize);
@@ -413,7 +408,8 @@ fn serve_connection(hub: Arc<Hub>, mut socket: TcpStream) {
     };
     let _ = socket.set_read_timeout(Some(STALL_TIMEOUT));
     let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut conn = Connection { hub, writer: writer.clone(), streams: HashMap::new(), closing: Vec::new(), touched: Vec::new() };
+    let mut conn =
+        Connection { hub, writer: writer.clone(), streams: HashMap::new(), closing: Vec::new(), touched: Vec::new() };
     let mut decoder = FrameDecoder::new(End::Fpga);
     let mut buf = vec![0u8; 64 * 1024];
     let poll = conn.hub.options.bridge_poll;

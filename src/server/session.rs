@@ -309,8 +309,7 @@ impl Stream {
                 sent
             })
         };
-        let (lane, lane_thread) =
-            spawn_lane(hub.clone(), info, mode.whole_kind(), map.num_detectors, sink.clone())?;
+        let (lane, lane_thread) = spawn_lane(hub.clone(), info, mode.whole_kind(), map.num_detectors, sink.clone())?;
         let opened = proto::SessionOpened {
             model: model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
             first_round_events: map.first.len() as u32,
@@ -341,12 +340,7 @@ impl Stream {
                 map,
                 driver: feed.as_ref().map(Feed::driver),
                 _model: model,
-                state: Mutex::new(State {
-                    feed,
-                    shots: HashMap::new(),
-                    pending: HashMap::new(),
-                    lane: Some(lane),
-                }),
+                state: Mutex::new(State { feed, shots: HashMap::new(), pending: HashMap::new(), lane: Some(lane) }),
                 drained: Condvar::new(),
                 lane_thread: Mutex::new(Some(lane_thread)),
             }
@@ -384,7 +378,8 @@ impl Stream {
     pub fn end(&self) {
         let mut state = self.lock();
         while !state.pending.is_empty() && !self.is_closed() {
-            state = self.drained.wait_timeout(state, Duration::from_millis(50)).unwrap_or_else(PoisonError::into_inner).0;
+            state =
+                self.drained.wait_timeout(state, Duration::from_millis(50)).unwrap_or_else(PoisonError::into_inner).0;
         }
         state.feed = None;
         state.lane = None;
@@ -566,11 +561,13 @@ impl Stream {
                             None,
                             received,
                         );
-                        if let (Mode::Neural { checked: true }, Some(shot), Some(lane)) =
-                            (self.mode, shot, &state.lane)
+                        if let (Mode::Neural { checked: true }, Some(shot), Some(lane)) = (self.mode, shot, &state.lane)
                         {
-                            let check =
-                                LaneJob::Check { shot: result.shot, events: shot.events, prediction: result.prediction };
+                            let check = LaneJob::Check {
+                                shot: result.shot,
+                                events: shot.events,
+                                prediction: result.prediction,
+                            };
                             let _ = lane.send(check);
                         }
                     }
