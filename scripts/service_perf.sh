@@ -6,6 +6,8 @@
 #   2. gRPC overhead: one stream, one shot in flight, so that the round trip
 #      is the engine's step plus the transport alone; first against a tonic
 #      echo service driven by the same client (qecd load --echo), the floor;
+#      with the in-process server and client on one runtime thread, then on
+#      one per core;
 #   3. FPGA bridge overhead: an experiment replayed over the bridge (qecd
 #      replay), first against a null bridge that answers the same frames on
 #      the same threads without decoding (bridge_floor), the floor; at a
@@ -37,10 +39,13 @@ stop_server() { kill "$server"; wait "$server" 2>/dev/null || true; server=; }
   echo "== 1. load: 64 streams, ${secs} s, d=3,5"
   $Q load --streams 64 --seconds "$secs" --distances 3,5
   echo
-  echo "== 2. gRPC overhead: 1 stream, 1 shot in flight, 15 s each: the echo floor, then d=3 and d=5"
-  $Q load --echo --streams 1 --window 1 --seconds 15 --distances 3
-  $Q load --streams 1 --window 1 --seconds 15 --distances 3
-  $Q load --streams 1 --window 1 --seconds 15 --distances 5
+  for threads in 1 0; do
+    echo "== 2. gRPC overhead: 1 stream, 1 shot in flight, 10 s each, --runtime-threads $threads (0: one per core):"
+    echo "   the echo floor, then d=3 and d=5"
+    $Q load --runtime-threads $threads --echo --streams 1 --window 1 --seconds 10 --distances 3
+    $Q load --runtime-threads $threads --streams 1 --window 1 --seconds 10 --distances 3
+    $Q load --runtime-threads $threads --streams 1 --window 1 --seconds 10 --distances 5
+  done
   echo
   echo "== 3. FPGA bridge overhead: 5,000 d=3 shots (3 rounds, 20,000 frames)"
   rm -rf target/experiments/bridge_d3

@@ -303,7 +303,7 @@ fn demo_streams_through_grpc_and_prints_its_table() {
 
 #[test]
 fn load_echo_measures_the_transport_floor() {
-    let o = qecd(&["load", "--echo", "--streams", "2", "--seconds", "1", "--distances", "3"]);
+    let o = qecd(&["load", "--echo", "--streams", "2", "--seconds", "1", "--distances", "3", "--runtime-threads", "1"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(out.contains("transport floor: a tonic echo service, no decoding"), "{out}");

@@ -41,6 +41,11 @@ pub struct LoadArgs {
     /// Shots in flight per stream.
     #[arg(long, default_value_t = 1)]
     pub window: usize,
+    /// Threads of the async runtime the in-process server and the clients
+    /// share (0: one per core); 1 measures a lone stream without waits for
+    /// another runtime thread to wake (docs/perf.md).
+    #[arg(long, default_value_t = 0)]
+    pub runtime_threads: usize,
     /// Seed of the simulated shots.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -100,7 +105,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         args.streams > 0 && args.window > 0 && args.seconds > 0.0,
         "--streams, --window and --seconds must be positive"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = super::runtime(args.runtime_threads)?;
     runtime.block_on(async move {
         let (answerers, addr, stop): (Vec<(usize, Answerer)>, String, Option<Local>) = if args.echo {
             let server = LocalEcho::start().await?;

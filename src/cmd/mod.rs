@@ -112,3 +112,12 @@ pub fn fresh_seed() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     simulator_bridge::sample::derive_seed(nanos as u64, std::process::id() as u64)
 }
+
+/// A multi-threaded tokio runtime with `threads` workers (0: one per core).
+pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build().context("cannot start the async runtime")
+}

@@ -33,6 +33,12 @@ pub struct ServeArgs {
     /// before blocking (0: block at once). Give it a core of its own.
     #[arg(long, default_value_t = 0)]
     pub bridge_poll_us: u64,
+    /// Threads of the async runtime that runs the gRPC streams (0: one per
+    /// core). A stream's rounds are stepped on these threads when the engine
+    /// is idle; with one, a lone stream never waits for another runtime thread
+    /// to wake, at the price of throughput under load (docs/perf.md).
+    #[arg(long, default_value_t = 0)]
+    pub io_threads: usize,
     /// Threads of each model's engine for large batches.
     #[arg(long, default_value_t = 1)]
     pub engine_threads: usize,
@@ -58,7 +64,7 @@ pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
 pub fn run(args: &ServeArgs) -> Result<()> {
     let hub = hub(args)?;
     let bridge = args.bridge_listen.map(|addr| Bridge::start(hub.clone(), addr)).transpose()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = super::runtime(args.io_threads)?;
     runtime.block_on(async {
         let (listener, addr) = grpc::bind(args.listen).await?;
         let names: Vec<&str> = hub.models.all().iter().map(|m| m.name.as_str()).collect();
