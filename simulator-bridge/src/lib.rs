@@ -19,6 +19,7 @@ pub mod frame;
 pub mod fsutil;
 pub mod layout;
 pub mod noise;
+pub mod pacing;
 pub mod sample;
 pub mod shots;
 

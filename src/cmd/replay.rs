@@ -33,6 +33,7 @@ use simulator_bridge::experiment::Experiment;
 use simulator_bridge::frame::{
     Decision, DecoderChoice, ErrorReply, Events, FrameDecoder, FrameEncoder, Message, Open, Sender as End, StreamId,
 };
+use simulator_bridge::pacing::Pacer;
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
 
 use crate::server::Models;
@@ -318,21 +319,17 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
         return Ok(sent);
     }
     std::thread::sleep(Duration::from_millis(args.settle_ms));
-    precise_sleeps();
     // Each stream's shot in flight and its next frame.
     let mut cursors: Vec<(usize, usize)> = (0..streams).map(|i| (i, 0)).collect();
-    let period_ns = args.round_period_us * 1e3;
-    let start = Instant::now();
+    let pacer = Pacer::start(args.round_period_us);
     loop {
         if cursors.iter().all(|c| c.0 >= n) {
             break;
         }
-        let deadline = start + Duration::from_nanos((sent.ticks as f64 * period_ns) as u64);
-        wait_until(deadline);
-        let lag = Instant::now().saturating_duration_since(deadline);
+        let lag = pacer.wait(sent.ticks as usize);
         sent.lag.record(lag);
         sent.max_lag = sent.max_lag.max(lag);
-        if lag.as_nanos() as f64 > period_ns {
+        if pacer.is_late(lag) {
             sent.late_ticks += 1;
         }
         out.clear();
@@ -361,8 +358,8 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
         sent.max_outstanding = sent.max_outstanding.max(outstanding);
         sent.ticks += 1;
     }
-    sent.took = start.elapsed();
-    sent.planned = Duration::from_nanos((sent.ticks as f64 * period_ns) as u64);
+    sent.took = pacer.elapsed();
+    sent.planned = pacer.deadline(sent.ticks as usize) - pacer.deadline(0);
     out.clear();
     for i in 0..streams {
         encoder.encode_message(&Message::Close, stream_id(i), 0, 0, &mut out)?;
@@ -371,35 +368,6 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
     // Half-close: the bridge sends what it owes, then closes its side.
     let _ = socket.shutdown(Shutdown::Write);
     Ok(sent)
-}
-
-/// Sleeps until shortly before `deadline`, then spins. The sender thread
-/// asks the kernel for a timer slack of 1 ns (see [`precise_sleeps`]), so a
-/// sleep ends within a few µs of its time and the spin stays short, leaving
-/// the cores to the bridge being measured.
-fn wait_until(deadline: Instant) {
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return;
-        }
-        let left = deadline - now;
-        if left > Duration::from_micros(40) {
-            std::thread::sleep(left - Duration::from_micros(25));
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
-
-/// Makes this thread's sleeps end on time: Linux lets a sleep overrun by the
-/// thread's timer slack, 50 µs by default. Best effort.
-fn precise_sleeps() {
-    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches
-    // nothing but the calling thread's timer slack.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
 }
 
 /// What came back.

@@ -32,6 +32,7 @@ use simulator_bridge::Basis;
 use simulator_bridge::frame::{
     Ack, Decision, DecoderChoice, Events, FrameDecoder, FrameEncoder, FrameKind, Message, Open, Sender as End, StreamId,
 };
+use simulator_bridge::pacing::Pacer;
 
 /// Stabilizer rounds per shot; a shot is `ROUNDS` ROUND frames and one FINAL.
 const ROUNDS: usize = 3;
@@ -195,7 +196,6 @@ fn send(mut socket: TcpStream, shots: usize, period_us: f64, clock: &Clock) -> R
     encoder.encode_message(&Message::Open(open), STREAM, 0, ROUNDS as u32, &mut out)?;
     socket.write_all(&out).context("the null bridge refused the OPEN frame")?;
     std::thread::sleep(SETTLE);
-    precise_sleeps();
     let total = shots * PER_SHOT;
     let mut sent = Sent {
         frames: 0,
@@ -205,15 +205,12 @@ fn send(mut socket: TcpStream, shots: usize, period_us: f64, clock: &Clock) -> R
         planned: Duration::ZERO,
         stopped: None,
     };
-    let period_ns = period_us * 1e3;
-    let start = Instant::now();
+    let pacer = Pacer::start(period_us);
     for k in 0..total {
         let (shot, round) = (k / PER_SHOT, k % PER_SHOT);
-        let deadline = start + Duration::from_nanos((k as f64 * period_ns) as u64);
-        wait_until(deadline);
-        let lag = Instant::now().saturating_duration_since(deadline);
+        let lag = pacer.wait(k);
         sent.lag_us.push(lag.as_secs_f64() * 1e6);
-        if lag.as_nanos() as f64 > period_ns {
+        if pacer.is_late(lag) {
             sent.late_ticks += 1;
         }
         out.clear();
@@ -227,40 +224,14 @@ fn send(mut socket: TcpStream, shots: usize, period_us: f64, clock: &Clock) -> R
         }
         sent.frames += 1;
     }
-    sent.took = start.elapsed();
-    sent.planned = Duration::from_nanos((sent.frames as f64 * period_ns) as u64);
+    sent.took = pacer.elapsed();
+    sent.planned = pacer.deadline(sent.frames) - pacer.deadline(0);
     out.clear();
     encoder.encode_message(&Message::Close, STREAM, 0, 0, &mut out)?;
     let _ = socket.write_all(&out);
     // Half-close: the null bridge answers what it read, then closes its side.
     let _ = socket.shutdown(Shutdown::Write);
     Ok(sent)
-}
-
-/// Sleeps until shortly before `deadline`, then spins (as `qecd replay` does).
-fn wait_until(deadline: Instant) {
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return;
-        }
-        let left = deadline - now;
-        if left > Duration::from_micros(40) {
-            std::thread::sleep(left - Duration::from_micros(25));
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
-
-/// Makes this thread's sleeps end on time: Linux lets a sleep overrun by the
-/// thread's timer slack, 50 µs by default. Best effort.
-fn precise_sleeps() {
-    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches
-    // nothing but the calling thread's timer slack.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-    }
 }
 
 /// What came back.
