@@ -222,18 +222,15 @@ impl Shared {
     /// Steps one batch here if the engine is idle; otherwise, or if work is
     /// left after it, rings the helper.
     fn drive(&self, bell: &Sender<()>) {
-        let more = match self.core.try_lock() {
-            Ok(mut core) => {
-                core.step_queued(&self.queue);
-                core.has_carry() || self.queued()
-            }
-            Err(TryLockError::Poisoned(p)) => {
-                let mut core = p.into_inner();
-                core.step_queued(&self.queue);
-                core.has_carry() || self.queued()
-            }
-            Err(TryLockError::WouldBlock) => true,
+        let core = match self.core.try_lock() {
+            Ok(core) => Some(core),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         };
+        let more = core.is_none_or(|mut core| {
+            core.step_queued(&self.queue);
+            core.has_carry() || self.queued()
+        });
         if more {
             // A full doorbell means the helper will look at the queue anyway.
             let _ = bell.try_send(());

@@ -229,9 +229,9 @@ impl Writer {
         *open
     }
 
-    /// The flusher thread's loop: sends the backlog, waiting on the socket,
-    /// until the writer closes.
-    fn flush_loop(&self) {
+    /// The flusher thread's loop: sends the backlog on `socket` (a clone of
+    /// the writer's), waiting on it, until the writer closes.
+    fn flush_loop(&self, mut socket: TcpStream) {
         let mut state = self.lock();
         loop {
             while state.open && state.backlog.is_empty() {
@@ -242,13 +242,6 @@ impl Writer {
             }
             let bytes = std::mem::take(&mut state.backlog);
             state.flushing = true;
-            let mut socket = match state.socket.try_clone() {
-                Ok(s) => s,
-                Err(_) => {
-                    state.open = false;
-                    return;
-                }
-            };
             drop(state);
             let written = socket.write_all(&bytes);
             state = self.lock();
@@ -353,7 +346,7 @@ struct StreamEntry {
     /// frames are then dropped until CLOSE or a new OPEN).
     stream: Option<Arc<session::Stream>>,
     /// Counts the stream as open on the server while it lives.
-    _guard: Option<OpenStream>,
+    guard: Option<OpenStream>,
     /// Code distance and basis, for messages.
     code: (u8, Basis),
     /// Stabilizer rounds per shot (OPEN's round field).
@@ -367,7 +360,7 @@ struct StreamEntry {
 impl StreamEntry {
     /// A stream that got its ERROR (or never opened): its frames are dropped.
     fn failed() -> Self {
-        Self { stream: None, _guard: None, code: (0, Basis::Z), rounds: 0, events: [0; 3], next_round: HashMap::new() }
+        Self { stream: None, guard: None, code: (0, Basis::Z), rounds: 0, events: [0; 3], next_round: HashMap::new() }
     }
 
     fn live(&self) -> bool {
@@ -389,16 +382,18 @@ struct Connection {
 /// Reads and handles frames until the peer stops sending or a framing error;
 /// then lets the streams answer what they owe and closes the connection.
 fn serve_connection(hub: Arc<Hub>, mut socket: TcpStream) {
-    let writer = match socket.try_clone() {
-        Ok(s) => Arc::new(Writer::new(s)),
-        Err(e) => {
+    let (writer, flush_socket) = match (socket.try_clone(), socket.try_clone()) {
+        (Ok(a), Ok(b)) => (Arc::new(Writer::new(a)), b),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("qecd bridge: cannot use a new connection: {e}");
             return;
         }
     };
     let flusher = {
         let writer = writer.clone();
-        match std::thread::Builder::new().name("qecd-bridge-flush".into()).spawn(move || writer.flush_loop()) {
+        let spawned =
+            std::thread::Builder::new().name("qecd-bridge-flush".into()).spawn(move || writer.flush_loop(flush_socket));
+        match spawned {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("qecd bridge: cannot start a connection's flusher: {e}");
@@ -513,7 +508,7 @@ impl Connection {
     fn fail_stream(&mut self, stream: StreamId, blame: Blame) {
         let Some(entry) = self.streams.get_mut(&stream) else { return };
         let Some(session) = entry.stream.take() else { return };
-        entry._guard = None;
+        entry.guard = None;
         session.abandon();
         let error = Message::Error(ErrorReply::new(blame.code, blame.message));
         self.writer.send(&error, stream, blame.shot, blame.round);
@@ -584,7 +579,7 @@ impl Connection {
         };
         let entry = StreamEntry {
             stream: Some(stream),
-            _guard: Some(guard),
+            guard: Some(guard),
             code: (d, open.basis),
             rounds,
             events: [memory, order.stabilizers.len(), memory],
@@ -774,8 +769,8 @@ mod tests {
         assert_eq!(set, 0);
         let writer = Arc::new(Writer::new(ours));
         let flusher = {
-            let writer = writer.clone();
-            std::thread::spawn(move || writer.flush_loop())
+            let (writer, socket) = (writer.clone(), writer.lock().socket.try_clone().unwrap());
+            std::thread::spawn(move || writer.flush_loop(socket))
         };
         // Far more than the socket buffers hold, with nobody reading: a
         // blocking send would hang here.
