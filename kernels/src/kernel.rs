@@ -211,12 +211,12 @@ fn parallel(
 /// The portable build: SSE2 on x86-64, plain arrays elsewhere (with FMA on
 /// aarch64, where it is baseline); tiles of `NATIVE_ROWS` rows.
 #[cfg(target_arch = "x86_64")]
-type Native = crate::math::Sse2;
+pub(crate) type Native = crate::math::Sse2;
 #[cfg(target_arch = "aarch64")]
-type Native = crate::math::GenericFma;
+pub(crate) type Native = crate::math::GenericFma;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-type Native = crate::math::Generic;
-const NATIVE_ROWS: usize = 2;
+pub(crate) type Native = crate::math::Generic;
+pub(crate) const NATIVE_ROWS: usize = 2;
 
 /// Steps a block of streams (`z` `[n·S·D]`, `f` `[n·S·NF]`, n ≤ block) with the weights' instruction set.
 fn run_step(w: &Weights, z: &mut [f32], f: &[f32], scratch: &mut Scratch) {
@@ -314,7 +314,7 @@ fn step_block<A: Arith, const R: usize>(w: &Weights, z: &mut [f32], f: &[f32], s
 /// (The contract divides by √2; multiplying by the rounded reciprocal differs
 /// by at most an ulp.)
 #[inline(always)]
-fn embed_row<A: Arith>(z: &mut [f32], f: &[f32], base: &[f32], w_in_t: &[f32]) {
+pub(crate) fn embed_row<A: Arith>(z: &mut [f32], f: &[f32], base: &[f32], w_in_t: &[f32]) {
     let d = z.len();
     let full = d - d % LANES;
     let half = A::V::splat(std::f32::consts::FRAC_1_SQRT_2);
@@ -425,7 +425,7 @@ fn readout_block<A: Arith, const R: usize>(w: &Weights, z: &[f32], scratch: &mut
 /// in, so results do not depend on how rows are grouped.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn gemm<A: Arith, const R: usize>(
+pub(crate) fn gemm<A: Arith, const R: usize>(
     x: &[f32],
     ldx: usize,
     ldk: usize,
@@ -487,7 +487,7 @@ fn gemm_panels<A: Arith, const R: usize, const W: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::reference;
     use crate::testutil::Rng;
@@ -727,7 +727,7 @@ mod tests {
         step(&w, &mut state, &vec![0.0; w.config().features_len()], &mut scratch);
     }
 
-    mod alloc_counter {
+    pub(crate) mod alloc_counter {
         use std::alloc::{GlobalAlloc, Layout, System};
         use std::cell::Cell;
 

@@ -17,6 +17,8 @@
 //! - [`step`] / [`readout`] / [`forward_shot`]: one stream.
 //! - [`step_batch`] / [`readout_batch`]: B streams at once, optionally split over threads.
 //! - [`reference::forward`]: a plain `f64` transcription of `docs/model.md`, for tests.
+//! - [`train`]: the fused trainer, forward and backward over a batch of shots
+//!   on the same building blocks, with AdamW and Lion (`train::Trainer`).
 //! - `cuda` (feature `cuda`, which adds the `cudarc` dependency): the same model as fused
 //!   CUDA kernels for B streams on a GPU (`cuda::CudaEngine`), compiled at run time by NVRTC.
 //!
@@ -115,6 +117,7 @@ mod math;
 pub mod reference;
 mod simd;
 mod tile;
+pub mod train;
 mod weights;
 
 pub use kernel::{Scratch, forward_shot, readout, readout_batch, step, step_batch};

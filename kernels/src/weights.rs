@@ -39,6 +39,21 @@ impl Packed {
         Self { k, n, wt, bias }
     }
 
+    /// Packs new values for output rows `row0 ..` (`w` `[rows, k]`, `b`
+    /// `[rows]`) in place, without allocating.
+    pub(crate) fn refill(&mut self, row0: usize, w: &[f32], b: &[f32]) {
+        let k = self.k;
+        let rows = b.len();
+        assert!(w.len() == rows * k && row0 + rows <= self.n);
+        for (r, row) in w.chunks_exact(k).enumerate() {
+            let j = row0 + r;
+            for (kk, v) in row.iter().enumerate() {
+                self.wt[((j / PANEL) * k + kk) * PANEL + j % PANEL] = *v;
+            }
+        }
+        self.bias[row0..row0 + rows].copy_from_slice(b);
+    }
+
     /// Row `j` of `W` (the inverse of [`Packed::new`]).
     fn row(&self, j: usize) -> impl Iterator<Item = f32> + '_ {
         (0..self.k).map(move |kk| self.wt[((j / PANEL) * self.k + kk) * PANEL + j % PANEL])
@@ -74,8 +89,15 @@ pub(crate) struct Panels<'a> {
 /// of attention's transposed scores.
 fn transpose_heads(b: &[f32], s: usize) -> Vec<f32> {
     let h = b.len() / (s * s);
+    let mut out = vec![0.0; s * (h * s).next_multiple_of(LANES)];
+    transpose_heads_into(b, s, &mut out);
+    out
+}
+
+/// [`transpose_heads`] into an existing buffer (no allocation).
+pub(crate) fn transpose_heads_into(b: &[f32], s: usize, out: &mut [f32]) {
+    let h = b.len() / (s * s);
     let hl = (h * s).next_multiple_of(LANES);
-    let mut out = vec![0.0; s * hl];
     for hh in 0..h {
         for i in 0..s {
             for j in 0..s {
@@ -83,7 +105,6 @@ fn transpose_heads(b: &[f32], s: usize) -> Vec<f32> {
             }
         }
     }
-    out
 }
 
 /// The inverse of [`transpose_heads`] for `h` heads.
