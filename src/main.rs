@@ -46,14 +46,11 @@ enum Command {
     Load(cmd::load::LoadArgs),
     /// Play an experiment directory over the FPGA bridge in real time and check every answer.
     Replay(cmd::replay::ReplayArgs),
-    /// Train the neural decoder on simulated shots (feature `train`).
-    #[cfg(feature = "train")]
+    /// Train the neural decoder on simulated shots (fused CPU trainer; `--engine tch` with feature `train`).
     Train(cmd::train::TrainArgs),
-    /// Fine-tune a model on an experiment directory (feature `train`).
-    #[cfg(feature = "train")]
+    /// Fine-tune a model on an experiment directory.
     Finetune(cmd::finetune::FinetuneArgs),
-    /// Fit a model's temperature; report ECE and a reliability diagram (feature `train`).
-    #[cfg(feature = "train")]
+    /// Fit a model's temperature; report ECE and a reliability diagram.
     Calibrate(cmd::calibrate::CalibrateArgs),
 }
 
@@ -103,11 +100,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::Replay(args) => cmd::replay::run(args),
-        #[cfg(feature = "train")]
         Command::Train(args) => cmd::train::run(args),
-        #[cfg(feature = "train")]
         Command::Finetune(args) => cmd::finetune::run(args),
-        #[cfg(feature = "train")]
         Command::Calibrate(args) => cmd::calibrate::run(args),
     };
     match result {

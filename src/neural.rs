@@ -6,11 +6,3 @@ use tch::Device;
 pub fn device() -> Device {
     Device::cuda_if_available()
 }
-
-/// A human-readable name of the device.
-pub fn device_name(device: Device, threads: usize) -> String {
-    match device {
-        Device::Cpu => format!("cpu ({} threads)", threads),
-        d => format!("{d:?}"),
-    }
-}

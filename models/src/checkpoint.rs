@@ -61,6 +61,10 @@ pub struct Provenance {
     pub device: String,
     /// Wall-clock seconds of training.
     pub seconds: f64,
+    /// The trainer of the latest steps: `fused` or `tch` (empty in
+    /// checkpoints from before the fused trainer, which tch wrote).
+    #[serde(default)]
+    pub trainer: String,
 }
 
 /// Everything in a checkpoint besides the weights.

@@ -2,21 +2,23 @@
 //! featurization of detection events that both training and inference use.
 //!
 //! The math is fixed by docs/model.md (the contract between training and the
-//! inference kernels). Behind the `train` feature this crate also holds the
-//! tch implementation of that math, the training and fine-tuning loops, and
-//! temperature calibration. It never serves requests.
+//! inference kernels). This crate also holds the training and fine-tuning
+//! loops over either engine ([`train::Engine`]): the fused CPU trainer
+//! ([`fused`], always built) and, behind the `train` feature, the tch
+//! implementation of the same math ([`net`]), the gradient reference and the
+//! trainer for a CUDA device. It never serves requests.
 #![deny(missing_docs)]
 
 pub mod calibration;
 pub mod checkpoint;
 pub mod config;
 pub mod features;
+pub mod fused;
 pub mod positions;
+pub mod train;
 
 #[cfg(feature = "train")]
 pub mod net;
-#[cfg(feature = "train")]
-pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, ModelLayout};
 pub use config::{ModelConfig, Positions};

@@ -4,11 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
 
 use crate::ModelError;
 use crate::checkpoint::{Checkpoint, CheckpointMeta};
 use crate::config::ModelConfig;
+use crate::features::Featurizer;
+use crate::train::{Batch, Engine, StepLoss};
+use simulator_bridge::PackedShots;
 
 /// LayerNorm epsilon (docs/model.md).
 pub const LN_EPS: f64 = 1e-5;
@@ -129,6 +132,34 @@ impl Net {
         self.readout(&z)
     }
 
+    /// Logits `[B, T, O]`: the readout after every round step of features `[B, T, S, 3]`.
+    pub fn forward_rounds(&self, features: &Tensor) -> Tensor {
+        let (b, t, s, _) = features.size4().expect("features are [B, T, S, F]");
+        let x = self.embed(features);
+        let mut z = Tensor::zeros([b, s, self.config.width as i64], (Kind::Float, features.device()));
+        let mut out = Vec::with_capacity(t as usize);
+        for step in 0..t {
+            z = self.step_embedded(&z, &x.select(1, step));
+            out.push(self.readout(&z));
+        }
+        Tensor::stack(&out, 1)
+    }
+
+    /// The training loss of docs/model.md §Dense labels on logits `[B, T, O]`
+    /// and labels `[B, T, O]`: the final round's mean BCE plus `aux_weight/(T−1)`
+    /// times the earlier rounds' (the loss of `kernels::train`).
+    pub fn dense_loss(logits: &Tensor, labels: &Tensor, aux_weight: f64) -> Tensor {
+        let t = logits.size()[1];
+        let bce = |x: &Tensor, y: &Tensor| x.binary_cross_entropy_with_logits::<Tensor>(y, None, None, Reduction::Mean);
+        let last = bce(&logits.select(1, t - 1), &labels.select(1, t - 1));
+        if aux_weight == 0.0 || t == 1 {
+            return last;
+        }
+        // Mean over shots and observables, summed over the earlier rounds.
+        let early = bce(&logits.narrow(1, 0, t - 1), &labels.narrow(1, 0, t - 1)) * (t - 1) as f64;
+        last + early * (aux_weight / (t - 1) as f64)
+    }
+
     /// One round step: the state `z: [B, S, D]` after the round with features `[B, S, 3]`.
     pub fn step(&self, z: &Tensor, features: &Tensor) -> Tensor {
         self.step_embedded(z, &self.embed(features))
@@ -175,6 +206,109 @@ impl Net {
         }
         z
     }
+}
+
+/// The tch trainer: [`Net`] with tch's AdamW, on CUDA when there is one.
+pub struct TchEngine {
+    net: Net,
+    opt: nn::Optimizer,
+}
+
+impl TchEngine {
+    /// `ckpt` on `device`, with AdamW (weight decay `weight_decay`).
+    pub fn new(ckpt: &Checkpoint, device: Device, weight_decay: f64) -> Result<Self, ModelError> {
+        let net = Net::from_checkpoint(ckpt, device)?;
+        let opt = nn::AdamW { wd: weight_decay, ..Default::default() }.build(&net.vs, 1e-3)?;
+        Ok(Self { net, opt })
+    }
+
+    /// The model.
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+}
+
+impl Engine for TchEngine {
+    fn name(&self) -> &'static str {
+        "tch"
+    }
+
+    fn device(&self) -> String {
+        match self.net.vs.device() {
+            Device::Cpu => format!("cpu ({} threads, tch)", tch::get_num_threads()),
+            d => format!("{d:?} (tch)"),
+        }
+    }
+
+    fn step(&mut self, batch: &Batch, lr: f64, clip: f64, aux_weight: f32) -> Result<StepLoss, ModelError> {
+        if aux_weight > 0.0 && !batch.dense {
+            return Err(ModelError::Training("a per-round loss needs dense labels, which these shots lack".into()));
+        }
+        let device = self.net.vs.device();
+        let (b, t, s) = (batch.shots, batch.rounds, self.net.config.num_stabilizers);
+        let o = self.net.config.num_observables as i64;
+        let x = features_tensor(&batch.features, b, t, s, device);
+        let (loss, final_bce, aux_bce) = if aux_weight > 0.0 {
+            let labels = Tensor::from_slice(&batch.labels).view([b as i64, t as i64, o]).to_device(device);
+            let logits = self.net.forward_rounds(&x);
+            let loss = Net::dense_loss(&logits, &labels, aux_weight as f64);
+            let bce = |x: &Tensor, y: &Tensor| {
+                x.binary_cross_entropy_with_logits::<Tensor>(y, None, None, Reduction::Mean).double_value(&[])
+            };
+            let last = bce(&logits.select(1, t as i64 - 1), &labels.select(1, t as i64 - 1));
+            let early =
+                if t > 1 { bce(&logits.narrow(1, 0, t as i64 - 1), &labels.narrow(1, 0, t as i64 - 1)) } else { 0.0 };
+            (loss, last, early)
+        } else {
+            let labels = Tensor::from_slice(&batch.final_labels()).view([b as i64, o]).to_device(device);
+            let loss =
+                self.net.forward(&x).binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Mean);
+            let value = loss.double_value(&[]);
+            (loss, value, 0.0)
+        };
+        let value = loss.double_value(&[]);
+        let out = StepLoss { loss: value, final_bce, aux_bce };
+        if !value.is_finite() {
+            return Ok(out);
+        }
+        self.opt.set_lr(lr);
+        self.opt.backward_step_clip_norm(&loss, clip);
+        Ok(out)
+    }
+
+    fn logits(&mut self, featurizer: &Featurizer, events: &PackedShots) -> Result<Vec<f32>, ModelError> {
+        logits_for(&self.net, featurizer, events, self.net.vs.device())
+    }
+
+    fn to_checkpoint(&self, meta: CheckpointMeta) -> Result<Checkpoint, ModelError> {
+        self.net.to_checkpoint(meta)
+    }
+
+    fn load(&mut self, ckpt: &Checkpoint) -> Result<(), ModelError> {
+        let other = Net::from_checkpoint(ckpt, self.net.vs.device())?;
+        self.net.vs.copy(&other.vs)?;
+        Ok(())
+    }
+}
+
+/// Logits `[n * O]` for every shot of `events`, computed in chunks without gradients.
+pub fn logits_for(
+    net: &Net,
+    featurizer: &Featurizer,
+    events: &PackedShots,
+    device: Device,
+) -> Result<Vec<f32>, ModelError> {
+    const CHUNK: usize = 2048;
+    let mut out = Vec::with_capacity(events.num_shots() * net.config().num_observables);
+    for start in (0..events.num_shots()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(events.num_shots());
+        let mut values = Vec::new();
+        featurizer.extend_features(events, start, end, &mut values);
+        let x = features_tensor(&values, end - start, featurizer.num_rounds(), featurizer.num_stabilizers(), device);
+        let logits = tch::no_grad(|| net.forward(&x)).to_device(Device::Cpu).contiguous().view(-1);
+        out.extend(Vec::<f32>::try_from(&logits)?);
+    }
+    Ok(out)
 }
 
 /// Packs features `[n, T, S, 3]` into a tensor on `device`.

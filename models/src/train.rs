@@ -1,91 +1,143 @@
-//! Training and fine-tuning with tch: AdamW with linear warm-up and cosine
-//! decay, gradient clipping, periodic evaluation on a fixed held-out set
-//! (against a baseline decoder's error count computed by the caller),
-//! atomic checkpoints, resumption, and a CSV log.
+//! Training and fine-tuning, whichever engine computes the gradients:
+//! AdamW (or Lion) with linear warm-up and cosine decay, gradient clipping,
+//! periodic evaluation on a fixed held-out set (against a baseline decoder's
+//! error count computed by the caller), atomic checkpoints with the
+//! optimizer's state beside them, resumption, and a CSV log.
+//!
+//! Two engines implement [`Engine`]: the fused CPU trainer ([`FusedEngine`],
+//! `kernels::train`, always built) and tch ([`crate::net::TchEngine`], feature
+//! `train`: the gradient reference, and the trainer for a CUDA device).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kernels::train::{AdamW, Lion, Optimizer, TrainBatch, clip_grad_norm};
 use simulator_bridge::PackedShots;
-use tch::{Device, Reduction, Tensor, nn, nn::OptimizerConfig};
+use simulator_bridge::labels::LabeledSampler;
 
 use crate::ModelError;
-use crate::checkpoint::CheckpointMeta;
+use crate::checkpoint::{Checkpoint, CheckpointMeta};
 use crate::features::Featurizer;
-use crate::net::{Net, features_tensor};
+use crate::fused::FusedNet;
 
-/// One batch of training data.
+/// One batch of training data, in host memory.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    /// `[B, T, S, 3]`.
-    pub features: Tensor,
-    /// `[B, O]`, 0/1.
-    pub labels: Tensor,
+    /// `[B][T][S][3]`.
+    pub features: Vec<f32>,
+    /// `[B][T][O]`, 0/1: per-round labels (docs/model.md §Dense labels) when
+    /// `dense`, else only the last round's (the observables) are set.
+    pub labels: Vec<f32>,
+    /// B.
+    pub shots: usize,
+    /// T (round steps, the final one included).
+    pub rounds: usize,
+    /// Whether the labels of rounds before the last are known.
+    pub dense: bool,
+}
+
+impl Batch {
+    /// The last round's labels, `[B][O]`.
+    pub fn final_labels(&self) -> Vec<f32> {
+        let o = self.labels.len() / (self.shots * self.rounds).max(1);
+        self.labels.chunks_exact(self.rounds * o).flat_map(|shot| shot[(self.rounds - 1) * o..].to_vec()).collect()
+    }
 }
 
 /// Where training batches come from.
 pub trait BatchSource {
     /// The batch for optimizer step `step`.
-    fn next_batch(&mut self, step: u64, batch: usize, device: Device) -> Result<Batch, ModelError>;
+    fn next_batch(&mut self, step: u64, batch: usize) -> Result<Batch, ModelError>;
 }
 
-/// Turns shots into a batch.
-pub fn make_batch(
-    featurizer: &Featurizer,
-    events: &PackedShots,
-    observables: &PackedShots,
-    shots: &[usize],
-    device: Device,
-) -> Batch {
-    let mut values = Vec::with_capacity(shots.len() * featurizer.shot_len());
-    let mut labels = Vec::with_capacity(shots.len() * observables.bits_per_shot());
-    for &s in shots {
-        featurizer.extend_features(events, s, s + 1, &mut values);
-        labels.extend((0..observables.bits_per_shot()).map(|o| if observables.get(s, o) { 1.0f32 } else { 0.0 }));
+/// Turns shots into a batch with final labels only.
+pub fn make_batch(featurizer: &Featurizer, events: &PackedShots, observables: &PackedShots, shots: &[usize]) -> Batch {
+    let (t, o) = (featurizer.num_rounds(), observables.bits_per_shot());
+    let mut features = Vec::with_capacity(shots.len() * featurizer.shot_len());
+    let mut labels = vec![0.0f32; shots.len() * t * o];
+    for (b, &s) in shots.iter().enumerate() {
+        featurizer.extend_features(events, s, s + 1, &mut features);
+        for k in 0..o {
+            labels[(b * t + t - 1) * o + k] = if observables.get(s, k) { 1.0 } else { 0.0 };
+        }
     }
-    let n = shots.len();
-    Batch {
-        features: features_tensor(&values, n, featurizer.num_rounds(), featurizer.num_stabilizers(), device),
-        labels: Tensor::from_slice(&labels).view([n as i64, observables.bits_per_shot() as i64]).to_device(device),
-    }
+    Batch { features, labels, shots: shots.len(), rounds: t, dense: false }
+}
+
+/// How [`SimulatedSource`] samples each rounds case.
+enum CaseSampler {
+    /// Stim's circuit sampler: final labels only.
+    Circuit(stim::DetectorSampler),
+    /// Stim's DEM sampler with the fired errors: per-round labels.
+    Labeled(LabeledSampler),
 }
 
 /// Fresh simulated shots for every step, with the number of rounds drawn per
 /// step from a list (so the model learns the recurrence).
 pub struct SimulatedSource {
-    /// One entry per number of rounds: (featurizer, circuit sampler).
-    cases: Vec<(Featurizer, stim::DetectorSampler)>,
+    /// One entry per number of rounds.
+    cases: Vec<(Featurizer, CaseSampler)>,
     num_observables: usize,
     seed: u64,
 }
 
 impl SimulatedSource {
-    /// `circuits[i]` must be the noisy circuit with the featurizer `featurizers[i]`.
-    /// Each sampler is seeded from `seed`, the case index, and `resume_step`,
-    /// so a resumed run draws shots no earlier run drew.
-    pub fn new(cases: Vec<(Featurizer, stim::Circuit)>, seed: u64, resume_step: u64) -> Self {
+    /// `cases[i]`: the featurizer of a noisy circuit, and the circuit. Each
+    /// sampler is seeded from `seed`, the case index, and `resume_step`, so a
+    /// resumed run draws shots no earlier run drew. With `dense`, shots come
+    /// from the circuit's detector error model with per-round labels.
+    pub fn new(
+        cases: Vec<(Featurizer, stim::Circuit)>,
+        basis: simulator_bridge::Basis,
+        seed: u64,
+        resume_step: u64,
+        dense: bool,
+    ) -> Result<Self, ModelError> {
         let num_observables = cases.first().map(|(_, c)| c.num_observables() as usize).unwrap_or(1);
-        let cases = cases
-            .into_iter()
-            .enumerate()
-            .map(|(i, (f, c))| {
-                let s = simulator_bridge::sample::derive_seed(seed, (resume_step << 16) | i as u64);
-                (f, c.compile_detector_sampler_with_seed(s))
-            })
-            .collect();
-        Self { cases, num_observables, seed }
+        let mut out = Vec::with_capacity(cases.len());
+        for (i, (f, c)) in cases.into_iter().enumerate() {
+            let s = simulator_bridge::sample::derive_seed(seed, (resume_step << 16) | i as u64);
+            let sampler = if dense {
+                CaseSampler::Labeled(LabeledSampler::new(&c, basis, s)?)
+            } else {
+                CaseSampler::Circuit(c.compile_detector_sampler_with_seed(s))
+            };
+            out.push((f, sampler));
+        }
+        Ok(Self { cases: out, num_observables, seed })
     }
 }
 
 impl BatchSource for SimulatedSource {
-    fn next_batch(&mut self, step: u64, batch: usize, device: Device) -> Result<Batch, ModelError> {
+    fn next_batch(&mut self, step: u64, batch: usize) -> Result<Batch, ModelError> {
         let pick = simulator_bridge::sample::derive_seed(self.seed ^ 0xC0FFEE, step) as usize % self.cases.len();
         let (featurizer, sampler) = &mut self.cases[pick];
-        let (dets, obs) = sampler.sample_bit_packed_separate_observables(batch as u64);
-        let events = PackedShots::from_bytes(dets, featurizer.num_detectors())?;
-        let observables = PackedShots::from_bytes(obs, self.num_observables)?;
         let all: Vec<usize> = (0..batch).collect();
-        Ok(make_batch(featurizer, &events, &observables, &all, device))
+        match sampler {
+            CaseSampler::Circuit(sampler) => {
+                let (dets, obs) = sampler.sample_bit_packed_separate_observables(batch as u64);
+                let events = PackedShots::from_bytes(dets, featurizer.num_detectors())?;
+                let observables = PackedShots::from_bytes(obs, self.num_observables)?;
+                Ok(make_batch(featurizer, &events, &observables, &all))
+            }
+            CaseSampler::Labeled(sampler) => {
+                let shots = sampler.sample(batch)?;
+                let mut out = make_batch(featurizer, &shots.detectors, &shots.observables, &all);
+                for (i, v) in out.labels.iter_mut().enumerate() {
+                    *v = if shots
+                        .round_labels
+                        .get(i / shots.round_labels.bits_per_shot(), i % shots.round_labels.bits_per_shot())
+                    {
+                        1.0
+                    } else {
+                        0.0
+                    };
+                }
+                out.dense = true;
+                Ok(out)
+            }
+        }
     }
 }
 
@@ -100,7 +152,7 @@ pub struct FixedSource {
 }
 
 impl FixedSource {
-    /// Shots `indices` of `events`/`observables`.
+    /// The shots of `events`/`observables`, shuffled with `seed`.
     pub fn new(featurizer: Featurizer, events: PackedShots, observables: PackedShots, seed: u64) -> Self {
         let order = (0..events.num_shots()).collect();
         Self { featurizer, events, observables, order, cursor: usize::MAX, rng: seed }
@@ -116,7 +168,7 @@ impl FixedSource {
 }
 
 impl BatchSource for FixedSource {
-    fn next_batch(&mut self, _step: u64, batch: usize, device: Device) -> Result<Batch, ModelError> {
+    fn next_batch(&mut self, _step: u64, batch: usize) -> Result<Batch, ModelError> {
         if self.order.is_empty() {
             return Err(ModelError::Training("no fine-tuning shots".into()));
         }
@@ -128,8 +180,233 @@ impl BatchSource for FixedSource {
             picked.push(self.order[self.cursor]);
             self.cursor += 1;
         }
-        Ok(make_batch(&self.featurizer, &self.events, &self.observables, &picked, device))
+        Ok(make_batch(&self.featurizer, &self.events, &self.observables, &picked))
     }
+}
+
+/// The loss of one training step.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepLoss {
+    /// What was minimized: the final BCE plus the weighted per-round BCE.
+    pub loss: f64,
+    /// Mean BCE of the final readout.
+    pub final_bce: f64,
+    /// Mean BCE of the earlier rounds' readouts (0 without them).
+    pub aux_bce: f64,
+}
+
+/// What computes gradients and applies the optimizer.
+pub trait Engine {
+    /// `fused` or `tch`.
+    fn name(&self) -> &'static str;
+    /// The device, in words, for the checkpoint's provenance.
+    fn device(&self) -> String;
+    /// One optimizer step on `batch` at learning rate `lr`, the gradient norm
+    /// clipped to `clip`, the earlier rounds' readouts weighted by `aux_weight`.
+    fn step(&mut self, batch: &Batch, lr: f64, clip: f64, aux_weight: f32) -> Result<StepLoss, ModelError>;
+    /// Final logits `[n·O]` of every shot of `events`.
+    fn logits(&mut self, featurizer: &Featurizer, events: &PackedShots) -> Result<Vec<f32>, ModelError>;
+    /// The current weights as a checkpoint.
+    fn to_checkpoint(&self, meta: CheckpointMeta) -> Result<Checkpoint, ModelError>;
+    /// Replaces the weights (same config).
+    fn load(&mut self, ckpt: &Checkpoint) -> Result<(), ModelError>;
+    /// The optimizer's state to save beside a checkpoint, if the engine keeps one.
+    fn optimizer_state(&self) -> Option<&Optimizer> {
+        None
+    }
+    /// Restores saved optimizer state, or says why it cannot.
+    fn restore_optimizer(&mut self, state: &OptimizerState) -> Result<(), String> {
+        let _ = state;
+        Err(format!("the {} trainer keeps no optimizer state", self.name()))
+    }
+}
+
+/// The fused CPU trainer with its optimizer.
+pub struct FusedEngine {
+    net: FusedNet,
+    optimizer: Optimizer,
+    threads: usize,
+}
+
+impl FusedEngine {
+    /// `ckpt` in a fused trainer with `threads` workers, for batches of up to
+    /// `max_shots` shots of up to `max_rounds` round steps; `optimizer` is
+    /// `adamw` or `lion`.
+    pub fn new(
+        ckpt: &Checkpoint,
+        optimizer: &str,
+        weight_decay: f64,
+        threads: usize,
+        max_shots: usize,
+        max_rounds: usize,
+    ) -> Result<Self, ModelError> {
+        let net = FusedNet::from_checkpoint(ckpt, threads, max_shots, max_rounds)?;
+        let optimizer = match optimizer {
+            "adamw" => Optimizer::AdamW(AdamW::new(net.num_params(), weight_decay)),
+            "lion" => Optimizer::Lion(Lion::new(net.num_params(), weight_decay)),
+            other => return Err(ModelError::Invalid(format!("--optimizer takes adamw or lion, not '{other}'"))),
+        };
+        Ok(Self { net, optimizer, threads })
+    }
+
+    /// The underlying trainer.
+    pub fn net(&mut self) -> &mut FusedNet {
+        &mut self.net
+    }
+}
+
+impl Engine for FusedEngine {
+    fn name(&self) -> &'static str {
+        "fused"
+    }
+
+    fn device(&self) -> String {
+        format!("cpu ({} threads, fused)", self.threads)
+    }
+
+    fn step(&mut self, batch: &Batch, lr: f64, clip: f64, aux_weight: f32) -> Result<StepLoss, ModelError> {
+        if aux_weight > 0.0 && !batch.dense {
+            return Err(ModelError::Training("a per-round loss needs dense labels, which these shots lack".into()));
+        }
+        let loss = self.net.loss_and_grad(&TrainBatch {
+            features: &batch.features,
+            labels: &batch.labels,
+            shots: batch.shots,
+            rounds: batch.rounds,
+            aux_weight,
+        });
+        let out = StepLoss { loss: loss.loss, final_bce: loss.final_bce, aux_bce: loss.aux_bce };
+        if !out.loss.is_finite() {
+            return Ok(out);
+        }
+        clip_grad_norm(self.net.grads_mut(), clip);
+        self.net.apply(&mut self.optimizer, lr)?;
+        Ok(out)
+    }
+
+    fn logits(&mut self, featurizer: &Featurizer, events: &PackedShots) -> Result<Vec<f32>, ModelError> {
+        self.net.logits(featurizer, events)
+    }
+
+    fn to_checkpoint(&self, meta: CheckpointMeta) -> Result<Checkpoint, ModelError> {
+        Ok(self.net.to_checkpoint(meta))
+    }
+
+    fn load(&mut self, ckpt: &Checkpoint) -> Result<(), ModelError> {
+        self.net.load(ckpt)
+    }
+
+    fn optimizer_state(&self) -> Option<&Optimizer> {
+        Some(&self.optimizer)
+    }
+
+    fn restore_optimizer(&mut self, state: &OptimizerState) -> Result<(), String> {
+        if state.engine != self.name() {
+            return Err(format!("it was written by the {} trainer", state.engine));
+        }
+        if state.optimizer != self.optimizer.name() {
+            return Err(format!("it holds {} moments and this run uses {}", state.optimizer, self.optimizer.name()));
+        }
+        self.optimizer.restore(state.step, |name| state.moments.iter().find(|(n, _)| n == name).map(|(_, v)| &v[..]))
+    }
+}
+
+/// An optimizer's state as saved beside a checkpoint (`CKPT.optim.safetensors`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    /// The engine that wrote it.
+    pub engine: String,
+    /// `adamw` or `lion`.
+    pub optimizer: String,
+    /// Updates done.
+    pub step: u64,
+    /// Moment buffers by name, flat over the stored tensors in checkpoint order.
+    pub moments: Vec<(String, Vec<f32>)>,
+}
+
+impl OptimizerState {
+    /// Where the state of the checkpoint at `ckpt` lives.
+    pub fn path_for(ckpt: &Path) -> PathBuf {
+        ckpt.with_extension("optim.safetensors")
+    }
+
+    /// The state of `optimizer` in `engine`.
+    pub fn of(engine: &str, optimizer: &Optimizer) -> Self {
+        Self {
+            engine: engine.to_string(),
+            optimizer: optimizer.name().to_string(),
+            step: optimizer.step(),
+            moments: optimizer.moments().into_iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
+        }
+    }
+
+    /// Writes it atomically to `path`.
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let meta = serde_json::json!({ "engine": self.engine, "optimizer": self.optimizer, "step": self.step });
+        let data: Vec<(String, Vec<u8>, usize)> = self
+            .moments
+            .iter()
+            .map(|(n, v)| (n.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.len()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(n, bytes, len)| {
+                let view = safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::F32, vec![*len], bytes)
+                    .expect("f32 bytes of the stated length");
+                (n.clone(), view)
+            })
+            .collect();
+        let mut header = std::collections::HashMap::new();
+        header.insert("qecd-optimizer".to_string(), meta.to_string());
+        let bytes = safetensors::serialize(views, Some(header))
+            .map_err(|e| ModelError::Training(format!("cannot serialize the optimizer state: {e}")))?;
+        simulator_bridge::fsutil::write_atomically(path, |w| {
+            w.write_all(&bytes).map_err(|e| simulator_bridge::BridgeError::io(path, e))
+        })?;
+        Ok(())
+    }
+
+    /// Reads the state at `path`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
+        let meta: serde_json::Value = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("qecd-optimizer"))
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| format!("{} has no optimizer metadata", path.display()))?;
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
+        let moments = tensors
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+            .collect();
+        Ok(Self {
+            engine: meta["engine"].as_str().unwrap_or_default().to_string(),
+            optimizer: meta["optimizer"].as_str().unwrap_or_default().to_string(),
+            step: meta["step"].as_u64().unwrap_or(0),
+            moments,
+        })
+    }
+}
+
+/// Resumes the optimizer of `engine` from the state saved beside `ckpt`, and
+/// says what happened: continued exactly, or why the moments start at zero.
+pub fn resume_optimizer(engine: &mut dyn Engine, ckpt: &Path, trainer: &str) -> String {
+    let path = OptimizerState::path_for(ckpt);
+    let why = if !path.exists() {
+        match trainer {
+            "" | "tch" => "the checkpoint was written by the tch trainer, which saves no optimizer state".to_string(),
+            other => format!("{} is missing (the {other} trainer's state)", path.display()),
+        }
+    } else {
+        match OptimizerState::load(&path).and_then(|state| engine.restore_optimizer(&state)) {
+            Ok(()) => return format!("resuming with the optimizer state in {}", path.display()),
+            Err(why) => why,
+        }
+    };
+    format!("the optimizer's moments start from zero: {why}")
 }
 
 /// One held-out case, featurized once.
@@ -161,30 +438,15 @@ impl EvalCase {
         self.events.num_shots()
     }
 
-    /// The model's logits on every shot, `[n * O]`.
-    pub fn logits(&self, net: &Net, device: Device) -> Result<Vec<f32>, ModelError> {
-        logits_for(net, &self.featurizer, &self.events, device)
+    /// Round steps per shot.
+    pub fn num_rounds(&self) -> usize {
+        self.featurizer.num_rounds()
     }
-}
 
-/// Logits `[n * O]` for every shot of `events`, computed in chunks without gradients.
-pub fn logits_for(
-    net: &Net,
-    featurizer: &Featurizer,
-    events: &PackedShots,
-    device: Device,
-) -> Result<Vec<f32>, ModelError> {
-    const CHUNK: usize = 2048;
-    let mut out = Vec::with_capacity(events.num_shots() * net.config().num_observables);
-    for start in (0..events.num_shots()).step_by(CHUNK) {
-        let end = (start + CHUNK).min(events.num_shots());
-        let mut values = Vec::new();
-        featurizer.extend_features(events, start, end, &mut values);
-        let x = features_tensor(&values, end - start, featurizer.num_rounds(), featurizer.num_stabilizers(), device);
-        let logits = tch::no_grad(|| net.forward(&x)).to_device(Device::Cpu).contiguous().view(-1);
-        out.extend(Vec::<f32>::try_from(&logits)?);
+    /// The model's logits on every shot, `[n * O]`.
+    pub fn logits(&self, engine: &mut dyn Engine) -> Result<Vec<f32>, ModelError> {
+        engine.logits(&self.featurizer, &self.events)
     }
-    Ok(out)
 }
 
 /// Shots whose hard prediction (logit > 0) misses any observable.
@@ -222,10 +484,10 @@ pub struct TrainOptions {
     pub first_step: u64,
     /// Shots per step.
     pub batch: usize,
-    /// AdamW weight decay.
-    pub weight_decay: f64,
     /// Gradient-norm clip.
     pub clip: f64,
+    /// Weight of the earlier rounds' readouts (0: the final label only).
+    pub aux_weight: f32,
     /// Evaluate every this many steps (and at the end).
     pub eval_every: u64,
     /// Keep the checkpoint with the lowest validation loss and stop after this
@@ -268,10 +530,10 @@ impl EvalReport {
 }
 
 /// Evaluates the model on every held-out case.
-pub fn evaluate(net: &Net, eval: &[EvalCase], step: u64, device: Device) -> Result<EvalReport, ModelError> {
+pub fn evaluate(engine: &mut dyn Engine, eval: &[EvalCase], step: u64) -> Result<EvalReport, ModelError> {
     let mut cases = Vec::new();
     for case in eval {
-        let logits = case.logits(net, device)?;
+        let logits = case.logits(engine)?;
         cases.push((
             case.label.clone(),
             case.num_shots(),
@@ -289,16 +551,25 @@ pub struct StepReport {
     /// Steps done (cumulative over resumptions).
     pub step: u64,
     /// Training loss of the step.
-    pub loss: f64,
+    pub loss: StepLoss,
     /// Learning rate used.
     pub lr: f64,
 }
 
-/// Trains `net` from `meta.provenance.steps` up to `opts.steps`, saving
+/// Saves `ckpt` to `path` and the engine's optimizer state beside it.
+fn save_with_state(engine: &dyn Engine, ckpt: &Checkpoint, path: &Path) -> Result<(), ModelError> {
+    ckpt.save(path)?;
+    if let Some(opt) = engine.optimizer_state() {
+        OptimizerState::of(engine.name(), opt).save(&OptimizerState::path_for(path))?;
+    }
+    Ok(())
+}
+
+/// Trains from `meta.provenance.steps` up to `opts.steps`, saving
 /// checkpoints to `opts.out`. On a non-finite loss it stops with an error and
 /// leaves the last good checkpoint in place.
 pub fn train(
-    net: &mut Net,
+    engine: &mut dyn Engine,
     meta: &mut CheckpointMeta,
     source: &mut dyn BatchSource,
     eval: &[EvalCase],
@@ -306,11 +577,11 @@ pub fn train(
     on_step: &mut dyn FnMut(&StepReport),
     on_eval: &mut dyn FnMut(&EvalReport),
 ) -> Result<Option<EvalReport>, ModelError> {
-    let device = net.vs.device();
-    let mut opt = nn::AdamW { wd: opts.weight_decay, ..Default::default() }.build(&net.vs, opts.lr)?;
     let start = Instant::now();
     let seconds_before = meta.provenance.seconds;
-    let mut best: Option<(f64, crate::checkpoint::Checkpoint)> = None;
+    meta.provenance.trainer = engine.name().to_string();
+    meta.provenance.device = engine.device();
+    let mut best: Option<(f64, Checkpoint)> = None;
     let mut since_best = 0u32;
     let mut last_eval = None;
     let mut log = match &opts.log {
@@ -329,36 +600,28 @@ pub fn train(
         }
         None => None,
     };
-    let save = |net: &Net, meta: &CheckpointMeta| -> Result<crate::checkpoint::Checkpoint, ModelError> {
-        let ckpt = net.to_checkpoint(meta.clone())?;
-        ckpt.save(&opts.out)?;
-        Ok(ckpt)
-    };
     let mut recent_loss;
     while meta.provenance.steps < opts.steps {
         let step = meta.provenance.steps;
         let lr = opts.lr_at(step);
-        opt.set_lr(lr);
-        let batch = source.next_batch(step, opts.batch, device)?;
-        let logits = net.forward(&batch.features);
-        let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&batch.labels, None, None, Reduction::Mean);
-        let loss_value = loss.double_value(&[]);
-        if !loss_value.is_finite() {
+        let batch = source.next_batch(step, opts.batch)?;
+        let loss = engine.step(&batch, lr, opts.clip, opts.aux_weight)?;
+        if !loss.loss.is_finite() {
             return Err(ModelError::Training(format!(
-                "the loss became {loss_value} at step {step}; stopped, and the last good checkpoint {} is kept",
+                "the loss became {} at step {step}; stopped, and the last good checkpoint {} is kept",
+                loss.loss,
                 opts.out.display()
             )));
         }
-        opt.backward_step_clip_norm(&loss, opts.clip);
-        recent_loss = loss_value;
+        recent_loss = loss;
         meta.provenance.steps += 1;
         meta.provenance.samples_seen += opts.batch as u64;
         meta.provenance.seconds = seconds_before + start.elapsed().as_secs_f64();
-        on_step(&StepReport { step: meta.provenance.steps, loss: loss_value, lr });
+        on_step(&StepReport { step: meta.provenance.steps, loss, lr });
         let out_of_time = opts.max_seconds.is_some_and(|m| start.elapsed().as_secs_f64() >= m);
         let done = meta.provenance.steps >= opts.steps || out_of_time;
         if meta.provenance.steps.is_multiple_of(opts.eval_every) || done {
-            let report = evaluate(net, eval, meta.provenance.steps, device)?;
+            let report = evaluate(engine, eval, meta.provenance.steps)?;
             if let Some(f) = log.as_mut() {
                 for (label, shots, eval_loss, errors, baseline) in &report.cases {
                     writeln!(
@@ -368,7 +631,7 @@ pub fn train(
                         meta.provenance.samples_seen,
                         meta.provenance.seconds,
                         lr,
-                        recent_loss,
+                        recent_loss.final_bce,
                         baseline.map(|b| b.to_string()).unwrap_or_default()
                     )
                     .map_err(|e| ModelError::Training(e.to_string()))?;
@@ -378,11 +641,11 @@ pub fn train(
             on_eval(&report);
             match opts.early_stop_patience {
                 None => {
-                    save(net, meta)?;
+                    save_with_state(engine, &engine.to_checkpoint(meta.clone())?, &opts.out)?;
                 }
                 Some(patience) => {
                     if best.as_ref().is_none_or(|(b, _)| report.loss() < *b) {
-                        best = Some((report.loss(), net.to_checkpoint(meta.clone())?));
+                        best = Some((report.loss(), engine.to_checkpoint(meta.clone())?));
                         since_best = 0;
                     } else {
                         since_best += 1;
@@ -405,8 +668,7 @@ pub fn train(
         ckpt.meta.provenance.samples_seen = meta.provenance.samples_seen;
         ckpt.meta.provenance.seconds = meta.provenance.seconds;
         ckpt.save(&opts.out)?;
-        let best_net = Net::from_checkpoint(&ckpt, device)?;
-        net.vs.copy(&best_net.vs)?;
+        engine.load(&ckpt)?;
         *meta = ckpt.meta;
     }
     Ok(last_eval)
@@ -429,29 +691,60 @@ mod tests {
         (f, circuit, ckpt)
     }
 
-    /// A few optimizer steps on one fixed batch lower its loss.
+    /// A few fused optimizer steps on one fixed batch lower its loss.
     #[test]
     fn steps_lower_the_loss_on_a_fixed_batch() {
         let (f, circuit, ckpt) = setup(3);
         let shots = Sampler::new(&circuit).sample(256, 5, 1).unwrap();
         let all: Vec<usize> = (0..256).collect();
-        let batch = make_batch(&f, &shots.detectors, &shots.observables, &all, Device::Cpu);
-        let net = Net::from_checkpoint(&ckpt, Device::Cpu).unwrap();
-        let mut opt = nn::Adam::default().build(&net.vs, 3e-3).unwrap();
-        let loss = |net: &Net| {
-            net.forward(&batch.features).binary_cross_entropy_with_logits::<Tensor>(
-                &batch.labels,
-                None,
-                None,
-                Reduction::Mean,
-            )
-        };
-        let before = loss(&net).double_value(&[]);
+        let batch = make_batch(&f, &shots.detectors, &shots.observables, &all);
+        let mut engine = FusedEngine::new(&ckpt, "adamw", 0.0, 2, 256, 4).unwrap();
+        let before = engine.step(&batch, 0.0, 1.0, 0.0).unwrap().loss;
         for _ in 0..60 {
-            opt.backward_step(&loss(&net));
+            engine.step(&batch, 3e-3, 1.0, 0.0).unwrap();
         }
-        let after = loss(&net).double_value(&[]);
+        let after = engine.step(&batch, 0.0, 1.0, 0.0).unwrap().loss;
         assert!(after < 0.85 * before, "loss {before} -> {after}");
+        let err = engine.step(&batch, 1e-3, 1.0, 0.5).unwrap_err();
+        assert!(err.to_string().contains("needs dense labels"), "{err}");
+    }
+
+    /// Dense batches carry per-round labels whose last round is the observable.
+    #[test]
+    fn dense_batches_end_with_the_observables() {
+        let (f, circuit, _) = setup(6);
+        let mut source = SimulatedSource::new(vec![(f, circuit)], Basis::Z, 4, 0, true).unwrap();
+        let batch = source.next_batch(0, 300).unwrap();
+        assert!(batch.dense);
+        assert_eq!((batch.shots, batch.rounds, batch.labels.len()), (300, 7, 300 * 7));
+        let flips: f32 = batch.final_labels().iter().sum();
+        assert!(flips > 5.0, "p=0.01 flips some observables ({flips})");
+        // Earlier rounds' labels differ from the final one in some shots.
+        let differ = batch.labels.chunks(7).filter(|l| l[..6].iter().any(|v| *v != l[6])).count();
+        assert!(differ > 0);
+    }
+
+    #[test]
+    fn optimizer_state_round_trips_and_resume_says_why() {
+        let (_, _, ckpt) = setup(3);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let mut engine = FusedEngine::new(&ckpt, "adamw", 1e-4, 1, 8, 4).unwrap();
+        // No state beside a tch checkpoint.
+        let said = resume_optimizer(&mut engine, &path, "tch");
+        assert!(said.contains("tch trainer, which saves no optimizer state"), "{said}");
+        let mut moved = engine.optimizer.clone();
+        if let Optimizer::AdamW(a) = &mut moved {
+            a.m[3] = 0.25;
+            a.step = 9;
+        }
+        OptimizerState::of("fused", &moved).save(&OptimizerState::path_for(&path)).unwrap();
+        let said = resume_optimizer(&mut engine, &path, "fused");
+        assert!(said.starts_with("resuming with the optimizer state"), "{said}");
+        assert_eq!(engine.optimizer, moved);
+        let mut lion = FusedEngine::new(&ckpt, "lion", 0.0, 1, 8, 4).unwrap();
+        let said = resume_optimizer(&mut lion, &path, "fused");
+        assert!(said.contains("holds adamw moments and this run uses lion"), "{said}");
     }
 
     #[test]
@@ -462,8 +755,8 @@ mod tests {
             steps: 110,
             first_step: 0,
             batch: 1,
-            weight_decay: 0.0,
             clip: 1.0,
+            aux_weight: 0.0,
             eval_every: 1,
             early_stop_patience: None,
             max_seconds: None,

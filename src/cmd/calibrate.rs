@@ -16,7 +16,7 @@ use decoder::{DecoderKind, MatchingDecoder};
 use models::Featurizer;
 use models::calibration::{ECE_BINS, confidence, ece, fit_temperature, postselect, reliability};
 use models::checkpoint::Checkpoint;
-use models::train::logits_for;
+use models::fused::FusedNet;
 use simulator_bridge::sample::{Sampler, derive_seed};
 use simulator_bridge::{MemoryExperiment, NoiseModel, StabilizerLayout};
 
@@ -44,7 +44,7 @@ pub struct CalibrateArgs {
     /// Reliability diagram (PNG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
-    /// Torch threads (0: one per core).
+    /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 }
@@ -56,14 +56,13 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         bail!("--seed {} is the checkpoint's {name} seed; calibration needs shots it never saw", args.seed);
     }
     let threads = simulator_bridge::sample::resolve_threads(args.threads);
-    tch::set_num_threads(threads as i32);
-    let device = crate::neural::device();
-    let net = models::net::Net::from_checkpoint(&ckpt, device)?;
     let noise_name = args.noise.clone().unwrap_or_else(|| ckpt.meta.provenance.noise.clone());
     let noise = NoiseModel::from_name(&noise_name, ckpt.meta.provenance.p)?;
     let d = ckpt.meta.layout.distance;
     let basis = ckpt.meta.layout.basis;
     let rounds = if args.rounds.is_empty() { vec![d] } else { args.rounds.clone() };
+    // The logits come from the fused forward (the inference step), in blocks of 1024 shots.
+    let mut net = FusedNet::from_checkpoint(&ckpt, threads, 1024, rounds.iter().max().copied().unwrap_or(d) + 1)?;
     let half = args.shots / 2;
     if half < 1000 {
         bail!("--shots {} is too few to calibrate on (need at least 2000)", args.shots);
@@ -78,7 +77,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         let circuit = MemoryExperiment::new(d, r, basis)?.noisy_circuit(&noise)?;
         let featurizer = Featurizer::new(&ckpt.meta.layout, &StabilizerLayout::from_circuit(&circuit, basis)?)?;
         let shots = Sampler::new(&circuit).sample(2 * half, derive_seed(args.seed, r as u64), 0)?;
-        let logits = logits_for(&net, &featurizer, &shots.detectors, device)?;
+        let logits = net.logits(&featurizer, &shots.detectors)?;
         let flips: Vec<bool> = (0..2 * half).map(|s| shots.observables.get(s, 0)).collect();
         fit_logits.extend_from_slice(&logits[..half]);
         fit_flips.extend_from_slice(&flips[..half]);

@@ -14,7 +14,7 @@ use clap::Args;
 use decoder::{DecoderKind, MatchingDecoder, decode_parallel};
 use models::Featurizer;
 use models::checkpoint::Checkpoint;
-use models::train::{EvalCase, FixedSource, TrainOptions, count_errors, logits_for, train};
+use models::train::{EvalCase, FixedSource, TrainOptions, count_errors, train};
 use simulator_bridge::experiment::Experiment;
 use simulator_bridge::sample::derive_seed;
 use simulator_bridge::{PackedShots, StabilizerLayout};
@@ -55,9 +55,15 @@ pub struct FinetuneArgs {
     /// Stop after this many evaluations without improvement.
     #[arg(long, default_value_t = 5)]
     pub patience: u32,
-    /// Torch threads (0: one per core).
+    /// Worker threads of the fused trainer, or torch's threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// The trainer: `fused` (the CPU kernels) or `tch` (feature `train`).
+    #[arg(long, default_value = "fused")]
+    pub engine: String,
+    /// The optimizer of the fused trainer: `adamw` or `lion`.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
 }
 
 fn subset(shots: &PackedShots, indices: &[usize]) -> PackedShots {
@@ -109,10 +115,16 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         Ok(decoder::count_errors(&decode_parallel(make, events, 0)?.predictions, obs) as u64)
     };
     let threads = simulator_bridge::sample::resolve_threads(args.threads);
-    tch::set_num_threads(threads as i32);
-    let device = crate::neural::device();
-    let mut net = models::net::Net::from_checkpoint(&ckpt, device)?;
-    let before = count_errors(&logits_for(&net, &featurizer, &test_events, device)?, &test_obs);
+    let mut engine = super::train::build_engine(
+        &args.engine,
+        &ckpt,
+        &args.optimizer,
+        1e-4,
+        threads,
+        args.batch,
+        featurizer.num_rounds(),
+    )?;
+    let before = count_errors(&engine.logits(&featurizer, &test_events)?, &test_obs);
     let matching_test = correlated(&test_events, &test_obs)?;
     let val_case = EvalCase::new(
         "validation".into(),
@@ -131,8 +143,8 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         steps: start_steps + args.steps,
         first_step: start_steps,
         batch: args.batch,
-        weight_decay: 1e-4,
         clip: 1.0,
+        aux_weight: 0.0,
         eval_every: args.eval_every,
         early_stop_patience: Some(args.patience),
         max_seconds: None,
@@ -142,7 +154,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     let mut source = FixedSource::new(featurizer.clone(), tune_events, tune_obs, args.seed);
     let bar = super::shot_bar(args.steps, "finetune");
     let _ = train(
-        &mut net,
+        engine.as_mut(),
         &mut meta,
         &mut source,
         std::slice::from_ref(&val_case),
@@ -151,7 +163,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         &mut |e| bar.println(format!("step {}: {}", e.step - start_steps, super::train::describe(e))),
     )?;
     bar.finish_and_clear();
-    let after = count_errors(&logits_for(&net, &featurizer, &test_events, device)?, &test_obs);
+    let after = count_errors(&engine.logits(&featurizer, &test_events)?, &test_obs);
     let t = test_events.num_shots() as f64;
     meta.evaluation = serde_json::json!({
         "finetune": {
@@ -161,7 +173,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         },
         "pretrained": ckpt.meta.evaluation,
     });
-    net.to_checkpoint(meta)?.save(&args.out)?;
+    engine.to_checkpoint(meta)?.save(&args.out)?;
     println!(
         "test set: {} shots (disjoint from the {} fine-tuning and {} validation shots)",
         test_events.num_shots(),

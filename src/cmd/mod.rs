@@ -1,11 +1,9 @@
 //! One module per subcommand, plus what they share.
 
-#[cfg(feature = "train")]
 pub mod calibrate;
 pub mod client;
 pub mod demo;
 pub mod echo;
-#[cfg(feature = "train")]
 pub mod finetune;
 pub mod load;
 pub mod predict;
@@ -14,7 +12,6 @@ pub mod report;
 pub mod sample;
 pub mod serve;
 pub mod sweep;
-#[cfg(feature = "train")]
 pub mod train;
 
 use std::path::Path;

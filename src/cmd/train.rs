@@ -6,7 +6,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use decoder::{DecoderKind, MatchingDecoder, decode_parallel};
 use models::checkpoint::{Checkpoint, ModelLayout};
-use models::train::{EvalCase, EvalReport, SimulatedSource, TrainOptions, train};
+use models::train::{
+    Engine, EvalCase, EvalReport, FusedEngine, SimulatedSource, TrainOptions, resume_optimizer, train,
+};
 use models::{Featurizer, ModelConfig, Positions};
 use simulator_bridge::sample::{Sampler, derive_seed};
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
@@ -29,18 +31,18 @@ pub struct TrainArgs {
     /// Rounds to train on: a range `1-25` or a list `3,5,25`; each step draws one.
     #[arg(long, default_value = "1-25")]
     pub rounds: String,
-    /// Model width D.
-    #[arg(long, default_value_t = 64)]
-    pub width: usize,
-    /// Attention heads H.
-    #[arg(long, default_value_t = 4)]
-    pub heads: usize,
-    /// Transformer layers L per round.
-    #[arg(long, default_value_t = 2)]
-    pub layers: usize,
-    /// Feed-forward width F.
-    #[arg(long, default_value_t = 128)]
-    pub ffn: usize,
+    /// Model width D (default 64).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Attention heads H (default 4).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Transformer layers L per round (default 2).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Feed-forward width F (default 2·D).
+    #[arg(long)]
+    pub ffn: Option<usize>,
     /// Total optimizer steps.
     #[arg(long, default_value_t = 20_000)]
     pub steps: u64,
@@ -96,9 +98,81 @@ pub struct TrainArgs {
     /// Stop (saving) after this many minutes.
     #[arg(long)]
     pub max_minutes: Option<f64>,
-    /// Torch threads (0: one per core).
+    /// Worker threads of the fused trainer, or torch's threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// The trainer: `fused` (the CPU kernels; no libtorch) or `tch` (libtorch,
+    /// on CUDA when present; needs a build with `--features train`).
+    #[arg(long, default_value = "fused")]
+    pub engine: String,
+    /// The optimizer of the fused trainer: `adamw` or `lion` (tch: adamw).
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
+    /// Weight of the per-round readout loss on dense labels (docs/model.md
+    /// §Dense labels); 0 trains on the final label only.
+    #[arg(long, default_value_t = 0.0)]
+    pub aux_weight: f32,
+}
+
+impl TrainArgs {
+    /// The model shape asked for, the defaults filled in.
+    fn requested(&self) -> (usize, usize, usize, usize) {
+        let width = self.width.unwrap_or(64);
+        (width, self.heads.unwrap_or(4), self.layers.unwrap_or(2), self.ffn.unwrap_or(2 * width))
+    }
+
+    /// Whether any shape flag was given.
+    fn shape_given(&self) -> bool {
+        self.width.is_some() || self.heads.is_some() || self.layers.is_some() || self.ffn.is_some()
+    }
+}
+
+/// Builds the trainer named by `--engine` for `ckpt`.
+pub fn build_engine(
+    name: &str,
+    ckpt: &Checkpoint,
+    optimizer: &str,
+    weight_decay: f64,
+    threads: usize,
+    max_shots: usize,
+    max_rounds: usize,
+) -> Result<Box<dyn Engine>> {
+    match name {
+        "fused" => Ok(Box::new(FusedEngine::new(ckpt, optimizer, weight_decay, threads, max_shots, max_rounds)?)),
+        "tch" => tch_engine(ckpt, optimizer, weight_decay, threads),
+        other => bail!("--engine takes fused or tch, not '{other}'"),
+    }
+}
+
+#[cfg(feature = "train")]
+fn tch_engine(ckpt: &Checkpoint, optimizer: &str, weight_decay: f64, threads: usize) -> Result<Box<dyn Engine>> {
+    if optimizer != "adamw" {
+        bail!("the tch trainer runs AdamW only (--optimizer adamw)");
+    }
+    tch::set_num_threads(threads as i32);
+    Ok(Box::new(models::net::TchEngine::new(ckpt, crate::neural::device(), weight_decay)?))
+}
+
+#[cfg(not(feature = "train"))]
+fn tch_engine(_: &Checkpoint, _: &str, _: f64, _: usize) -> Result<Box<dyn Engine>> {
+    bail!("--engine tch needs libtorch: build with --features train (see scripts/torch-env)")
+}
+
+/// The first tensor whose shape differs between two configs, as a sentence.
+fn shape_mismatch(have: &ModelConfig, want: &ModelConfig) -> Option<String> {
+    let (a, b) = (have.tensor_shapes(), want.tensor_shapes());
+    for (name, shape) in &b {
+        match a.iter().find(|(n, _)| n == name) {
+            None => return Some(format!("tensor '{name}' is not in it")),
+            Some((_, s)) if s != shape => {
+                return Some(format!("tensor '{name}' is {s:?} there, {shape:?} requested"));
+            }
+            _ => {}
+        }
+    }
+    a.iter()
+        .find(|(n, _)| !b.iter().any(|(m, _)| m == n))
+        .map(|(n, _)| format!("it has tensor '{n}', which the requested model lacks"))
 }
 
 /// Parses `1-25` or `3,5,25`.
@@ -199,10 +273,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         bail!("{} exists; pass --resume to continue it, or choose another --out", args.out.display());
     }
     let threads = simulator_bridge::sample::resolve_threads(args.threads);
-    tch::set_num_threads(threads as i32);
-    let device = crate::neural::device();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let mut ckpt = if args.resume && args.out.exists() {
+    let (width, heads, layers, ffn) = args.requested();
+    let resuming = args.resume && args.out.exists();
+    let mut ckpt = if resuming {
         let ckpt = Checkpoint::load(&args.out)?;
         if ckpt.meta.layout != layout {
             bail!(
@@ -214,14 +288,21 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 args.basis
             );
         }
+        if args.shape_given() {
+            let want = ModelConfig::for_distance(args.distance, width, heads, layers, ffn)
+                .with_positions(ckpt.meta.config.positions);
+            if let Some(why) = shape_mismatch(&ckpt.meta.config, &want) {
+                bail!("--resume: {} does not fit the requested model: {why}", args.out.display());
+            }
+        }
         ckpt
     } else {
         let positions = parse_positions(&args.positions)?;
         let mut c = match &args.init {
             Some(path) => initial_checkpoint(path, args.distance, positions)?,
             None => {
-                let config = ModelConfig::for_distance(args.distance, args.width, args.heads, args.layers, args.ffn)
-                    .with_positions(positions);
+                let config =
+                    ModelConfig::for_distance(args.distance, width, heads, layers, ffn).with_positions(positions);
                 config.validate()?;
                 Checkpoint::random(config, layout.clone(), derive_seed(args.seed, 0x1417))
             }
@@ -237,7 +318,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         c
     };
     ckpt.meta.provenance.commands.push(command);
-    ckpt.meta.provenance.device = crate::neural::device_name(device, threads);
 
     eprintln!(
         "building held-out sets ({} shots each, rounds {:?}) and correlated-matching baselines...",
@@ -250,16 +330,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let featurizer = Featurizer::new(&layout, &StabilizerLayout::from_circuit(&circuit, args.basis)?)?;
         sources.push((featurizer, circuit));
     }
-    let mut source = SimulatedSource::new(sources, args.seed, ckpt.meta.provenance.steps);
-    let mut net = models::net::Net::from_checkpoint(&ckpt, device)?;
+    let dense = args.aux_weight > 0.0;
+    let mut source = SimulatedSource::new(sources, args.basis, args.seed, ckpt.meta.provenance.steps, dense)?;
+    let max_rounds = rounds.iter().chain(&args.eval_rounds).max().copied().unwrap_or(1) + 1;
+    let mut engine =
+        build_engine(&args.engine, &ckpt, &args.optimizer, args.weight_decay, threads, args.batch, max_rounds)?;
+    if resuming {
+        eprintln!("{}", resume_optimizer(engine.as_mut(), &args.out, &ckpt.meta.provenance.trainer));
+    }
     let opts = TrainOptions {
         lr: args.lr,
         warmup: args.warmup,
         steps: args.steps,
         first_step: 0,
         batch: args.batch,
-        weight_decay: args.weight_decay,
         clip: args.clip,
+        aux_weight: args.aux_weight,
         eval_every: args.eval_every,
         early_stop_patience: None,
         max_seconds: args.max_minutes.map(|m| m * 60.0),
@@ -276,7 +362,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     bar.set_position(ckpt.meta.provenance.steps);
     let mut meta = ckpt.meta.clone();
     let last = train(
-        &mut net,
+        engine.as_mut(),
         &mut meta,
         &mut source,
         &eval,
@@ -284,7 +370,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         &mut |s| {
             bar.set_position(s.step);
             if s.step % 20 == 0 {
-                bar.set_message(format!("loss {:.4}", s.loss));
+                bar.set_message(format!("loss {:.4}", s.loss.final_bce));
             }
         },
         &mut |e| bar.println(format!("step {}: {}", e.step, describe(e))),
@@ -298,7 +384,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             })).collect::<Vec<_>>(),
             "eval_seed": args.eval_seed,
         });
-        net.to_checkpoint(meta.clone())?.save(&args.out)?;
+        engine.to_checkpoint(meta.clone())?.save(&args.out)?;
         println!("step {}: {}", report.step, describe(&report));
     }
     println!(

@@ -158,7 +158,11 @@ impl ParamIndex {
         for (name, expected, range) in &self.tensors {
             let (shape, values) = get(name).ok_or_else(|| KernelError::Missing { name: name.clone() })?;
             if shape != expected.as_slice() {
-                return Err(KernelError::Shape { name: name.clone(), expected: expected.clone(), found: shape.to_vec() });
+                return Err(KernelError::Shape {
+                    name: name.clone(),
+                    expected: expected.clone(),
+                    found: shape.to_vec(),
+                });
             }
             if values.len() != range.len() {
                 return Err(KernelError::Length { name: name.clone(), expected: range.len(), found: values.len() });

@@ -214,7 +214,14 @@ impl Worker {
     }
 
     #[inline(always)]
-    fn forward_round<A: Arith, const R: usize>(&mut self, w: &Weights, feats: &[f32], n: usize, t: usize, rounds: usize) {
+    fn forward_round<A: Arith, const R: usize>(
+        &mut self,
+        w: &Weights,
+        feats: &[f32],
+        n: usize,
+        t: usize,
+        rounds: usize,
+    ) {
         let c = &self.c;
         let (s, d, nf, ff, nl) = (c.stabilizers, c.width, c.features, c.ffn_width, c.layers);
         let (dh, heads, hl) = (c.head_width(), c.heads, self.hl);
@@ -425,21 +432,39 @@ impl Worker {
     }
 
     #[inline(always)]
-    fn layer_backward<A: Arith, const R: usize>(
-        &mut self,
-        ix: &ParamIndex,
-        p: &[f32],
-        n: usize,
-        t: usize,
-        l: usize,
-    ) {
+    fn layer_backward<A: Arith, const R: usize>(&mut self, ix: &ParamIndex, p: &[f32], n: usize, t: usize, l: usize) {
         let c = &self.c;
-        let (s, d, ff, nl, heads, dh, hl) = (c.stabilizers, c.width, c.ffn_width, c.layers, c.heads, c.head_width(), self.hl);
+        let (s, d, ff, nl, heads, dh, hl) =
+            (c.stabilizers, c.width, c.ffn_width, c.layers, c.heads, c.head_width(), self.hl);
         let rows = n * s;
         let slot = t * nl + l;
         let lx = &ix.layers[l];
         let Self {
-            zin, a1, st1, qkv, pt, att, z1, a2, st2, h, g, zout, dz, da, datt, dg, dqkv, dot, dpt, col, tmp, zeros, grads, dbias_t, ..
+            zin,
+            a1,
+            st1,
+            qkv,
+            pt,
+            att,
+            z1,
+            a2,
+            st2,
+            h,
+            g,
+            zout,
+            dz,
+            da,
+            datt,
+            dg,
+            dqkv,
+            dot,
+            dpt,
+            col,
+            tmp,
+            zeros,
+            grads,
+            dbias_t,
+            ..
         } = self;
         let z0: &[f32] = if l == 0 { zin.at(t) } else { zout.at(slot - 1) };
         let dz = &mut dz[..rows * d];

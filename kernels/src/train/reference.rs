@@ -42,7 +42,8 @@ pub fn loss(
         let mut z = vec![vec![0.0f64; d]; s];
         for t in 0..rounds {
             for (si, zr) in z.iter_mut().enumerate() {
-                let f: Vec<f64> = features[((b * rounds + t) * s + si) * nf..][..nf].iter().map(|v| *v as f64).collect();
+                let f: Vec<f64> =
+                    features[((b * rounds + t) * s + si) * nf..][..nf].iter().map(|v| *v as f64).collect();
                 let x = linear(&f, t_(&ix.w_in), t_(&ix.b_in));
                 for j in 0..d {
                     zr[j] = (zr[j] + x[j] + t_(&ix.stab)[si * d + j]) / std::f64::consts::SQRT_2;

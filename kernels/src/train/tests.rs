@@ -69,7 +69,8 @@ fn check_gradients(config: &KernelConfig, seed: u64, shots: usize, rounds: usize
     let (f, l) = random_batch(config, shots, rounds, seed ^ 5);
     let mut trainer = Trainer::new(config, &flat, threads, shots, rounds).unwrap();
     let loss = trainer.loss_and_grad(&batch(&f, &l, shots, rounds, aux));
-    let expected_loss = reference::loss(&ix, &flat.iter().map(|v| *v as f64).collect::<Vec<_>>(), &f, &l, shots, rounds, aux as f64);
+    let expected_loss =
+        reference::loss(&ix, &flat.iter().map(|v| *v as f64).collect::<Vec<_>>(), &f, &l, shots, rounds, aux as f64);
     assert!((loss.loss - expected_loss).abs() < 1e-4 * (1.0 + expected_loss), "loss {} vs {expected_loss}", loss.loss);
     let fd = finite_differences(&ix, &flat, &f, &l, shots, rounds, aux as f64);
     let got = trainer.grads();
@@ -79,7 +80,11 @@ fn check_gradients(config: &KernelConfig, seed: u64, shots: usize, rounds: usize
         for k in ix.range(i) {
             let (g, e) = (got[k] as f64, fd[k]);
             let tol = 2e-3 * (e.abs() + 1e-2 * largest) + 1e-6;
-            assert!((g - e).abs() <= tol, "{name}[{}]: fused {g:e}, finite differences {e:e} ({config:?})", k - ix.range(i).start);
+            assert!(
+                (g - e).abs() <= tol,
+                "{name}[{}]: fused {g:e}, finite differences {e:e} ({config:?})",
+                k - ix.range(i).start
+            );
         }
     }
 }
