@@ -259,11 +259,7 @@ impl Worker {
             let (max, sum) = col.split_at_mut(hl);
             for b in 0..n {
                 let qb = &q[b * s * ld..];
-                for i in 0..s {
-                    for cc in 0..d {
-                        qt[cc * s + i] = qb[i * ld + cc];
-                    }
-                }
+                transpose(qb, s, d, ld, qt);
                 let pb = &mut p[b * s * hl..(b + 1) * s * hl];
                 for hh in 0..heads {
                     let c0 = hh * dh;
@@ -381,7 +377,7 @@ impl Worker {
             for l in (0..nl).rev() {
                 self.layer_backward::<A, R>(ix, params, n, t, l);
             }
-            self.embed_backward(ix, feats, n, t, rounds);
+            self.embed_backward::<A>(ix, feats, n, t, rounds);
         }
         sums
     }
@@ -514,11 +510,7 @@ impl Worker {
             let qb = &q[b * s * ld..];
             let pb = &pr[b * s * hl..(b + 1) * s * hl];
             let ob = &datt[b * s * d..];
-            for i in 0..s {
-                for cc in 0..d {
-                    dot[cc * s + i] = ob[i * d + cc];
-                }
-            }
+            transpose(ob, s, d, d, dot);
             // dPᵀ[j][h·S + i] = v_j · do_i (head h).
             for hh in 0..heads {
                 let c0 = hh * dh;
@@ -569,27 +561,28 @@ impl Worker {
     /// `zin = (z_prev + W_in·f + b_in + stab[s]) / √2`: the embedding's
     /// gradients, and `dz ← dz / √2` (the gradient of the previous state).
     #[inline(always)]
-    fn embed_backward(&mut self, ix: &ParamIndex, feats: &[f32], n: usize, t: usize, rounds: usize) {
+    fn embed_backward<A: Arith>(&mut self, ix: &ParamIndex, feats: &[f32], n: usize, t: usize, rounds: usize) {
         let c = &self.c;
         let (s, d, nf) = (c.stabilizers, c.width, c.features);
         let half = std::f32::consts::FRAC_1_SQRT_2;
         let Self { dz, grads, dw_in_t, .. } = self;
         let (b_in, stab) = two_mut(grads, ix.b_in.clone(), ix.stab.clone());
+        let rows = n * s;
+        for v in dz[..rows * d].iter_mut() {
+            *v *= half;
+        }
+        add_rows::<A>(&dz[..rows * d], d, b_in);
+        for si in 0..s {
+            add_rows_strided::<A>(&dz[si * d..], n, s * d, &mut stab[si * d..(si + 1) * d]);
+        }
         for b in 0..n {
             let fb = &feats[(b * rounds + t) * s * nf..][..s * nf];
             for si in 0..s {
-                let row = &mut dz[(b * s + si) * d..][..d];
-                for v in row.iter_mut() {
-                    *v *= half;
-                }
-                for j in 0..d {
-                    b_in[j] += row[j];
-                    stab[si * d + j] += row[j];
-                }
+                let row = &dz[(b * s + si) * d..][..d];
                 for (k, fv) in fb[si * nf..][..nf].iter().enumerate() {
                     if *fv != 0.0 {
-                        for j in 0..d {
-                            dw_in_t[k * d + j] += fv * row[j];
+                        for (o, v) in dw_in_t[k * d..(k + 1) * d].iter_mut().zip(row) {
+                            *o += fv * v;
                         }
                     }
                 }
@@ -756,17 +749,44 @@ fn add_to<A: Arith>(y: &mut [f32], x: &[f32]) {
 /// `out[j] += Σ_r x[r][j]` over the rows of `x` (`[rows][out.len()]`, contiguous).
 #[inline(always)]
 fn add_rows<A: Arith>(x: &[f32], width: usize, out: &mut [f32]) {
-    for row in x.chunks_exact(width) {
-        add_to::<A>(out, row);
-    }
+    add_rows_strided::<A>(x, x.len() / width, width, out);
 }
 
-/// `out[j] += Σ_r x[r·ld + j]` for `rows` rows.
+/// `out[j] += Σ_r x[r·ld + j]` for `rows` rows: up to four vectors of columns
+/// at a time, summed in registers down all rows, then one scalar pass for the
+/// columns past the last whole vector.
 #[inline(always)]
 fn add_rows_strided<A: Arith>(x: &[f32], rows: usize, ld: usize, out: &mut [f32]) {
     let w = out.len();
-    for r in 0..rows {
-        add_to::<A>(out, &x[r * ld..][..w]);
+    let mut c0 = 0;
+    while c0 + LANES <= w {
+        let nv = ((w - c0) / LANES).min(4);
+        let mut acc = [A::V::splat(0.0); 4];
+        for r in 0..rows {
+            let row = &x[r * ld + c0..r * ld + c0 + nv * LANES];
+            for (v, a) in acc[..nv].iter_mut().enumerate() {
+                *a = a.add(A::V::load(&row[v * LANES..]));
+            }
+        }
+        for (v, a) in acc[..nv].iter().enumerate() {
+            let o = &mut out[c0 + v * LANES..];
+            A::V::load(o).add(*a).store(o);
+        }
+        c0 += nv * LANES;
+    }
+    for j in c0..w {
+        out[j] += (0..rows).map(|r| x[r * ld + j]).sum::<f32>();
+    }
+}
+
+/// `out[c][i] = x[i][c]` for `i < rows`, `c < cols` (`x` rows `ld` apart, `out` rows `rows` long).
+#[inline(always)]
+fn transpose(x: &[f32], rows: usize, cols: usize, ld: usize, out: &mut [f32]) {
+    let x = &x[..(rows - 1) * ld + cols];
+    for (c, o) in out[..cols * rows].chunks_exact_mut(rows).enumerate() {
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = x[i * ld + c];
+        }
     }
 }
 
