@@ -83,6 +83,16 @@ impl Net {
         Ok(Checkpoint { meta, tensors })
     }
 
+    /// The gradient autograd accumulated for the stored tensor `name`, flat
+    /// (None if it has none yet).
+    pub fn grad(&self, name: &str) -> Option<Vec<f32>> {
+        let g = self.vars.get(name)?.grad();
+        if !g.defined() {
+            return None;
+        }
+        Vec::<f32>::try_from(g.to_device(Device::Cpu).contiguous().view(-1)).ok()
+    }
+
     fn w(&self, name: &str) -> &Tensor {
         &self.vars[name]
     }
