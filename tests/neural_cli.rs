@@ -1,7 +1,6 @@
-//! The neural decoder's commands end to end (feature `train`): training,
-//! resumption, divergence, fine-tuning, calibration and neural prediction,
-//! each small enough for CI.
-#![cfg(feature = "train")]
+//! The neural decoder's commands end to end: training (the fused trainer,
+//! and tch where the build has it), resumption, divergence, fine-tuning,
+//! calibration and neural prediction, each small enough for CI.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,9 +10,14 @@ fn qecd(args: &[&str]) -> Output {
 }
 
 fn ok(args: &[&str]) -> String {
+    ok_both(args).0
+}
+
+/// Stdout and stderr of a successful run.
+fn ok_both(args: &[&str]) -> (String, String) {
     let o = qecd(args);
     assert!(o.status.success(), "qecd {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 fn fails(args: &[&str], needle: &str) {
@@ -76,7 +80,12 @@ fn train_resume_and_divergence() {
     assert_eq!(log.lines().count(), 1 + 2, "header and two evaluations:\n{log}");
     // Without --resume an existing checkpoint is never overwritten.
     fails(&["train", "-d", "3", "--steps", "5", "--out", p(&model)], "pass --resume");
-    let out = ok(&[
+    // A requested shape that does not fit the checkpoint is refused, naming the tensor.
+    fails(
+        &["train", "-d", "3", "--width", "32", "--steps", "25", "--resume", "--out", p(&model)],
+        "does not fit the requested model: tensor 'embed.w_in' is [16, 3] there, [32, 3] requested",
+    );
+    let (out, err) = ok_both(&[
         "train",
         "-d",
         "3",
@@ -99,6 +108,8 @@ fn train_resume_and_divergence() {
         p(&model),
     ]);
     assert!(out.contains(": 30 steps, 1920 samples"), "{out}");
+    assert!(err.contains("resuming with the optimizer state in"), "{err}");
+    assert_eq!(models::Checkpoint::load(&model).unwrap().meta.provenance.trainer, "fused");
     // A learning rate that blows up the weights: training stops on the
     // non-finite loss and the last good checkpoint stays as it was.
     let before = std::fs::read(&model).unwrap();
@@ -136,6 +147,40 @@ fn train_resume_and_divergence() {
         &["train", "-d", "3", "--seed", "5", "--eval-seed", "5", "--out", p(&dir.path().join("x"))],
         "never share a seed",
     );
+}
+
+/// Dense labels train the per-round readouts; Lion runs; the other trainer
+/// resumes a checkpoint and says why its optimizer starts afresh.
+#[test]
+fn per_round_loss_lion_and_cross_engine_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("aux.safetensors");
+    let common = [
+        "train", "-d", "3", "--rounds", "2-6", "--width", "16", "--heads", "2", "--layers", "1", "--batch", "64",
+        "--eval-rounds", "3", "--eval-shots", "500", "--eval-every", "10", "--threads", "2", "--warmup", "2",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", p(&out)]);
+        ok_both(&args)
+    };
+    let (stdout, _) = run(&["--steps", "10", "--aux-weight", "0.5", "--optimizer", "lion", "--lr", "3e-4"]);
+    assert!(stdout.contains(": 10 steps, 640 samples"), "{stdout}");
+    // The fused trainer resumes Lion's state; AdamW cannot take it, and says so.
+    let (_, err) = run(&["--steps", "15", "--aux-weight", "0.5", "--resume"]);
+    assert!(err.contains("holds lion moments and this run uses adamw"), "{err}");
+    #[cfg(feature = "train")]
+    {
+        let (stdout, err) = run(&["--steps", "20", "--aux-weight", "0.5", "--engine", "tch", "--resume"]);
+        assert!(err.contains("the optimizer's moments start from zero: the tch trainer keeps no optimizer state"), "{err}");
+        assert!(stdout.contains(": 20 steps, 1280 samples"), "{stdout}");
+        assert_eq!(models::Checkpoint::load(&out).unwrap().meta.provenance.trainer, "tch");
+        let (_, err) = run(&["--steps", "25", "--resume"]);
+        assert!(err.contains("written by the tch trainer, which saves no optimizer state"), "{err}");
+    }
+    #[cfg(not(feature = "train"))]
+    fails(&["train", "-d", "3", "--engine", "tch", "--steps", "1", "--out", p(&dir.path().join("t"))], "--features train");
 }
 
 #[test]

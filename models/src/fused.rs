@@ -216,7 +216,7 @@ impl FusedNet {
             let name = name.clone();
             self.stored = before;
             self.push()?;
-            return Err(ModelError::Training(format!("the update made `{name}` non-finite")));
+            return Err(ModelError::Diverged(format!("the update made `{name}` non-finite")));
         }
         self.push()
     }

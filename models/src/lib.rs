@@ -44,6 +44,9 @@ pub enum ModelError {
     /// Training diverged or failed.
     #[error("training: {0}")]
     Training(String),
+    /// An optimizer update made the weights non-finite (they were kept as before it).
+    #[error("{0}")]
+    Diverged(String),
     /// The syndrome source failed.
     #[error(transparent)]
     Bridge(#[from] simulator_bridge::BridgeError),

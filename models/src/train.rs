@@ -320,6 +320,8 @@ pub struct OptimizerState {
     pub optimizer: String,
     /// Updates done.
     pub step: u64,
+    /// The training step of the checkpoint it was saved with.
+    pub checkpoint_steps: u64,
     /// Moment buffers by name, flat over the stored tensors in checkpoint order.
     pub moments: Vec<(String, Vec<f32>)>,
 }
@@ -330,19 +332,24 @@ impl OptimizerState {
         ckpt.with_extension("optim.safetensors")
     }
 
-    /// The state of `optimizer` in `engine`.
-    pub fn of(engine: &str, optimizer: &Optimizer) -> Self {
+    /// The state of `optimizer` in `engine`, saved with a checkpoint at
+    /// training step `checkpoint_steps`.
+    pub fn of(engine: &str, optimizer: &Optimizer, checkpoint_steps: u64) -> Self {
         Self {
             engine: engine.to_string(),
             optimizer: optimizer.name().to_string(),
             step: optimizer.step(),
+            checkpoint_steps,
             moments: optimizer.moments().into_iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
         }
     }
 
     /// Writes it atomically to `path`.
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let meta = serde_json::json!({ "engine": self.engine, "optimizer": self.optimizer, "step": self.step });
+        let meta = serde_json::json!({
+            "engine": self.engine, "optimizer": self.optimizer, "step": self.step,
+            "checkpoint_steps": self.checkpoint_steps,
+        });
         let data: Vec<(String, Vec<u8>, usize)> = self
             .moments
             .iter()
@@ -386,23 +393,35 @@ impl OptimizerState {
             engine: meta["engine"].as_str().unwrap_or_default().to_string(),
             optimizer: meta["optimizer"].as_str().unwrap_or_default().to_string(),
             step: meta["step"].as_u64().unwrap_or(0),
+            checkpoint_steps: meta["checkpoint_steps"].as_u64().unwrap_or(u64::MAX),
             moments,
         })
     }
 }
 
-/// Resumes the optimizer of `engine` from the state saved beside `ckpt`, and
-/// says what happened: continued exactly, or why the moments start at zero.
-pub fn resume_optimizer(engine: &mut dyn Engine, ckpt: &Path, trainer: &str) -> String {
-    let path = OptimizerState::path_for(ckpt);
-    let why = if !path.exists() {
+/// Resumes the optimizer of `engine` from the state saved beside the
+/// checkpoint at `path` (at training step `steps`, last trained by `trainer`),
+/// and says what happened: continued exactly, or why the moments start at zero.
+pub fn resume_optimizer(engine: &mut dyn Engine, path: &Path, steps: u64, trainer: &str) -> String {
+    let state_path = OptimizerState::path_for(path);
+    let why = if !state_path.exists() {
         match trainer {
             "" | "tch" => "the checkpoint was written by the tch trainer, which saves no optimizer state".to_string(),
-            other => format!("{} is missing (the {other} trainer's state)", path.display()),
+            other => format!("{} is missing (the {other} trainer's state)", state_path.display()),
         }
     } else {
-        match OptimizerState::load(&path).and_then(|state| engine.restore_optimizer(&state)) {
-            Ok(()) => return format!("resuming with the optimizer state in {}", path.display()),
+        let restored = OptimizerState::load(&state_path).and_then(|state| {
+            if state.checkpoint_steps != steps {
+                return Err(format!(
+                    "{} belongs to step {}, the checkpoint is at step {steps}",
+                    state_path.display(),
+                    state.checkpoint_steps
+                ));
+            }
+            engine.restore_optimizer(&state)
+        });
+        match restored {
+            Ok(()) => return format!("resuming with the optimizer state in {}", state_path.display()),
             Err(why) => why,
         }
     };
@@ -556,11 +575,16 @@ pub struct StepReport {
     pub lr: f64,
 }
 
-/// Saves `ckpt` to `path` and the engine's optimizer state beside it.
+/// Saves `ckpt` to `path` and the engine's optimizer state beside it (or
+/// removes a state left there by another run, which no longer fits).
 fn save_with_state(engine: &dyn Engine, ckpt: &Checkpoint, path: &Path) -> Result<(), ModelError> {
     ckpt.save(path)?;
-    if let Some(opt) = engine.optimizer_state() {
-        OptimizerState::of(engine.name(), opt).save(&OptimizerState::path_for(path))?;
+    let state_path = OptimizerState::path_for(path);
+    match engine.optimizer_state() {
+        Some(opt) => OptimizerState::of(engine.name(), opt, ckpt.meta.provenance.steps).save(&state_path)?,
+        None if state_path.exists() => std::fs::remove_file(&state_path)
+            .map_err(|e| ModelError::Training(format!("cannot remove {}: {e}", state_path.display())))?,
+        None => {}
     }
     Ok(())
 }
@@ -605,13 +629,18 @@ pub fn train(
         let step = meta.provenance.steps;
         let lr = opts.lr_at(step);
         let batch = source.next_batch(step, opts.batch)?;
-        let loss = engine.step(&batch, lr, opts.clip, opts.aux_weight)?;
-        if !loss.loss.is_finite() {
-            return Err(ModelError::Training(format!(
-                "the loss became {} at step {step}; stopped, and the last good checkpoint {} is kept",
-                loss.loss,
+        let stop = |why: String| {
+            ModelError::Training(format!(
+                "{why} at step {step}; stopped, and the last good checkpoint {} is kept",
                 opts.out.display()
-            )));
+            ))
+        };
+        let loss = match engine.step(&batch, lr, opts.clip, opts.aux_weight) {
+            Err(ModelError::Diverged(why)) => return Err(stop(why)),
+            other => other?,
+        };
+        if !loss.loss.is_finite() {
+            return Err(stop(format!("the loss became {}", loss.loss)));
         }
         recent_loss = loss;
         meta.provenance.steps += 1;
@@ -731,19 +760,21 @@ mod tests {
         let path = dir.path().join("m.safetensors");
         let mut engine = FusedEngine::new(&ckpt, "adamw", 1e-4, 1, 8, 4).unwrap();
         // No state beside a tch checkpoint.
-        let said = resume_optimizer(&mut engine, &path, "tch");
+        let said = resume_optimizer(&mut engine, &path, 9, "tch");
         assert!(said.contains("tch trainer, which saves no optimizer state"), "{said}");
         let mut moved = engine.optimizer.clone();
         if let Optimizer::AdamW(a) = &mut moved {
             a.m[3] = 0.25;
             a.step = 9;
         }
-        OptimizerState::of("fused", &moved).save(&OptimizerState::path_for(&path)).unwrap();
-        let said = resume_optimizer(&mut engine, &path, "fused");
+        OptimizerState::of("fused", &moved, 9).save(&OptimizerState::path_for(&path)).unwrap();
+        let said = resume_optimizer(&mut engine, &path, 10, "fused");
+        assert!(said.contains("belongs to step 9, the checkpoint is at step 10"), "{said}");
+        let said = resume_optimizer(&mut engine, &path, 9, "fused");
         assert!(said.starts_with("resuming with the optimizer state"), "{said}");
         assert_eq!(engine.optimizer, moved);
         let mut lion = FusedEngine::new(&ckpt, "lion", 0.0, 1, 8, 4).unwrap();
-        let said = resume_optimizer(&mut lion, &path, "fused");
+        let said = resume_optimizer(&mut lion, &path, 9, "fused");
         assert!(said.contains("holds adamw moments and this run uses lion"), "{said}");
     }
 

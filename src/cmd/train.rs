@@ -336,7 +336,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let mut engine =
         build_engine(&args.engine, &ckpt, &args.optimizer, args.weight_decay, threads, args.batch, max_rounds)?;
     if resuming {
-        eprintln!("{}", resume_optimizer(engine.as_mut(), &args.out, &ckpt.meta.provenance.trainer));
+        let prov = &ckpt.meta.provenance;
+        eprintln!("{}", resume_optimizer(engine.as_mut(), &args.out, prov.steps, &prov.trainer));
     }
     let opts = TrainOptions {
         lr: args.lr,
