@@ -6,8 +6,7 @@
 #   scripts/make_zoo_fixtures.sh d3_z_si1000_p003 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/torch-env
-cargo build --release --features train --quiet
+cargo build --release --quiet
 name=${1:?checkpoint name}; d=${2:?distance}
 base=fixtures/models/$name
 Q=./target/release/qecd

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements of docs/results.md for one zoo checkpoint (feature `train`):
+# The measurements of docs/results.md for one zoo checkpoint:
 #   0. training throughput on this machine;
 #   1. calibration: τ, ECE before/after, reliability diagram, postselection;
 #   2. LER of the neural decoder and of correlated matching on the same fresh
@@ -14,8 +14,7 @@
 # checkpoint (or a model it was initialised from) already used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/torch-env
-cargo build --release --features train --quiet
+cargo build --release --quiet
 Q=./target/release/qecd
 which=${1:?d3 or d5}; shots=${2:-200000}
 case "$which" in

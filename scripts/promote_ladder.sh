@@ -4,19 +4,18 @@
 # fixtures/models/d<d>_z_si1000_p003.*, fits its temperature on fresh shots
 # (qecd calibrate, seed 2000000 + d, never used in training), writes the
 # golden fixture (scripts/make_zoo_fixtures.sh) and the card
-# (scripts/zoo_card.py). Feature `train`.
+# (scripts/zoo_card.py).
 #
 #   scripts/promote_ladder.sh 7 [CAL_SHOTS]     (default 50000 shots)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/torch-env
 d=${1:?distance}; shots=${2:-50000}
 RUNS=${RUNS:-runs}
 src=$RUNS/rel_d$d
 name=d${d}_z_si1000_p003
 dst=fixtures/models/$name
 [ -f "$src.safetensors" ] || { echo "no $src.safetensors; run scripts/train_ladder.sh d$d first" >&2; exit 2; }
-cargo build --release --features train --quiet
+cargo build --release --quiet
 cp "$src.safetensors" "$dst.safetensors"
 cp "$src.train.csv" "$dst.train.csv"
 mkdir -p "docs/data/d$d"

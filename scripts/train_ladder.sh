@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the distance-agnostic (relative-position) models up the distance
 # ladder d = 3 → 5 → 7 → 9 → 11, each stage initialized from the one below
-# (`qecd train --init`), memory-Z, SI1000 p = 0.003 (feature `train`).
+# (`qecd train --init`), memory-Z, SI1000 p = 0.003.
 #
 #   scripts/train_ladder.sh [stage ...]      # stages: d3 d5 d7 d9 d11 (default: all, in order)
 #
@@ -18,10 +18,9 @@
 # raised by an order of magnitude.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/torch-env
 RUNS=${RUNS:-runs}
 mkdir -p "$RUNS"
-cargo build --release --features train --quiet
+cargo build --release --quiet
 # A private copy, so rebuilding target/ while a stage runs does not disturb it.
 bin=$(mktemp /tmp/qecd-ladder.XXXXXX)
 cp target/release/qecd "$bin"

@@ -2,9 +2,9 @@
 # The training-recipe comparison of docs/results.md §Recipe: short fused runs
 # that differ in one choice each, held-out LER against correlated matching
 # logged every EVAL_EVERY steps on the same held-out shots (seed 1000003 at
-# d=3, 1000005 at d=5), two runs at a time on one thread each.
+# d=3, 1000005 at d=5), two or three runs at a time on one thread each.
 #
-#   scripts/train_recipe.sh d3            # per-round loss weight, optimizer, batch, noise curriculum at d=3
+#   scripts/train_recipe.sh d3            # per-round loss weight, optimizer, batch, rounds mix, denser noise first at d=3
 #   scripts/train_recipe.sh d5            # from scratch against the d=3 → 5 ladder at d=5
 #
 # Logs and checkpoints go to $RUNS (default runs/recipe); the logs are copied
@@ -34,16 +34,19 @@ run() {
 case "${1:-d3}" in
   d3)
     S=${STEPS:-6000}
-    common=(-d 3 --p 0.003 --rounds 1-25 --eval-rounds 3,25 --seed 11 --eval-seed 1000003 --lr 2e-3 --warmup 500)
-    run d3_final "${common[@]}" --steps "$S" --batch 256 --aux-weight 0 &
-    run d3_aux05 "${common[@]}" --steps "$S" --batch 256 --aux-weight 0.5 &
+    common=(-d 3 --p 0.003 --eval-rounds 3,25 --seed 11 --eval-seed 1000003)
+    adamw=(--lr 2e-3 --warmup 500)
+    run d3_final "${common[@]}" "${adamw[@]}" --rounds 1-25 --steps "$S" --batch 256 --aux-weight 0 &
+    run d3_aux05 "${common[@]}" "${adamw[@]}" --rounds 1-25 --steps "$S" --batch 256 --aux-weight 0.5 &
     wait
-    run d3_aux1 "${common[@]}" --steps "$S" --batch 256 --aux-weight 1 &
-    run d3_aux05_lion "${common[@]}" --steps "$S" --batch 256 --aux-weight 0.5 --optimizer lion --lr 3e-4 --weight-decay 1e-3 &
+    run d3_aux1 "${common[@]}" "${adamw[@]}" --rounds 1-25 --steps "$S" --batch 256 --aux-weight 1 &
+    run d3_aux05_lion "${common[@]}" --rounds 1-25 --steps "$S" --batch 256 --aux-weight 0.5 \
+      --optimizer lion --lr 3e-4 --warmup 500 --weight-decay 1e-3 &
     wait
-    run d3_aux05_b1024 "${common[@]}" --steps $((S / 4)) --batch 1024 --aux-weight 0.5 --lr 4e-3 --warmup 125 &
-    run d3_aux05_rounds1-12 -d 3 --p 0.003 --rounds 1-12 --eval-rounds 3,25 --seed 11 --eval-seed 1000003 --lr 2e-3 --warmup 500 \
-      --steps "$S" --batch 256 --aux-weight 0.5 &
+    run d3_aux05_b1024 "${common[@]}" --rounds 1-25 --steps $((S / 4)) --batch 1024 --aux-weight 0.5 --lr 4e-3 --warmup 125 &
+    run d3_aux05_rounds1-12 "${common[@]}" "${adamw[@]}" --rounds 1-12 --steps "$S" --batch 256 --aux-weight 0.5 &
+    run d3_aux05_first-p006 "${common[@]}" "${adamw[@]}" --rounds 1-25 --steps "$S" --batch 256 --aux-weight 0.5 \
+      --first-p 0.006 --first-steps $((S / 3)) &
     wait
     ;;
   d5)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the model-zoo checkpoints in fixtures/models (feature `train`).
+# Trains the model-zoo checkpoints in fixtures/models.
 #
 #   scripts/train_zoo.sh d3 [extra qecd train flags, e.g. --max-minutes 100 --resume]
 #   scripts/train_zoo.sh d5 ...
@@ -8,8 +8,7 @@
 # A CUDA device is used when tch finds one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/torch-env
-cargo build --release --features train --quiet
+cargo build --release --quiet
 which=${1:?d3 or d5}; shift
 case "$which" in
   d3) ./target/release/qecd train -d 3 --basis z --noise si1000 --p 0.003 --rounds 1-25 \

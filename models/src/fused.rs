@@ -35,6 +35,8 @@ pub struct FusedNet {
     /// Stored tensors, flat in checkpoint order: name, shape, place.
     stored_ix: Vec<(String, Vec<usize>, Range<usize>)>,
     stored: Vec<f32>,
+    /// The weights before an update, kept until it is known to be finite.
+    spare: Vec<f32>,
     stored_grads: Vec<f32>,
     /// Per kernel tensor (kernel order): its source.
     sources: Vec<Source>,
@@ -89,6 +91,7 @@ impl FusedNet {
                 .map_err(|e| ModelError::Invalid(e.to_string()))?,
             kernel_flat: kix.zeros(),
             stored_grads: vec![0.0; stored.len()],
+            spare: vec![0.0; stored.len()],
             config,
             stored_ix,
             stored,
@@ -117,7 +120,7 @@ impl FusedNet {
     /// Expands the stored tensors into the trainer.
     fn push(&mut self) -> Result<(), ModelError> {
         let (d, h) = (self.config.width, self.config.heads);
-        let kix = self.trainer.index().clone();
+        let kix = self.trainer.index();
         for (i, source) in self.sources.iter().enumerate() {
             let out = &mut self.kernel_flat[kix.range(i)];
             match source {
@@ -208,13 +211,13 @@ impl FusedNet {
     /// One optimizer update with the current gradients. A non-finite result
     /// is refused (naming the tensor) and the weights stay as they were.
     pub fn apply(&mut self, optimizer: &mut Optimizer, lr: f64) -> Result<(), ModelError> {
-        let before = self.stored.clone();
+        self.spare.copy_from_slice(&self.stored);
         optimizer.update(&mut self.stored, &self.stored_grads, lr);
         if let Some((name, _, _)) =
             self.stored_ix.iter().find(|(_, _, r)| self.stored[r.clone()].iter().any(|v| !v.is_finite()))
         {
             let name = name.clone();
-            self.stored = before;
+            std::mem::swap(&mut self.stored, &mut self.spare);
             self.push()?;
             return Err(ModelError::Diverged(format!("the update made `{name}` non-finite")));
         }

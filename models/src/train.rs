@@ -80,6 +80,8 @@ pub struct SimulatedSource {
     cases: Vec<(Featurizer, CaseSampler)>,
     num_observables: usize,
     seed: u64,
+    /// Another source for the steps before a given one (denser noise first).
+    first: Option<(Box<SimulatedSource>, u64)>,
 }
 
 impl SimulatedSource {
@@ -105,12 +107,23 @@ impl SimulatedSource {
             };
             out.push((f, sampler));
         }
-        Ok(Self { cases: out, num_observables, seed })
+        Ok(Self { cases: out, num_observables, seed, first: None })
+    }
+
+    /// This source from step `steps` on, and `first` before it.
+    pub fn after(mut self, first: SimulatedSource, steps: u64) -> Self {
+        self.first = Some((Box::new(first), steps));
+        self
     }
 }
 
 impl BatchSource for SimulatedSource {
     fn next_batch(&mut self, step: u64, batch: usize) -> Result<Batch, ModelError> {
+        if let Some((first, until)) = &mut self.first
+            && step < *until
+        {
+            return first.next_batch(step, batch);
+        }
         let pick = simulator_bridge::sample::derive_seed(self.seed ^ 0xC0FFEE, step) as usize % self.cases.len();
         let (featurizer, sampler) = &mut self.cases[pick];
         let all: Vec<usize> = (0..batch).collect();
@@ -751,6 +764,22 @@ mod tests {
         // Earlier rounds' labels differ from the final one in some shots.
         let differ = batch.labels.chunks(7).filter(|l| l[..6].iter().any(|v| *v != l[6])).count();
         assert!(differ > 0);
+    }
+
+    /// Denser noise first: the first source serves the steps before the switch.
+    #[test]
+    fn the_first_source_serves_the_early_steps() {
+        let at = |p: f64| {
+            let layout = ModelLayout::for_code(3, Basis::Z).unwrap();
+            let c = MemoryExperiment::new(3, 3, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p }).unwrap();
+            let f = Featurizer::new(&layout, &StabilizerLayout::from_circuit(&c, Basis::Z).unwrap()).unwrap();
+            SimulatedSource::new(vec![(f, c)], Basis::Z, 1, 0, false).unwrap()
+        };
+        let mut source = at(0.001).after(at(0.03), 10);
+        let events = |b: &Batch| b.features.chunks(3).filter(|f| f[0] == 1.0).count();
+        let early = events(&source.next_batch(9, 200).unwrap());
+        let late = events(&source.next_batch(10, 200).unwrap());
+        assert!(early > 5 * late, "{early} events at p=0.03, {late} at p=0.001");
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub struct TrainArgs {
     /// Physical error rate.
     #[arg(long, default_value_t = 0.003)]
     pub p: f64,
+    /// Denser noise first: train at this physical error rate for the first
+    /// --first-steps steps, then at --p (held-out figures are always at --p).
+    #[arg(long, requires = "first_steps")]
+    pub first_p: Option<f64>,
+    /// Steps at --first-p.
+    #[arg(long, requires = "first_p")]
+    pub first_steps: Option<u64>,
     /// Rounds to train on: a range `1-25` or a list `3,5,25`; each step draws one.
     #[arg(long, default_value = "1-25")]
     pub rounds: String,
@@ -324,14 +331,23 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         args.eval_shots, args.eval_rounds
     );
     let eval = eval_cases(&layout, args.distance, &noise, &args.eval_rounds, args.eval_shots, args.eval_seed)?;
-    let mut sources = Vec::new();
-    for &r in &rounds {
-        let circuit = MemoryExperiment::new(args.distance, r, args.basis)?.noisy_circuit(&noise)?;
-        let featurizer = Featurizer::new(&layout, &StabilizerLayout::from_circuit(&circuit, args.basis)?)?;
-        sources.push((featurizer, circuit));
-    }
+    let cases = |noise: &NoiseModel| -> Result<Vec<(Featurizer, stim::Circuit)>> {
+        let mut out = Vec::new();
+        for &r in &rounds {
+            let circuit = MemoryExperiment::new(args.distance, r, args.basis)?.noisy_circuit(noise)?;
+            let featurizer = Featurizer::new(&layout, &StabilizerLayout::from_circuit(&circuit, args.basis)?)?;
+            out.push((featurizer, circuit));
+        }
+        Ok(out)
+    };
     let dense = args.aux_weight > 0.0;
-    let mut source = SimulatedSource::new(sources, args.basis, args.seed, ckpt.meta.provenance.steps, dense)?;
+    let resume_step = ckpt.meta.provenance.steps;
+    let mut source = SimulatedSource::new(cases(&noise)?, args.basis, args.seed, resume_step, dense)?;
+    if let (Some(p), Some(steps)) = (args.first_p, args.first_steps) {
+        let first_noise = NoiseModel::from_name(&args.noise, p)?;
+        let first = SimulatedSource::new(cases(&first_noise)?, args.basis, args.seed ^ 0xF157, resume_step, dense)?;
+        source = source.after(first, steps);
+    }
     let max_rounds = rounds.iter().chain(&args.eval_rounds).max().copied().unwrap_or(1) + 1;
     let mut engine =
         build_engine(&args.engine, &ckpt, &args.optimizer, args.weight_decay, threads, args.batch, max_rounds)?;
