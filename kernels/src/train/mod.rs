@@ -14,8 +14,8 @@
 //! for its block), its backward scratch and its own gradients, so workers never
 //! share a cache line while they run; their gradients are summed afterwards
 //! (a few tens of thousands of values). All buffers are allocated when the
-//! trainer is built, for the largest batch and round count it will see: a
-//! step allocates nothing but the scoped threads themselves.
+//! trainer is built, for the largest batch and round count it will see, and
+//! the workers run on persistent threads (`pool.rs`): a step allocates nothing.
 //!
 //! **The loss.** For a batch of B shots of T round steps, O observables,
 //! logits `x_t` read out after round step t and labels `y_t` (docs/model.md
@@ -36,12 +36,14 @@
 mod optim;
 mod params;
 mod pass;
+mod pool;
 pub mod reference;
 
 pub use optim::{AdamW, Lion, Optimizer, clip_grad_norm};
 pub use params::ParamIndex;
 
 use pass::{LossSums, Worker};
+use pool::Pool;
 
 use crate::math::Arith;
 use crate::weights::transpose_heads_into;
@@ -84,6 +86,8 @@ pub struct Trainer {
     spare: Vec<f32>,
     grads: Vec<f32>,
     workers: Vec<Worker>,
+    /// One thread per worker but the last, which runs on the caller.
+    pool: Pool,
 }
 
 impl Trainer {
@@ -113,7 +117,8 @@ impl Trainer {
         let threads = threads.max(1).min(max_shots.max(1));
         let per = max_shots.max(1).div_ceil(threads);
         let workers = (0..threads).map(|_| Worker::new(config, per, max_rounds, ix.len())).collect();
-        Ok(Self { grads: ix.zeros(), spare: ix.zeros(), params: params.to_vec(), weights, workers, ix })
+        let pool = Pool::new(threads - 1);
+        Ok(Self { grads: ix.zeros(), spare: ix.zeros(), params: params.to_vec(), weights, workers, pool, ix })
     }
 
     /// The parameter layout.
@@ -193,7 +198,7 @@ impl Trainer {
             let labels = &batch.labels[start * ll..(start + n) * ll];
             worker.sums = run_worker(w, ix, params, worker, feats, labels, n, t, batch.aux_weight, scale);
         };
-        on_workers(&mut self.workers[..used], &job);
+        on_workers(&self.pool, &mut self.workers, used, &job);
         self.grads.fill(0.0);
         for worker in &self.workers[..used] {
             for (g, v) in self.grads.iter_mut().zip(&worker.grads) {
@@ -239,25 +244,34 @@ impl Trainer {
                 let logits = forward_only(w, worker, feats, n, rounds);
                 chunks.lock().expect("no worker panicked")[start * o..(start + n) * o].copy_from_slice(logits);
             };
-            on_workers(&mut self.workers[..used], &job);
+            on_workers(&self.pool, &mut self.workers, used, &job);
             done += block;
         }
     }
 }
 
-/// Runs `job(i, worker)` for every worker: the last on this thread, the
-/// others on scoped threads (none are spawned for one worker).
-fn on_workers(workers: &mut [Worker], job: &(impl Fn(usize, &mut Worker) + Sync)) {
-    let Some((last, others)) = workers.split_last_mut() else { return };
-    if others.is_empty() {
-        return job(0, last);
-    }
-    let n = others.len();
-    std::thread::scope(|scope| {
-        for (i, worker) in others.iter_mut().enumerate() {
-            scope.spawn(move || job(i, worker));
+/// Runs `job(i, &mut workers[i])` for `i < used`, one worker per pool share.
+fn on_workers(pool: &Pool, workers: &mut [Worker], used: usize, job: &(impl Fn(usize, &mut Worker) + Sync)) {
+    assert!(used <= workers.len());
+    /// The workers' base pointer, shared by the shares.
+    struct Base(*mut Worker);
+    // SAFETY: shares only form `&mut` to distinct workers (below).
+    unsafe impl Sync for Base {}
+    impl Base {
+        fn get(&self) -> *mut Worker {
+            self.0
         }
-        job(n, last);
+    }
+    let base = Base(workers.as_mut_ptr());
+    pool.run(&|i| {
+        if i < used {
+            // SAFETY: `Pool::run` calls each share index exactly once and
+            // returns only after all have returned, while `workers` stays
+            // mutably borrowed by this function; `i < used <= workers.len()`.
+            // So each `&mut` is in bounds, alive, and the only one to its worker.
+            let worker = unsafe { &mut *base.get().add(i) };
+            job(i, worker);
+        }
     });
 }
 

@@ -189,14 +189,20 @@ fn non_finite_parameters_are_refused_by_name() {
     assert!(err.to_string().contains("flat parameters"), "{err}");
 }
 
-/// A step with one worker allocates nothing (a step with several allocates
-/// only the scoped threads).
+/// A step allocates nothing (the counter sees this thread's allocations:
+/// the calling thread's share and the hand-off to the pool's threads).
 #[test]
-fn a_single_worker_step_does_not_allocate() {
+fn a_step_does_not_allocate() {
+    for threads in [1, 2] {
+        step_allocations(threads);
+    }
+}
+
+fn step_allocations(threads: usize) {
     let config = d3(32);
     let (ix, flat) = random_flat(&config, 2, 1.0);
     let (f, l) = random_batch(&config, 16, 6, 3);
-    let mut trainer = Trainer::new(&config, &flat, 1, 16, 6).unwrap();
+    let mut trainer = Trainer::new(&config, &flat, threads, 16, 6).unwrap();
     let mut opt = Optimizer::AdamW(AdamW::new(ix.len(), 1e-4));
     let mut logits = vec![0.0; 16];
     trainer.loss_and_grad(&batch(&f, &l, 16, 6, 0.5));
