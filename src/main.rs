@@ -38,6 +38,8 @@ enum Command {
     Sweep(cmd::sweep::SweepArgs),
     /// Plot a sweep's LER per round against distance (or rounds).
     Plot(PlotArgs),
+    /// Plot training logs' held-out errors ÷ correlated matching's against samples seen.
+    PlotTraining(PlotTrainingArgs),
     /// Tabulate a sweep's logical error rates as Markdown, against a baseline decoder.
     Report(cmd::report::ReportArgs),
     /// Serve decoding over gRPC (and the FPGA bridge) for a control stack.
@@ -78,6 +80,23 @@ enum PlotX {
     Rounds,
 }
 
+/// Arguments of `qecd plot-training`.
+#[derive(Args)]
+struct PlotTrainingArgs {
+    /// Training logs (`X.train.csv`, written by `qecd train`); repeat or comma-separate for several.
+    #[arg(long = "in", required = true, value_delimiter = ',')]
+    inputs: Vec<PathBuf>,
+    /// Legend labels, one per log in order (default: the file name without `.train.csv`).
+    #[arg(long = "label", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Held-out cases to plot, e.g. `r=25`; repeat or comma-separate (default: all).
+    #[arg(long = "case", value_delimiter = ',')]
+    cases: Vec<String>,
+    /// The PNG to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
 fn run_plot(args: &PlotArgs) -> anyhow::Result<()> {
     let cases = sinter_csv::read_cases(&args.inputs)?;
     match args.x {
@@ -96,6 +115,8 @@ fn main() -> ExitCode {
         Command::Predict(args) => cmd::predict::run(args),
         Command::Sweep(args) => cmd::sweep::run(args),
         Command::Plot(args) => run_plot(args),
+        Command::PlotTraining(args) => plot::plot_training(&args.inputs, &args.labels, &args.cases, &args.out)
+            .map(|curves| eprintln!("wrote {} ({curves} curves)", args.out.display())),
         Command::Report(args) => cmd::report::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Load(args) => cmd::load::run(args),

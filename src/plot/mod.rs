@@ -1,8 +1,9 @@
-//! Plots of sweep and calibration statistics, written as PNG files: the
-//! logical error rate per round against code distance ([`ler`]) or rounds
-//! ([`rounds`]), and the reliability diagram of a decoder's confidence ([`reliability`]), with
-//! sinter's error bars (rates within a likelihood factor of 1000 of the best
-//! fit).
+//! Plots of sweep, calibration and training statistics, written as PNG files:
+//! the logical error rate per round against code distance ([`ler`]) or rounds
+//! ([`rounds`]) and the reliability diagram of a decoder's confidence
+//! ([`reliability`]), with sinter's error bars (rates within a likelihood
+//! factor of 1000 of the best fit), and the learning curves of training runs
+//! against correlated matching ([`training`]).
 //!
 //! This module holds what the plots share: the style (palette, embedded font,
 //! sizes in output pixels), the markers and error bars, and the PNG output.
@@ -16,12 +17,14 @@ mod legend;
 mod ler;
 mod reliability;
 mod rounds;
+mod training;
 
 pub use ler::plot_ler;
 // Only `calibrate` (behind the `train` feature) calls it.
 #[cfg_attr(not(feature = "train"), allow(unused_imports))]
 pub use reliability::plot_reliability;
 pub use rounds::plot_ler_rounds;
+pub use training::plot_training;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
