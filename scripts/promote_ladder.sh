@@ -7,11 +7,12 @@
 # (scripts/zoo_card.py).
 #
 #   scripts/promote_ladder.sh 7 [CAL_SHOTS]     (default 50000 shots)
+#   SRC=runs/zoo/d3 scripts/promote_ladder.sh 3  (another checkpoint, without .safetensors)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 d=${1:?distance}; shots=${2:-50000}
 RUNS=${RUNS:-runs}
-src=$RUNS/rel_d$d
+src=${SRC:-$RUNS/rel_d$d}
 name=d${d}_z_si1000_p003
 dst=fixtures/models/$name
 [ -f "$src.safetensors" ] || { echo "no $src.safetensors; run scripts/train_ladder.sh d$d first" >&2; exit 2; }

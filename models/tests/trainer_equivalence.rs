@@ -18,7 +18,8 @@ use tch::{Device, Tensor};
 /// measured against 1% of the model's largest gradient instead.
 fn worst_gradient_difference(ckpt: &Checkpoint, rounds: usize, aux: f32, seed: u64) -> (f64, String) {
     let d = ckpt.meta.layout.distance;
-    let circuit = MemoryExperiment::new(d, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.01 }).unwrap();
+    let circuit =
+        MemoryExperiment::new(d, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.01 }).unwrap();
     let f = Featurizer::new(&ckpt.meta.layout, &StabilizerLayout::from_circuit(&circuit, Basis::Z).unwrap()).unwrap();
     let mut source = SimulatedSource::new(vec![(f, circuit)], Basis::Z, seed, 0, true).unwrap();
     let batch = source.next_batch(0, 12).unwrap();

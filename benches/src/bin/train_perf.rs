@@ -63,7 +63,10 @@ fn main() -> Result<()> {
     let (steps, passes) = if quick { (8, 2) } else { (40, 3) };
     let threads = cores();
     tch::set_num_threads(threads as i32);
-    println!("Training throughput on {}, {threads} threads, batch {BATCH}, rounds 1..=25, {steps} steps a pass, best of {passes} passes.", cpu_label());
+    println!(
+        "Training throughput on {}, {threads} threads, batch {BATCH}, rounds 1..=25, {steps} steps a pass, best of {passes} passes.",
+        cpu_label()
+    );
     println!();
     println!("| d | loss | fused samples/s | tch samples/s | fused ÷ tch |");
     println!("|---|---|---|---|---|");
