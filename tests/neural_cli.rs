@@ -156,8 +156,29 @@ fn per_round_loss_lion_and_cross_engine_resume() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("aux.safetensors");
     let common = [
-        "train", "-d", "3", "--rounds", "2-6", "--width", "16", "--heads", "2", "--layers", "1", "--batch", "64",
-        "--eval-rounds", "3", "--eval-shots", "500", "--eval-every", "10", "--threads", "2", "--warmup", "2",
+        "train",
+        "-d",
+        "3",
+        "--rounds",
+        "2-6",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--batch",
+        "64",
+        "--eval-rounds",
+        "3",
+        "--eval-shots",
+        "500",
+        "--eval-every",
+        "10",
+        "--threads",
+        "2",
+        "--warmup",
+        "2",
     ];
     let run = |extra: &[&str]| {
         let mut args: Vec<&str> = common.to_vec();
@@ -173,14 +194,20 @@ fn per_round_loss_lion_and_cross_engine_resume() {
     #[cfg(feature = "train")]
     {
         let (stdout, err) = run(&["--steps", "20", "--aux-weight", "0.5", "--engine", "tch", "--resume"]);
-        assert!(err.contains("the optimizer's moments start from zero: the tch trainer keeps no optimizer state"), "{err}");
+        assert!(
+            err.contains("the optimizer's moments start from zero: the tch trainer keeps no optimizer state"),
+            "{err}"
+        );
         assert!(stdout.contains(": 20 steps, 1280 samples"), "{stdout}");
         assert_eq!(models::Checkpoint::load(&out).unwrap().meta.provenance.trainer, "tch");
         let (_, err) = run(&["--steps", "25", "--resume"]);
         assert!(err.contains("written by the tch trainer, which saves no optimizer state"), "{err}");
     }
     #[cfg(not(feature = "train"))]
-    fails(&["train", "-d", "3", "--engine", "tch", "--steps", "1", "--out", p(&dir.path().join("t"))], "--features train");
+    fails(
+        &["train", "-d", "3", "--engine", "tch", "--steps", "1", "--out", p(&dir.path().join("t"))],
+        "--features train",
+    );
 }
 
 #[test]
