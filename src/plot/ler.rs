@@ -20,8 +20,8 @@ use plotters::prelude::*;
 use super::axes::{LinearAxis, snap, y_tick_label, y_ticks};
 use super::legend::{Corner, Legend, LegendKey, legend_corner, trace};
 use super::{
-    GRID_MAJOR, GRID_MINOR, TEXT, check_png_out, curve_style, draw_error_bar, draw_lower_limit, draw_marker,
-    draw_upper_limit, font, plot_err, px, write_png,
+    TEXT, check_png_out, curve_style, draw_error_bar, draw_lower_limit, draw_marker, draw_upper_limit, font,
+    house_mesh, plot_err, px, write_png,
 };
 use crate::rates::Measured;
 use crate::sinter_csv::StatsRow;
@@ -318,16 +318,9 @@ fn draw_figure(
             (ylo..yhi).log_scale().with_key_points(major).with_light_points(minor),
         )
         .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .bold_line_style(GRID_MAJOR.stroke_width(px(1.0) as u32))
-        .light_line_style(GRID_MINOR.stroke_width(px(1.0) as u32))
-        .axis_style(TEXT.stroke_width(px(1.2) as u32))
-        .set_all_tick_mark_size(px(6.0))
+    house_mesh(&mut chart.configure_mesh())
         .x_label_formatter(&x_label)
         .y_label_formatter(&y_label)
-        .label_style(font(17.0))
-        .axis_desc_style(font(18.0))
         .x_desc(axis.desc)
         .y_desc("Logical error rate per round")
         .draw()

@@ -159,6 +159,19 @@ fn font(size: f64) -> TextStyle<'static> {
     (FONT, size * SS as f64).into_font().color(&TEXT)
 }
 
+/// The mesh every figure draws: grid lines, axes, tick marks and label fonts.
+/// Callers add their formatters and axis descriptions, then draw.
+fn house_mesh<'m, 'a, 'b, X: Ranged, Y: Ranged, DB: DrawingBackend>(
+    mesh: &'m mut plotters::chart::MeshStyle<'a, 'b, X, Y, DB>,
+) -> &'m mut plotters::chart::MeshStyle<'a, 'b, X, Y, DB> {
+    mesh.bold_line_style(GRID_MAJOR.stroke_width(px(1.0) as u32))
+        .light_line_style(GRID_MINOR.stroke_width(px(1.0) as u32))
+        .axis_style(TEXT.stroke_width(px(1.2) as u32))
+        .set_all_tick_mark_size(px(6.0))
+        .label_style(font(17.0))
+        .axis_desc_style(font(18.0))
+}
+
 /// Marker shapes, cycled through the curves.
 #[derive(Clone, Copy)]
 enum Shape {

@@ -12,8 +12,8 @@ use plotters::prelude::*;
 use super::axes::{LinearAxis, snap, y_tick_label, y_ticks};
 use super::legend::{Legend, LegendKey, legend_corner, trace};
 use super::{
-    GRID_MAJOR, GRID_MINOR, TEXT, check_png_out, curve_style, draw_dashed, draw_error_bar, draw_marker, font, plot_err,
-    px, write_png,
+    TEXT, check_png_out, curve_style, draw_dashed, draw_error_bar, draw_marker, font, house_mesh, plot_err, px,
+    write_png,
 };
 
 /// Size of the reliability diagram in pixels.
@@ -97,14 +97,8 @@ fn draw_reliability(title: &str, series: &[(String, Vec<Bin>)], canvas: &mut [u8
         .y_label_area_size(y_area)
         .build_cartesian_2d(axis(), axis())
         .map_err(plot_err)?;
-    main.configure_mesh()
-        .bold_line_style(GRID_MAJOR.stroke_width(px(1.0) as u32))
-        .light_line_style(GRID_MINOR.stroke_width(px(1.0) as u32))
-        .axis_style(TEXT.stroke_width(px(1.2) as u32))
-        .set_all_tick_mark_size(px(6.0))
+    house_mesh(&mut main.configure_mesh())
         .y_label_formatter(&decimal)
-        .label_style(font(17.0))
-        .axis_desc_style(font(18.0))
         .y_desc("Accuracy (fraction right)")
         .draw()
         .map_err(plot_err)?;
@@ -182,15 +176,9 @@ fn draw_reliability(title: &str, series: &[(String, Vec<Bin>)], canvas: &mut [u8
         .y_label_area_size(y_area)
         .build_cartesian_2d(axis(), (clo..chi).log_scale().with_key_points(count_major).with_light_points(count_minor))
         .map_err(plot_err)?;
-    hist.configure_mesh()
-        .bold_line_style(GRID_MAJOR.stroke_width(px(1.0) as u32))
-        .light_line_style(GRID_MINOR.stroke_width(px(1.0) as u32))
-        .axis_style(TEXT.stroke_width(px(1.2) as u32))
-        .set_all_tick_mark_size(px(6.0))
+    house_mesh(&mut hist.configure_mesh())
         .x_label_formatter(&decimal)
         .y_label_formatter(&count_label)
-        .label_style(font(17.0))
-        .axis_desc_style(font(18.0))
         .x_desc("Confidence (markers at each bin's mean)")
         .y_desc("Shots per bin")
         .draw()

@@ -16,8 +16,8 @@ use plotters::prelude::*;
 use super::axes::{LinearAxis, snap, y_ticks};
 use super::legend::{Legend, LegendKey, legend_corner, trace};
 use super::{
-    GRID_MAJOR, GRID_MINOR, TEXT, check_png_out, curve_style, draw_dashed, draw_error_bar, draw_marker, font, plot_err,
-    px, write_png,
+    TEXT, check_png_out, curve_style, draw_dashed, draw_error_bar, draw_marker, font, house_mesh, plot_err, px,
+    write_png,
 };
 
 /// Output size in pixels.
@@ -284,16 +284,9 @@ fn draw_figure(curves: &[Curve], canvas: &mut [u8], size: (u32, u32), outside: b
         .y_label_area_size(px(86.0))
         .build_cartesian_2d(x.axis(), y.axis())
         .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .bold_line_style(GRID_MAJOR.stroke_width(px(1.0) as u32))
-        .light_line_style(GRID_MINOR.stroke_width(px(1.0) as u32))
-        .axis_style(TEXT.stroke_width(px(1.2) as u32))
-        .set_all_tick_mark_size(px(6.0))
+    house_mesh(&mut chart.configure_mesh())
         .x_label_formatter(&x_label)
         .y_label_formatter(&y_label)
-        .label_style(font(17.0))
-        .axis_desc_style(font(18.0))
         .x_desc("Training samples seen (log scale)")
         .y_desc(if y.log { "Errors ÷ correlated matching's (log scale)" } else { "Errors ÷ correlated matching's" })
         .draw()
