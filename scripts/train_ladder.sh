@@ -20,12 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 mkdir -p "$RUNS"
-cargo build --release --quiet
-# A private copy, so rebuilding target/ while a stage runs does not disturb it.
-bin=$(mktemp /tmp/qecd-ladder.XXXXXX)
-cp target/release/qecd "$bin"
-chmod +x "$bin"
-trap 'rm -f "$bin"' EXIT
+# $bin: a private copy of qecd, so rebuilding target/ while a stage runs does not disturb it.
+. scripts/private-qecd
 
 stage() {
   local d=$1 init=$2 rounds=$3 eval_rounds=$4 batch=$5 steps=$6 minutes=$7 seed=$8

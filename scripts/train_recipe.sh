@@ -14,11 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs/recipe}
 mkdir -p "$RUNS" docs/data/recipe
-cargo build --release --quiet
-bin=$(mktemp /tmp/qecd-recipe.XXXXXX)
-cp target/release/qecd "$bin"
-chmod +x "$bin"
-trap 'rm -f "$bin"' EXIT
+# $bin: a private copy of qecd, so rebuilding target/ while a stage runs does not disturb it.
+. scripts/private-qecd
 
 run() {
   local name=$1; shift

@@ -17,12 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs/zoo}
 mkdir -p "$RUNS"
-cargo build --release --quiet
-# A private copy, so rebuilding target/ while a stage runs does not disturb it.
-bin=$(mktemp /tmp/qecd-zoo.XXXXXX)
-cp target/release/qecd "$bin"
-chmod +x "$bin"
-trap 'rm -f "$bin"' EXIT
+# $bin: a private copy of qecd, so rebuilding target/ while a stage runs does not disturb it.
+. scripts/private-qecd
 which=${1:?d3 or d5}; shift
 arch=(--positions relative --width 32 --heads 4 --layers 2 --ffn 64 --aux-weight 1 --batch 256 --rounds 1-25)
 case "$which" in
