@@ -196,7 +196,8 @@ impl Trainer {
             let n = per + usize::from(i < extra);
             let feats = &batch.features[start * fl..(start + n) * fl];
             let labels = &batch.labels[start * ll..(start + n) * ll];
-            worker.sums = run_worker(w, ix, params, worker, feats, labels, n, t, batch.aux_weight, scale);
+            let share = Share { w, ix, params, feats, labels, n, rounds: t, aux_weight: batch.aux_weight, scale };
+            worker.sums = run_worker(&share, worker);
         };
         on_workers(&self.pool, &mut self.workers, used, &job);
         self.grads.fill(0.0);
@@ -321,52 +322,44 @@ fn refresh(w: &mut Weights, ix: &ParamIndex, p: &[f32]) {
     w.ro_w2.refill(0, &p[ix.ro_w2.clone()], &p[ix.ro_b2.clone()]);
 }
 
-/// Forward, backward and gradient folding of one worker's block.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn work<A: Arith, const R: usize>(
-    w: &Weights,
-    ix: &ParamIndex,
-    params: &[f32],
-    worker: &mut Worker,
-    feats: &[f32],
-    labels: &[f32],
+/// One worker's block of a training step.
+struct Share<'a> {
+    w: &'a Weights,
+    ix: &'a ParamIndex,
+    params: &'a [f32],
+    /// `[n][rounds][S][NF]`.
+    feats: &'a [f32],
+    /// `[n][rounds][O]`.
+    labels: &'a [f32],
     n: usize,
     rounds: usize,
     aux_weight: f32,
+    /// `1/(B·O)` for the whole batch.
     scale: f32,
-) -> LossSums {
+}
+
+/// Forward, backward and gradient folding of one worker's block.
+#[inline(always)]
+fn work<A: Arith, const R: usize>(s: &Share, worker: &mut Worker) -> LossSums {
     worker.zero_grads();
-    worker.forward::<A, R>(w, feats, n, rounds, aux_weight > 0.0);
-    let sums = worker.backward::<A, R>(ix, params, feats, labels, n, rounds, aux_weight, scale);
-    worker.finish_grads(ix);
+    worker.forward::<A, R>(s.w, s.feats, s.n, s.rounds, s.aux_weight > 0.0);
+    let sums = worker.backward::<A, R>(s.ix, s.params, s.feats, s.labels, s.n, s.rounds, s.aux_weight, s.scale);
+    worker.finish_grads(s.ix);
     sums
 }
 
 /// [`work`] with the weights' instruction set.
-#[allow(clippy::too_many_arguments)]
-fn run_worker(
-    w: &Weights,
-    ix: &ParamIndex,
-    params: &[f32],
-    worker: &mut Worker,
-    feats: &[f32],
-    labels: &[f32],
-    n: usize,
-    rounds: usize,
-    aux_weight: f32,
-    scale: f32,
-) -> LossSums {
+fn run_worker(s: &Share, worker: &mut Worker) -> LossSums {
     use crate::kernel::{NATIVE_ROWS, Native};
-    match w.isa {
+    match s.w.isa {
         // SAFETY: `Weights::isa` only ever holds an instruction set that
         // `Isa::is_supported` confirmed on this CPU (`Isa::detect`, `Weights::set_isa`).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::work_avx512(w, ix, params, worker, feats, labels, n, rounds, aux_weight, scale) },
+        Isa::Avx512 => unsafe { x86::work_avx512(s, worker) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { x86::work_avx2(w, ix, params, worker, feats, labels, n, rounds, aux_weight, scale) },
-        _ => work::<Native, NATIVE_ROWS>(w, ix, params, worker, feats, labels, n, rounds, aux_weight, scale),
+        Isa::Avx2Fma => unsafe { x86::work_avx2(s, worker) },
+        _ => work::<Native, NATIVE_ROWS>(s, worker),
     }
 }
 
@@ -391,38 +384,14 @@ mod x86 {
     use super::*;
     use crate::math::{Avx2, Avx512};
 
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn work_avx512(
-        w: &Weights,
-        ix: &ParamIndex,
-        params: &[f32],
-        worker: &mut Worker,
-        feats: &[f32],
-        labels: &[f32],
-        n: usize,
-        rounds: usize,
-        aux_weight: f32,
-        scale: f32,
-    ) -> LossSums {
-        work::<Avx512, 8>(w, ix, params, worker, feats, labels, n, rounds, aux_weight, scale)
+    pub(super) fn work_avx512(s: &Share, worker: &mut Worker) -> LossSums {
+        work::<Avx512, 8>(s, worker)
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn work_avx2(
-        w: &Weights,
-        ix: &ParamIndex,
-        params: &[f32],
-        worker: &mut Worker,
-        feats: &[f32],
-        labels: &[f32],
-        n: usize,
-        rounds: usize,
-        aux_weight: f32,
-        scale: f32,
-    ) -> LossSums {
-        work::<Avx2, 6>(w, ix, params, worker, feats, labels, n, rounds, aux_weight, scale)
+    pub(super) fn work_avx2(s: &Share, worker: &mut Worker) -> LossSums {
+        work::<Avx2, 6>(s, worker)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]

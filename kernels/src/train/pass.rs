@@ -477,21 +477,8 @@ impl Worker {
         add_rows::<A>(&dg[..rows * ff], ff, &mut grads[lx.b1.clone()]);
         let panels = Panels { k: ff, n: d, wt: &p[lx.w1.start..], ldw: d, stride: PANEL, bias: zeros };
         gemm::<A, R>(dg, ff, 1, rows, panels, &mut da[..rows * d], d, false);
-        let (zm, st) = (z1.at(slot), st2.at(slot));
-        for r in 0..rows {
-            let (dgain, dbias) = two_mut(grads, lx.ln2_g.clone(), lx.ln2_b.clone());
-            ln_backward::<A>(
-                &zm[r * d..][..d],
-                st[2 * r],
-                st[2 * r + 1],
-                &p[lx.ln2_g.clone()],
-                &da[r * d..][..d],
-                &mut dz[r * d..][..d],
-                dgain,
-                dbias,
-                &mut tmp[..d],
-            );
-        }
+        let ln2 = Norm { x: z1.at(slot), stats: st2.at(slot), gain: lx.ln2_g.clone(), bias: lx.ln2_b.clone() };
+        ln_backward_rows::<A>(&ln2, p, &da[..rows * d], dz, grads, &mut tmp[..d]);
 
         // Attention: z1 = z0 + attn(LN1(z0))·Woᵀ + bo.
         let o = att.at(slot);
@@ -541,21 +528,8 @@ impl Worker {
             let panels = Panels { k: d, n: d, wt: &p[lx.w_qkv[k].start..], ldw: d, stride: PANEL, bias: zeros };
             gemm::<A, R>(&dqkv[k * d..], ld, 1, rows, panels, &mut da[..rows * d], d, k > 0);
         }
-        let st = st1.at(slot);
-        for r in 0..rows {
-            let (dgain, dbias) = two_mut(grads, lx.ln1_g.clone(), lx.ln1_b.clone());
-            ln_backward::<A>(
-                &z0[r * d..][..d],
-                st[2 * r],
-                st[2 * r + 1],
-                &p[lx.ln1_g.clone()],
-                &da[r * d..][..d],
-                &mut dz[r * d..][..d],
-                dgain,
-                dbias,
-                &mut tmp[..d],
-            );
-        }
+        let ln1 = Norm { x: z0, stats: st1.at(slot), gain: lx.ln1_g.clone(), bias: lx.ln1_b.clone() };
+        ln_backward_rows::<A>(&ln1, p, &da[..rows * d], dz, grads, &mut tmp[..d]);
     }
 
     /// `zin = (z_prev + W_in·f + b_in + stab[s]) / √2`: the embedding's
@@ -619,6 +593,27 @@ impl Worker {
                 out[j * nf + k] += self.dw_in_t[k * d + j];
             }
         }
+    }
+}
+
+/// A LayerNorm's saved forward: its input rows, their (mean, 1/σ), and where
+/// its gain and bias sit in the flat parameters and gradients.
+struct Norm<'a> {
+    x: &'a [f32],
+    stats: &'a [f32],
+    gain: std::ops::Range<usize>,
+    bias: std::ops::Range<usize>,
+}
+
+/// [`ln_backward`] over every row of `dy` (`[rows][D]`, `D = tmp.len()`):
+/// `dx[r] +=` the input gradient, and the gain and bias gradients into `grads`.
+#[inline(always)]
+fn ln_backward_rows<A: Arith>(n: &Norm, p: &[f32], dy: &[f32], dx: &mut [f32], grads: &mut [f32], tmp: &mut [f32]) {
+    let d = tmp.len();
+    let (dgain, dbias) = two_mut(grads, n.gain.clone(), n.bias.clone());
+    for (r, (dyr, dxr)) in dy.chunks_exact(d).zip(dx.chunks_exact_mut(d)).enumerate() {
+        let (x, mean, rs) = (&n.x[r * d..][..d], n.stats[2 * r], n.stats[2 * r + 1]);
+        ln_backward::<A>(x, mean, rs, &p[n.gain.clone()], dyr, dxr, dgain, dbias, tmp);
     }
 }
 
