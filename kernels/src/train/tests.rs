@@ -62,8 +62,10 @@ fn finite_differences(ix: &ParamIndex, flat: &[f32], f: &[f32], l: &[f32], n: us
     out
 }
 
-/// Checks fused gradients against finite differences, tensor by tensor: each
-/// value within `1e-3·(|g| + 1e-2·max|g|)` of the tensor's largest gradient.
+/// Checks fused gradients against finite differences, value by value: within
+/// `5e-4·|g|` plus `1e-4` of the tensor's largest gradient. The second term
+/// covers values that are small differences of large f32 sums (a LayerNorm
+/// over a handful of values, say), whose f32 error scales with the sums.
 fn check_gradients(config: &KernelConfig, seed: u64, shots: usize, rounds: usize, aux: f32, threads: usize) {
     let (ix, flat) = random_flat(config, seed, 1.0);
     let (f, l) = random_batch(config, shots, rounds, seed ^ 5);
@@ -77,9 +79,10 @@ fn check_gradients(config: &KernelConfig, seed: u64, shots: usize, rounds: usize
     let largest = fd.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert!(largest > 1e-3, "a loss with no gradient checks nothing");
     for (i, (name, _)) in ix.names().enumerate() {
+        let tensor_max = ix.range(i).map(|k| fd[k].abs()).fold(0.0, f64::max);
         for k in ix.range(i) {
             let (g, e) = (got[k] as f64, fd[k]);
-            let tol = 2e-3 * (e.abs() + 1e-2 * largest) + 1e-6;
+            let tol = 5e-4 * e.abs() + 1e-4 * tensor_max + 1e-7;
             assert!(
                 (g - e).abs() <= tol,
                 "{name}[{}]: fused {g:e}, finite differences {e:e} ({config:?})",
@@ -97,13 +100,16 @@ fn gradients_match_finite_differences() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     /// Random shapes (width, heads, layers, FFN and readout widths, stabilizers,
-    /// observables), rounds 1..4, with and without the per-round loss.
+    /// observables), rounds 1..4, with and without the per-round loss. Head
+    /// widths start at 4: a LayerNorm over two or three values is
+    /// ill-conditioned in f32 (over two its output is ±1 whatever the input),
+    /// and no model is that narrow.
     #[test]
     fn gradients_match_finite_differences_on_random_shapes(
-        s in 2usize..7, heads in 1usize..3, dh in 1usize..5, layers in 1usize..3,
+        s in 2usize..7, heads in 1usize..3, dh in 4usize..9, layers in 1usize..3,
         ffn in 1usize..20, readout in 1usize..9, observables in 1usize..3,
         rounds in 1usize..4, shots in 1usize..4, aux in prop::sample::select(vec![0.0f32, 0.5]),
         threads in 1usize..3, seed in 0u64..1000,
@@ -213,3 +219,4 @@ fn step_allocations(threads: usize) {
     trainer.logits(&f, 16, 6, &mut logits);
     assert_eq!(crate::kernel::tests::alloc_counter::count(), before);
 }
+
