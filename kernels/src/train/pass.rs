@@ -246,12 +246,8 @@ impl Worker {
         for (l, layer) in w.layers.iter().enumerate() {
             let slot = t * nl + l;
             let z0: &[f32] = if l == 0 { &zin.at(t)[..rows * d] } else { &zout.at(slot - 1)[..rows * d] };
-            let (a, st) = (a1.at_mut(slot), st1.at_mut(slot));
-            for r in 0..rows {
-                let (mu, rs) = ln_forward::<A>(&z0[r * d..][..d], &layer.ln1_g, &layer.ln1_b, &mut a[r * d..][..d]);
-                st[2 * r] = mu;
-                st[2 * r + 1] = rs;
-            }
+            let a = a1.at_mut(slot);
+            ln_forward_rows::<A>(z0, &layer.ln1_g, &layer.ln1_b, &mut a[..rows * d], st1.at_mut(slot));
             let q = qkv.at_mut(slot);
             gemm::<A, R>(a, d, 1, rows, layer.qkv.panels(), &mut q[..rows * 3 * d], 3 * d, false);
             let (p, o) = (pt.at_mut(slot), att.at_mut(slot));
@@ -276,12 +272,8 @@ impl Worker {
             let zm = z1.at_mut(slot);
             zm[..rows * d].copy_from_slice(z0);
             gemm::<A, R>(o, d, 1, rows, layer.wo.panels(), &mut zm[..rows * d], d, true);
-            let (a, st) = (a2.at_mut(slot), st2.at_mut(slot));
-            for r in 0..rows {
-                let (mu, rs) = ln_forward::<A>(&zm[r * d..][..d], &layer.ln2_g, &layer.ln2_b, &mut a[r * d..][..d]);
-                st[2 * r] = mu;
-                st[2 * r + 1] = rs;
-            }
+            let a = a2.at_mut(slot);
+            ln_forward_rows::<A>(&zm[..rows * d], &layer.ln2_g, &layer.ln2_b, &mut a[..rows * d], st2.at_mut(slot));
             let hs = h.at_mut(slot);
             gemm::<A, R>(a, d, 1, rows, layer.w1.panels(), &mut hs[..rows * ff], ff, false);
             let gs = g.at_mut(slot);
@@ -651,6 +643,18 @@ fn ln_forward<A: Arith>(x: &[f32], g: &[f32], b: &[f32], y: &mut [f32]) -> (f32,
         y[j] = (x[j] - mean) * rs * g[j] + b[j];
     }
     (mean, rs)
+}
+
+/// [`ln_forward`] over every row of `x` (`[rows][D]`, `D = g.len()`) into
+/// `y`, with each row's (mean, 1/σ) in `stats` `[rows][2]`.
+#[inline(always)]
+fn ln_forward_rows<A: Arith>(x: &[f32], g: &[f32], b: &[f32], y: &mut [f32], stats: &mut [f32]) {
+    let d = g.len();
+    for ((xr, yr), st) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).zip(stats.chunks_exact_mut(2)) {
+        let (mean, rs) = ln_forward::<A>(xr, g, b, yr);
+        st[0] = mean;
+        st[1] = rs;
+    }
 }
 
 /// LayerNorm's backward over one row: with `x̂ = (x − μ)/σ` and
