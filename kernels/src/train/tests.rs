@@ -219,4 +219,3 @@ fn step_allocations(threads: usize) {
     trainer.logits(&f, 16, 6, &mut logits);
     assert_eq!(crate::kernel::tests::alloc_counter::count(), before);
 }
-
