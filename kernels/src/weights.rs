@@ -84,6 +84,28 @@ pub(crate) struct Panels<'a> {
     pub bias: &'a [f32],
 }
 
+/// The values of tensor `name`, given as `got` (shape, values), once it is
+/// present, has shape `expected`, holds that many values and all of them
+/// finite; otherwise the error that names what is wrong.
+pub(crate) fn checked_tensor<'a>(
+    name: &str,
+    expected: &[usize],
+    got: Option<(&[usize], &'a [f32])>,
+) -> Result<&'a [f32], KernelError> {
+    let (shape, values) = got.ok_or_else(|| KernelError::Missing { name: name.to_string() })?;
+    if shape != expected {
+        return Err(KernelError::Shape { name: name.to_string(), expected: expected.to_vec(), found: shape.to_vec() });
+    }
+    let n: usize = expected.iter().product();
+    if values.len() != n {
+        return Err(KernelError::Length { name: name.to_string(), expected: n, found: values.len() });
+    }
+    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        return Err(KernelError::NonFinite { name: name.to_string(), index });
+    }
+    Ok(values)
+}
+
 /// `attn.bias` `[H][S_i][S_j]` → `[S_j][HS_ld]` with element `h·S + i` of row
 /// `j` = `bias[h][i][j]`, rows zero-padded to `HS_ld = ⌈H·S/16⌉·16`: the layout
 /// of attention's transposed scores.
@@ -174,17 +196,7 @@ impl Weights {
         // Check everything first, in checkpoint order, so the error names the first bad tensor.
         let mut tensors = std::collections::HashMap::new();
         for (name, expected) in config.tensor_shapes() {
-            let (shape, values) = get(&name).ok_or_else(|| KernelError::Missing { name: name.clone() })?;
-            if shape != expected.as_slice() {
-                return Err(KernelError::Shape { name, expected, found: shape.to_vec() });
-            }
-            let n: usize = expected.iter().product();
-            if values.len() != n {
-                return Err(KernelError::Length { name, expected: n, found: values.len() });
-            }
-            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-                return Err(KernelError::NonFinite { name, index });
-            }
+            let values = checked_tensor(&name, &expected, get(&name))?;
             tensors.insert(name, values);
         }
         let t = |name: &str| -> &[f32] { tensors[name] };

@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use crate::weights::PANEL;
+use crate::weights::{PANEL, checked_tensor};
 use crate::{KernelConfig, KernelError};
 
 /// Zeros after every tensor.
@@ -156,20 +156,7 @@ impl ParamIndex {
     ) -> Result<(), KernelError> {
         assert_eq!(out.len(), self.len, "flat buffer of another config");
         for (name, expected, range) in &self.tensors {
-            let (shape, values) = get(name).ok_or_else(|| KernelError::Missing { name: name.clone() })?;
-            if shape != expected.as_slice() {
-                return Err(KernelError::Shape {
-                    name: name.clone(),
-                    expected: expected.clone(),
-                    found: shape.to_vec(),
-                });
-            }
-            if values.len() != range.len() {
-                return Err(KernelError::Length { name: name.clone(), expected: range.len(), found: values.len() });
-            }
-            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-                return Err(KernelError::NonFinite { name: name.clone(), index });
-            }
+            let values = checked_tensor(name, expected, get(name))?;
             out[range.clone()].copy_from_slice(values);
         }
         Ok(())
