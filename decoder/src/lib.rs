@@ -15,6 +15,7 @@ pub mod confidence;
 pub mod matching;
 pub mod neural;
 pub mod parallel;
+pub mod reweight;
 pub mod stats;
 pub mod stream;
 
