@@ -3,7 +3,8 @@
 //! Every decoder implements one batch trait, [`Decoder`]: bit-packed detection
 //! events in, predicted observable flips and a per-shot confidence out. The
 //! sweep, the CLI and the benches are generic over it. This crate holds the
-//! matching decoders (PyMatching, uncorrelated and two-pass correlated), the
+//! matching decoders (PyMatching, uncorrelated and two-pass correlated),
+//! belief-matching ([`belief`], with per-shot weights through [`reweight`]), the
 //! calibration that turns a matching weight gap into a probability, the
 //! neural decoder on the inference kernels ([`neural`]) with its streaming,
 //! round-by-round form ([`stream`]), and the logical-error-rate statistics.
@@ -11,6 +12,7 @@
 //! It reads syndromes through `simulator-bridge` and never touches tch or tonic.
 #![deny(missing_docs)]
 
+pub mod belief;
 pub mod confidence;
 pub mod matching;
 pub mod neural;
@@ -22,10 +24,11 @@ pub mod stream;
 use std::fmt;
 use std::str::FromStr;
 
+pub use belief::{BeliefMatching, BpOptions, BpStats};
 pub use confidence::GapCalibration;
 pub use matching::MatchingDecoder;
 pub use neural::{NeuralDecoder, NeuralModel};
-pub use parallel::decode_parallel;
+pub use parallel::{decode_parallel, decode_parallel_with};
 pub use simulator_bridge::PackedShots;
 pub use stream::{
     Driver, Feed, Reply, ReplyFn, RoundAck, Session, ShotResult, StreamEngine, StreamError, StreamOptions,
@@ -60,14 +63,22 @@ pub enum DecoderKind {
     Matching,
     /// PyMatching's two-pass correlated matching.
     Correlated,
+    /// Belief-matching: BP on the hypergraph, its posteriors as matching's weights.
+    Belief,
     /// The recurrent-transformer neural decoder (needs a model checkpoint).
     Neural,
 }
 
 impl DecoderKind {
+    /// Whether the decoder needs nothing but a detector error model.
+    pub fn needs_only_dem(&self) -> bool {
+        *self != DecoderKind::Neural
+    }
+
     /// All kinds, in the order they are listed to users.
-    pub const ALL: [DecoderKind; 3] = [DecoderKind::Matching, DecoderKind::Correlated, DecoderKind::Neural];
-    /// The matching decoders, which need nothing but a detector error model.
+    pub const ALL: [DecoderKind; 4] =
+        [DecoderKind::Matching, DecoderKind::Correlated, DecoderKind::Belief, DecoderKind::Neural];
+    /// PyMatching's own decoders (built by [`MatchingDecoder`]).
     pub const MATCHING: [DecoderKind; 2] = [DecoderKind::Matching, DecoderKind::Correlated];
 
     /// The name used on the command line.
@@ -75,6 +86,7 @@ impl DecoderKind {
         match self {
             DecoderKind::Matching => "matching",
             DecoderKind::Correlated => "correlated",
+            DecoderKind::Belief => "belief",
             DecoderKind::Neural => "neural",
         }
     }
@@ -84,7 +96,7 @@ impl FromStr for DecoderKind {
     type Err = DecodeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         DecoderKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            DecodeError::Invalid(format!("unknown decoder '{s}' (expected matching, correlated or neural)"))
+            DecodeError::Invalid(format!("unknown decoder '{s}' (expected matching, correlated, belief or neural)"))
         })
     }
 }

@@ -13,26 +13,52 @@ where
     D: Decoder,
     F: Fn() -> Result<D, DecodeError> + Sync,
 {
+    Ok(decode_parallel_with(make, events, threads, |_| ())?.0)
+}
+
+/// [`decode_parallel`], also returning what `finish` reads from each
+/// worker's decoder once it is done (the statistics it kept, say), in shot
+/// order.
+pub fn decode_parallel_with<D, F, G, S>(
+    make: F,
+    events: &PackedShots,
+    threads: usize,
+    finish: G,
+) -> Result<(Decisions, Vec<S>), DecodeError>
+where
+    D: Decoder,
+    F: Fn() -> Result<D, DecodeError> + Sync,
+    G: Fn(&D) -> S + Sync,
+    S: Send,
+{
     let n = events.num_shots();
     let threads = simulator_bridge::sample::resolve_threads(threads).min(n.max(1));
     if threads <= 1 {
-        return make()?.decode_batch(events);
+        let mut decoder = make()?;
+        let decisions = decoder.decode_batch(events)?;
+        return Ok((decisions, vec![finish(&decoder)]));
     }
     let per = n.div_ceil(threads);
-    let make = &make;
-    let parts: Vec<Result<Decisions, DecodeError>> = std::thread::scope(|scope| {
+    let (make, finish) = (&make, &finish);
+    let parts: Vec<Result<(Decisions, S), DecodeError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (start, end) = ((t * per).min(n), ((t + 1) * per).min(n));
                 let slice = events.slice(start, end);
-                scope.spawn(move || make()?.decode_batch(&slice))
+                scope.spawn(move || {
+                    let mut decoder = make()?;
+                    let decisions = decoder.decode_batch(&slice)?;
+                    Ok((decisions, finish(&decoder)))
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("decoding thread panicked")).collect()
     });
     let mut merged: Option<Decisions> = None;
+    let mut finished = Vec::with_capacity(parts.len());
     for part in parts {
-        let part = part?;
+        let (part, done) = part?;
+        finished.push(done);
         match merged.as_mut() {
             None => merged = Some(part),
             Some(m) => {
@@ -43,7 +69,7 @@ where
             }
         }
     }
-    Ok(merged.expect("at least one worker"))
+    Ok((merged.expect("at least one worker"), finished))
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ pub fn experiment(
 
 /// Builds a decoder of any kind. The neural decoder needs the model and the
 /// circuit (for its stabilizer layout; without one, the DEM's detector
-/// coordinates); the matching decoders need the DEM.
+/// coordinates); the matching decoders and belief-matching need the DEM.
 pub fn build_decoder(
     kind: decoder::DecoderKind,
     dem_text: &str,
@@ -82,6 +82,9 @@ pub fn build_decoder(
                 None => dem_layout(&dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?, model.basis())?,
             };
             Ok(Box::new(decoder::NeuralDecoder::new(model.clone(), &layout)?))
+        }
+        decoder::DecoderKind::Belief => {
+            Ok(Box::new(decoder::BeliefMatching::from_dem_text(dem_text, decoder::BpOptions::default())?))
         }
         kind => Ok(Box::new(decoder::MatchingDecoder::from_dem_text(dem_text, kind)?)),
     }

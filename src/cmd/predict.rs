@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
-use decoder::{DecoderKind, MatchingDecoder, NeuralDecoder, decode_parallel};
+use decoder::{
+    BeliefMatching, BpOptions, BpStats, DecoderKind, MatchingDecoder, NeuralDecoder, decode_parallel,
+    decode_parallel_with,
+};
 use simulator_bridge::formats::{read_shots_file, write_shots};
 use simulator_bridge::{BitLabels, ResultFormat, StabilizerLayout};
 
@@ -38,7 +41,7 @@ pub struct PredictArgs {
     /// Format of --out.
     #[arg(long, alias = "out_format", default_value = "01")]
     pub out_format: String,
-    /// matching, correlated, or neural (with --model).
+    /// matching, correlated, belief, or neural (with --model).
     #[arg(long, default_value = "correlated")]
     pub decoder: String,
     /// Neural-decoder checkpoint.
@@ -53,6 +56,12 @@ pub struct PredictArgs {
     /// Format of --obs-in.
     #[arg(long, alias = "obs_in_format", default_value = "01")]
     pub obs_in_format: String,
+    /// Belief-matching: BP's iteration cap.
+    #[arg(long, default_value_t = BpOptions::default().max_iterations)]
+    pub bp_iters: usize,
+    /// Belief-matching: weight of the previous message in each BP update (0: undamped).
+    #[arg(long, default_value_t = BpOptions::default().damping)]
+    pub bp_damping: f64,
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -97,6 +106,9 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let out = stage.add(&args.out)?;
     let confidence_out = stage.add_optional(args.confidence_out.as_deref())?;
 
+    if kind == DecoderKind::Belief && confidence_out.is_some() {
+        bail!("belief-matching reports no confidence yet; --confidence-out works with matching, correlated and neural");
+    }
     let calibration = match confidence_out {
         Some(_) if kind != DecoderKind::Neural => {
             let probe = MatchingDecoder::from_dem(&dem, kind)?;
@@ -131,6 +143,14 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             _ => model.clone(),
         };
         decode_parallel(|| NeuralDecoder::new(model.clone(), &layout), &events, args.threads)?
+    } else if kind == DecoderKind::Belief {
+        let options = BpOptions { max_iterations: args.bp_iters, damping: args.bp_damping };
+        let make = || BeliefMatching::from_dem_text(&dem_text, options);
+        let (decisions, workers) = decode_parallel_with(make, &events, args.threads, BeliefMatching::stats)?;
+        let mut stats = BpStats::default();
+        workers.iter().for_each(|w| stats.add(w));
+        eprintln!("{}", stats.summary());
+        decisions
     } else {
         decode_parallel(make, &events, args.threads)?
     };

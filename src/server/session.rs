@@ -111,6 +111,9 @@ pub fn proto_kind(kind: DecoderKind) -> proto::DecoderKind {
         DecoderKind::Neural => proto::DecoderKind::Neural,
         DecoderKind::Matching => proto::DecoderKind::Matching,
         DecoderKind::Correlated => proto::DecoderKind::Correlated,
+        // The service does not run belief-matching, so nothing it answers
+        // comes from it.
+        DecoderKind::Belief => proto::DecoderKind::Unspecified,
     }
 }
 
