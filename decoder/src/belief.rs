@@ -268,7 +268,7 @@ fn two_atanh(t: f64) -> f64 {
 /// needs an instruction that SSE2 or AVX2 lacks.
 #[inline(always)]
 fn fast_exp(x: f64) -> f64 {
-    const LN2_HI: f64 = 0.693_147_180_369_123_816_49;
+    const LN2_HI: f64 = 0.693_147_180_369_123_8;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     const ROUND: f64 = 6_755_399_441_055_744.0;
     let x = x.max(-700.0);
