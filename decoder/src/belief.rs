@@ -26,7 +26,9 @@
 
 use std::collections::HashMap;
 
-use crate::reweight::{BOUNDARY, WeightedMatching};
+use simulator_bridge::edges::DemEdges;
+
+use crate::reweight::WeightedMatching;
 use crate::{Decisions, DecodeError, Decoder, PackedShots};
 
 /// Smallest edge probability handed to matching (and one minus the largest).
@@ -117,108 +119,55 @@ impl Hypergraph {
 
     fn build(dem: &stim::DetectorErrorModel, matching: &WeightedMatching) -> Result<Self, DecodeError> {
         let num_detectors = matching.num_detectors();
+        let dem_edges = DemEdges::from_dem(dem)?;
         let edge_index: HashMap<(u64, u64), u32> = matching
             .edges()
             .iter()
             .enumerate()
             .map(|(i, e)| ((e.node1.min(e.node2), e.node1.max(e.node2)), i as u32))
             .collect();
-        let mut ids: HashMap<Vec<u32>, usize> = HashMap::new();
-        let mut dets: Vec<Vec<u32>> = Vec::new();
+        // The model's edges as the matching graph's.
+        let to_matching: Vec<u32> = dem_edges
+            .edges
+            .iter()
+            .map(|key| {
+                edge_index.get(key).copied().ok_or_else(|| {
+                    DecodeError::Invalid(format!("the model's edge {key:?} is not an edge of the matching graph"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut ids: HashMap<&[u64], usize> = HashMap::new();
+        let mut dets: Vec<&[u64]> = Vec::new();
         let mut probability: Vec<f64> = Vec::new();
         let mut observables: Vec<u64> = Vec::new();
         let mut edges: Vec<Vec<u32>> = Vec::new();
-        let mut shift = 0u64;
-        for item in &dem.flattened() {
-            let stim::DemItem::Instruction(instruction) = item else {
-                return Err(DecodeError::Invalid("the flattened detector error model still has a repeat block".into()));
-            };
-            match instruction.r#type() {
-                stim::DemInstructionType::ShiftDetectors => {
-                    for target in instruction.targets() {
-                        if let stim::DemInstructionTarget::RelativeOffset(n) = target {
-                            shift += n;
-                        }
-                    }
-                    continue;
-                }
-                stim::DemInstructionType::Error => {}
-                _ => continue,
-            }
-            let p = instruction.args().first().copied().unwrap_or(0.0);
+        for m in &dem_edges.mechanisms {
+            let p = m.probability;
             if !(0.0..0.5).contains(&p) {
                 return Err(DecodeError::Invalid(format!(
                     "belief-matching needs error probabilities in [0, 1/2); the model has {p}"
                 )));
             }
-            // Components, split at `^`; detectors and observables of the whole.
-            let mut components: Vec<Vec<u64>> = vec![Vec::new()];
-            let mut all: Vec<u32> = Vec::new();
-            let mut obs = 0u64;
-            for target in instruction.targets() {
-                let stim::DemInstructionTarget::DemTarget(t) = *target else { continue };
-                if t.is_separator() {
-                    components.push(Vec::new());
-                } else if t.is_relative_detector_id() {
-                    let d = t.raw_id() + shift;
-                    if d as usize >= num_detectors {
-                        return Err(DecodeError::Invalid(format!(
-                            "D{d} is beyond the model's {num_detectors} detectors"
-                        )));
-                    }
-                    components.last_mut().expect("one component at least").push(d);
-                    all.push(d as u32);
-                } else if t.is_logical_observable_id() {
-                    obs ^= 1u64 << t.raw_id();
-                }
-            }
-            all.sort_unstable();
-            let mut set: Vec<u32> = Vec::with_capacity(all.len());
-            for d in all {
-                if set.last() == Some(&d) {
-                    set.pop();
-                } else {
-                    set.push(d);
-                }
-            }
-            if set.is_empty() {
+            if m.detectors.is_empty() {
                 continue;
             }
-            let h = match ids.get(&set) {
-                Some(&h) => h,
-                None => {
-                    // The first instruction with these detectors fixes the
-                    // hyperedge's decomposition, as in `beliefmatching`.
-                    let mut on = Vec::new();
-                    for c in &components {
-                        let key = match c.as_slice() {
-                            [a] => (*a, BOUNDARY),
-                            [a, b] => ((*a).min(*b), (*a).max(*b)),
-                            _ => continue,
-                        };
-                        let e = edge_index.get(&key).ok_or_else(|| {
-                            DecodeError::Invalid(format!(
-                                "component {c:?} of an error is not an edge of the matching graph"
-                            ))
-                        })?;
-                        on.push(*e);
-                    }
-                    ids.insert(set.clone(), dets.len());
-                    dets.push(set);
-                    probability.push(0.0);
-                    observables.push(0);
-                    edges.push(on);
-                    dets.len() - 1
-                }
-            };
+            // The first instruction with these detectors fixes the
+            // hyperedge's decomposition, as in `beliefmatching`.
+            let h = *ids.entry(&m.detectors).or_insert_with(|| {
+                dets.push(&m.detectors);
+                probability.push(0.0);
+                observables.push(0);
+                edges.push(m.edges.iter().map(|&e| to_matching[e as usize]).collect());
+                dets.len() - 1
+            });
             probability[h] = probability[h] * (1.0 - p) + p * (1.0 - probability[h]);
-            observables[h] = obs;
+            observables[h] = m.observables;
         }
 
         let prior: Vec<f64> = probability.iter().map(|&p| ((1.0 - p) / p).ln().min(MAX_LLR)).collect();
         let mut check_vars: Vec<Vec<u32>> = vec![Vec::new(); num_detectors];
         for (h, set) in dets.iter().enumerate() {
-            for &d in set {
+            for &d in set.iter() {
                 check_vars[d as usize].push(h as u32);
             }
         }

@@ -57,7 +57,7 @@ pub use ffi::ReweightEdge as Edge;
 unsafe impl Send for ffi::ReweightMatching {}
 
 /// Edge that reaches the boundary, in [`Edge::node2`].
-pub const BOUNDARY: u64 = u64::MAX;
+pub use simulator_bridge::edges::BOUNDARY;
 
 /// PyMatching's matching graph of one detector error model, decodable with
 /// per-shot edge weights.

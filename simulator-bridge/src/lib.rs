@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod code;
+pub mod edges;
 pub mod error;
 pub mod experiment;
 pub mod formats;
