@@ -15,6 +15,7 @@ pub mod config;
 pub mod features;
 pub mod fused;
 pub mod positions;
+pub mod posterior;
 pub mod train;
 
 #[cfg(feature = "train")]
