@@ -20,6 +20,8 @@ pub mod train;
 
 #[cfg(feature = "train")]
 pub mod net;
+#[cfg(feature = "train")]
+pub mod posterior_net;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, ModelLayout};
 pub use config::{ModelConfig, Positions};
