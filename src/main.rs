@@ -50,6 +50,9 @@ enum Command {
     Replay(cmd::replay::ReplayArgs),
     /// Train the neural decoder on simulated shots (fused CPU trainer; `--engine tch` with feature `train`).
     Train(cmd::train::TrainArgs),
+    /// Train the posterior model of the neural-matching decoder (feature `train`).
+    #[cfg(feature = "train")]
+    TrainPosterior(cmd::train_posterior::TrainPosteriorArgs),
     /// Fine-tune a model on an experiment directory.
     Finetune(cmd::finetune::FinetuneArgs),
     /// Fit a model's temperature; report ECE and a reliability diagram.
@@ -122,6 +125,8 @@ fn main() -> ExitCode {
         Command::Load(args) => cmd::load::run(args),
         Command::Replay(args) => cmd::replay::run(args),
         Command::Train(args) => cmd::train::run(args),
+        #[cfg(feature = "train")]
+        Command::TrainPosterior(args) => cmd::train_posterior::run(args),
         Command::Finetune(args) => cmd::finetune::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
     };

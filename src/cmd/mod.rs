@@ -13,6 +13,8 @@ pub mod sample;
 pub mod serve;
 pub mod sweep;
 pub mod train;
+#[cfg(feature = "train")]
+pub mod train_posterior;
 
 use std::path::Path;
 use std::sync::Arc;
