@@ -473,6 +473,34 @@ impl BeliefMatching {
             self.stats.trivial += 1;
             return Ok(0);
         }
+        if self.run_bp(events)? {
+            self.stats.converged += 1;
+            let (g, s) = (&self.graph, &self.scratch);
+            let flips = (0..g.num_vars()).filter(|&h| s.hard[h] != 0).fold(0u64, |acc, h| acc ^ g.observables[h]);
+            return Ok(flips);
+        }
+        self.stats.not_converged += 1;
+        self.edge_probabilities();
+        let s = &mut self.scratch;
+        s.weights.clear();
+        s.weights.extend(s.edge_p.iter().map(|&p| -p.clamp(EDGE_EPSILON, 1.0 - EDGE_EPSILON).ln()));
+        s.events.clear();
+        s.events.extend_from_slice(events);
+        let mut observables = vec![0u8; self.num_observables];
+        self.matching.decode_with_weights(&s.events, &s.weights, &mut observables)?;
+        Ok(observables.iter().enumerate().fold(0u64, |acc, (o, &b)| acc | (u64::from(b != 0) << o)))
+    }
+
+    /// BP's probability that each matching edge (in the matching graph's
+    /// order) carries an error in this shot, whether BP converged or not.
+    pub fn edge_posteriors(&mut self, events: &[u64]) -> Result<&[f64], DecodeError> {
+        self.run_bp(events)?;
+        self.edge_probabilities();
+        Ok(&self.scratch.edge_p)
+    }
+
+    /// Loads the syndrome and runs BP; returns whether it converged.
+    fn run_bp(&mut self, events: &[u64]) -> Result<bool, DecodeError> {
         let nd = self.matching.num_detectors();
         self.scratch.syndrome.clear();
         self.scratch.syndrome.resize(nd, 0);
@@ -484,14 +512,12 @@ impl BeliefMatching {
         }
         let (iterations, converged) = self.propagate();
         self.stats.iterations += iterations as u64;
-        let g = &self.graph;
-        let s = &mut self.scratch;
-        if converged {
-            self.stats.converged += 1;
-            let flips = (0..g.num_vars()).filter(|&h| s.hard[h] != 0).fold(0u64, |acc, h| acc ^ g.observables[h]);
-            return Ok(flips);
-        }
-        self.stats.not_converged += 1;
+        Ok(converged)
+    }
+
+    /// Each edge's probability: the sum of its hyperedges' posteriors.
+    fn edge_probabilities(&mut self) {
+        let (g, s) = (&self.graph, &mut self.scratch);
         s.edge_p.clear();
         s.edge_p.resize(self.matching.edges().len(), 0.0);
         for h in 0..g.num_vars() {
@@ -500,13 +526,6 @@ impl BeliefMatching {
                 s.edge_p[e as usize] += p;
             }
         }
-        s.weights.clear();
-        s.weights.extend(s.edge_p.iter().map(|&p| -p.clamp(EDGE_EPSILON, 1.0 - EDGE_EPSILON).ln()));
-        s.events.clear();
-        s.events.extend_from_slice(events);
-        let mut observables = vec![0u8; self.num_observables];
-        self.matching.decode_with_weights(&s.events, &s.weights, &mut observables)?;
-        Ok(observables.iter().enumerate().fold(0u64, |acc, (o, &b)| acc | (u64::from(b != 0) << o)))
     }
 }
 

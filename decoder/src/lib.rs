@@ -16,6 +16,7 @@ pub mod belief;
 pub mod confidence;
 pub mod matching;
 pub mod neural;
+pub mod neural_matching;
 pub mod parallel;
 pub mod reweight;
 pub mod stats;
@@ -28,6 +29,7 @@ pub use belief::{BeliefMatching, BpOptions, BpStats};
 pub use confidence::GapCalibration;
 pub use matching::MatchingDecoder;
 pub use neural::{NeuralDecoder, NeuralModel};
+pub use neural_matching::NeuralMatching;
 pub use parallel::{decode_parallel, decode_parallel_with};
 pub use simulator_bridge::PackedShots;
 pub use stream::{
@@ -56,6 +58,24 @@ pub trait Decoder {
     fn decode_batch(&mut self, detection_events: &PackedShots) -> Result<Decisions, DecodeError>;
 }
 
+impl<D: Decoder + ?Sized> Decoder for Box<D> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn num_detectors(&self) -> usize {
+        (**self).num_detectors()
+    }
+
+    fn num_observables(&self) -> usize {
+        (**self).num_observables()
+    }
+
+    fn decode_batch(&mut self, detection_events: &PackedShots) -> Result<Decisions, DecodeError> {
+        (**self).decode_batch(detection_events)
+    }
+}
+
 /// The decoders qecd can build by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DecoderKind {
@@ -67,17 +87,19 @@ pub enum DecoderKind {
     Belief,
     /// The recurrent-transformer neural decoder (needs a model checkpoint).
     Neural,
+    /// Neural-posterior matching: the posterior model's edge probabilities as matching's weights.
+    NeuralMatching,
 }
 
 impl DecoderKind {
-    /// Whether the decoder needs nothing but a detector error model.
-    pub fn needs_only_dem(&self) -> bool {
-        *self != DecoderKind::Neural
-    }
-
     /// All kinds, in the order they are listed to users.
-    pub const ALL: [DecoderKind; 4] =
-        [DecoderKind::Matching, DecoderKind::Correlated, DecoderKind::Belief, DecoderKind::Neural];
+    pub const ALL: [DecoderKind; 5] = [
+        DecoderKind::Matching,
+        DecoderKind::Correlated,
+        DecoderKind::Belief,
+        DecoderKind::Neural,
+        DecoderKind::NeuralMatching,
+    ];
     /// PyMatching's own decoders (built by [`MatchingDecoder`]).
     pub const MATCHING: [DecoderKind; 2] = [DecoderKind::Matching, DecoderKind::Correlated];
 
@@ -88,6 +110,7 @@ impl DecoderKind {
             DecoderKind::Correlated => "correlated",
             DecoderKind::Belief => "belief",
             DecoderKind::Neural => "neural",
+            DecoderKind::NeuralMatching => "neural-matching",
         }
     }
 }
@@ -96,7 +119,9 @@ impl FromStr for DecoderKind {
     type Err = DecodeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         DecoderKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            DecodeError::Invalid(format!("unknown decoder '{s}' (expected matching, correlated, belief or neural)"))
+            DecodeError::Invalid(format!(
+                "unknown decoder '{s}' (expected matching, correlated, belief, neural or neural-matching)"
+            ))
         })
     }
 }

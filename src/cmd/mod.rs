@@ -22,6 +22,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use decoder::NeuralModel;
 use indicatif::{ProgressBar, ProgressStyle};
+use models::posterior::PosteriorModel;
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
 
 /// A progress bar on stderr counting shots; hidden when stderr is not a terminal.
@@ -67,22 +68,55 @@ pub fn experiment(
     Ok((MemoryExperiment::new(distance, rounds, basis)?, NoiseModel::from_name(noise, p)?))
 }
 
-/// Builds a decoder of any kind. The neural decoder needs the model and the
-/// circuit (for its stabilizer layout; without one, the DEM's detector
-/// coordinates); the matching decoders and belief-matching need the DEM.
+/// The name of the posterior model built into qecd (neural-matching's default).
+pub const POSTERIOR_NAME: &str = "posterior_z_si1000_p003";
+const POSTERIOR_BYTES: &[u8] = include_bytes!("../../fixtures/posterior/posterior_z_si1000_p003.safetensors");
+
+/// The posterior model at `path`, or the one built into qecd; with its name
+/// (the file name, or [`POSTERIOR_NAME`]).
+pub fn load_posterior(path: Option<&Path>) -> Result<(String, Arc<PosteriorModel>)> {
+    Ok(match path {
+        Some(p) => {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (name, Arc::new(PosteriorModel::load(p)?))
+        }
+        None => (POSTERIOR_NAME.to_string(), Arc::new(PosteriorModel::from_bytes(POSTERIOR_BYTES, POSTERIOR_NAME)?)),
+    })
+}
+
+/// The stabilizer layout of a circuit, or else of a DEM's detector coordinates.
+fn layout_of(circuit: Option<&stim::Circuit>, dem_text: &str, basis: Basis) -> Result<StabilizerLayout> {
+    match circuit {
+        Some(c) => Ok(StabilizerLayout::from_circuit(c, basis)?),
+        None => dem_layout(&dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?, basis),
+    }
+}
+
+/// Builds a decoder of any kind. The neural decoders need their model and
+/// the circuit (for its stabilizer layout; without one, the DEM's detector
+/// coordinates); neural-matching without a `posterior` uses the one built
+/// into qecd. The matching decoders and belief-matching need only the DEM.
 pub fn build_decoder(
     kind: decoder::DecoderKind,
     dem_text: &str,
     circuit: Option<&stim::Circuit>,
     model: Option<&Arc<NeuralModel>>,
+    posterior: Option<&Arc<PosteriorModel>>,
 ) -> Result<Box<dyn decoder::Decoder>> {
     match kind {
+        decoder::DecoderKind::NeuralMatching => {
+            let posterior = match posterior {
+                Some(p) => p.clone(),
+                None => load_posterior(None)?.1,
+            };
+            let basis: Basis = posterior.config.basis.parse()?;
+            let layout = layout_of(circuit, dem_text, basis)?;
+            let dem: stim::DetectorErrorModel = dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Box::new(decoder::NeuralMatching::new(posterior, &dem, &layout)?))
+        }
         decoder::DecoderKind::Neural => {
             let model = model.context("the neural decoder needs --model CKPT")?;
-            let layout = match circuit {
-                Some(c) => StabilizerLayout::from_circuit(c, model.basis())?,
-                None => dem_layout(&dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?, model.basis())?,
-            };
+            let layout = layout_of(circuit, dem_text, model.basis())?;
             Ok(Box::new(decoder::NeuralDecoder::new(model.clone(), &layout)?))
         }
         decoder::DecoderKind::Belief => {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
 use decoder::{
-    BeliefMatching, BpOptions, BpStats, DecoderKind, MatchingDecoder, NeuralDecoder, decode_parallel,
+    BeliefMatching, BpOptions, BpStats, DecoderKind, MatchingDecoder, NeuralDecoder, NeuralMatching, decode_parallel,
     decode_parallel_with,
 };
 use simulator_bridge::formats::{read_shots_file, write_shots};
@@ -41,10 +41,11 @@ pub struct PredictArgs {
     /// Format of --out.
     #[arg(long, alias = "out_format", default_value = "01")]
     pub out_format: String,
-    /// matching, correlated, belief, or neural (with --model).
+    /// matching, correlated, belief, neural (with --model) or neural-matching.
     #[arg(long, default_value = "correlated")]
     pub decoder: String,
-    /// Neural-decoder checkpoint.
+    /// Neural-decoder checkpoint (--decoder neural), or posterior model
+    /// (--decoder neural-matching; default: the one built into qecd).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Also write each shot's calibrated confidence, one number per line.
@@ -73,9 +74,13 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let out_format: ResultFormat = args.out_format.parse()?;
     let obs_format: ResultFormat = args.obs_in_format.parse()?;
     let kind: DecoderKind = args.decoder.parse()?;
-    let model = args.model.as_ref().map(|p| super::load_model(p)).transpose()?;
-    if (kind == DecoderKind::Neural) != model.is_some() {
-        bail!("--model goes with --decoder neural, and --decoder neural needs --model");
+    let model =
+        args.model.as_ref().filter(|_| kind == DecoderKind::Neural).map(|p| super::load_model(p)).transpose()?;
+    if kind == DecoderKind::Neural && model.is_none() {
+        bail!("--decoder neural needs --model");
+    }
+    if args.model.is_some() && !matches!(kind, DecoderKind::Neural | DecoderKind::NeuralMatching) {
+        bail!("--model goes with --decoder neural or neural-matching");
     }
     let circuit = args.circuit.as_ref().map(|p| super::read_circuit(p)).transpose()?;
     let dem = match (&args.dem, &circuit) {
@@ -106,8 +111,8 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let out = stage.add(&args.out)?;
     let confidence_out = stage.add_optional(args.confidence_out.as_deref())?;
 
-    if kind == DecoderKind::Belief && confidence_out.is_some() {
-        bail!("belief-matching reports no confidence yet; --confidence-out works with matching, correlated and neural");
+    if matches!(kind, DecoderKind::Belief | DecoderKind::NeuralMatching) && confidence_out.is_some() {
+        bail!("{kind} reports no confidence yet; --confidence-out works with matching, correlated and neural");
     }
     let calibration = match confidence_out {
         Some(_) if kind != DecoderKind::Neural => {
@@ -143,6 +148,16 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             _ => model.clone(),
         };
         decode_parallel(|| NeuralDecoder::new(model.clone(), &layout), &events, args.threads)?
+    } else if kind == DecoderKind::NeuralMatching {
+        let (name, posterior) = super::load_posterior(args.model.as_deref())?;
+        let basis = posterior.config.basis.parse()?;
+        let layout = match &circuit {
+            Some(c) => StabilizerLayout::from_circuit(c, basis)?,
+            None => super::dem_layout(&dem, basis)?,
+        };
+        let make = || NeuralMatching::new(posterior.clone(), &dem_text.parse()?, &layout);
+        eprintln!("neural-matching with the posterior model {name}");
+        decode_parallel(make, &events, args.threads)?
     } else if kind == DecoderKind::Belief {
         let options = BpOptions { max_iterations: args.bp_iters, damping: args.bp_damping };
         let make = || BeliefMatching::from_dem_text(&dem_text, options);

@@ -28,6 +28,7 @@ use clap::Args;
 use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
 use decoder::{DecoderKind, NeuralModel};
 use indicatif::ProgressBar;
+use models::posterior::PosteriorModel;
 use sha2::{Digest, Sha256};
 use simulator_bridge::sample::{derive_seed, resolve_threads};
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots};
@@ -37,7 +38,7 @@ use crate::sinter_csv::{self, CSV_HEADER, StatsRow};
 /// Arguments of `qecd sweep`.
 #[derive(Args, Debug)]
 pub struct SweepArgs {
-    /// Decoders to compare: matching, correlated.
+    /// Decoders to compare: matching, correlated, belief, neural, neural-matching.
     #[arg(long, value_delimiter = ',', default_value = "matching,correlated")]
     pub decoders: Vec<String>,
     /// Code distances.
@@ -77,6 +78,9 @@ pub struct SweepArgs {
     /// distance and basis. Default: the zoo built into qecd.
     #[arg(long, value_delimiter = ',')]
     pub model: Vec<PathBuf>,
+    /// The posterior model of neural-matching cases. Default: the one built into qecd.
+    #[arg(long)]
+    pub posterior: Option<PathBuf>,
     /// After the sweep, plot every case in --out (earlier runs' included):
     /// LER per round against distance, as `qecd plot` draws it.
     #[arg(long)]
@@ -160,6 +164,8 @@ pub struct Case {
     pub strong_id: String,
     /// The model of a neural case.
     pub model: Option<Arc<NeuralModel>>,
+    /// The posterior model of a neural-matching case.
+    pub posterior: Option<Arc<PosteriorModel>>,
 }
 
 impl Case {
@@ -170,6 +176,7 @@ impl Case {
         noise: NoiseModel,
         texts: Arc<CircuitTexts>,
         model: Option<(&Path, Arc<NeuralModel>)>,
+        posterior: Option<(&str, Arc<PosteriorModel>)>,
     ) -> Result<Self> {
         let mut metadata = serde_json::json!({
             "basis": experiment.basis.to_string(),
@@ -183,6 +190,9 @@ impl Case {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             metadata["model"] = name.into();
         }
+        if let Some((name, _)) = &posterior {
+            metadata["model"] = (*name).into();
+        }
         let identity = Identity {
             circuit: &texts.circuit,
             decoder: decoder.name(),
@@ -193,7 +203,16 @@ impl Case {
         let mut hasher = HashWriter(Sha256::new());
         serde_json::to_writer(&mut hasher, &identity)?;
         let strong_id = format!("{:x}", hasher.0.finalize());
-        Ok(Self { decoder, experiment, noise, texts, metadata, strong_id, model: model.map(|m| m.1) })
+        Ok(Self {
+            decoder,
+            experiment,
+            noise,
+            texts,
+            metadata,
+            strong_id,
+            model: model.map(|m| m.1),
+            posterior: posterior.map(|p| p.1),
+        })
     }
 
     /// A short label for progress messages.
@@ -268,8 +287,13 @@ pub fn run_case(
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
                     let circuit: stim::Circuit = case.texts.circuit.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let mut decoder =
-                        super::build_decoder(case.decoder, &case.texts.dem, Some(&circuit), case.model.as_ref())?;
+                    let mut decoder = super::build_decoder(
+                        case.decoder,
+                        &case.texts.dem,
+                        Some(&circuit),
+                        case.model.as_ref(),
+                        case.posterior.as_ref(),
+                    )?;
                     while let Some((batch, n)) = claim() {
                         let start = Instant::now();
                         let batch_seed = derive_seed(case_seed, (generation << 32) | batch);
@@ -425,6 +449,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     } else {
         args.model.iter().map(|p| Ok((p.clone(), super::load_model(p)?))).collect::<Result<_>>()?
     };
+    let mut posterior_model: Option<(String, Arc<PosteriorModel>)> = None;
     for (decoder, experiment, noise) in mine {
         let model = match decoder {
             DecoderKind::Neural => {
@@ -449,7 +474,22 @@ pub fn run(args: &SweepArgs) -> Result<()> {
             Some((last, ..)) if last.experiment == experiment && last.noise == noise => last.texts.clone(),
             _ => Arc::new(CircuitTexts::build(experiment, noise)?),
         };
-        let case = Case::build(decoder, experiment, noise, texts, model)?;
+        let posterior = if decoder == DecoderKind::NeuralMatching {
+            if posterior_model.is_none() {
+                posterior_model = Some(super::load_posterior(args.posterior.as_deref())?);
+            }
+            posterior_model.clone()
+        } else {
+            None
+        };
+        let case = Case::build(
+            decoder,
+            experiment,
+            noise,
+            texts,
+            model,
+            posterior.as_ref().map(|(n, m)| (n.as_str(), m.clone())),
+        )?;
         let prior_rows: Vec<&StatsRow> = existing.iter().filter(|r| r.strong_id == case.strong_id).collect();
         let prior = prior_rows.iter().fold(ErrorCount::default(), |mut acc, r| {
             acc += ErrorCount { shots: r.shots, errors: r.errors };
@@ -499,7 +539,7 @@ mod tests {
     fn strong_id_is_the_hash_of_the_identity_json() {
         let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
         let noise = NoiseModel::Si1000 { p: 0.003 };
-        let case = Case::build(DecoderKind::Correlated, exp, noise, texts(exp, noise), None).unwrap();
+        let case = Case::build(DecoderKind::Correlated, exp, noise, texts(exp, noise), None, None).unwrap();
         let identity = serde_json::json!({
             "circuit": case.texts.circuit,
             "decoder": "correlated",
@@ -545,7 +585,7 @@ mod tests {
         let bar = ProgressBar::hidden();
         let mut errors = Vec::new();
         for (kind, threads) in [(DecoderKind::Matching, 1), (DecoderKind::Matching, 2), (DecoderKind::Correlated, 2)] {
-            let case = Case::build(kind, exp, noise, texts(exp, noise), None).unwrap();
+            let case = Case::build(kind, exp, noise, texts(exp, noise), None, None).unwrap();
             let run = CaseRun { prior: ErrorCount::default(), generation: 0, limits, threads, seed: 9 };
             errors.push(run_case(&case, &run, &bar, &|_| Ok(())).unwrap());
         }
@@ -558,7 +598,7 @@ mod tests {
     fn budget_and_resume() {
         let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
         let noise = NoiseModel::Si1000 { p: 0.01 };
-        let case = Case::build(DecoderKind::Matching, exp, noise, texts(exp, noise), None).unwrap();
+        let case = Case::build(DecoderKind::Matching, exp, noise, texts(exp, noise), None, None).unwrap();
         let rows = Mutex::new(Vec::new());
         let record = |r: &StatsRow| {
             rows.lock().unwrap().push(r.clone());

@@ -111,9 +111,8 @@ pub fn proto_kind(kind: DecoderKind) -> proto::DecoderKind {
         DecoderKind::Neural => proto::DecoderKind::Neural,
         DecoderKind::Matching => proto::DecoderKind::Matching,
         DecoderKind::Correlated => proto::DecoderKind::Correlated,
-        // The service does not run belief-matching, so nothing it answers
-        // comes from it.
-        DecoderKind::Belief => proto::DecoderKind::Unspecified,
+        // The service does not run these, so nothing it answers comes from them.
+        DecoderKind::Belief | DecoderKind::NeuralMatching => proto::DecoderKind::Unspecified,
     }
 }
 

@@ -1,0 +1,191 @@
+//! Neural-posterior matching: the posterior model (docs/posterior.md) gives
+//! every edge of the matching graph a probability for this shot, and one
+//! matching with those weights finds the global answer.
+//!
+//! An edge whose logit is ℓ gets weight `ln((1-p)/p) = -ℓ` (the log-odds),
+//! clamped to `[0, MAX_WEIGHT]` since PyMatching needs non-negative weights.
+
+use std::sync::Arc;
+
+use models::posterior::{Geometry, PosteriorModel, Scratch};
+use simulator_bridge::StabilizerLayout;
+
+use crate::reweight::WeightedMatching;
+use crate::{Decisions, DecodeError, Decoder, PackedShots};
+
+/// The largest edge weight: the log-odds of a probability of about 1e-14.
+pub const MAX_WEIGHT: f64 = 32.0;
+
+/// The neural-matching decoder.
+pub struct NeuralMatching {
+    model: Arc<PosteriorModel>,
+    geometry: Geometry,
+    matching: WeightedMatching,
+    scratch: Scratch,
+    logits: Vec<f32>,
+    weights: Vec<f64>,
+    events: Vec<u64>,
+    observables: Vec<u8>,
+}
+
+impl NeuralMatching {
+    /// Lays `model` out for the circuit whose decomposed model is `dem` and
+    /// whose detectors sit as in `layout`. Refused, naming what differs, when
+    /// the model does not fit.
+    pub fn new(
+        model: Arc<PosteriorModel>,
+        dem: &stim::DetectorErrorModel,
+        layout: &StabilizerLayout,
+    ) -> Result<Self, DecodeError> {
+        let matching = WeightedMatching::from_dem(dem, MAX_WEIGHT)?;
+        if layout.num_detectors() != matching.num_detectors() {
+            return Err(DecodeError::Invalid(format!(
+                "the layout has {} detectors, the detector error model {}",
+                layout.num_detectors(),
+                matching.num_detectors()
+            )));
+        }
+        let keys: Vec<(u64, u64)> =
+            matching.edges().iter().map(|e| (e.node1.min(e.node2), e.node1.max(e.node2))).collect();
+        let geometry = Geometry::new(&model.config, layout, &keys)
+            .map_err(|e| DecodeError::Invalid(format!("the posterior model does not fit this circuit: {e}")))?;
+        let observables = vec![0; matching.num_observables()];
+        Ok(Self {
+            model,
+            geometry,
+            matching,
+            scratch: Scratch::default(),
+            logits: Vec::new(),
+            weights: Vec::new(),
+            events: Vec::new(),
+            observables,
+        })
+    }
+
+    /// This shot's edge weights, in the matching graph's edge order.
+    pub fn edge_weights(&mut self, events: &[u64]) -> &[f64] {
+        self.model.logits(&self.geometry, events.iter().map(|&d| d as usize), &mut self.scratch, &mut self.logits);
+        self.weights.clear();
+        self.weights.extend(self.logits.iter().map(|&l| (-l as f64).clamp(0.0, MAX_WEIGHT)));
+        &self.weights
+    }
+
+    /// Decodes one shot given its detection events; returns the observables
+    /// flipped (bit `k` for observable `k`) and the matching's weight.
+    pub fn decode_shot(&mut self, events: &[u64]) -> Result<(u64, f64), DecodeError> {
+        let nd = self.matching.num_detectors();
+        if let Some(&d) = events.iter().find(|&&d| d as usize >= nd) {
+            return Err(DecodeError::Invalid(format!(
+                "detection event {d} is out of range for a model with {nd} detectors"
+            )));
+        }
+        if events.is_empty() {
+            return Ok((0, 0.0));
+        }
+        self.edge_weights(events);
+        self.events.clear();
+        self.events.extend_from_slice(events);
+        let weight = self.matching.decode_with_weights(&self.events, &self.weights, &mut self.observables)?;
+        let flips = self.observables.iter().enumerate().fold(0u64, |acc, (o, &b)| acc | (u64::from(b != 0) << o));
+        Ok((flips, weight))
+    }
+}
+
+impl Decoder for NeuralMatching {
+    fn name(&self) -> &str {
+        "neural-matching"
+    }
+
+    fn num_detectors(&self) -> usize {
+        self.matching.num_detectors()
+    }
+
+    fn num_observables(&self) -> usize {
+        self.matching.num_observables()
+    }
+
+    fn decode_batch(&mut self, events: &PackedShots) -> Result<Decisions, DecodeError> {
+        if events.bits_per_shot() != self.num_detectors() {
+            return Err(DecodeError::Invalid(format!(
+                "shots have {} detection-event bits but the detector error model has {} detectors",
+                events.bits_per_shot(),
+                self.num_detectors()
+            )));
+        }
+        let o = self.num_observables();
+        let mut predictions = PackedShots::zeros(events.num_shots(), o);
+        let mut hits = Vec::new();
+        for shot in 0..events.num_shots() {
+            hits.clear();
+            hits.extend(events.hits(shot).map(|k| k as u64));
+            let (flips, _) = self.decode_shot(&hits)?;
+            for k in 0..o {
+                if flips >> k & 1 != 0 {
+                    predictions.set(shot, k, true);
+                }
+            }
+        }
+        Ok(Decisions { predictions, confidence: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::posterior::PosteriorConfig;
+    use simulator_bridge::edges::DemEdges;
+    use simulator_bridge::sample::Sampler;
+    use simulator_bridge::{Basis, MemoryExperiment, NoiseModel};
+
+    fn parts(d: usize, basis: Basis) -> (stim::Circuit, stim::DetectorErrorModel, StabilizerLayout) {
+        let c = MemoryExperiment::new(d, d, basis).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.003 }).unwrap();
+        let dem = c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap();
+        let layout = StabilizerLayout::from_circuit(&c, basis).unwrap();
+        (c, dem, layout)
+    }
+
+    /// The decoder's answer is matching's with the weights the model gave
+    /// that shot (here a model whose head ignores the tokens, so each edge
+    /// gets its class's bias).
+    #[test]
+    fn answers_are_matching_with_the_model_weights() {
+        let (c, dem, layout) = parts(5, Basis::Z);
+        let edges = DemEdges::from_dem(&dem).unwrap().edges;
+        let config = PosteriorConfig::new(Basis::Z, Geometry::classes_of(&layout, &edges).unwrap());
+        let mut model = PosteriorModel::random(config, 1).unwrap();
+        for (name, (_, v)) in model.tensors.iter_mut() {
+            if name == "head.w" {
+                v.fill(0.0);
+            }
+        }
+        let mut nm = NeuralMatching::new(Arc::new(model), &dem, &layout).unwrap();
+        let shots = Sampler::new(&c).sample(300, 3, 0).unwrap();
+        let got = nm.decode_batch(&shots.detectors).unwrap().predictions;
+        // Same weights, straight into the graph.
+        let mut weighted = WeightedMatching::from_dem(&dem, MAX_WEIGHT).unwrap();
+        let mut obs = [0u8];
+        for s in 0..300 {
+            let events: Vec<u64> = shots.detectors.hits(s).map(|k| k as u64).collect();
+            if events.is_empty() {
+                continue;
+            }
+            let w = nm.edge_weights(&events).to_vec();
+            weighted.decode_with_weights(&events, &w, &mut obs).unwrap();
+            assert_eq!(obs[0] != 0, got.get(s, 0), "shot {s}");
+        }
+    }
+
+    #[test]
+    fn misfits_are_refused() {
+        let (_, dem, layout) = parts(3, Basis::Z);
+        let edges = DemEdges::from_dem(&dem).unwrap().edges;
+        let config = PosteriorConfig::new(Basis::Z, Geometry::classes_of(&layout, &edges).unwrap());
+        let model = Arc::new(PosteriorModel::random(config, 1).unwrap());
+        let (_, dem_x, layout_x) = parts(3, Basis::X);
+        let err = NeuralMatching::new(model.clone(), &dem_x, &layout_x).err().unwrap().to_string();
+        assert!(err.contains("memory-Z") && err.contains("memory-X"), "{err}");
+        let (_, dem5, _) = parts(5, Basis::Z);
+        let err = NeuralMatching::new(model, &dem5, &layout).err().unwrap().to_string();
+        assert!(err.contains("detectors"), "{err}");
+    }
+}
