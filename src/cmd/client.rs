@@ -11,7 +11,7 @@ use decoder::stats::ErrorCount;
 use indicatif::ProgressBar;
 use models::{Featurizer, ModelLayout};
 use simulator_bridge::sample::Sampler;
-use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
+use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, StabilizerLayout};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,6 +33,11 @@ pub struct ShotSet {
     pub per_shot: Vec<Vec<Vec<bool>>>,
     /// The actual observable flip of each shot.
     pub observables: Vec<bool>,
+    /// The shots' detection events in circuit order, and the circuit, for
+    /// decoding them in-process.
+    pub detectors: PackedShots,
+    /// See `detectors`.
+    pub circuit: String,
 }
 
 impl ShotSet {
@@ -49,7 +54,7 @@ impl ShotSet {
             .map(|f| decoder::neural::rounds_of_features(f, featurizer.num_stabilizers()))
             .collect();
         let observables = (0..shots).map(|s| sampled.observables.get(s, 0)).collect();
-        Ok(Self { d, rounds, per_shot, observables })
+        Ok(Self { d, rounds, per_shot, observables, detectors: sampled.detectors, circuit: circuit.to_string() })
     }
 
     fn message(&self, id: u64, t: usize) -> DecodeRequest {

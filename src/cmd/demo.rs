@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
+use decoder::{DecoderKind, PackedShots, decode_parallel};
 use simulator_bridge::Basis;
 
 use super::client::{Drive, ShotSet, drive};
@@ -48,6 +49,8 @@ struct Outcome {
     round_rtt: Histogram,
     decision_rtt: Histogram,
     seconds: f64,
+    /// The same shots decoded in-process: (decoder, errors, seconds).
+    offline: Vec<(DecoderKind, u64, f64)>,
 }
 
 /// Runs `qecd demo`.
@@ -119,6 +122,21 @@ async fn stream_distance(
         tally.lost(),
         tally.duplicates
     );
+    let mut offline = Vec::new();
+    let circuit: stim::Circuit = set.circuit.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dem_text = super::decoding_dem(&circuit)?.to_string();
+    let truth = PackedShots::from_rows(&set.observables.iter().map(|&o| [o]).collect::<Vec<_>>(), 1);
+    for kind in [DecoderKind::Correlated, DecoderKind::Belief, DecoderKind::NeuralMatching] {
+        let began = Instant::now();
+        let make = || -> Result<Box<dyn decoder::Decoder>, decoder::DecodeError> {
+            let circuit: stim::Circuit = set.circuit.parse()?;
+            super::build_decoder(kind, &dem_text, Some(&circuit), None, None)
+                .map_err(|e| decoder::DecodeError::Invalid(format!("{e:#}")))
+        };
+        let decided = decode_parallel(make, &set.detectors, 0)?;
+        let errors = decoder::count_errors(&decided.predictions, &truth) as u64;
+        offline.push((kind, errors, began.elapsed().as_secs_f64()));
+    }
     let (neural, correlated) = match model {
         Some(_) => (Some(tally.errors), tally.baseline),
         None => (None, tally.errors),
@@ -133,6 +151,7 @@ async fn stream_distance(
         round_rtt: tally.round_rtt,
         decision_rtt: tally.decision_rtt,
         seconds: tally.seconds,
+        offline,
     })
 }
 
@@ -174,6 +193,22 @@ fn print_outcomes(outcomes: &[Outcome]) {
     println!(
         "\nLatencies are client round trips over loopback gRPC: from sending a round to its acknowledgement, and \
          from sending the final round to the decision."
+    );
+    println!("\nThe same shots, decoded in-process (errors; ÷ correlated; shots/s on all cores):");
+    for o in outcomes {
+        let base = o.offline.iter().find(|(k, ..)| *k == DecoderKind::Correlated).map_or(1, |x| x.1.max(1));
+        let cells: Vec<String> = o
+            .offline
+            .iter()
+            .map(|(k, errors, secs)| {
+                format!("{k} {errors} ({:.2}×, {:.0}/s)", *errors as f64 / base as f64, o.shots as f64 / secs)
+            })
+            .collect();
+        println!("  d={}: {}", o.d, cells.join("; "));
+    }
+    println!(
+        "belief is belief-matching (BP posteriors as matching weights); neural-matching is the posterior model's \
+         edge probabilities as matching weights (docs/posterior.md)."
     );
     println!(
         "A neural model is as good as its training: the zoo's cards (fixtures/models/*.json) and docs/results.md \
