@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use models::posterior::{Geometry, PosteriorModel, Scratch};
+use models::posterior::{Geometry, PosteriorModel};
+use models::posterior_cpu::{Prepared, Rounds, Stream};
 use simulator_bridge::StabilizerLayout;
 
 use crate::reweight::WeightedMatching;
@@ -18,11 +19,11 @@ pub const MAX_WEIGHT: f64 = 32.0;
 
 /// The neural-matching decoder.
 pub struct NeuralMatching {
-    model: Arc<PosteriorModel>,
+    prepared: Prepared,
     geometry: Geometry,
+    rounds: Rounds,
     matching: WeightedMatching,
-    scratch: Scratch,
-    logits: Vec<f32>,
+    stream: Stream,
     weights: Vec<f64>,
     events: Vec<u64>,
     observables: Vec<u8>,
@@ -51,11 +52,11 @@ impl NeuralMatching {
             .map_err(|e| DecodeError::Invalid(format!("the posterior model does not fit this circuit: {e}")))?;
         let observables = vec![0; matching.num_observables()];
         Ok(Self {
-            model,
+            prepared: Prepared::new(&model),
+            rounds: Rounds::new(&geometry),
             geometry,
             matching,
-            scratch: Scratch::default(),
-            logits: Vec::new(),
+            stream: Stream::default(),
             weights: Vec::new(),
             events: Vec::new(),
             observables,
@@ -64,9 +65,9 @@ impl NeuralMatching {
 
     /// This shot's edge weights, in the matching graph's edge order.
     pub fn edge_weights(&mut self, events: &[u64]) -> &[f64] {
-        self.model.logits(&self.geometry, events.iter().map(|&d| d as usize), &mut self.scratch, &mut self.logits);
+        self.prepared.shot(&self.geometry, &self.rounds, events.iter().map(|&d| d as usize), &mut self.stream);
         self.weights.clear();
-        self.weights.extend(self.logits.iter().map(|&l| (-l as f64).clamp(0.0, MAX_WEIGHT)));
+        self.weights.extend(self.stream.logits.iter().map(|&l| (-l as f64).clamp(0.0, MAX_WEIGHT)));
         &self.weights
     }
 

@@ -16,6 +16,7 @@ pub mod features;
 pub mod fused;
 pub mod positions;
 pub mod posterior;
+pub mod posterior_cpu;
 pub mod train;
 
 #[cfg(feature = "train")]

@@ -545,134 +545,15 @@ impl PosteriorModel {
     }
 
     /// The logit of every matching edge of `geometry` for one shot whose
-    /// detection events are `events` (detector indices), into `out`
-    /// (one per edge, in the geometry's edge order).
-    pub fn logits(
-        &self,
-        geometry: &Geometry,
-        events: impl IntoIterator<Item = usize>,
-        scratch: &mut Scratch,
-        out: &mut Vec<f32>,
-    ) {
-        let c = &self.config;
-        let (n, d, f) = (geometry.num_tokens(), c.dim, c.ffn);
-        let (heads, width) = (c.heads, c.dim / c.heads);
-        let features = geometry.features(events);
-        let s = scratch;
-        s.z.clear();
-        s.z.resize(n * d, 0.0);
-        // Embedding.
-        let (w_in, b_in) = (self.tensor("embed.w_in"), self.tensor("embed.b_in"));
-        let (types, edge) = (self.tensor("embed.type"), self.tensor("embed.edge"));
-        let classes = c.boundary_classes;
-        for k in 0..n {
-            let z = &mut s.z[k * d..(k + 1) * d];
-            let x = &features[k * FEATURES.len()..(k + 1) * FEATURES.len()];
-            let ty = geometry.token_type[k] as usize;
-            for j in 0..d {
-                let mut acc = b_in[j] + types[ty * d + j];
-                for (i, xi) in x.iter().enumerate() {
-                    acc += w_in[j * FEATURES.len() + i] * xi;
-                }
-                for (e, &class) in geometry.token_boundary[k].iter().enumerate() {
-                    acc += edge[(e * classes + class as usize) * d + j];
-                }
-                z[j] = acc;
-            }
-        }
-        s.a.resize(n * d, 0.0);
-        s.q.resize(n * d, 0.0);
-        s.k.resize(n * d, 0.0);
-        s.v.resize(n * d, 0.0);
-        s.o.resize(n * d, 0.0);
-        s.h.resize(n * f, 0.0);
-        let scale = 1.0 / (width as f32).sqrt();
-        for l in 0..c.layers {
-            let t = |name: &str| self.tensor(&format!("layers.{l}.{name}"));
-            layer_norm_rows(&s.z, t("ln1.weight"), t("ln1.bias"), d, &mut s.a);
-            linear_rows(&s.a, t("attn.wq"), t("attn.bq"), d, d, &mut s.q);
-            linear_rows(&s.a, t("attn.wk"), t("attn.bk"), d, d, &mut s.k);
-            linear_rows(&s.a, t("attn.wv"), t("attn.bv"), d, d, &mut s.v);
-            let rel = t("attn.rel");
-            let cells = c.bias_cells();
-            for k in 0..n {
-                let nb = &geometry.neighbors[k];
-                for h in 0..heads {
-                    let q = &s.q[k * d + h * width..k * d + (h + 1) * width];
-                    s.scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for m in nb {
-                        let key = &s.k[m.token as usize * d + h * width..][..width];
-                        let dot: f32 = q.iter().zip(key).map(|(a, b)| a * b).sum();
-                        let score = dot * scale + rel[h * cells + m.cell as usize];
-                        max = max.max(score);
-                        s.scores.push(score);
-                    }
-                    let mut total = 0.0;
-                    for x in s.scores.iter_mut() {
-                        *x = (*x - max).exp();
-                        total += *x;
-                    }
-                    let o = &mut s.o[k * d + h * width..k * d + (h + 1) * width];
-                    o.fill(0.0);
-                    for (m, w) in nb.iter().zip(&s.scores) {
-                        let value = &s.v[m.token as usize * d + h * width..][..width];
-                        for (oi, vi) in o.iter_mut().zip(value) {
-                            *oi += w / total * vi;
-                        }
-                    }
-                }
-            }
-            linear_rows(&s.o, t("attn.wo"), t("attn.bo"), d, d, &mut s.a);
-            s.z.iter_mut().zip(&s.a).for_each(|(z, a)| *z += a);
-            layer_norm_rows(&s.z, t("ln2.weight"), t("ln2.bias"), d, &mut s.a);
-            linear_rows(&s.a, t("ffn.w1"), t("ffn.b1"), d, f, &mut s.h);
-            s.h.iter_mut().for_each(|x| *x = kernels::reference::gelu(*x as f64) as f32);
-            linear_rows(&s.h, t("ffn.w2"), t("ffn.b2"), f, d, &mut s.a);
-            s.z.iter_mut().zip(&s.a).for_each(|(z, a)| *z += a);
-        }
-        layer_norm_rows(&s.z, self.tensor("head.ln.weight"), self.tensor("head.ln.bias"), d, &mut s.a);
-        let (w, b) = (self.tensor("head.w"), self.tensor("head.b"));
-        out.clear();
-        out.extend(geometry.edge_slots.iter().map(|&(token, class)| {
-            let (token, class) = (token as usize, class as usize);
-            let a = &s.a[token * d..(token + 1) * d];
-            b[class] + w[class * d..(class + 1) * d].iter().zip(a).map(|(x, y)| x * y).sum::<f32>()
-        }));
-    }
-}
-
-/// Buffers of one forward pass, reused across shots.
-#[derive(Clone, Debug, Default)]
-pub struct Scratch {
-    z: Vec<f32>,
-    a: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    o: Vec<f32>,
-    h: Vec<f32>,
-    scores: Vec<f32>,
-}
-
-/// `y[r] = LN(x[r])` over rows of width `d`, ε = 1e-5.
-fn layer_norm_rows(x: &[f32], g: &[f32], b: &[f32], d: usize, y: &mut [f32]) {
-    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-        let mean = xr.iter().sum::<f32>() / d as f32;
-        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-        let inv = 1.0 / (var + 1e-5).sqrt();
-        for j in 0..d {
-            yr[j] = (xr[j] - mean) * inv * g[j] + b[j];
-        }
-    }
-}
-
-/// `y[r] = x[r]·Wᵀ + b` over rows, `W` of shape `[out, inp]`.
-fn linear_rows(x: &[f32], w: &[f32], b: &[f32], inp: usize, out: usize, y: &mut [f32]) {
-    for (xr, yr) in x.chunks_exact(inp).zip(y.chunks_exact_mut(out)) {
-        for (j, yj) in yr.iter_mut().enumerate() {
-            *yj = b[j] + w[j * inp..(j + 1) * inp].iter().zip(xr).map(|(a, c)| a * c).sum::<f32>();
-        }
+    /// detection events are `events` (detector indices), in the geometry's
+    /// edge order. This lays the weights out on every call; a decoder keeps
+    /// a [`crate::posterior_cpu::Prepared`] and a stream instead.
+    pub fn logits(&self, geometry: &Geometry, events: impl IntoIterator<Item = usize>) -> Vec<f32> {
+        let prepared = crate::posterior_cpu::Prepared::new(self);
+        let rounds = crate::posterior_cpu::Rounds::new(geometry);
+        let mut stream = crate::posterior_cpu::Stream::default();
+        prepared.shot(geometry, &rounds, events, &mut stream);
+        stream.logits
     }
 }
 
@@ -752,8 +633,7 @@ mod tests {
         let model = PosteriorModel::random(config, 9).unwrap();
         let g = Geometry::new(&model.config, &layout, &edges).unwrap();
         let events = [1usize, 5, 8, 20, 21];
-        let mut got = Vec::new();
-        model.logits(&g, events, &mut Scratch::default(), &mut got);
+        let got = model.logits(&g, events);
         let want = reference::logits(&model, &g, &events);
         assert_eq!(got.len(), edges.len());
         let worst = got.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);

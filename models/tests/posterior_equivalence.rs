@@ -3,7 +3,8 @@
 //! a short training run learns something the DEM's priors do not know.
 #![cfg(feature = "train")]
 
-use models::posterior::{Geometry, PosteriorConfig, PosteriorModel, PosteriorProvenance, Scratch};
+use models::posterior::{Geometry, PosteriorConfig, PosteriorModel, PosteriorProvenance};
+use models::posterior_cpu::{Isa, Prepared, Rounds, Stream};
 use models::posterior_net::{DenseGeometry, PosteriorNet, PosteriorTrainer};
 use simulator_bridge::edges::{DemEdges, EdgeSampler};
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
@@ -34,14 +35,18 @@ fn cpu_forward_matches_tch() {
         let shots = sampler.sample(6).unwrap();
         let (features, _) = dense.batch(&shots, Device::Cpu);
         let tch_logits = net.forward(&dense, &features);
-        let mut scratch = Scratch::default();
-        let mut cpu = Vec::new();
+        let rounds = Rounds::new(&geometry);
         let mut worst = 0f32;
-        for s in 0..6 {
-            model.logits(&geometry, shots.detectors.hits(s), &mut scratch, &mut cpu);
-            let row = Vec::<f32>::try_from(tch_logits.get(s as i64)).unwrap();
-            assert_eq!(row.len(), cpu.len());
-            worst = row.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+        // Every instruction set this CPU has, and the baseline.
+        for isa in [Isa::detect(), Isa::Plain] {
+            let prepared = Prepared::new(&model).with_isa(isa);
+            let mut stream = Stream::default();
+            for s in 0..6 {
+                prepared.shot(&geometry, &rounds, shots.detectors.hits(s), &mut stream);
+                let row = Vec::<f32>::try_from(tch_logits.get(s as i64)).unwrap();
+                assert_eq!(row.len(), stream.logits.len());
+                worst = row.iter().zip(&stream.logits).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+            }
         }
         assert!(worst < 1e-4, "d={d}: worst difference {worst}");
         // The round trip through tch keeps the weights.
