@@ -166,8 +166,11 @@ impl PosteriorConfig {
 
     fn check(&self) -> Result<(), ModelError> {
         let bad = |why: String| Err(ModelError::Invalid(why));
-        if self.dim == 0 || self.heads == 0 || self.dim % self.heads != 0 {
-            return bad(format!("width {} must be a positive multiple of the {} heads", self.dim, self.heads));
+        if self.dim == 0 || self.heads == 0 || self.dim % self.heads != 0 || self.dim > 256 {
+            return bad(format!(
+                "width {} must be a positive multiple of the {} heads, at most 256",
+                self.dim, self.heads
+            ));
         }
         if self.layers == 0 || self.ffn == 0 || self.boundary_classes == 0 {
             return bad("layers, feed-forward width and boundary classes must be positive".into());

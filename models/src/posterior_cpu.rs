@@ -14,7 +14,7 @@
 //! GELU and softmax use f32 polynomial `exp`/`erf`; the loops are compiled
 //! for AVX-512 and AVX2 as well and chosen at run time.
 
-use crate::posterior::{FEATURES, Geometry, PosteriorModel};
+use crate::posterior::{FEATURES, Geometry, Neighbor, PosteriorModel};
 
 /// One layer's weights, transposed for row-accumulating products.
 #[derive(Clone, Debug)]
@@ -287,32 +287,12 @@ impl Stream {
             let q = &qkv[k * 3 * d..k * 3 * d + d];
             self.scores.clear();
             self.scores.resize(nb.len() * heads, 0.0);
-            for (i, m) in nb.iter().enumerate() {
-                let key = &qkv[m.token as usize * 3 * d + d..][..d];
-                let bias = &layer.rel_t[m.cell as usize * heads..][..heads];
-                for h in 0..heads {
-                    let dot: f32 = q[h * width..(h + 1) * width]
-                        .iter()
-                        .zip(&key[h * width..(h + 1) * width])
-                        .map(|(a, b)| a * b)
-                        .sum();
-                    self.scores[h * nb.len() + i] = dot * scale + bias[h];
-                }
-            }
+            p.isa.scores(q, qkv, nb, &layer.rel_t, heads, scale, &mut self.scores);
             for h in 0..heads {
                 p.isa.softmax(&mut self.scores[h * nb.len()..(h + 1) * nb.len()]);
             }
             let o = &mut self.o[..d];
-            o.fill(0.0);
-            for (i, m) in nb.iter().enumerate() {
-                let value = &qkv[m.token as usize * 3 * d + 2 * d..][..d];
-                for h in 0..heads {
-                    let w = self.scores[h * nb.len() + i];
-                    for (oi, vi) in o[h * width..(h + 1) * width].iter_mut().zip(&value[h * width..(h + 1) * width]) {
-                        *oi += w * vi;
-                    }
-                }
-            }
+            p.isa.mix(&self.scores, qkv, nb, heads, o);
             let z = &mut z_out[k * d..(k + 1) * d];
             p.isa.linear(o, &layer.wo_t, &layer.bo, z);
             add(z, &z_in[k * d..(k + 1) * d]);
@@ -425,15 +405,85 @@ macro_rules! kernels {
 
             $(#[target_feature(enable = $feature)])*
             pub unsafe fn softmax(x: &mut [f32]) {
-                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let mut total = 0.0;
-                for v in x.iter_mut() {
+                // Sixteen lanes of partial maxima and sums, so that the
+                // reductions vectorise.
+                let mut lanes = [f32::NEG_INFINITY; 16];
+                let mut chunks = x.chunks_exact(16);
+                for c in &mut chunks {
+                    for (l, v) in lanes.iter_mut().zip(c) {
+                        *l = if *v > *l { *v } else { *l };
+                    }
+                }
+                let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+                let mut sums = [0f32; 16];
+                let mut chunks = x.chunks_exact_mut(16);
+                for c in &mut chunks {
+                    for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
+                        *v = exp_f32(*v - max);
+                        *s += *v;
+                    }
+                }
+                let mut total: f32 = sums.iter().sum();
+                for v in chunks.into_remainder() {
                     *v = exp_f32(*v - max);
                     total += *v;
                 }
                 let inv = 1.0 / total;
                 for v in x.iter_mut() {
                     *v *= inv;
+                }
+            }
+
+            /// `scores[h·n + i] = q_h·k_{i,h}·scale + bias`, for every head h
+            /// and neighbour i: elementwise products across the whole width,
+            /// then one short sum per head.
+            $(#[target_feature(enable = $feature)])*
+            pub unsafe fn scores(
+                q: &[f32],
+                qkv: &[f32],
+                neighbors: &[Neighbor],
+                rel_t: &[f32],
+                heads: usize,
+                scale: f32,
+                out: &mut [f32],
+            ) {
+                let d = q.len();
+                let width = d / heads;
+                let n = neighbors.len();
+                let mut prod = [0f32; 256];
+                for (i, m) in neighbors.iter().enumerate() {
+                    let key = &qkv[m.token as usize * 3 * d + d..][..d];
+                    for ((p, a), b) in prod[..d].iter_mut().zip(q).zip(key) {
+                        *p = a * b;
+                    }
+                    let bias = &rel_t[m.cell as usize * heads..][..heads];
+                    for h in 0..heads {
+                        let mut acc = 0.0;
+                        for v in &prod[h * width..(h + 1) * width] {
+                            acc += v;
+                        }
+                        out[h * n + i] = acc * scale + bias[h];
+                    }
+                }
+            }
+
+            /// `o += Σ_i w[h·n + i] · v_{i,h}` over neighbours, all heads at once.
+            $(#[target_feature(enable = $feature)])*
+            pub unsafe fn mix(weights: &[f32], qkv: &[f32], neighbors: &[Neighbor], heads: usize, o: &mut [f32]) {
+                let d = o.len();
+                let width = d / heads;
+                let n = neighbors.len();
+                let mut scale = [0f32; 256];
+                o.fill(0.0);
+                for (i, m) in neighbors.iter().enumerate() {
+                    for h in 0..heads {
+                        let w = weights[h * n + i];
+                        scale[h * width..(h + 1) * width].fill(w);
+                    }
+                    let value = &qkv[m.token as usize * 3 * d + 2 * d..][..d];
+                    for ((oi, vi), si) in o.iter_mut().zip(value).zip(&scale[..d]) {
+                        *oi += si * vi;
+                    }
                 }
             }
         }
@@ -501,6 +551,24 @@ impl Isa {
 
     fn softmax(self, x: &mut [f32]) {
         dispatch!(self, softmax(x))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scores(
+        self,
+        q: &[f32],
+        qkv: &[f32],
+        neighbors: &[Neighbor],
+        rel_t: &[f32],
+        heads: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        dispatch!(self, scores(q, qkv, neighbors, rel_t, heads, scale, out))
+    }
+
+    fn mix(self, weights: &[f32], qkv: &[f32], neighbors: &[Neighbor], heads: usize, o: &mut [f32]) {
+        dispatch!(self, mix(weights, qkv, neighbors, heads, o))
     }
 }
 
