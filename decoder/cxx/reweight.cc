@@ -128,13 +128,14 @@ double ReweightMatching::decode_with_weights(
         "got " + std::to_string(weights.size()) + " edge weights for a graph of " + std::to_string(edges_.size()) +
         " edges");
   }
+  // The Rust side has checked that every weight is finite.
   for (std::size_t i = 0; i < weights.size(); i++) {
-    double w = weights[i];
-    if (!std::isfinite(w)) throw std::invalid_argument("edge weight " + std::to_string(i) + " is not finite");
-    w = std::min(std::max(w, 0.0), max_weight_);
+    double w = std::min(std::max(weights[i], 0.0), max_weight_);
     // PyMatching's discretisation: twice the rounded scaled weight, so that
-    // every collision happens at an integer time.
-    auto v = static_cast<std::uint32_t>(2 * std::lround(w * half_constant_));
+    // every collision happens at an integer time. The weight is not
+    // negative, so adding one half and truncating is round() (ties away
+    // from zero), without a library call.
+    auto v = 2 * static_cast<std::uint32_t>(w * half_constant_ + 0.5);
     *slot_a_[i] = v;
     if (slot_b_[i] != nullptr) *slot_b_[i] = v;
   }

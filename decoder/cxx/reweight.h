@@ -33,8 +33,8 @@ class ReweightMatching {
   rust::Vec<ReweightEdge> edges() const;
   // Decodes with the graph's own weights. Returns the solution's weight.
   double decode(rust::Slice<const std::uint64_t> events, rust::Slice<std::uint8_t> observables);
-  // Decodes with one weight per edge (in the order of edges()), then
-  // restores the graph's own weights. Returns the solution's weight under
+  // Decodes with one weight per edge (in the order of edges()), each finite
+  // (the caller checks), then restores the graph's own weights. Returns the solution's weight under
   // the given weights.
   double decode_with_weights(
       rust::Slice<const std::uint64_t> events,
