@@ -166,7 +166,7 @@ impl PosteriorConfig {
 
     fn check(&self) -> Result<(), ModelError> {
         let bad = |why: String| Err(ModelError::Invalid(why));
-        if self.dim == 0 || self.heads == 0 || self.dim % self.heads != 0 || self.dim > 256 {
+        if self.dim == 0 || self.heads == 0 || !self.dim.is_multiple_of(self.heads) || self.dim > 256 {
             return bad(format!(
                 "width {} must be a positive multiple of the {} heads, at most 256",
                 self.dim, self.heads

@@ -113,6 +113,9 @@ impl PosteriorNet {
     }
 
     /// Edge logits `[B, E]` for features `[B, N, 3]`.
+    // `z = z + ..` allocates on purpose: an in-place add would overwrite
+    // values that autograd keeps for the backward pass.
+    #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, g: &DenseGeometry, features: &Tensor) -> Tensor {
         let c = &self.config;
         let (d, h) = (c.dim as i64, c.heads as i64);

@@ -31,7 +31,12 @@ use qecd_benches::{P, cpu_label};
 use simulator_bridge::sample::Sampler;
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
 
-fn best_of<F: FnMut() -> Result<()>>(mut f: F) -> Result<f64> {
+/// The fastest of three runs of `f`, in seconds.
+fn best_of<T, E, F>(mut f: F) -> Result<f64>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnMut() -> Result<T, E>,
+{
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let t = Instant::now();
@@ -83,11 +88,11 @@ fn main() -> Result<()> {
         let events = &sampled.detectors;
 
         let mut correlated = MatchingDecoder::from_dem(&dem, DecoderKind::Correlated)?;
-        let t_corr = best_of(|| Ok(drop(correlated.decode_batch(events)?)))?;
+        let t_corr = best_of(|| correlated.decode_batch(events))?;
         let mut belief = BeliefMatching::from_dem(&dem, BpOptions::default())?;
-        let t_belief = best_of(|| Ok(drop(belief.decode_batch(events)?)))?;
+        let t_belief = best_of(|| belief.decode_batch(events))?;
         let mut nm = NeuralMatching::new(model.clone(), &dem, &layout)?;
-        let t_nm = best_of(|| Ok(drop(nm.decode_batch(events)?)))?;
+        let t_nm = best_of(|| nm.decode_batch(events))?;
 
         // The per-round step.
         let mut weighted = WeightedMatching::from_dem(&dem, decoder::neural_matching::MAX_WEIGHT)?;
@@ -119,18 +124,9 @@ fn main() -> Result<()> {
         let own = weighted.own_weights();
         let per_shot: Vec<Vec<u64>> = (0..shots).map(|s| hits(events, s)).collect();
         let mut obs = vec![0u8; weighted.num_observables()];
-        let t_plain = best_of(|| {
-            for e in &per_shot {
-                weighted.decode(e, &mut obs)?;
-            }
-            Ok(())
-        })?;
-        let t_override = best_of(|| {
-            for e in &per_shot {
-                weighted.decode_with_weights(e, &own, &mut obs)?;
-            }
-            Ok(())
-        })?;
+        let t_plain = best_of(|| per_shot.iter().try_for_each(|e| weighted.decode(e, &mut obs).map(drop)))?;
+        let t_override =
+            best_of(|| per_shot.iter().try_for_each(|e| weighted.decode_with_weights(e, &own, &mut obs).map(drop)))?;
 
         let us = |t: f64| t * 1e6 / shots as f64;
         println!(
