@@ -111,11 +111,11 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let out = stage.add(&args.out)?;
     let confidence_out = stage.add_optional(args.confidence_out.as_deref())?;
 
-    if matches!(kind, DecoderKind::Belief | DecoderKind::NeuralMatching) && confidence_out.is_some() {
-        bail!("{kind} reports no confidence yet; --confidence-out works with matching, correlated and neural");
+    if kind == DecoderKind::Belief && confidence_out.is_some() {
+        bail!("belief reports no confidence yet; --confidence-out works with the other decoders");
     }
     let calibration = match confidence_out {
-        Some(_) if kind != DecoderKind::Neural => {
+        Some(_) if DecoderKind::MATCHING.contains(&kind) => {
             let probe = MatchingDecoder::from_dem(&dem, kind)?;
             let fit = probe.fit_calibration(&dem, CALIBRATION_SHOTS, CALIBRATION_SEED)?;
             eprintln!(
@@ -155,7 +155,25 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             Some(c) => StabilizerLayout::from_circuit(c, basis)?,
             None => super::dem_layout(&dem, basis)?,
         };
-        let make = || NeuralMatching::new(posterior.clone(), &dem_text.parse()?, &layout);
+        let calibration = match confidence_out {
+            Some(_) => {
+                let mut probe = NeuralMatching::new(posterior.clone(), &dem, &layout)?;
+                let fit = probe.fit_calibration(&dem, CALIBRATION_SHOTS, CALIBRATION_SEED)?;
+                eprintln!(
+                    "confidence: P(right) = sigmoid({:.4} * matching weight + {:.4}), fitted on {CALIBRATION_SHOTS} held-out shots from the DEM",
+                    fit.slope, fit.intercept
+                );
+                Some(fit)
+            }
+            None => None,
+        };
+        let make = || {
+            let d = NeuralMatching::new(posterior.clone(), &dem_text.parse()?, &layout)?;
+            Ok(match calibration {
+                Some(c) => d.with_confidence(c),
+                None => d,
+            })
+        };
         eprintln!("neural-matching with the posterior model {name}");
         decode_parallel(make, &events, args.threads)?
     } else if kind == DecoderKind::Belief {
