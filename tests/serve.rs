@@ -148,6 +148,7 @@ async fn neural_and_matching_streams_decode_like_offline() {
     for (kind, proto_kind) in [
         (DecoderKind::Correlated, proto::DecoderKind::Correlated),
         (DecoderKind::Matching, proto::DecoderKind::Matching),
+        (DecoderKind::NeuralMatching, proto::DecoderKind::NeuralMatching),
     ] {
         let mut msgs = vec![open(proto_kind, "", s.rounds, 0)];
         msgs.extend(all_messages(&s));

@@ -8,13 +8,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use decoder::{Decoder, DecoderKind, Driver, Feed, GapCalibration, MatchingDecoder, PackedShots, Reply, ReplyFn};
+use decoder::{
+    Decoder, DecoderKind, Driver, Feed, GapCalibration, MatchingDecoder, NeuralMatching, PackedShots, Reply, ReplyFn,
+};
 use models::ModelLayout;
+use models::posterior::PosteriorModel;
 use simulator_bridge::layout::StabilizerType;
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
 use tonic::Code;
@@ -83,9 +86,10 @@ impl Mode {
             Ok(proto::DecoderKind::NeuralChecked) => Ok(Mode::Neural { checked: true }),
             Ok(proto::DecoderKind::Matching) => Ok(Mode::Whole(DecoderKind::Matching)),
             Ok(proto::DecoderKind::Correlated) => Ok(Mode::Whole(DecoderKind::Correlated)),
+            Ok(proto::DecoderKind::NeuralMatching) => Ok(Mode::Whole(DecoderKind::NeuralMatching)),
             _ => Err(Fault::new(
                 Code::InvalidArgument,
-                format!("decoder {kind} is not one of neural, matching, correlated, neural_checked"),
+                format!("decoder {kind} is not one of neural, matching, correlated, neural_checked, neural_matching"),
             )),
         }
     }
@@ -111,8 +115,9 @@ pub fn proto_kind(kind: DecoderKind) -> proto::DecoderKind {
         DecoderKind::Neural => proto::DecoderKind::Neural,
         DecoderKind::Matching => proto::DecoderKind::Matching,
         DecoderKind::Correlated => proto::DecoderKind::Correlated,
-        // The service does not run these, so nothing it answers comes from them.
-        DecoderKind::Belief | DecoderKind::NeuralMatching => proto::DecoderKind::Unspecified,
+        DecoderKind::NeuralMatching => proto::DecoderKind::NeuralMatching,
+        // The service does not run belief-matching, so nothing it answers comes from it.
+        DecoderKind::Belief => proto::DecoderKind::Unspecified,
     }
 }
 
@@ -170,7 +175,14 @@ pub struct CircuitInfo {
     layout: StabilizerLayout,
     /// Gap calibrations of plain and correlated matching, fitted on held-out shots of the DEM.
     calibrations: [(DecoderKind, GapCalibration); 2],
+    /// The built-in posterior model and its confidence calibration for this
+    /// circuit, fitted the first time a neural-matching session asks.
+    posterior: OnceLock<Result<(Arc<PosteriorModel>, GapCalibration), String>>,
 }
+
+/// Held-out shots that fit neural-matching's confidence (fewer than
+/// matching's: a shot costs about 60 times as much at d=11).
+const POSTERIOR_CALIBRATION_SHOTS: usize = 4_000;
 
 /// Held-out shots that fit the matching decoders' confidence, and their seed.
 const CALIBRATION_SHOTS: usize = 10_000;
@@ -187,7 +199,31 @@ impl CircuitInfo {
             Ok((kind, decoder.fit_calibration(&dem, CALIBRATION_SHOTS, CALIBRATION_SEED)?))
         };
         let calibrations = [fit(DecoderKind::Matching)?, fit(DecoderKind::Correlated)?];
-        Ok(Self { dem_text, layout: StabilizerLayout::from_circuit(&circuit, basis)?, calibrations })
+        Ok(Self {
+            dem_text,
+            layout: StabilizerLayout::from_circuit(&circuit, basis)?,
+            calibrations,
+            posterior: OnceLock::new(),
+        })
+    }
+
+    /// The whole-shot decoder of `kind`, with its calibrated confidence.
+    pub fn whole(&self, kind: DecoderKind) -> anyhow::Result<Box<dyn Decoder>> {
+        if kind != DecoderKind::NeuralMatching {
+            return Ok(Box::new(self.matching(kind)?));
+        }
+        let dem: stim::DetectorErrorModel = self.dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let fitted = self.posterior.get_or_init(|| {
+            let fit = || -> anyhow::Result<(Arc<PosteriorModel>, GapCalibration)> {
+                let (_, model) = crate::cmd::load_posterior(None)?;
+                let mut probe = NeuralMatching::new(model.clone(), &dem, &self.layout)?;
+                let calibration = probe.fit_calibration(&dem, POSTERIOR_CALIBRATION_SHOTS, CALIBRATION_SEED)?;
+                Ok((model, calibration))
+            };
+            fit().map_err(|e| format!("{e:#}"))
+        });
+        let (model, calibration) = fitted.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Box::new(NeuralMatching::new(model.clone(), &dem, &self.layout)?.with_confidence(*calibration)))
     }
 
     /// A whole-shot matching decoder with its calibrated confidence.
@@ -692,20 +728,20 @@ fn spawn_lane(
     let thread = std::thread::Builder::new()
         .name("qecd-lane".into())
         .spawn(move || {
-            let mut decoder = match info.matching(kind) {
+            let mut decoder = match info.whole(kind) {
                 Ok(d) => {
                     let _ = built_tx.send(Ok(()));
                     d
                 }
                 Err(e) => {
-                    let _ = built_tx.send(Err(format!("cannot build {kind} matching: {e}")));
+                    let _ = built_tx.send(Err(format!("cannot build {kind}: {e:#}")));
                     return;
                 }
             };
             for job in rx {
                 let sent = match job {
                     LaneJob::Whole { shot, events, fallback, received } => {
-                        let Some((prediction, confidence)) = decode_one(&mut decoder, events, num_detectors) else {
+                        let Some((prediction, confidence)) = decode_one(decoder.as_mut(), events, num_detectors) else {
                             continue;
                         };
                         if fallback.is_some() {
@@ -714,7 +750,7 @@ fn spawn_lane(
                         send_result(&hub, &sink, shot, &prediction, confidence, kind, fallback, received)
                     }
                     LaneJob::Check { shot, events, prediction } => {
-                        let Some((baseline, _)) = decode_one(&mut decoder, events, num_detectors) else { continue };
+                        let Some((baseline, _)) = decode_one(decoder.as_mut(), events, num_detectors) else { continue };
                         let agreed = baseline == prediction;
                         Stats::bump(&hub.stats.checked);
                         if agreed {
@@ -737,9 +773,9 @@ fn spawn_lane(
     }
 }
 
-/// One shot through a matching decoder: its predicted flips and confidence
-/// (NaN without a calibration); `None`, reported, if PyMatching fails.
-fn decode_one(decoder: &mut MatchingDecoder, events: Vec<u8>, num_detectors: usize) -> Option<(Vec<bool>, f64)> {
+/// One shot through a whole-shot decoder: its predicted flips and confidence
+/// (NaN without a calibration); `None`, reported, if decoding fails.
+fn decode_one(decoder: &mut dyn Decoder, events: Vec<u8>, num_detectors: usize) -> Option<(Vec<bool>, f64)> {
     let decoded = PackedShots::from_bytes(events, num_detectors)
         .map_err(|e| e.to_string())
         .and_then(|events| decoder.decode_batch(&events).map_err(|e| e.to_string()));
@@ -749,7 +785,7 @@ fn decode_one(decoder: &mut MatchingDecoder, events: Vec<u8>, num_detectors: usi
             Some((prediction, d.confidence.map(|c| c[0]).unwrap_or(f64::NAN)))
         }
         Err(e) => {
-            eprintln!("qecd: matching failed on a shot: {e}");
+            eprintln!("qecd: {} failed on a shot: {e}", decoder.name());
             None
         }
     }
