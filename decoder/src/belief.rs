@@ -391,6 +391,8 @@ struct Scratch {
     posterior: Vec<f64>,
     hard: Vec<u8>,
     syndrome: Vec<u8>,
+    /// The detectors that fired (each once).
+    fired: Vec<u32>,
     edge_p: Vec<f64>,
     weights: Vec<f64>,
     events: Vec<u64>,
@@ -401,6 +403,10 @@ pub struct BeliefMatching {
     graph: Hypergraph,
     matching: WeightedMatching,
     options: BpOptions,
+    /// tanh(prior/2) of every slot, and the first iteration's messages of a
+    /// shot without detection events.
+    prior_tanh: Vec<f64>,
+    first_messages: Vec<f64>,
     scratch: Scratch,
     stats: BpStats,
     num_observables: usize,
@@ -420,14 +426,25 @@ impl BeliefMatching {
         let matching = WeightedMatching::from_dem(dem, -EDGE_EPSILON.ln())?;
         let num_observables = matching.num_observables();
         let graph = Hypergraph::build(dem, &matching)?;
+        let isa = Isa::detect();
+        let priors: Vec<f64> = graph.check_var.iter().map(|&h| graph.prior[h as usize]).collect();
+        let mut prior_tanh = vec![0.0; priors.len()];
+        isa.tanh_pass(&priors, &mut prior_tanh);
+        let mut first_messages = vec![0.0; priors.len()];
+        for w in graph.check_start.windows(2) {
+            isa.exclusive_products(&prior_tanh[w[0]..w[1]], 1.0, &mut first_messages[w[0]..w[1]]);
+        }
+        isa.atanh_pass(&mut first_messages);
         Ok(Self {
             graph,
             matching,
             options,
+            prior_tanh,
+            first_messages,
             scratch: Scratch::default(),
             stats: BpStats::default(),
             num_observables,
-            isa: Isa::detect(),
+            isa,
         })
     }
 
@@ -464,13 +481,26 @@ impl BeliefMatching {
             // transcendental parts run as flat, vectorisable passes over all
             // slots; the products per check in between.
             s.tanh.resize(slots, 0.0);
-            self.isa.tanh_pass(&s.q, &mut s.tanh);
-            for (i, window) in g.check_start.windows(2).enumerate() {
-                let (a, b) = (window[0], window[1]);
-                let sign = if s.syndrome[i] != 0 { -1.0 } else { 1.0 };
-                self.isa.exclusive_products(&s.tanh[a..b], sign, &mut s.r[a..b]);
+            if iteration == 1 {
+                // The first messages come from the priors: every silent
+                // check's are the same in every shot, computed once; only
+                // the checks that fired are computed, with the same passes.
+                s.r.copy_from_slice(&self.first_messages);
+                s.tanh.copy_from_slice(&self.prior_tanh);
+                for &i in &s.fired {
+                    let (a, b) = (g.check_start[i as usize], g.check_start[i as usize + 1]);
+                    self.isa.exclusive_products(&s.tanh[a..b], -1.0, &mut s.r[a..b]);
+                    self.isa.atanh_pass(&mut s.r[a..b]);
+                }
+            } else {
+                self.isa.tanh_pass(&s.q, &mut s.tanh);
+                for (i, window) in g.check_start.windows(2).enumerate() {
+                    let (a, b) = (window[0], window[1]);
+                    let sign = if s.syndrome[i] != 0 { -1.0 } else { 1.0 };
+                    self.isa.exclusive_products(&s.tanh[a..b], sign, &mut s.r[a..b]);
+                }
+                self.isa.atanh_pass(&mut s.r);
             }
-            self.isa.atanh_pass(&mut s.r);
             // Posteriors, hard decision, and variable to check.
             for h in 0..g.num_vars() {
                 let own = &g.var_slot[g.var_start[h]..g.var_start[h + 1]];
@@ -538,6 +568,11 @@ impl BeliefMatching {
             })?;
             self.scratch.syndrome[d] ^= 1;
         }
+        let s = &mut self.scratch;
+        s.fired.clear();
+        s.fired.extend(events.iter().map(|&d| d as u32).filter(|&d| s.syndrome[d as usize] != 0));
+        s.fired.sort_unstable();
+        s.fired.dedup();
         let (iterations, converged) = self.propagate();
         self.stats.iterations += iterations as u64;
         Ok(converged)
