@@ -109,14 +109,17 @@ double ReweightMatching::run(rust::Slice<const std::uint64_t> events, rust::Slic
 }
 
 double ReweightMatching::decode(rust::Slice<const std::uint64_t> events, rust::Slice<std::uint8_t> observables) {
+  restore();
   return run(events, observables);
 }
 
 void ReweightMatching::restore() {
+  if (!dirty_) return;
   for (std::size_t i = 0; i < own_.size(); i++) {
     *slot_a_[i] = own_[i];
     if (slot_b_[i] != nullptr) *slot_b_[i] = own_[i];
   }
+  dirty_ = false;
 }
 
 double ReweightMatching::decode_with_weights(
@@ -128,7 +131,10 @@ double ReweightMatching::decode_with_weights(
         "got " + std::to_string(weights.size()) + " edge weights for a graph of " + std::to_string(edges_.size()) +
         " edges");
   }
-  // The Rust side has checked that every weight is finite.
+  // The Rust side has checked that every weight is finite. Every edge is
+  // written, so the model's own weights come back only when a plain decode
+  // needs them (restore()), not after every shot.
+  dirty_ = true;
   for (std::size_t i = 0; i < weights.size(); i++) {
     double w = std::min(std::max(weights[i], 0.0), max_weight_);
     // PyMatching's discretisation: twice the rounded scaled weight, so that
@@ -139,14 +145,7 @@ double ReweightMatching::decode_with_weights(
     *slot_a_[i] = v;
     if (slot_b_[i] != nullptr) *slot_b_[i] = v;
   }
-  try {
-    double weight = run(events, observables);
-    restore();
-    return weight;
-  } catch (...) {
-    restore();
-    throw;
-  }
+  return run(events, observables);
 }
 
 std::unique_ptr<ReweightMatching> new_reweight_matching(rust::Str dem_text, double max_weight) {

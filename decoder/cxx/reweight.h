@@ -34,7 +34,8 @@ class ReweightMatching {
   // Decodes with the graph's own weights. Returns the solution's weight.
   double decode(rust::Slice<const std::uint64_t> events, rust::Slice<std::uint8_t> observables);
   // Decodes with one weight per edge (in the order of edges()), each finite
-  // (the caller checks), then restores the graph's own weights. Returns the solution's weight under
+  // (the caller checks). The graph's own weights are restored before the
+  // next plain decode. Returns the solution's weight under
   // the given weights.
   double decode_with_weights(
       rust::Slice<const std::uint64_t> events,
@@ -55,6 +56,8 @@ class ReweightMatching {
   std::vector<std::uint64_t> events_;
   double half_constant_;
   double max_weight_;
+  // Whether the graph holds a shot's weights rather than its own.
+  bool dirty_ = false;
   std::uint64_t num_detectors_;
   std::uint64_t num_observables_;
 };

@@ -124,9 +124,10 @@ impl WeightedMatching {
     }
 
     /// Matches `events` with `weights`, one per edge in [`Self::edges`]'s
-    /// order, then restores the model's weights. A wrong length or a
-    /// non-finite weight is an error for this shot only; the graph is left
-    /// as it was.
+    /// order. The model's own weights come back before the next
+    /// [`Self::decode`] (not after every shot: the next per-shot decode
+    /// overwrites every edge anyway). A wrong length or a non-finite weight
+    /// is an error for this shot only, found before anything is written.
     pub fn decode_with_weights(
         &mut self,
         events: &[u64],
