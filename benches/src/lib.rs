@@ -38,6 +38,11 @@ impl std::fmt::Display for ModelSource {
     }
 }
 
+/// The posterior model built into qecd (neural-matching's default).
+pub fn posterior_path() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/posterior/posterior_z_si1000_p003.safetensors"))
+}
+
 /// The zoo checkpoint of distance `d` (memory-Z, SI1000 p=0.003), if there is one.
 pub fn zoo_path(d: usize) -> Option<PathBuf> {
     let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/models"))

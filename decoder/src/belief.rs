@@ -606,26 +606,8 @@ impl Decoder for BeliefMatching {
     }
 
     fn decode_batch(&mut self, events: &PackedShots) -> Result<Decisions, DecodeError> {
-        if events.bits_per_shot() != self.num_detectors() {
-            return Err(DecodeError::Invalid(format!(
-                "shots have {} detection-event bits but the detector error model has {} detectors",
-                events.bits_per_shot(),
-                self.num_detectors()
-            )));
-        }
-        let mut predictions = PackedShots::zeros(events.num_shots(), self.num_observables);
-        let mut hits = Vec::new();
-        for shot in 0..events.num_shots() {
-            hits.clear();
-            hits.extend(events.hits(shot).map(|k| k as u64));
-            let flips = self.decode_shot(&hits)?;
-            for o in 0..self.num_observables {
-                if flips >> o & 1 != 0 {
-                    predictions.set(shot, o, true);
-                }
-            }
-        }
-        Ok(Decisions { predictions, confidence: None })
+        let (nd, no) = (self.num_detectors(), self.num_observables);
+        crate::decode_each(events, nd, no, |hits| Ok((self.decode_shot(hits)?, None)))
     }
 }
 
@@ -633,17 +615,9 @@ impl Decoder for BeliefMatching {
 mod tests {
     use super::*;
     use crate::stats::mcnemar_z;
+    use crate::testutil::{circuit, dem};
     use crate::{DecoderKind, MatchingDecoder, count_errors};
     use simulator_bridge::sample::Sampler;
-    use simulator_bridge::{Basis, MemoryExperiment, NoiseModel};
-
-    fn circuit(d: usize, rounds: usize, p: f64) -> stim::Circuit {
-        MemoryExperiment::new(d, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p }).unwrap()
-    }
-
-    fn dem(c: &stim::Circuit) -> stim::DetectorErrorModel {
-        c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap()
-    }
 
     #[test]
     fn fast_math_is_accurate() {

@@ -70,6 +70,20 @@ impl GapCalibration {
     }
 }
 
+/// `shots` shots sampled from `dem` with `seed`, to fit a calibration on:
+/// their detection events and observable flips.
+pub(crate) fn held_out(
+    dem: &stim::DetectorErrorModel,
+    shots: usize,
+    seed: u64,
+) -> Result<(crate::PackedShots, crate::PackedShots), crate::DecodeError> {
+    let mut sampler = dem.compile_sampler_with_seed(seed);
+    let (dets, obs, _) = sampler.sample_bit_packed(shots as u64);
+    let dets = crate::PackedShots::from_bytes(dets, dem.num_detectors() as usize)?;
+    let obs = crate::PackedShots::from_bytes(obs, dem.num_observables() as usize)?;
+    Ok((dets, obs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,8 @@ pub mod parallel;
 pub mod reweight;
 pub mod stats;
 pub mod stream;
+#[cfg(test)]
+mod testutil;
 
 use std::fmt;
 use std::str::FromStr;
@@ -159,6 +161,37 @@ impl From<stim::StimError> for DecodeError {
     fn from(e: stim::StimError) -> Self {
         DecodeError::Stim(e.to_string())
     }
+}
+
+/// Decodes a batch shot by shot: `decode_shot` takes one shot's detection
+/// events and returns its observable flips (bit `k` for observable `k`) and,
+/// where it has one, its confidence. Shots must have `num_detectors` bits.
+pub(crate) fn decode_each(
+    events: &PackedShots,
+    num_detectors: usize,
+    num_observables: usize,
+    mut decode_shot: impl FnMut(&[u64]) -> Result<(u64, Option<f64>), DecodeError>,
+) -> Result<Decisions, DecodeError> {
+    if events.bits_per_shot() != num_detectors {
+        return Err(DecodeError::Invalid(format!(
+            "shots have {} detection-event bits but the detector error model has {num_detectors} detectors",
+            events.bits_per_shot()
+        )));
+    }
+    let mut predictions = PackedShots::zeros(events.num_shots(), num_observables);
+    let mut confidence = Vec::new();
+    let mut hits = Vec::new();
+    for shot in 0..events.num_shots() {
+        hits.clear();
+        hits.extend(events.hits(shot).map(|k| k as u64));
+        let (flips, sure) = decode_shot(&hits)?;
+        for o in (0..num_observables).filter(|&o| flips >> o & 1 != 0) {
+            predictions.set(shot, o, true);
+        }
+        confidence.extend(sure);
+    }
+    let confidence = (confidence.len() == events.num_shots() && !confidence.is_empty()).then_some(confidence);
+    Ok(Decisions { predictions, confidence })
 }
 
 /// Number of shots whose predicted observables differ from the actual ones.

@@ -55,10 +55,7 @@ impl MatchingDecoder {
         shots: usize,
         seed: u64,
     ) -> Result<GapCalibration, DecodeError> {
-        let mut sampler = dem.compile_sampler_with_seed(seed);
-        let (dets, obs, _) = sampler.sample_bit_packed(shots as u64);
-        let dets = PackedShots::from_bytes(dets, self.num_detectors)?;
-        let obs = PackedShots::from_bytes(obs, self.num_observables)?;
+        let (dets, obs) = crate::confidence::held_out(dem, shots, seed)?;
         let (predictions, gaps) = self.decode_with_gaps(&dets)?;
         let mut flat_gaps = Vec::with_capacity(shots * self.num_observables);
         let mut right = Vec::with_capacity(shots * self.num_observables);
@@ -185,14 +182,11 @@ mod tests {
     use crate::count_errors;
     use crate::stats::mcnemar_z;
     use simulator_bridge::sample::Sampler;
-    use simulator_bridge::{Basis, MemoryExperiment, NoiseModel};
+
+    use crate::testutil::dem;
 
     fn circuit(d: usize, p: f64) -> stim::Circuit {
-        MemoryExperiment::new(d, d, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p }).unwrap()
-    }
-
-    fn dem(c: &stim::Circuit) -> stim::DetectorErrorModel {
-        c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap()
+        crate::testutil::circuit(d, d, p)
     }
 
     /// Every single error mechanism of the model, alone, decodes to its own

@@ -82,10 +82,7 @@ impl NeuralMatching {
         shots: usize,
         seed: u64,
     ) -> Result<GapCalibration, DecodeError> {
-        let mut sampler = dem.compile_sampler_with_seed(seed);
-        let (dets, obs, _) = sampler.sample_bit_packed(shots as u64);
-        let dets = PackedShots::from_bytes(dets, self.num_detectors())?;
-        let obs = PackedShots::from_bytes(obs, self.num_observables())?;
+        let (dets, obs) = crate::confidence::held_out(dem, shots, seed)?;
         let (mut weights, mut right) = (Vec::with_capacity(shots), Vec::with_capacity(shots));
         let mut hits = Vec::new();
         for s in 0..shots {
@@ -147,31 +144,11 @@ impl Decoder for NeuralMatching {
     }
 
     fn decode_batch(&mut self, events: &PackedShots) -> Result<Decisions, DecodeError> {
-        if events.bits_per_shot() != self.num_detectors() {
-            return Err(DecodeError::Invalid(format!(
-                "shots have {} detection-event bits but the detector error model has {} detectors",
-                events.bits_per_shot(),
-                self.num_detectors()
-            )));
-        }
-        let o = self.num_observables();
-        let mut predictions = PackedShots::zeros(events.num_shots(), o);
-        let mut confidence = Vec::new();
-        let mut hits = Vec::new();
-        for shot in 0..events.num_shots() {
-            hits.clear();
-            hits.extend(events.hits(shot).map(|k| k as u64));
-            let (flips, weight) = self.decode_shot(&hits)?;
-            for k in 0..o {
-                if flips >> k & 1 != 0 {
-                    predictions.set(shot, k, true);
-                }
-            }
-            if let Some(c) = self.calibration {
-                confidence.push(c.confidence(&[weight]));
-            }
-        }
-        Ok(Decisions { predictions, confidence: self.calibration.map(|_| confidence) })
+        let (nd, no) = (self.num_detectors(), self.num_observables());
+        crate::decode_each(events, nd, no, |hits| {
+            let (flips, weight) = self.decode_shot(hits)?;
+            Ok((flips, self.calibration.map(|c| c.confidence(&[weight]))))
+        })
     }
 }
 

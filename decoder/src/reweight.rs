@@ -153,17 +153,9 @@ impl WeightedMatching {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{circuit, dem};
     use crate::{Decoder, DecoderKind, MatchingDecoder};
     use simulator_bridge::sample::Sampler;
-    use simulator_bridge::{Basis, MemoryExperiment, NoiseModel};
-
-    fn circuit(d: usize, rounds: usize, p: f64) -> stim::Circuit {
-        MemoryExperiment::new(d, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p }).unwrap()
-    }
-
-    fn dem(c: &stim::Circuit) -> stim::DetectorErrorModel {
-        c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap()
-    }
 
     /// Per-shot weights equal to the model's own reproduce plain matching bit
     /// for bit, and the graph is restored between shots.

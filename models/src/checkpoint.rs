@@ -4,10 +4,9 @@
 //! stabilizer layout the model expects, provenance, the calibration
 //! temperature τ and evaluation figures.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use simulator_bridge::layout::Stabilizer;
 use simulator_bridge::{Basis, MemoryExperiment, StabilizerLayout};
@@ -15,6 +14,7 @@ use simulator_bridge::{Basis, MemoryExperiment, StabilizerLayout};
 use crate::ModelError;
 use crate::config::{ModelConfig, Positions};
 use crate::positions::PositionIndex;
+use crate::tensor_file;
 
 /// Version tag of the metadata layout.
 pub const FORMAT: &str = "qecd-checkpoint/1";
@@ -221,41 +221,17 @@ impl Checkpoint {
     /// Serializes to safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
         let meta = serde_json::to_string(&self.meta).expect("metadata serializes");
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .map(|(n, (shape, v))| (n.clone(), shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, TensorView<'_>)> = bytes
-            .iter()
-            .map(|(n, shape, data)| (n.clone(), TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes agree")))
-            .collect();
-        safetensors::serialize(views, Some(HashMap::from([("qecd".to_string(), meta)])))
-            .map_err(|e| ModelError::Invalid(format!("cannot serialize checkpoint: {e}")))
+        tensor_file::encode(&self.tensors, "qecd", meta)
     }
 
     /// Parses safetensors bytes and validates them.
     pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self, ModelError> {
-        let bad = |why: String| ModelError::Checkpoint { path: path.to_string(), why };
-        let st =
-            safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("unreadable header: {e}")))?;
-        let meta_json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("qecd"))
-            .ok_or_else(|| bad("no qecd metadata in the header; not a qecd checkpoint".into()))?;
-        let meta: CheckpointMeta =
-            serde_json::from_str(meta_json).map_err(|e| bad(format!("metadata does not parse: {e}")))?;
-        let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
-            }
-            let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            tensors.insert(name, (view.shape().to_vec(), values));
-        }
+        let (meta_json, tensors) =
+            tensor_file::decode(bytes, path, "qecd", "no qecd metadata in the header; not a qecd checkpoint")?;
+        let meta: CheckpointMeta = serde_json::from_str(&meta_json).map_err(|e| ModelError::Checkpoint {
+            path: path.to_string(),
+            why: format!("metadata does not parse: {e}"),
+        })?;
         let ckpt = Self { meta, tensors };
         ckpt.validate(path)?;
         Ok(ckpt)
@@ -264,11 +240,7 @@ impl Checkpoint {
     /// Writes the checkpoint atomically (an existing file is replaced only on success).
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         self.validate(&path.display().to_string())?;
-        let bytes = self.to_bytes()?;
-        simulator_bridge::fsutil::write_atomically(path, |w| {
-            std::io::Write::write_all(w, &bytes).map_err(|e| simulator_bridge::BridgeError::io(path, e))
-        })?;
-        Ok(())
+        tensor_file::write(path, &self.to_bytes()?)
     }
 
     /// Reads and validates a checkpoint.
@@ -281,11 +253,7 @@ impl Checkpoint {
     /// a training start): LayerNorm gains 1, biases 0, matrices uniform in
     /// ±1/√fan_in.
     pub fn random(config: ModelConfig, layout: ModelLayout, seed: u64) -> Self {
-        let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
-        let mut uniform = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut uniform = tensor_file::uniform(seed ^ 0x5DEE_CE66_D1CE_4E5B);
         let mut tensors = BTreeMap::new();
         for (name, shape) in config.tensor_shapes() {
             let n: usize = shape.iter().product();

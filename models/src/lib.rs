@@ -17,6 +17,7 @@ pub mod fused;
 pub mod positions;
 pub mod posterior;
 pub mod posterior_cpu;
+pub mod tensor_file;
 pub mod train;
 
 #[cfg(feature = "train")]

@@ -19,13 +19,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use simulator_bridge::edges::BOUNDARY;
 use simulator_bridge::layout::StabilizerType;
 use simulator_bridge::{Basis, StabilizerLayout};
 
 use crate::ModelError;
+use crate::tensor_file::{self, Tensors};
 
 /// The input features of a token, in order.
 pub const FEATURES: [&str; 3] = ["event", "is_first", "is_final"];
@@ -430,7 +430,7 @@ pub struct PosteriorModel {
     /// Where it came from.
     pub provenance: PosteriorProvenance,
     /// Name → (shape, row-major values).
-    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    pub tensors: Tensors,
 }
 
 impl PosteriorModel {
@@ -439,11 +439,7 @@ impl PosteriorModel {
     /// tables uniform in ±0.1.
     pub fn random(config: PosteriorConfig, seed: u64) -> Result<Self, ModelError> {
         config.check()?;
-        let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-        let mut uniform = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut uniform = tensor_file::uniform(seed ^ 0x9E37_79B9_7F4A_7C15);
         let mut tensors = BTreeMap::new();
         for (name, shape) in config.tensor_shapes() {
             let n: usize = shape.iter().product();
@@ -495,38 +491,18 @@ impl PosteriorModel {
         self.validate("<in memory>")?;
         let meta = serde_json::to_string(&Meta { config: self.config.clone(), provenance: self.provenance.clone() })
             .expect("metadata serializes");
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .map(|(n, (shape, v))| (n.clone(), shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, TensorView<'_>)> = bytes
-            .iter()
-            .map(|(n, shape, data)| (n.clone(), TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes agree")))
-            .collect();
-        safetensors::serialize(views, Some(HashMap::from([(META_KEY.to_string(), meta)])))
-            .map_err(|e| ModelError::Invalid(format!("cannot serialize the posterior model: {e}")))
+        tensor_file::encode(&self.tensors, META_KEY, meta)
     }
 
     /// Parses and validates safetensors bytes.
     pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self, ModelError> {
-        let bad = |why: String| ModelError::Checkpoint { path: path.to_string(), why };
-        let st =
-            safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("unreadable header: {e}")))?;
-        let meta_json = header.metadata().as_ref().and_then(|m| m.get(META_KEY)).ok_or_else(|| {
-            bad(format!("no '{META_KEY}' metadata in the header; not a posterior model (a global neural checkpoint?)"))
+        let missing =
+            format!("no '{META_KEY}' metadata in the header; not a posterior model (a global neural checkpoint?)");
+        let (meta_json, tensors) = tensor_file::decode(bytes, path, META_KEY, &missing)?;
+        let meta: Meta = serde_json::from_str(&meta_json).map_err(|e| ModelError::Checkpoint {
+            path: path.to_string(),
+            why: format!("metadata does not parse: {e}"),
         })?;
-        let meta: Meta = serde_json::from_str(meta_json).map_err(|e| bad(format!("metadata does not parse: {e}")))?;
-        let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
-            }
-            let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            tensors.insert(name, (view.shape().to_vec(), values));
-        }
         let model = Self { config: meta.config, provenance: meta.provenance, tensors };
         model.validate(path)?;
         Ok(model)
@@ -534,11 +510,7 @@ impl PosteriorModel {
 
     /// Writes the model atomically.
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let bytes = self.to_bytes()?;
-        simulator_bridge::fsutil::write_atomically(path, |w| {
-            std::io::Write::write_all(w, &bytes).map_err(|e| simulator_bridge::BridgeError::io(path, e))
-        })?;
-        Ok(())
+        tensor_file::write(path, &self.to_bytes()?)
     }
 
     /// Reads and validates a model file.

@@ -374,13 +374,9 @@ macro_rules! kernels {
 
             $(#[target_feature(enable = $feature)])*
             pub unsafe fn linear(x: &[f32], w_t: &[f32], b: &[f32], y: &mut [f32]) {
-                let out = y.len();
-                y.copy_from_slice(&b[..out]);
-                for (i, &xi) in x.iter().enumerate() {
-                    for (yj, wj) in y.iter_mut().zip(&w_t[i * out..(i + 1) * out]) {
-                        *yj += xi * wj;
-                    }
-                }
+                y.fill(0.0);
+                // SAFETY: the caller's features are this function's.
+                unsafe { linear_add(x, w_t, b, y) }
             }
 
             $(#[target_feature(enable = $feature)])*

@@ -19,7 +19,6 @@
 //!   edges are mapped right (it should make none).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -32,10 +31,7 @@ use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
 
 fn main() -> Result<()> {
     let (mut shots, mut d) = (3000usize, 5usize);
-    let mut model_path = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fixtures/posterior/posterior_z_si1000_p003.safetensors"
-    ));
+    let mut model_path = qecd_benches::posterior_path();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {

@@ -18,7 +18,6 @@
 //!   model's own weights, plainly and through the per-shot override with the
 //!   same weights (best of three), and their ratio.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,10 +56,7 @@ fn hits(shots: &PackedShots, s: usize) -> Vec<u64> {
 fn main() -> Result<()> {
     let mut shots = 2000usize;
     let mut distances = vec![5usize, 11];
-    let mut model_path = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fixtures/posterior/posterior_z_si1000_p003.safetensors"
-    ));
+    let mut model_path = qecd_benches::posterior_path();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
