@@ -31,7 +31,7 @@ pub use belief::{BeliefMatching, BpOptions, BpStats};
 pub use confidence::GapCalibration;
 pub use matching::MatchingDecoder;
 pub use neural::{NeuralDecoder, NeuralModel};
-pub use neural_matching::NeuralMatching;
+pub use neural_matching::{NeuralMatching, ShotStream};
 pub use parallel::{decode_parallel, decode_parallel_with};
 pub use simulator_bridge::PackedShots;
 pub use stream::{

@@ -109,25 +109,89 @@ impl NeuralMatching {
         &self.weights
     }
 
+    fn check_events(&self, events: &[u64]) -> Result<(), DecodeError> {
+        let nd = self.matching.num_detectors();
+        match events.iter().find(|&&d| d as usize >= nd) {
+            Some(&d) => Err(DecodeError::Invalid(format!(
+                "detection event {d} is out of range for a model with {nd} detectors"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Decodes one shot given its detection events; returns the observables
     /// flipped (bit `k` for observable `k`) and the matching's weight.
     pub fn decode_shot(&mut self, events: &[u64]) -> Result<(u64, f64), DecodeError> {
-        let nd = self.matching.num_detectors();
-        if let Some(&d) = events.iter().find(|&&d| d as usize >= nd) {
-            return Err(DecodeError::Invalid(format!(
-                "detection event {d} is out of range for a model with {nd} detectors"
-            )));
-        }
+        self.check_events(events)?;
         if events.is_empty() {
             return Ok((0, 0.0));
         }
         self.edge_weights(events);
+        self.match_events(events)
+    }
+
+    /// Matching with `self.weights`.
+    fn match_events(&mut self, events: &[u64]) -> Result<(u64, f64), DecodeError> {
         self.events.clear();
         self.events.extend_from_slice(events);
         let weight = self.matching.decode_with_weights(&self.events, &self.weights, &mut self.observables)?;
         let flips = self.observables.iter().enumerate().fold(0u64, |acc, (o, &b)| acc | (u64::from(b != 0) << o));
         Ok((flips, weight))
     }
+
+    /// Starts a shot decoded round by round: [`Self::push_round`] for each
+    /// round as it arrives (the model steps then), [`Self::finish_shot`]
+    /// after the last.
+    pub fn start_shot(&self) -> ShotStream {
+        let mut stream = Stream::default();
+        stream.reset(&self.prepared, &self.geometry);
+        ShotStream { stream, events: Vec::new() }
+    }
+
+    /// The next round of `shot`: the detectors of that round that fired.
+    pub fn push_round(&self, shot: &mut ShotStream, round_events: &[u64]) -> Result<(), DecodeError> {
+        self.check_events(round_events)?;
+        let t = shot.stream.rounds_arrived();
+        if t >= self.geometry.num_rounds {
+            return Err(DecodeError::Invalid(format!("the shot already has all its {t} rounds")));
+        }
+        let g = &self.geometry;
+        if let Some(&d) =
+            round_events.iter().find(|&&d| g.tokens[g.token_of_detector[d as usize] as usize].0 as usize != t)
+        {
+            return Err(DecodeError::Invalid(format!("detector {d} is not one of round {t}'s")));
+        }
+        shot.events.extend_from_slice(round_events);
+        shot.stream.push_round(&self.prepared, g, &self.rounds, round_events.iter().map(|&d| d as usize));
+        Ok(())
+    }
+
+    /// Matches a shot whose rounds have all been pushed; its flips and the
+    /// matching's weight, as [`Self::decode_shot`] gives them.
+    pub fn finish_shot(&mut self, shot: &ShotStream) -> Result<(u64, f64), DecodeError> {
+        let (have, want) = (shot.stream.rounds_arrived(), self.geometry.num_rounds);
+        if have != want {
+            return Err(DecodeError::Invalid(format!("the shot has {have} of its {want} rounds")));
+        }
+        if shot.events.is_empty() {
+            return Ok((0, 0.0));
+        }
+        self.weights.clear();
+        self.weights.extend(shot.stream.logits.iter().map(|&l| (-l as f64).clamp(0.0, MAX_WEIGHT)));
+        self.match_events(&shot.events)
+    }
+
+    /// The confidence of an answer whose matching weighed `weight`, where a
+    /// calibration was given.
+    pub fn confidence(&self, weight: f64) -> Option<f64> {
+        self.calibration.map(|c| c.confidence(&[weight]))
+    }
+}
+
+/// A shot being decoded round by round.
+pub struct ShotStream {
+    stream: Stream,
+    events: Vec<u64>,
 }
 
 impl Decoder for NeuralMatching {
@@ -147,7 +211,7 @@ impl Decoder for NeuralMatching {
         let (nd, no) = (self.num_detectors(), self.num_observables());
         crate::decode_each(events, nd, no, |hits| {
             let (flips, weight) = self.decode_shot(hits)?;
-            Ok((flips, self.calibration.map(|c| c.confidence(&[weight]))))
+            Ok((flips, self.confidence(weight)))
         })
     }
 }
@@ -223,6 +287,32 @@ mod tests {
         order.sort_by(|&a, &b| confidence[a].total_cmp(&confidence[b]));
         let worst_tenth = order[..3_000].iter().filter(|&&s| wrong[s]).count() as f64;
         assert!(worst_tenth > 0.3 * errors, "the least confident tenth holds {worst_tenth} of {errors} errors");
+    }
+
+    /// Round by round, as the service feeds it, the answer is the whole
+    /// shot's; rounds out of place are refused.
+    #[test]
+    fn round_by_round_is_the_whole_shot() {
+        let (c, dem, layout) = parts(5, Basis::Z);
+        let edges = DemEdges::from_dem(&dem).unwrap().edges;
+        let config = PosteriorConfig::new(Basis::Z, Geometry::classes_of(&layout, &edges).unwrap());
+        let mut nm = NeuralMatching::new(Arc::new(PosteriorModel::random(config, 2).unwrap()), &dem, &layout).unwrap();
+        let shots = Sampler::new(&c).sample(200, 4, 0).unwrap();
+        for s in 0..200 {
+            let events: Vec<u64> = shots.detectors.hits(s).map(|k| k as u64).collect();
+            let whole = nm.decode_shot(&events).unwrap();
+            let mut shot = nm.start_shot();
+            for t in 0..layout.num_rounds {
+                let round: Vec<u64> =
+                    events.iter().copied().filter(|&d| layout.detectors[d as usize].round == t).collect();
+                nm.push_round(&mut shot, &round).unwrap();
+            }
+            assert_eq!(nm.finish_shot(&shot).unwrap(), whole, "shot {s}");
+        }
+        let mut shot = nm.start_shot();
+        let late = (0..layout.num_detectors()).find(|&d| layout.detectors[d].round == 1).unwrap() as u64;
+        assert!(nm.push_round(&mut shot, &[late]).unwrap_err().to_string().contains("round 0"));
+        assert!(nm.finish_shot(&shot).unwrap_err().to_string().contains("0 of"));
     }
 
     #[test]

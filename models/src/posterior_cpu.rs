@@ -199,6 +199,11 @@ impl Stream {
         self.read
     }
 
+    /// Rounds pushed so far.
+    pub fn rounds_arrived(&self) -> usize {
+        self.arrived
+    }
+
     /// Takes round `t = rounds arrived so far` of the shot: `events` are the
     /// detectors of that round that fired. Computes everything that has
     /// become computable; after the final round, everything.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use decoder::{
     Decoder, DecoderKind, Driver, Feed, GapCalibration, MatchingDecoder, NeuralMatching, PackedShots, Reply, ReplyFn,
+    ShotStream,
 };
 use models::ModelLayout;
 use models::posterior::PosteriorModel;
@@ -207,11 +208,27 @@ impl CircuitInfo {
         })
     }
 
+    /// A whole-shot matching decoder with its calibrated confidence.
+    pub fn matching(&self, kind: DecoderKind) -> anyhow::Result<MatchingDecoder> {
+        let calibration = self.calibrations.iter().find(|(k, _)| *k == kind).map(|c| c.1);
+        let decoder = MatchingDecoder::from_dem_text(&self.dem_text, kind)?;
+        Ok(match calibration {
+            Some(c) => decoder.with_confidence(c),
+            None => decoder,
+        })
+    }
+
     /// The whole-shot decoder of `kind`, with its calibrated confidence.
     pub fn whole(&self, kind: DecoderKind) -> anyhow::Result<Box<dyn Decoder>> {
-        if kind != DecoderKind::NeuralMatching {
-            return Ok(Box::new(self.matching(kind)?));
+        match kind {
+            DecoderKind::NeuralMatching => Ok(Box::new(self.neural_matching()?)),
+            kind => Ok(Box::new(self.matching(kind)?)),
         }
+    }
+
+    /// Neural-matching with the built-in posterior model and its confidence,
+    /// fitted for this circuit the first time it is asked for.
+    pub fn neural_matching(&self) -> anyhow::Result<NeuralMatching> {
         let dem: stim::DetectorErrorModel = self.dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
         let fitted = self.posterior.get_or_init(|| {
             let fit = || -> anyhow::Result<(Arc<PosteriorModel>, GapCalibration)> {
@@ -223,17 +240,7 @@ impl CircuitInfo {
             fit().map_err(|e| format!("{e:#}"))
         });
         let (model, calibration) = fitted.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Box::new(NeuralMatching::new(model.clone(), &dem, &self.layout)?.with_confidence(*calibration)))
-    }
-
-    /// A whole-shot matching decoder with its calibrated confidence.
-    pub fn matching(&self, kind: DecoderKind) -> anyhow::Result<MatchingDecoder> {
-        let calibration = self.calibrations.iter().find(|(k, _)| *k == kind).map(|c| c.1);
-        let decoder = MatchingDecoder::from_dem_text(&self.dem_text, kind)?;
-        Ok(match calibration {
-            Some(c) => decoder.with_confidence(c),
-            None => decoder,
-        })
+        Ok(NeuralMatching::new(model.clone(), &dem, &self.layout)?.with_confidence(*calibration))
     }
 
     /// The decoding DEM, as text.
@@ -268,6 +275,9 @@ impl Shot {
 
 /// Work for a stream's matching lane.
 enum LaneJob {
+    /// A round of a shot that a stepping decoder (neural-matching) takes as
+    /// it arrives: the circuit detectors of that round that fired.
+    Round { shot: u64, events: Vec<u64> },
     /// Answer a shot with the whole-shot decoder.
     Whole { shot: u64, events: Vec<u8>, fallback: Option<String>, received: Instant },
     /// Shadow-decode a neural answer (the checked mode).
@@ -500,6 +510,9 @@ impl Stream {
             return Ok(());
         }
         let answered = self.mode.whole_kind();
+        if answered == DecoderKind::NeuralMatching {
+            Self::round_to_lane(state, shot_id, detectors, &r.events);
+        }
         self.hub.stats.round(answered, received.elapsed());
         let ack = proto::RoundAck {
             shot: shot_id,
@@ -532,6 +545,9 @@ impl Stream {
         self.check_events(shot_id, "final round", self.map.last.len(), f.num_events, &f.events)?;
         let mut shot = state.shots.remove(&shot_id).expect("checked above");
         shot.set(&self.map.last, &f.events);
+        if self.mode == Mode::Whole(DecoderKind::NeuralMatching) {
+            Self::round_to_lane(state, shot_id, &self.map.last, &f.events);
+        }
         if shot.neural {
             let bits = unpack(&f.events, self.map.last.len());
             let feed = state.feed.as_mut().ok_or_else(ended)?;
@@ -544,6 +560,20 @@ impl Stream {
         }
         Self::to_lane(state, shot_id, shot, received);
         Ok(())
+    }
+
+    /// Hands a round to the lane's stepping decoder: the circuit detectors of
+    /// `detectors` whose bits in `bits` are set.
+    fn round_to_lane(state: &mut State, shot_id: u64, detectors: &[usize], bits: &[u8]) {
+        if let Some(lane) = &state.lane {
+            let events = detectors
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| bits[k / 8] >> (k % 8) & 1 == 1)
+                .map(|(_, &d)| d as u64)
+                .collect();
+            let _ = lane.send(LaneJob::Round { shot: shot_id, events });
+        }
     }
 
     /// Hands a shot to the whole-shot decoder: the session's, or correlated
@@ -728,7 +758,12 @@ fn spawn_lane(
     let thread = std::thread::Builder::new()
         .name("qecd-lane".into())
         .spawn(move || {
-            let mut decoder = match info.whole(kind) {
+            let built = if kind == DecoderKind::NeuralMatching {
+                info.neural_matching().map(|nm| LaneDecoder::Stepping(Box::new(nm), HashMap::new()))
+            } else {
+                info.whole(kind).map(LaneDecoder::Whole)
+            };
+            let mut decoder = match built {
                 Ok(d) => {
                     let _ = built_tx.send(Ok(()));
                     d
@@ -740,8 +775,18 @@ fn spawn_lane(
             };
             for job in rx {
                 let sent = match job {
+                    LaneJob::Round { shot, events } => {
+                        if let LaneDecoder::Stepping(nm, shots) = &mut decoder {
+                            let stream = shots.entry(shot).or_insert_with(|| nm.start_shot());
+                            if let Err(e) = nm.push_round(stream, &events) {
+                                eprintln!("qecd: neural-matching could not take a round of shot {shot}: {e}");
+                                shots.remove(&shot);
+                            }
+                        }
+                        continue;
+                    }
                     LaneJob::Whole { shot, events, fallback, received } => {
-                        let Some((prediction, confidence)) = decode_one(decoder.as_mut(), events, num_detectors) else {
+                        let Some((prediction, confidence)) = decoder.decode(shot, events, num_detectors) else {
                             continue;
                         };
                         if fallback.is_some() {
@@ -750,7 +795,7 @@ fn spawn_lane(
                         send_result(&hub, &sink, shot, &prediction, confidence, kind, fallback, received)
                     }
                     LaneJob::Check { shot, events, prediction } => {
-                        let Some((baseline, _)) = decode_one(decoder.as_mut(), events, num_detectors) else { continue };
+                        let Some((baseline, _)) = decoder.decode(shot, events, num_detectors) else { continue };
                         let agreed = baseline == prediction;
                         Stats::bump(&hub.stats.checked);
                         if agreed {
@@ -770,6 +815,38 @@ fn spawn_lane(
         Ok(Ok(())) => Ok((tx, thread)),
         Ok(Err(why)) => Err(Fault::new(Code::Internal, why)),
         Err(_) => Err(Fault::new(Code::Internal, "the stream's matching thread stopped")),
+    }
+}
+
+/// A lane's decoder: one that takes whole shots, or neural-matching, which
+/// steps its model as each round arrives and matches at the final round
+/// (with the shots it is stepping).
+enum LaneDecoder {
+    Whole(Box<dyn Decoder>),
+    Stepping(Box<NeuralMatching>, HashMap<u64, ShotStream>),
+}
+
+impl LaneDecoder {
+    /// A finished shot's flips and confidence; `None`, reported, if decoding fails.
+    fn decode(&mut self, shot: u64, events: Vec<u8>, num_detectors: usize) -> Option<(Vec<bool>, f64)> {
+        match self {
+            LaneDecoder::Whole(d) => decode_one(d.as_mut(), events, num_detectors),
+            LaneDecoder::Stepping(nm, shots) => match shots.remove(&shot) {
+                Some(stream) => match nm.finish_shot(&stream) {
+                    Ok((flips, weight)) => {
+                        let prediction = (0..nm.num_observables()).map(|o| flips >> o & 1 != 0).collect();
+                        Some((prediction, nm.confidence(weight).unwrap_or(f64::NAN)))
+                    }
+                    Err(e) => {
+                        eprintln!("qecd: neural-matching failed on shot {shot}: {e}");
+                        None
+                    }
+                },
+                // Its rounds never reached the lane (it is being shadow-checked,
+                // say): the whole shot at once.
+                None => decode_one(nm.as_mut(), events, num_detectors),
+            },
+        }
     }
 }
 
