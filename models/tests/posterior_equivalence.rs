@@ -59,6 +59,9 @@ fn cpu_forward_matches_tch() {
 #[test]
 fn short_training_beats_the_priors() {
     tch::manual_seed(0);
+    // One thread: beside the other tests, libtorch's own thread pool only
+    // oversubscribes the two cores.
+    tch::set_num_threads(1);
     let (layout, dem) = parts(3, 3, 0.01);
     let sampler = EdgeSampler::new(&dem, 5).unwrap();
     let edges = sampler.edges().edges.clone();
