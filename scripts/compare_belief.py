@@ -26,14 +26,12 @@ Usage: scripts/compare_belief.sh [--distance 5] [--rounds R] [--p 0.003]
   [--bp-iters 20] [--json-out PATH]
 """
 import argparse
+import functools
 import importlib.metadata
 import json
-import math
 import os
 import pathlib
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -41,45 +39,15 @@ import numpy as np
 import stim
 from beliefmatching import BeliefMatching
 
+import compare_common
+from compare_common import failures, mcnemar, rate
+
+fail = functools.partial(compare_common.fail, "compare_belief")
+run = functools.partial(compare_common.run, "compare_belief")
+timed_run = functools.partial(compare_common.timed_run, "compare_belief")
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 QECD = ROOT / "target" / "release" / "qecd"
-
-
-def run(cmd):
-    """Runs cmd; on failure, exits naming the command and showing its stderr."""
-    cmd = [str(c) for c in cmd]
-    try:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except OSError as e:
-        sys.exit(f"compare_belief: could not start {cmd[0]}: {e}")
-    if done.returncode != 0:
-        sys.exit(f"compare_belief: this command failed with exit status {done.returncode}:\n  {' '.join(cmd)}\n"
-                 f"{done.stderr.strip() or '(no stderr)'}")
-
-
-def timed_run(cmd):
-    start = time.perf_counter()
-    run(cmd)
-    return time.perf_counter() - start
-
-
-def failures(predicted, actual):
-    """Per shot: whether any observable was predicted wrongly."""
-    return np.any(predicted != actual, axis=1)
-
-
-def rate(errors, shots):
-    """LER and its binomial standard error."""
-    ler = errors / shots
-    return ler, math.sqrt(ler * (1 - ler) / shots)
-
-
-def mcnemar(b, c):
-    """z and two-sided p for b == c, from the discordant counts b and c."""
-    if b + c == 0:
-        return 0.0, 1.0
-    z = (b - c) / math.sqrt(b + c)
-    return z, math.erfc(abs(z) / math.sqrt(2))
 
 
 def main():
@@ -100,9 +68,9 @@ def main():
     n = a.shots
     m = min(a.python_shots if a.python_shots is not None else n, n)
     if n < 1 or m < 1:
-        sys.exit("compare_belief: --shots and --python-shots must be at least 1")
+        fail("--shots and --python-shots must be at least 1")
     if not QECD.is_file():
-        sys.exit(f"compare_belief: {QECD} is missing; build it with `cargo build --release --bin qecd`")
+        fail(f"{QECD} is missing; build it with `cargo build --release --bin qecd`")
 
     with tempfile.TemporaryDirectory(prefix="qecd-belief-") as tmp:
         tmp = pathlib.Path(tmp)
@@ -115,7 +83,7 @@ def main():
         dets = stim.read_shot_data_file(path=str(dets_path), format="b8", num_detectors=num_dets)
         obs = stim.read_shot_data_file(path=str(obs_path), format="01", num_observables=num_obs)
         if len(dets) != n or len(obs) != n:
-            sys.exit(f"compare_belief: qecd sample wrote {len(dets)} detection-event shots and {len(obs)} "
+            fail(f"qecd sample wrote {len(dets)} detection-event shots and {len(obs)} "
                      f"observable shots, not {n}")
         common_path = tmp / "common.b8"
         stim.write_shot_data_file(data=dets[:m], path=str(common_path), format="b8", num_detectors=num_dets)
@@ -138,7 +106,7 @@ def main():
         def read_predictions(path, shots):
             pred = stim.read_shot_data_file(path=str(path), format="01", num_observables=num_obs)
             if len(pred) != shots:
-                sys.exit(f"compare_belief: qecd predict wrote {len(pred)} predictions for {shots} shots ({path.name})")
+                fail(f"qecd predict wrote {len(pred)} predictions for {shots} shots ({path.name})")
             return pred
 
         t_q = predict(common_path, tmp / "pred_common.01")

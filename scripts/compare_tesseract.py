@@ -34,13 +34,12 @@ Usage: scripts/compare_tesseract.sh [--distance 3] [--rounds R] [--p 0.003]
   [--tesseract-args "det_beam=15 num_det_orders=16"] [--json-out PATH]
 """
 import argparse
+import functools
 import importlib.metadata
 import json
-import math
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +48,13 @@ import numpy as np
 import stim
 import tesseract_decoder
 from tesseract_decoder import tesseract, utils
+
+import compare_common
+from compare_common import failures, mcnemar, rate
+
+fail = functools.partial(compare_common.fail, "compare_tesseract")
+run = functools.partial(compare_common.run, "compare_tesseract")
+timed_run = functools.partial(compare_common.timed_run, "compare_tesseract")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 QECD = pathlib.Path(os.environ.get("QECD", ROOT / "target" / "release" / "qecd"))
@@ -62,48 +68,6 @@ CONFIG_KEYS = {
 }
 # Settings that shape the detector orders (utils.build_det_orders) rather than the config.
 ORDER_KEYS = {"num_det_orders": int, "det_order_method": str, "seed": int}
-
-
-def fail(message):
-    sys.exit(f"compare_tesseract: {message}")
-
-
-def run(cmd):
-    """Runs cmd; on failure, exits naming the command and showing its stderr."""
-    cmd = [str(c) for c in cmd]
-    try:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except OSError as e:
-        fail(f"could not start {cmd[0]}: {e}")
-    if done.returncode != 0:
-        fail(f"this command failed with exit status {done.returncode}:\n  {' '.join(cmd)}\n"
-             f"{done.stderr.strip() or '(no stderr)'}")
-    return done.stdout
-
-
-def timed_run(cmd):
-    start = time.perf_counter()
-    run(cmd)
-    return time.perf_counter() - start
-
-
-def failures(predicted, actual):
-    """Per shot: whether any observable was predicted wrongly."""
-    return np.any(predicted != actual, axis=1)
-
-
-def rate(errors, shots):
-    """LER and its binomial standard error."""
-    ler = errors / shots
-    return ler, math.sqrt(ler * (1 - ler) / shots)
-
-
-def mcnemar(b, c):
-    """z and two-sided p for b == c, from the discordant counts b and c."""
-    if b + c == 0:
-        return 0.0, 1.0
-    z = (b - c) / math.sqrt(b + c)
-    return z, math.erfc(abs(z) / math.sqrt(2))
 
 
 def parse_value(key, kind, text):
