@@ -301,6 +301,14 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
     assert_eq!(replay.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&replay.stderr));
     assert!(stdout.contains("300 of 300 shots answered exactly once") && stdout.contains("; 0 differ"), "{stdout}");
 
+    // Neural-matching over the bridge: the model steps on each round, and
+    // every answer equals offline decoding.
+    let replay =
+        qecd(&["replay", "--dir", dir, "--addr", server.bridge(), "--decoder", "neural-matching", "--shots", "300"]);
+    let stdout = String::from_utf8_lossy(&replay.stdout);
+    assert_eq!(replay.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(stdout.contains("300 of 300 shots answered exactly once") && stdout.contains("; 0 differ"), "{stdout}");
+
     // A server that refuses every stream loses every shot: status 1.
     let full = Server::with_bridge(&["--max-streams", "0"]);
     let replay = qecd(&["replay", "--dir", dir, "--addr", full.bridge(), "--shots", "50"]);

@@ -176,6 +176,8 @@ pub enum DecoderChoice {
     Correlated,
     /// Neural, shadow-checked by correlated matching (code 3; OPEN only, never the one that answered).
     NeuralChecked,
+    /// Neural-posterior matching: the posterior model's edge probabilities as matching's weights (code 4).
+    NeuralMatching,
 }
 
 impl DecoderChoice {
@@ -186,14 +188,21 @@ impl DecoderChoice {
             DecoderChoice::Matching => 1,
             DecoderChoice::Correlated => 2,
             DecoderChoice::NeuralChecked => 3,
+            DecoderChoice::NeuralMatching => 4,
         }
     }
 
     /// The choice with wire byte `code`, if there is one.
     pub fn from_code(code: u8) -> Option<Self> {
-        [DecoderChoice::Neural, DecoderChoice::Matching, DecoderChoice::Correlated, DecoderChoice::NeuralChecked]
-            .into_iter()
-            .find(|d| d.code() == code)
+        [
+            DecoderChoice::Neural,
+            DecoderChoice::Matching,
+            DecoderChoice::Correlated,
+            DecoderChoice::NeuralChecked,
+            DecoderChoice::NeuralMatching,
+        ]
+        .into_iter()
+        .find(|d| d.code() == code)
     }
 }
 
@@ -761,7 +770,7 @@ impl Message {
                 };
                 let code = r.u8("decoder")?;
                 let decoder = DecoderChoice::from_code(code)
-                    .ok_or_else(|| invalid(kind, "decoder", format!("{code} (expected 0 to 3)")))?;
+                    .ok_or_else(|| invalid(kind, "decoder", format!("{code} (expected 0 to 4)")))?;
                 let reserved = r.u8("reserved byte")?;
                 if reserved != 0 {
                     return Err(invalid(kind, "reserved byte", format!("{reserved} (must be 0)")));
@@ -802,7 +811,7 @@ impl Message {
                 let code = r.u8("decoder")?;
                 let decoder = match DecoderChoice::from_code(code) {
                     Some(DecoderChoice::NeuralChecked) | None => {
-                        return Err(invalid(kind, "decoder", format!("{code} (expected 0 to 2)")));
+                        return Err(invalid(kind, "decoder", format!("{code} (expected 0, 1, 2 or 4)")));
                     }
                     Some(d) => d,
                 };
@@ -1449,7 +1458,7 @@ mod tests {
         let cases: &[(FrameKind, u16, &[u8], &str)] = &[
             (Open, 0, &[3, 1, 0, 0, 0, 0], "OPEN payload ends inside the budget: it needs 4 more bytes, 2 are left"),
             (Open, 0, &[3, 2, 0, 0, 0, 0, 0, 0, 0, 0], "invalid basis in OPEN frame: 2 (expected 0 = X or 1 = Z)"),
-            (Open, 0, &[3, 1, 4, 0, 0, 0, 0, 0, 0, 0], "invalid decoder in OPEN frame: 4 (expected 0 to 3)"),
+            (Open, 0, &[3, 1, 5, 0, 0, 0, 0, 0, 0, 0], "invalid decoder in OPEN frame: 5 (expected 0 to 4)"),
             (Open, 0, &[3, 1, 0, 9, 0, 0, 0, 0, 0, 0], "invalid reserved byte in OPEN frame: 9 (must be 0)"),
             (
                 Open,
@@ -1477,7 +1486,7 @@ mod tests {
                 Decision,
                 0,
                 &[1, 1, 0, 0, 0x80, 0x3F, 0, 0, 0, 0, 3],
-                "invalid decoder in DECISION frame: 3 (expected 0 to 2)",
+                "invalid decoder in DECISION frame: 3 (expected 0, 1, 2 or 4)",
             ),
             (Decision, 1, &[1, 1, 0, 0, 0x80, 0x3F, 0, 0, 0, 0, 0], "but the fell-back flag says 2"),
             (Decision, 2, &[1, 1, 0, 0, 0x80, 0x3F, 0, 0, 0, 0, 0], "baseline-agreed bit set without baseline-checked"),

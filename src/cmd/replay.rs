@@ -169,7 +169,10 @@ fn parse_decoder(name: &str) -> Result<DecoderChoice> {
         "matching" => DecoderChoice::Matching,
         "correlated" => DecoderChoice::Correlated,
         "neural-checked" | "neural_checked" => DecoderChoice::NeuralChecked,
-        _ => bail!("unknown decoder '{name}' (expected neural, matching, correlated or neural-checked)"),
+        "neural-matching" | "neural_matching" => DecoderChoice::NeuralMatching,
+        _ => {
+            bail!("unknown decoder '{name}' (expected neural, matching, correlated, neural-checked or neural-matching)")
+        }
     })
 }
 
@@ -508,6 +511,11 @@ fn check(
         }
         (DecoderChoice::Correlated, _) => {
             (decide(&mut matching(DecoderKind::Correlated)?, &plan.events)?, DecoderChoice::Correlated)
+        }
+        (DecoderChoice::NeuralMatching, _) => {
+            let (_, posterior) = super::load_posterior(None)?;
+            let mut decoder = decoder::NeuralMatching::new(posterior, &plan.dem, &plan.layout)?;
+            (decide(&mut decoder, &plan.events)?, DecoderChoice::NeuralMatching)
         }
         (_, Some(model)) => {
             (decide(&mut NeuralDecoder::new(model, &plan.layout)?, &plan.events)?, DecoderChoice::Neural)

@@ -706,6 +706,7 @@ pub fn decision(r: &proto::ShotResult) -> Decision {
     let decoder = match proto::DecoderKind::try_from(r.answered_by) {
         Ok(proto::DecoderKind::Matching) => DecoderChoice::Matching,
         Ok(proto::DecoderKind::Correlated) => DecoderChoice::Correlated,
+        Ok(proto::DecoderKind::NeuralMatching) => DecoderChoice::NeuralMatching,
         _ => DecoderChoice::Neural,
     };
     // A confidence the session could not compute says nothing either way.
@@ -731,6 +732,7 @@ pub fn proto_decoder(choice: DecoderChoice) -> proto::DecoderKind {
         DecoderChoice::Matching => proto::DecoderKind::Matching,
         DecoderChoice::Correlated => proto::DecoderKind::Correlated,
         DecoderChoice::NeuralChecked => proto::DecoderKind::NeuralChecked,
+        DecoderChoice::NeuralMatching => proto::DecoderKind::NeuralMatching,
     }
 }
 
