@@ -40,7 +40,7 @@ import stim
 from beliefmatching import BeliefMatching
 
 import compare_common
-from compare_common import failures, mcnemar, rate
+from compare_common import failures, mcnemar, rate, sample_shots
 
 fail = functools.partial(compare_common.fail, "compare_belief")
 run = functools.partial(compare_common.run, "compare_belief")
@@ -74,17 +74,9 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="qecd-belief-") as tmp:
         tmp = pathlib.Path(tmp)
-        circuit_path, dets_path, obs_path = tmp / "c.stim", tmp / "dets.b8", tmp / "obs.01"
-        run([QECD, "sample", "-d", d, "-r", r, "--basis", "z", "--noise", "si1000", "--p", a.p, "--shots", n,
-             "--seed", a.seed, "--out", dets_path, "--out-format", "b8", "--obs-out", obs_path,
-             "--circuit-out", circuit_path])
-        circuit = stim.Circuit.from_file(str(circuit_path))
+        circuit, circuit_path, dets_path, dets, obs = sample_shots(
+            "compare_belief", QECD, tmp, d, r, a.p, n, a.seed)
         num_dets, num_obs = circuit.num_detectors, circuit.num_observables
-        dets = stim.read_shot_data_file(path=str(dets_path), format="b8", num_detectors=num_dets)
-        obs = stim.read_shot_data_file(path=str(obs_path), format="01", num_observables=num_obs)
-        if len(dets) != n or len(obs) != n:
-            fail(f"qecd sample wrote {len(dets)} detection-event shots and {len(obs)} "
-                     f"observable shots, not {n}")
         common_path = tmp / "common.b8"
         stim.write_shot_data_file(data=dets[:m], path=str(common_path), format="b8", num_detectors=num_dets)
 

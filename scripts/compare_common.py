@@ -6,6 +6,7 @@ import sys
 import time
 
 import numpy as np
+import stim
 
 
 def fail(who, message):
@@ -51,3 +52,20 @@ def mcnemar(b, c):
         return 0.0, 1.0
     z = (b - c) / math.sqrt(b + c)
     return z, math.erfc(abs(z) / math.sqrt(2))
+
+
+def sample_shots(who, qecd, tmp, d, r, p, n, seed):
+    """Samples n shots of the SI1000 memory-Z circuit of distance d, r rounds
+    and strength p with `qecd sample` into the folder tmp. Returns the
+    circuit, its path, the b8 detection-event file's path, and the events and
+    observable flips as boolean arrays."""
+    circuit_path, dets_path, obs_path = tmp / "c.stim", tmp / "dets.b8", tmp / "obs.01"
+    run(who, [qecd, "sample", "-d", d, "-r", r, "--basis", "z", "--noise", "si1000", "--p", p, "--shots", n,
+              "--seed", seed, "--out", dets_path, "--out-format", "b8", "--obs-out", obs_path,
+              "--circuit-out", circuit_path])
+    circuit = stim.Circuit.from_file(str(circuit_path))
+    dets = stim.read_shot_data_file(path=str(dets_path), format="b8", num_detectors=circuit.num_detectors)
+    obs = stim.read_shot_data_file(path=str(obs_path), format="01", num_observables=circuit.num_observables)
+    if len(dets) != n or len(obs) != n:
+        fail(who, f"qecd sample wrote {len(dets)} detection-event shots and {len(obs)} observable shots, not {n}")
+    return circuit, circuit_path, dets_path, dets, obs

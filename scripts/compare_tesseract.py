@@ -50,7 +50,7 @@ import tesseract_decoder
 from tesseract_decoder import tesseract, utils
 
 import compare_common
-from compare_common import failures, mcnemar, rate
+from compare_common import failures, mcnemar, rate, sample_shots
 
 fail = functools.partial(compare_common.fail, "compare_tesseract")
 run = functools.partial(compare_common.run, "compare_tesseract")
@@ -166,16 +166,9 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="qecd-tesseract-") as tmp:
         tmp = pathlib.Path(tmp)
-        circuit_path, dets_path, obs_path = tmp / "c.stim", tmp / "dets.b8", tmp / "obs.01"
-        run([QECD, "sample", "-d", d, "-r", r, "--basis", "z", "--noise", "si1000", "--p", a.p, "--shots", n,
-             "--seed", a.seed, "--out", dets_path, "--out-format", "b8", "--obs-out", obs_path,
-             "--circuit-out", circuit_path])
-        circuit = stim.Circuit.from_file(str(circuit_path))
-        num_dets, num_obs = circuit.num_detectors, circuit.num_observables
-        dets = stim.read_shot_data_file(path=str(dets_path), format="b8", num_detectors=num_dets)
-        obs = stim.read_shot_data_file(path=str(obs_path), format="01", num_observables=num_obs)
-        if len(dets) != n or len(obs) != n:
-            fail(f"qecd sample wrote {len(dets)} detection-event shots and {len(obs)} observable shots, not {n}")
+        circuit, circuit_path, dets_path, dets, obs = sample_shots(
+            "compare_tesseract", QECD, tmp, d, r, a.p, n, a.seed)
+        num_obs = circuit.num_observables
 
         # qecd first: it is quick, and a failure shows before Tesseract's long run.
         predictions, seconds = {}, {}
