@@ -192,26 +192,7 @@ impl KernelConfig {
             ("embed.stab".to_string(), vec![s, d]),
         ];
         for l in 0..self.layers {
-            let p = |n: &str| format!("layers.{l}.{n}");
-            out.extend([
-                (p("ln1.weight"), vec![d]),
-                (p("ln1.bias"), vec![d]),
-                (p("attn.wq"), vec![d, d]),
-                (p("attn.bq"), vec![d]),
-                (p("attn.wk"), vec![d, d]),
-                (p("attn.bk"), vec![d]),
-                (p("attn.wv"), vec![d, d]),
-                (p("attn.bv"), vec![d]),
-                (p("attn.wo"), vec![d, d]),
-                (p("attn.bo"), vec![d]),
-                (p("attn.bias"), vec![h, s, s]),
-                (p("ln2.weight"), vec![d]),
-                (p("ln2.bias"), vec![d]),
-                (p("ffn.w1"), vec![f, d]),
-                (p("ffn.b1"), vec![f]),
-                (p("ffn.w2"), vec![d, f]),
-                (p("ffn.b2"), vec![d]),
-            ]);
+            out.extend(layer_shapes(l, d, f, ("attn.bias", vec![h, s, s])));
         }
         out.extend([
             ("readout.ln.weight".to_string(), vec![d]),
@@ -309,6 +290,34 @@ pub enum KernelError {
     /// [`Weights::set_isa`] asked for an instruction set this CPU lacks.
     #[error("instruction set {0:?} is not supported on this CPU")]
     Unsupported(Isa),
+}
+
+/// The tensors of transformer layer `l` (width `d`, feed-forward width `f`),
+/// name and shape, in checkpoint order, with the attention's position bias
+/// (its name within the layer, and shape) where the models put it. Both the
+/// recurrent model and the posterior model (`models::posterior`) are made of
+/// these layers.
+pub fn layer_shapes(l: usize, d: usize, f: usize, bias: (&str, Vec<usize>)) -> Vec<(String, Vec<usize>)> {
+    let p = |n: &str| format!("layers.{l}.{n}");
+    vec![
+        (p("ln1.weight"), vec![d]),
+        (p("ln1.bias"), vec![d]),
+        (p("attn.wq"), vec![d, d]),
+        (p("attn.bq"), vec![d]),
+        (p("attn.wk"), vec![d, d]),
+        (p("attn.bk"), vec![d]),
+        (p("attn.wv"), vec![d, d]),
+        (p("attn.bv"), vec![d]),
+        (p("attn.wo"), vec![d, d]),
+        (p("attn.bo"), vec![d]),
+        (p(bias.0), bias.1),
+        (p("ln2.weight"), vec![d]),
+        (p("ln2.bias"), vec![d]),
+        (p("ffn.w1"), vec![f, d]),
+        (p("ffn.b1"), vec![f]),
+        (p("ffn.w2"), vec![d, f]),
+        (p("ffn.b2"), vec![d]),
+    ]
 }
 
 #[doc(hidden)]

@@ -134,26 +134,7 @@ impl PosteriorConfig {
             ("embed.edge".to_string(), vec![4, self.boundary_classes, d]),
         ];
         for l in 0..self.layers {
-            let p = |n: &str| format!("layers.{l}.{n}");
-            out.extend([
-                (p("ln1.weight"), vec![d]),
-                (p("ln1.bias"), vec![d]),
-                (p("attn.wq"), vec![d, d]),
-                (p("attn.bq"), vec![d]),
-                (p("attn.wk"), vec![d, d]),
-                (p("attn.bk"), vec![d]),
-                (p("attn.wv"), vec![d, d]),
-                (p("attn.bv"), vec![d]),
-                (p("attn.wo"), vec![d, d]),
-                (p("attn.bo"), vec![d]),
-                (p("attn.rel"), vec![h, self.bias_cells()]),
-                (p("ln2.weight"), vec![d]),
-                (p("ln2.bias"), vec![d]),
-                (p("ffn.w1"), vec![f, d]),
-                (p("ffn.b1"), vec![f]),
-                (p("ffn.w2"), vec![d, f]),
-                (p("ffn.b2"), vec![d]),
-            ]);
+            out.extend(kernels::layer_shapes(l, d, f, ("attn.rel", vec![h, self.bias_cells()])));
         }
         out.extend([
             ("head.ln.weight".to_string(), vec![d]),
