@@ -22,8 +22,7 @@ fn decode(c: &mut Criterion) {
     for d in [3usize, 5, 7, 9, 11] {
         let experiment = MemoryExperiment::new(d, d, Basis::Z).expect("valid experiment");
         let circuit = experiment.noisy_circuit(&NoiseModel::Si1000 { p: 0.003 }).expect("noise applies");
-        let dem =
-            circuit.detector_error_model_with_options(true, true, false, 0.0, false, false).expect("decomposable DEM");
+        let dem = simulator_bridge::decoding_dem(&circuit).expect("decomposable DEM");
         let shots = Sampler::new(&circuit).sample(SHOTS, 7, 0).expect("sampling works");
         group.throughput(Throughput::Elements(SHOTS as u64));
         for kind in DecoderKind::MATCHING {

@@ -85,9 +85,7 @@ impl Workload {
     /// `shots` shots of distance `d`, `rounds` rounds, seeded.
     pub fn new(d: usize, rounds: usize, shots: usize, seed: u64) -> Result<Self> {
         let circuit = MemoryExperiment::new(d, rounds, Basis::Z)?.noisy_circuit(&NoiseModel::Si1000 { p: P })?;
-        let dem = circuit
-            .detector_error_model_with_options(true, true, false, 0.0, false, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let dem = simulator_bridge::decoding_dem(&circuit)?;
         let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z)?;
         let sampled = Sampler::new(&circuit).sample(shots, seed, 1)?;
         Ok(Self { circuit, dem, layout, events: sampled.detectors, observables: sampled.observables })

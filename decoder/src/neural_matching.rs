@@ -226,7 +226,7 @@ mod tests {
 
     fn parts(d: usize, basis: Basis) -> (stim::Circuit, stim::DetectorErrorModel, StabilizerLayout) {
         let c = MemoryExperiment::new(d, d, basis).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.003 }).unwrap();
-        let dem = c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap();
+        let dem = simulator_bridge::decoding_dem(&c).unwrap();
         let layout = StabilizerLayout::from_circuit(&c, basis).unwrap();
         (c, dem, layout)
     }

@@ -82,7 +82,7 @@ mod tests {
     #[test]
     fn parallel_equals_serial() {
         let c = MemoryExperiment::new(5, 5, Basis::X).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.004 }).unwrap();
-        let dem = c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap().to_string();
+        let dem = simulator_bridge::decoding_dem(&c).unwrap().to_string();
         let shots = Sampler::new(&c).sample(5_001, 5, 0).unwrap();
         let make = || MatchingDecoder::from_dem_text(&dem, DecoderKind::Correlated);
         let serial = decode_parallel(make, &shots.detectors, 1).unwrap();

@@ -10,5 +10,5 @@ pub fn circuit(d: usize, rounds: usize, p: f64) -> stim::Circuit {
 
 /// Its detector error model, decomposed for matching.
 pub fn dem(c: &stim::Circuit) -> stim::DetectorErrorModel {
-    c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap()
+    simulator_bridge::decoding_dem(c).unwrap()
 }

@@ -524,7 +524,7 @@ mod tests {
             .unwrap()
             .noisy_circuit(&NoiseModel::Si1000 { p: 0.003 })
             .unwrap();
-        let dem = c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap();
+        let dem = simulator_bridge::decoding_dem(&c).unwrap();
         (StabilizerLayout::from_circuit(&c, Basis::Z).unwrap(), DemEdges::from_dem(&dem).unwrap().edges)
     }
 

@@ -12,7 +12,7 @@ use tch::Device;
 
 fn parts(d: usize, rounds: usize, p: f64) -> (StabilizerLayout, stim::DetectorErrorModel) {
     let c = MemoryExperiment::new(d, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p }).unwrap();
-    let dem = c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap();
+    let dem = simulator_bridge::decoding_dem(&c).unwrap();
     (StabilizerLayout::from_circuit(&c, Basis::Z).unwrap(), dem)
 }
 

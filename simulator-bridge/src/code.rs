@@ -94,6 +94,14 @@ impl MemoryExperiment {
     }
 }
 
+/// The detector error model that matching decodes with: loops flattened,
+/// errors decomposed into graph-like pieces (the `^` of a Stim DEM), no
+/// gauge detectors, no approximation of disjoint errors, decomposition
+/// failures an error. Every decoder and the training labels read this one.
+pub fn decoding_dem(circuit: &stim::Circuit) -> Result<stim::DetectorErrorModel, BridgeError> {
+    Ok(circuit.detector_error_model_with_options(true, true, false, 0.0, false, false)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

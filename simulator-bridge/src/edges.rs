@@ -191,7 +191,7 @@ mod tests {
 
     fn decomposed(d: usize, rounds: usize, p: f64) -> stim::DetectorErrorModel {
         let c = MemoryExperiment::new(d, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p }).unwrap();
-        c.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap()
+        crate::code::decoding_dem(&c).unwrap()
     }
 
     /// The labelled edges explain the shot: each detector's events are the

@@ -25,7 +25,7 @@ pub mod pacing;
 pub mod sample;
 pub mod shots;
 
-pub use code::{Basis, MemoryExperiment};
+pub use code::{Basis, MemoryExperiment, decoding_dem};
 pub use error::BridgeError;
 pub use formats::{BitLabels, ResultFormat};
 pub use frame::{Frame, FrameDecoder, FrameEncoder, FrameError, FrameKind, Message};

@@ -49,12 +49,10 @@ pub fn check_layout(circuit: &stim::Circuit, basis: Basis, path: &Path) -> Resul
     StabilizerLayout::from_circuit(circuit, basis).with_context(|| format!("{}", path.display()))
 }
 
-/// The detector error model that matching decodes with: errors decomposed
-/// into graph-like pieces, loops flattened.
+/// The detector error model that matching decodes with
+/// ([`simulator_bridge::decoding_dem`]).
 pub fn decoding_dem(circuit: &stim::Circuit) -> Result<stim::DetectorErrorModel> {
-    circuit
-        .detector_error_model_with_options(true, true, false, 0.0, false, false)
-        .map_err(|e| anyhow::anyhow!("cannot build a detector error model: {e}"))
+    simulator_bridge::decoding_dem(circuit).context("cannot build a detector error model")
 }
 
 /// A memory experiment and its noise, as given on the command line.

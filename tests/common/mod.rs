@@ -107,14 +107,14 @@ pub fn offline(s: &Shots, kind: DecoderKind) -> Vec<bool> {
     let mut decoder: Box<dyn Decoder> = match kind {
         DecoderKind::Neural => Box::new(NeuralDecoder::new(zoo_model(), &s.layout).unwrap()),
         DecoderKind::NeuralMatching => {
-            let dem = s.circuit.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap();
+            let dem = simulator_bridge::decoding_dem(&s.circuit).unwrap();
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("fixtures/posterior/posterior_z_si1000_p003.safetensors");
             let model = std::sync::Arc::new(models::posterior::PosteriorModel::load(&path).unwrap());
             Box::new(decoder::NeuralMatching::new(model, &dem, &s.layout).unwrap())
         }
         kind => {
-            let dem = s.circuit.detector_error_model_with_options(true, true, false, 0.0, false, false).unwrap();
+            let dem = simulator_bridge::decoding_dem(&s.circuit).unwrap();
             Box::new(MatchingDecoder::from_dem(&dem, kind).unwrap())
         }
     };

@@ -42,7 +42,7 @@ fn main() -> Result<()> {
         }
     }
     let circuit = MemoryExperiment::new(d, d, Basis::Z)?.noisy_circuit(&NoiseModel::Si1000 { p: P })?;
-    let dem = circuit.detector_error_model_with_options(true, true, false, 0.0, false, false)?;
+    let dem = simulator_bridge::decoding_dem(&circuit)?;
     let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z)?;
     let model = Arc::new(PosteriorModel::load(&model_path)?);
     let mut nm = NeuralMatching::new(model, &dem, &layout)?;

@@ -78,7 +78,7 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for d in distances {
         let circuit = MemoryExperiment::new(d, d, Basis::Z)?.noisy_circuit(&NoiseModel::Si1000 { p: P })?;
-        let dem = circuit.detector_error_model_with_options(true, true, false, 0.0, false, false)?;
+        let dem = simulator_bridge::decoding_dem(&circuit)?;
         let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z)?;
         let sampled = Sampler::new(&circuit).sample(shots, 2026 + d as u64, 0)?;
         let events = &sampled.detectors;
