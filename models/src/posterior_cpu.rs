@@ -194,11 +194,6 @@ impl Stream {
         self.h.resize(p.ffn, 0.0);
     }
 
-    /// Rounds whose edges have their logits in [`Self::logits`].
-    pub fn rounds_read(&self) -> usize {
-        self.read
-    }
-
     /// Rounds pushed so far.
     pub fn rounds_arrived(&self) -> usize {
         self.arrived
@@ -585,11 +580,6 @@ impl Prepared {
         for round in by_round {
             stream.push_round(self, g, rounds, round);
         }
-    }
-
-    /// The instruction set in use.
-    pub fn isa(&self) -> Isa {
-        self.isa
     }
 
     /// Forces an instruction set (tests compare them).
