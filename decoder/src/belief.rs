@@ -26,6 +26,7 @@
 
 use std::collections::HashMap;
 
+use kernels::Isa;
 use simulator_bridge::edges::DemEdges;
 
 use crate::reweight::WeightedMatching;
@@ -160,7 +161,7 @@ impl Hypergraph {
                 edges.push(m.edges.iter().map(|&e| to_matching[e as usize]).collect());
                 dets.len() - 1
             });
-            probability[h] = probability[h] * (1.0 - p) + p * (1.0 - probability[h]);
+            probability[h] = simulator_bridge::edges::odd(probability[h], p);
             observables[h] = m.observables;
         }
 
@@ -252,129 +253,108 @@ fn fast_ln(x: f64) -> f64 {
     k * std::f64::consts::LN_2 + 2.0 * z * p
 }
 
-/// `out[k] = tanh(q[k]/2)` and `r[k] = 2·atanh(r[k])`, the two transcendental
-/// passes of a BP iteration, compiled for AVX-512 and AVX2 as well and
-/// chosen at run time.
+/// BP's vector passes: `out[k] = tanh(q[k]/2)`, `r[k] = 2·atanh(r[k])` and
+/// each check's products of the others, compiled for AVX-512 and AVX2 as well
+/// and chosen by [`kernels::Isa`].
 macro_rules! passes {
-    ($tanh:ident, $atanh:ident, $exclusive:ident, $($feature:literal),*) => {
-        $(#[target_feature(enable = $feature)])*
-        unsafe fn $tanh(q: &[f64], out: &mut [f64]) {
-            for (o, &x) in out.iter_mut().zip(q) {
-                *o = tanh_half(x);
-            }
-        }
-        $(#[target_feature(enable = $feature)])*
-        unsafe fn $atanh(r: &mut [f64]) {
-            for x in r.iter_mut() {
-                *x = two_atanh(*x);
-            }
-        }
+    ($module:ident, $($feature:literal),*) => {
+        mod $module {
+            use super::*;
 
-        /// `out[k] = sign · Π_{j≠k} t[j]`: the product of all (in eight
-        /// lanes, so that it vectorises) divided by the own factor. A zero
-        /// factor cannot be divided out: with one, only its own slot gets a
-        /// product (of the others), and with two or more none does.
-        $(#[target_feature(enable = $feature)])*
-        unsafe fn $exclusive(t: &[f64], sign: f64, out: &mut [f64]) {
-            let mut lanes = [1.0f64; 8];
-            let mut zeros = 0usize;
-            let mut chunks = t.chunks_exact(8);
-            for c in &mut chunks {
-                for (l, &v) in lanes.iter_mut().zip(c) {
-                    *l *= if v == 0.0 { 1.0 } else { v };
-                }
-                zeros += c.iter().filter(|&&v| v == 0.0).count();
-            }
-            let mut nonzero = sign * lanes.iter().product::<f64>();
-            for &v in chunks.remainder() {
-                if v == 0.0 {
-                    zeros += 1;
-                } else {
-                    nonzero *= v;
+            $(#[target_feature(enable = $feature)])*
+            pub unsafe fn tanh(q: &[f64], out: &mut [f64]) {
+                for (o, &x) in out.iter_mut().zip(q) {
+                    *o = tanh_half(x);
                 }
             }
-            match zeros {
-                0 => {
-                    for (o, &v) in out.iter_mut().zip(t) {
-                        *o = nonzero / v;
+            $(#[target_feature(enable = $feature)])*
+            pub unsafe fn atanh(r: &mut [f64]) {
+                for x in r.iter_mut() {
+                    *x = two_atanh(*x);
+                }
+            }
+
+            /// `out[k] = sign · Π_{j≠k} t[j]`: the product of all (in eight
+            /// lanes, so that it vectorises) divided by the own factor. A zero
+            /// factor cannot be divided out: with one, only its own slot gets a
+            /// product (of the others), and with two or more none does.
+            $(#[target_feature(enable = $feature)])*
+            pub unsafe fn exclusive(t: &[f64], sign: f64, out: &mut [f64]) {
+                let mut lanes = [1.0f64; 8];
+                let mut zeros = 0usize;
+                let mut chunks = t.chunks_exact(8);
+                for c in &mut chunks {
+                    for (l, &v) in lanes.iter_mut().zip(c) {
+                        *l *= if v == 0.0 { 1.0 } else { v };
+                    }
+                    zeros += c.iter().filter(|&&v| v == 0.0).count();
+                }
+                let mut nonzero = sign * lanes.iter().product::<f64>();
+                for &v in chunks.remainder() {
+                    if v == 0.0 {
+                        zeros += 1;
+                    } else {
+                        nonzero *= v;
                     }
                 }
-                1 => {
-                    for (o, &v) in out.iter_mut().zip(t) {
-                        *o = if v == 0.0 { nonzero } else { 0.0 };
+                match zeros {
+                    0 => {
+                        for (o, &v) in out.iter_mut().zip(t) {
+                            *o = nonzero / v;
+                        }
                     }
+                    1 => {
+                        for (o, &v) in out.iter_mut().zip(t) {
+                            *o = if v == 0.0 { nonzero } else { 0.0 };
+                        }
+                    }
+                    _ => out.fill(0.0),
                 }
-                _ => out.fill(0.0),
             }
         }
     };
 }
 
 #[cfg(target_arch = "x86_64")]
-passes!(tanh_avx512, atanh_avx512, exclusive_avx512, "avx512f", "avx512dq");
+passes!(avx512, "avx512f");
 #[cfg(target_arch = "x86_64")]
-passes!(tanh_avx2, atanh_avx2, exclusive_avx2, "avx2", "fma");
-passes!(tanh_plain, atanh_plain, exclusive_plain,);
+passes!(avx2, "avx2", "fma");
+passes!(plain,);
 
-/// The instruction set the passes run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Plain,
+macro_rules! dispatch {
+    ($isa:expr, $f:ident($($arg:expr),*)) => {
+        // SAFETY: `kernels::Isa::detect` chose the variant only where the CPU
+        // has its features (a superset of those the passes enable).
+        unsafe {
+            match $isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => avx512::$f($($arg),*),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => avx2::$f($($arg),*),
+                _ => plain::$f($($arg),*),
+            }
+        }
+    };
 }
 
-impl Isa {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Plain
-    }
+/// The passes on an instruction set.
+trait Passes {
+    fn tanh_pass(self, q: &[f64], out: &mut [f64]);
+    fn exclusive_products(self, t: &[f64], sign: f64, out: &mut [f64]);
+    fn atanh_pass(self, r: &mut [f64]);
+}
 
+impl Passes for Isa {
     fn tanh_pass(self, q: &[f64], out: &mut [f64]) {
-        // SAFETY: `detect` chose the variant only where the CPU has its features.
-        unsafe {
-            match self {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => tanh_avx512(q, out),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => tanh_avx2(q, out),
-                _ => tanh_plain(q, out),
-            }
-        }
+        dispatch!(self, tanh(q, out))
     }
 
     fn exclusive_products(self, t: &[f64], sign: f64, out: &mut [f64]) {
-        // SAFETY: as in `tanh_pass`.
-        unsafe {
-            match self {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => exclusive_avx512(t, sign, out),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => exclusive_avx2(t, sign, out),
-                _ => exclusive_plain(t, sign, out),
-            }
-        }
+        dispatch!(self, exclusive(t, sign, out))
     }
 
     fn atanh_pass(self, r: &mut [f64]) {
-        // SAFETY: as in `tanh_pass`.
-        unsafe {
-            match self {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => atanh_avx512(r),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => atanh_avx2(r),
-                _ => atanh_plain(r),
-            }
-        }
+        dispatch!(self, atanh(r))
     }
 }
 
@@ -546,7 +526,7 @@ impl BeliefMatching {
         s.events.extend_from_slice(events);
         let mut observables = vec![0u8; self.num_observables];
         self.matching.decode_with_weights(&s.events, &s.weights, &mut observables)?;
-        Ok(observables.iter().enumerate().fold(0u64, |acc, (o, &b)| acc | (u64::from(b != 0) << o)))
+        Ok(crate::reweight::observable_mask(&observables))
     }
 
     /// BP's probability that each matching edge (in the matching graph's
@@ -645,12 +625,12 @@ mod tests {
         // Every instruction set this CPU has computes the same passes.
         let q: Vec<f64> = (0..1000).map(|i| -40.0 + 0.08 * i as f64).collect();
         let mut plain = vec![0.0; q.len()];
-        Isa::Plain.tanh_pass(&q, &mut plain);
+        Isa::Portable.tanh_pass(&q, &mut plain);
         let mut other = vec![0.0; q.len()];
         Isa::detect().tanh_pass(&q, &mut other);
         assert!(plain.iter().zip(&other).all(|(a, b)| (a - b).abs() <= 1e-15 * a.abs().max(1e-300)));
         let (mut a, mut b) = (plain.clone(), plain);
-        Isa::Plain.atanh_pass(&mut a);
+        Isa::Portable.atanh_pass(&mut a);
         Isa::detect().atanh_pass(&mut b);
         assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-14 * x.abs().max(1e-12)));
         assert_eq!(two_atanh(0.0), 0.0);

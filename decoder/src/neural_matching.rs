@@ -104,8 +104,7 @@ impl NeuralMatching {
     /// This shot's edge weights, in the matching graph's edge order.
     pub fn edge_weights(&mut self, events: &[u64]) -> &[f64] {
         self.edge_logits(events);
-        self.weights.clear();
-        self.weights.extend(self.stream.logits.iter().map(|&l| (-l as f64).clamp(0.0, MAX_WEIGHT)));
+        set_weights(&mut self.weights, &self.stream.logits);
         &self.weights
     }
 
@@ -135,8 +134,7 @@ impl NeuralMatching {
         self.events.clear();
         self.events.extend_from_slice(events);
         let weight = self.matching.decode_with_weights(&self.events, &self.weights, &mut self.observables)?;
-        let flips = self.observables.iter().enumerate().fold(0u64, |acc, (o, &b)| acc | (u64::from(b != 0) << o));
-        Ok((flips, weight))
+        Ok((crate::reweight::observable_mask(&self.observables), weight))
     }
 
     /// Starts a shot decoded round by round: [`Self::push_round`] for each
@@ -176,8 +174,7 @@ impl NeuralMatching {
         if shot.events.is_empty() {
             return Ok((0, 0.0));
         }
-        self.weights.clear();
-        self.weights.extend(shot.stream.logits.iter().map(|&l| (-l as f64).clamp(0.0, MAX_WEIGHT)));
+        set_weights(&mut self.weights, &shot.stream.logits);
         self.match_events(&shot.events)
     }
 
@@ -186,6 +183,12 @@ impl NeuralMatching {
     pub fn confidence(&self, weight: f64) -> Option<f64> {
         self.calibration.map(|c| c.confidence(&[weight]))
     }
+}
+
+/// Each edge's weight from its logit ℓ: the log-odds `−ℓ`, clamped to `[0, MAX_WEIGHT]`.
+fn set_weights(weights: &mut Vec<f64>, logits: &[f32]) {
+    weights.clear();
+    weights.extend(logits.iter().map(|&l| (-l as f64).clamp(0.0, MAX_WEIGHT)));
 }
 
 /// A shot being decoded round by round.

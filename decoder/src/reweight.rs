@@ -59,6 +59,12 @@ unsafe impl Send for ffi::ReweightMatching {}
 /// Edge that reaches the boundary, in [`Edge::node2`].
 pub use simulator_bridge::edges::BOUNDARY;
 
+/// The observables flipped, bit `k` for observable `k`, from one byte per
+/// observable as [`WeightedMatching`] writes them.
+pub fn observable_mask(observables: &[u8]) -> u64 {
+    observables.iter().enumerate().fold(0, |acc, (o, &b)| acc | (u64::from(b != 0) << o))
+}
+
 /// PyMatching's matching graph of one detector error model, decodable with
 /// per-shot edge weights.
 pub struct WeightedMatching {

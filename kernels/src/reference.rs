@@ -33,7 +33,8 @@ pub fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
 }
 
-fn layer_norm(x: &[f64], g: &[f64], b: &[f64]) -> Vec<f64> {
+/// LayerNorm over `x` with gain `g` and bias `b`, ε = 1e-5.
+pub fn layer_norm(x: &[f64], g: &[f64], b: &[f64]) -> Vec<f64> {
     let n = x.len() as f64;
     let mean = x.iter().sum::<f64>() / n;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
@@ -41,7 +42,7 @@ fn layer_norm(x: &[f64], g: &[f64], b: &[f64]) -> Vec<f64> {
 }
 
 /// `x·Wᵀ + b` with `W: [out, in]` row-major.
-fn linear(x: &[f64], w: &[f64], b: &[f64]) -> Vec<f64> {
+pub fn linear(x: &[f64], w: &[f64], b: &[f64]) -> Vec<f64> {
     b.iter()
         .enumerate()
         .map(|(o, b)| b + x.iter().zip(&w[o * x.len()..(o + 1) * x.len()]).map(|(x, w)| x * w).sum::<f64>())

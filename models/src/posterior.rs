@@ -603,25 +603,16 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod reference {
     use super::*;
-
-    fn ln(x: &[f64], g: &[f32], b: &[f32]) -> Vec<f64> {
-        let n = x.len() as f64;
-        let mean = x.iter().sum::<f64>() / n;
-        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-        x.iter().enumerate().map(|(j, v)| (v - mean) / (var + 1e-5).sqrt() * g[j] as f64 + b[j] as f64).collect()
-    }
-
-    fn lin(x: &[f64], w: &[f32], b: &[f32]) -> Vec<f64> {
-        let inp = x.len();
-        (0..b.len()).map(|j| b[j] as f64 + (0..inp).map(|i| w[j * inp + i] as f64 * x[i]).sum::<f64>()).collect()
-    }
+    use kernels::reference::{gelu, layer_norm as ln, linear as lin};
 
     pub(crate) fn logits(model: &PosteriorModel, g: &Geometry, events: &[usize]) -> Vec<f64> {
         let c = &model.config;
         let (n, d) = (g.num_tokens(), c.dim);
         let width = d / c.heads;
         let f = g.features(events.iter().copied());
-        let t = |name: &str| model.tensor(name);
+        let tensors: HashMap<&str, Vec<f64>> =
+            model.tensors.iter().map(|(name, (_, v))| (name.as_str(), v.iter().map(|&x| x as f64).collect())).collect();
+        let t = |name: &str| -> &[f64] { &tensors[name] };
         let mut z: Vec<Vec<f64>> = (0..n)
             .map(|k| {
                 let mut x = lin(
@@ -630,9 +621,9 @@ pub(crate) mod reference {
                     t("embed.b_in"),
                 );
                 for (j, xj) in x.iter_mut().enumerate() {
-                    *xj += t("embed.type")[g.token_type[k] as usize * d + j] as f64;
+                    *xj += t("embed.type")[g.token_type[k] as usize * d + j];
                     for (e, &class) in g.token_boundary[k].iter().enumerate() {
-                        *xj += t("embed.edge")[(e * c.boundary_classes + class as usize) * d + j] as f64;
+                        *xj += t("embed.edge")[(e * c.boundary_classes + class as usize) * d + j];
                     }
                 }
                 x
@@ -659,7 +650,7 @@ pub(crate) mod reference {
                     let scores: Vec<f64> = (0..n)
                         .map(|j| {
                             let dot: f64 = hs.clone().map(|x| q[i][x] * kk[j][x]).sum::<f64>() / (width as f64).sqrt();
-                            dot + cell[i][j].map_or(MASKED as f64, |cl| rel[h * c.bias_cells() + cl] as f64)
+                            dot + cell[i][j].map_or(MASKED as f64, |cl| rel[h * c.bias_cells() + cl])
                         })
                         .collect();
                     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -674,8 +665,7 @@ pub(crate) mod reference {
                 let y = lin(&o[i], t(&p("attn.wo")), t(&p("attn.bo")));
                 z[i].iter_mut().zip(y).for_each(|(a, b)| *a += b);
                 let a = ln(&z[i], t(&p("ln2.weight")), t(&p("ln2.bias")));
-                let hdn: Vec<f64> =
-                    lin(&a, t(&p("ffn.w1")), t(&p("ffn.b1"))).into_iter().map(kernels::reference::gelu).collect();
+                let hdn: Vec<f64> = lin(&a, t(&p("ffn.w1")), t(&p("ffn.b1"))).into_iter().map(gelu).collect();
                 let y = lin(&hdn, t(&p("ffn.w2")), t(&p("ffn.b2")));
                 z[i].iter_mut().zip(y).for_each(|(a, b)| *a += b);
             }
@@ -685,7 +675,7 @@ pub(crate) mod reference {
             .map(|&(token, class)| {
                 let a = ln(&z[token as usize], t("head.ln.weight"), t("head.ln.bias"));
                 let (w, b) = (t("head.w"), t("head.b"));
-                b[class as usize] as f64 + (0..d).map(|j| w[class as usize * d + j] as f64 * a[j]).sum::<f64>()
+                b[class as usize] + (0..d).map(|j| w[class as usize * d + j] * a[j]).sum::<f64>()
             })
             .collect()
     }

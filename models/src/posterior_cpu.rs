@@ -14,6 +14,8 @@
 //! GELU and softmax use f32 polynomial `exp`/`erf`; the loops are compiled
 //! for AVX-512 and AVX2 as well and chosen at run time.
 
+use kernels::Isa;
+
 use crate::posterior::{FEATURES, Geometry, Neighbor, PosteriorModel};
 
 /// One layer's weights, transposed for row-accumulating products.
@@ -492,47 +494,43 @@ kernels!(avx512, "avx512f");
 kernels!(avx2, "avx2", "fma");
 kernels!(plain,);
 
-/// The instruction set the loops run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    /// AVX-512F.
-    Avx512,
-    /// AVX2 with FMA.
-    Avx2,
-    /// Whatever the target's baseline is.
-    Plain,
-}
-
 macro_rules! dispatch {
     ($self:expr, $f:ident($($arg:expr),*)) => {
-        // SAFETY: `Isa::detect` picks a variant only where the CPU has its features.
+        // SAFETY: `kernels::Isa::detect` picks a variant only where the CPU has
+        // its features (a superset of those the loops enable).
         unsafe {
             match $self {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => avx512::$f($($arg),*),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => avx2::$f($($arg),*),
+                Isa::Avx2Fma => avx2::$f($($arg),*),
                 _ => plain::$f($($arg),*),
             }
         }
     };
 }
 
-impl Isa {
-    /// The best this CPU has.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Plain
-    }
+/// The engine's loops on an instruction set.
+trait Loops {
+    fn linear(self, x: &[f32], w_t: &[f32], b: &[f32], y: &mut [f32]);
+    fn linear_add(self, x: &[f32], w_t: &[f32], b: &[f32], y: &mut [f32]);
+    fn gelu(self, x: &mut [f32]);
+    fn softmax(self, x: &mut [f32]);
+    #[allow(clippy::too_many_arguments)]
+    fn scores(
+        self,
+        q: &[f32],
+        qkv: &[f32],
+        neighbors: &[Neighbor],
+        rel_t: &[f32],
+        heads: usize,
+        scale: f32,
+        out: &mut [f32],
+    );
+    fn mix(self, weights: &[f32], qkv: &[f32], neighbors: &[Neighbor], heads: usize, o: &mut [f32]);
+}
 
+impl Loops for Isa {
     fn linear(self, x: &[f32], w_t: &[f32], b: &[f32], y: &mut [f32]) {
         dispatch!(self, linear(x, w_t, b, y))
     }

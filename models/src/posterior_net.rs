@@ -217,17 +217,7 @@ impl PosteriorTrainer {
     /// The model's and the prior's mean per-edge cross-entropy on `shots`.
     pub fn evaluate(&self, shots: &EdgeShots) -> (f64, f64) {
         let _guard = tch::no_grad_guard();
-        let priors: Vec<f64> = {
-            let edges = self.sampler.edges();
-            let mut p = vec![0.0; edges.edges.len()];
-            for m in &edges.mechanisms {
-                for &e in &m.edges {
-                    let q = &mut p[e as usize];
-                    *q = *q * (1.0 - m.probability) + m.probability * (1.0 - *q);
-                }
-            }
-            p
-        };
+        let priors = self.sampler.edges().edge_priors();
         let mut total = 0.0;
         let mut prior = 0.0;
         let n = shots.detectors.num_shots();

@@ -3,8 +3,9 @@
 //! a short training run learns something the DEM's priors do not know.
 #![cfg(feature = "train")]
 
+use kernels::Isa;
 use models::posterior::{Geometry, PosteriorConfig, PosteriorModel, PosteriorProvenance};
-use models::posterior_cpu::{Isa, Prepared, Rounds, Stream};
+use models::posterior_cpu::{Prepared, Rounds, Stream};
 use models::posterior_net::{DenseGeometry, PosteriorNet, PosteriorTrainer};
 use simulator_bridge::edges::{DemEdges, EdgeSampler};
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
@@ -38,7 +39,7 @@ fn cpu_forward_matches_tch() {
         let rounds = Rounds::new(&geometry);
         let mut worst = 0f32;
         // Every instruction set this CPU has, and the baseline.
-        for isa in [Isa::detect(), Isa::Plain] {
+        for isa in [Isa::detect(), Isa::Portable] {
             let prepared = Prepared::new(&model).with_isa(isa);
             let mut stream = Stream::default();
             for s in 0..6 {

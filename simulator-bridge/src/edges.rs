@@ -123,6 +123,27 @@ impl DemEdges {
     }
 }
 
+/// The probability that an odd number of two independent events happens,
+/// with probabilities `p` and `q`: how independent error mechanisms with the
+/// same effect merge.
+pub fn odd(p: f64, q: f64) -> f64 {
+    p * (1.0 - q) + q * (1.0 - p)
+}
+
+impl DemEdges {
+    /// Each edge's prior probability of carrying an error: the mechanisms
+    /// on it merged as independent causes.
+    pub fn edge_priors(&self) -> Vec<f64> {
+        let mut prior = vec![0.0; self.edges.len()];
+        for m in &self.mechanisms {
+            for &e in &m.edges {
+                prior[e as usize] = odd(prior[e as usize], m.probability);
+            }
+        }
+        prior
+    }
+}
+
 /// Shots with a label for every edge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EdgeShots {

@@ -184,13 +184,7 @@ pub fn run(args: &TrainPosteriorArgs) -> Result<()> {
 fn start_at_priors(model: &mut PosteriorModel, layout: &StabilizerLayout, sampler: &EdgeSampler) -> Result<()> {
     let edges = sampler.edges();
     let geometry = Geometry::new(&model.config, layout, &edges.edges)?;
-    let mut prior = vec![0.0f64; edges.edges.len()];
-    for m in &edges.mechanisms {
-        for &e in &m.edges {
-            let q = &mut prior[e as usize];
-            *q = *q * (1.0 - m.probability) + m.probability * (1.0 - *q);
-        }
-    }
+    let prior = edges.edge_priors();
     let classes = model.config.classes.len();
     let (mut sum, mut count) = (vec![0.0; classes], vec![0usize; classes]);
     for (&(_, class), p) in geometry.edge_slots.iter().zip(&prior) {
