@@ -321,22 +321,6 @@ passes!(avx512, "avx512f");
 passes!(avx2, "avx2", "fma");
 passes!(plain,);
 
-macro_rules! dispatch {
-    ($isa:expr, $f:ident($($arg:expr),*)) => {
-        // SAFETY: `kernels::Isa::detect` chose the variant only where the CPU
-        // has its features (a superset of those the passes enable).
-        unsafe {
-            match $isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => avx512::$f($($arg),*),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => avx2::$f($($arg),*),
-                _ => plain::$f($($arg),*),
-            }
-        }
-    };
-}
-
 /// The passes on an instruction set.
 trait Passes {
     fn tanh_pass(self, q: &[f64], out: &mut [f64]);
@@ -346,15 +330,15 @@ trait Passes {
 
 impl Passes for Isa {
     fn tanh_pass(self, q: &[f64], out: &mut [f64]) {
-        dispatch!(self, tanh(q, out))
+        kernels::dispatch_isa!(self, tanh(q, out))
     }
 
     fn exclusive_products(self, t: &[f64], sign: f64, out: &mut [f64]) {
-        dispatch!(self, exclusive(t, sign, out))
+        kernels::dispatch_isa!(self, exclusive(t, sign, out))
     }
 
     fn atanh_pass(self, r: &mut [f64]) {
-        dispatch!(self, atanh(r))
+        kernels::dispatch_isa!(self, atanh(r))
     }
 }
 

@@ -292,6 +292,27 @@ pub enum KernelError {
     Unsupported(Isa),
 }
 
+/// Calls `f(args)` from the caller's module `avx512`, `avx2` or `plain` as
+/// `isa` (a [`Isa`] from [`Isa::detect`]) says: each module holds the same
+/// functions, compiled with `#[target_feature]`s no wider than that
+/// instruction set's (`avx512` and `avx2` exist on x86-64 only).
+#[macro_export]
+macro_rules! dispatch_isa {
+    ($isa:expr, $f:ident($($arg:expr),*)) => {
+        // SAFETY: `Isa::detect` chose the variant only where the CPU has its
+        // features, which include those each module enables.
+        unsafe {
+            match $isa {
+                #[cfg(target_arch = "x86_64")]
+                $crate::Isa::Avx512 => avx512::$f($($arg),*),
+                #[cfg(target_arch = "x86_64")]
+                $crate::Isa::Avx2Fma => avx2::$f($($arg),*),
+                _ => plain::$f($($arg),*),
+            }
+        }
+    };
+}
+
 /// The tensors of transformer layer `l` (width `d`, feed-forward width `f`),
 /// name and shape, in checkpoint order, with the attention's position bias
 /// (its name within the layer, and shape) where the models put it. Both the

@@ -494,22 +494,6 @@ kernels!(avx512, "avx512f");
 kernels!(avx2, "avx2", "fma");
 kernels!(plain,);
 
-macro_rules! dispatch {
-    ($self:expr, $f:ident($($arg:expr),*)) => {
-        // SAFETY: `kernels::Isa::detect` picks a variant only where the CPU has
-        // its features (a superset of those the loops enable).
-        unsafe {
-            match $self {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => avx512::$f($($arg),*),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Fma => avx2::$f($($arg),*),
-                _ => plain::$f($($arg),*),
-            }
-        }
-    };
-}
-
 /// The engine's loops on an instruction set.
 trait Loops {
     fn linear(self, x: &[f32], w_t: &[f32], b: &[f32], y: &mut [f32]);
@@ -532,19 +516,19 @@ trait Loops {
 
 impl Loops for Isa {
     fn linear(self, x: &[f32], w_t: &[f32], b: &[f32], y: &mut [f32]) {
-        dispatch!(self, linear(x, w_t, b, y))
+        kernels::dispatch_isa!(self, linear(x, w_t, b, y))
     }
 
     fn linear_add(self, x: &[f32], w_t: &[f32], b: &[f32], y: &mut [f32]) {
-        dispatch!(self, linear_add(x, w_t, b, y))
+        kernels::dispatch_isa!(self, linear_add(x, w_t, b, y))
     }
 
     fn gelu(self, x: &mut [f32]) {
-        dispatch!(self, gelu(x))
+        kernels::dispatch_isa!(self, gelu(x))
     }
 
     fn softmax(self, x: &mut [f32]) {
-        dispatch!(self, softmax(x))
+        kernels::dispatch_isa!(self, softmax(x))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -558,11 +542,11 @@ impl Loops for Isa {
         scale: f32,
         out: &mut [f32],
     ) {
-        dispatch!(self, scores(q, qkv, neighbors, rel_t, heads, scale, out))
+        kernels::dispatch_isa!(self, scores(q, qkv, neighbors, rel_t, heads, scale, out))
     }
 
     fn mix(self, weights: &[f32], qkv: &[f32], neighbors: &[Neighbor], heads: usize, o: &mut [f32]) {
-        dispatch!(self, mix(weights, qkv, neighbors, heads, o))
+        kernels::dispatch_isa!(self, mix(weights, qkv, neighbors, heads, o))
     }
 }
 
