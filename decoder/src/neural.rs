@@ -55,6 +55,17 @@ impl NeuralModel {
         Self::from_checkpoint(name, &ckpt, &path.display().to_string())
     }
 
+    /// The zoo checkpoints built into qecd ([`models::zoo::CHECKPOINTS`]), by name.
+    pub fn zoo() -> Result<Vec<Self>, DecodeError> {
+        models::zoo::CHECKPOINTS
+            .iter()
+            .map(|(name, bytes)| {
+                let ckpt = Checkpoint::from_bytes(bytes, name).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+                Self::from_checkpoint(name.to_string(), &ckpt, name)
+            })
+            .collect()
+    }
+
     /// Repacks a checkpoint's weights for the kernels. `origin` names it in errors.
     pub fn from_checkpoint(name: String, ckpt: &Checkpoint, origin: &str) -> Result<Self, DecodeError> {
         let weights = ckpt.kernel_weights(origin).map_err(|e| DecodeError::Invalid(e.to_string()))?;

@@ -19,6 +19,7 @@ pub mod posterior;
 pub mod posterior_cpu;
 pub mod tensor_file;
 pub mod train;
+pub mod zoo;
 
 #[cfg(feature = "train")]
 pub mod net;

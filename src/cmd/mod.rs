@@ -66,20 +66,11 @@ pub fn experiment(
     Ok((MemoryExperiment::new(distance, rounds, basis)?, NoiseModel::from_name(noise, p)?))
 }
 
-/// The name of the posterior model built into qecd (neural-matching's default).
-pub const POSTERIOR_NAME: &str = "posterior_z_si1000_p003";
-const POSTERIOR_BYTES: &[u8] = include_bytes!("../../fixtures/posterior/posterior_z_si1000_p003.safetensors");
-
-/// The posterior model at `path`, or the one built into qecd; with its name
-/// (the file name, or [`POSTERIOR_NAME`]).
+/// The posterior model at `path`, or the one built into qecd
+/// ([`models::zoo::posterior_at`]); with its name.
 pub fn load_posterior(path: Option<&Path>) -> Result<(String, Arc<PosteriorModel>)> {
-    Ok(match path {
-        Some(p) => {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            (name, Arc::new(PosteriorModel::load(p)?))
-        }
-        None => (POSTERIOR_NAME.to_string(), Arc::new(PosteriorModel::from_bytes(POSTERIOR_BYTES, POSTERIOR_NAME)?)),
-    })
+    let (name, model) = models::zoo::posterior_at(path)?;
+    Ok((name, Arc::new(model)))
 }
 
 /// The stabilizer layout of a circuit, or else of a DEM's detector coordinates.

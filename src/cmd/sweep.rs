@@ -444,8 +444,8 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let bar = super::shot_bar(0, "sweep");
     let mut built: Vec<(Case, ErrorCount, u64)> = Vec::new();
     let checkpoints: Vec<(PathBuf, Arc<NeuralModel>)> = if args.model.is_empty() {
-        let zoo = crate::server::zoo()?;
-        zoo.into_iter().map(|(name, m)| (PathBuf::from(format!("{name}.safetensors")), m)).collect()
+        let zoo = NeuralModel::zoo()?;
+        zoo.into_iter().map(|m| (PathBuf::from(format!("{}.safetensors", m.name())), Arc::new(m))).collect()
     } else {
         args.model.iter().map(|p| Ok((p.clone(), super::load_model(p)?))).collect::<Result<_>>()?
     };

@@ -27,20 +27,6 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/qecd_descriptor.bin"));
 }
 
-mod zoo {
-    include!(concat!(env!("OUT_DIR"), "/zoo.rs"));
-}
-
-/// The zoo checkpoints built into qecd, by name, loaded for the kernels.
-pub fn zoo() -> Result<Vec<(String, Arc<NeuralModel>)>> {
-    zoo::ZOO
-        .iter()
-        .map(|(name, bytes)| {
-            let ckpt = models::Checkpoint::from_bytes(bytes, name)?;
-            Ok((name.to_string(), Arc::new(NeuralModel::from_checkpoint(name.to_string(), &ckpt, name)?)))
-        })
-        .collect()
-}
 
 /// A neural model served by name, with its streaming engine.
 #[derive(Clone)]
@@ -61,7 +47,10 @@ pub struct Models {
 impl Models {
     /// The zoo checkpoints built into the binary.
     pub fn embedded(options: &StreamOptions) -> Result<Self> {
-        let list = zoo()?.into_iter().map(|(name, model)| Self::serve(name, model, options)).collect();
+        let list = NeuralModel::zoo()?
+            .into_iter()
+            .map(|model| Self::serve(model.name().to_string(), Arc::new(model), options))
+            .collect();
         Ok(Self { list })
     }
 
