@@ -69,10 +69,7 @@ impl NeuralModel {
     /// Repacks a checkpoint's weights for the kernels. `origin` names it in errors.
     pub fn from_checkpoint(name: String, ckpt: &Checkpoint, origin: &str) -> Result<Self, DecodeError> {
         let weights = ckpt.kernel_weights(origin).map_err(|e| DecodeError::Invalid(e.to_string()))?;
-        let own = match ckpt.meta.layout.basis {
-            Basis::Z => StabilizerType::Z,
-            Basis::X => StabilizerType::X,
-        };
+        let own = StabilizerType::of_memory(ckpt.meta.layout.basis);
         let basis_stabilizers =
             ckpt.meta.layout.stabilizers.iter().enumerate().filter(|(_, s)| s.kind == own).map(|(i, _)| i).collect();
         Ok(Self { name, weights, meta: ckpt.meta.clone(), basis_stabilizers })

@@ -28,6 +28,25 @@ pub enum StabilizerType {
     Z,
 }
 
+impl StabilizerType {
+    /// The type a memory experiment in `basis` measures in its first and
+    /// final rounds: its detectors exist from round 0.
+    pub fn of_memory(basis: Basis) -> Self {
+        match basis {
+            Basis::X => StabilizerType::X,
+            Basis::Z => StabilizerType::Z,
+        }
+    }
+
+    /// The other type.
+    pub fn other(self) -> Self {
+        match self {
+            StabilizerType::X => StabilizerType::Z,
+            StabilizerType::Z => StabilizerType::X,
+        }
+    }
+}
+
 /// One stabilizer of the code.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stabilizer {
@@ -103,14 +122,8 @@ impl StabilizerLayout {
         }
         let mut ordered: Vec<(f64, f64, bool)> = positions.values().copied().collect();
         ordered.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.total_cmp(&b.0)));
-        let other = match basis {
-            Basis::X => StabilizerType::Z,
-            Basis::Z => StabilizerType::X,
-        };
-        let own = match basis {
-            Basis::X => StabilizerType::X,
-            Basis::Z => StabilizerType::Z,
-        };
+        let own = StabilizerType::of_memory(basis);
+        let other = own.other();
         let stabilizers: Vec<Stabilizer> = ordered
             .iter()
             .map(|&(x, y, in_final)| Stabilizer { x, y, kind: if in_final { own } else { other } })

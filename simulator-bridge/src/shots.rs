@@ -182,9 +182,35 @@ pub fn bytes_for(bits: usize) -> usize {
     bits.div_ceil(8)
 }
 
+/// Packs bits LSB-first (bit `k` is bit `k % 8` of byte `k / 8`, Stim's b8
+/// order), padding bits 0.
+pub fn pack_bits(bits: &[bool]) -> Vec<u8> {
+    let mut out = vec![0u8; bytes_for(bits.len())];
+    for (k, _) in bits.iter().enumerate().filter(|(_, b)| **b) {
+        out[k / 8] |= 1 << (k % 8);
+    }
+    out
+}
+
+/// Bits `0..n` of LSB-first packed bytes ([`pack_bits`]'s inverse).
+///
+/// # Panics
+/// If `packed` holds fewer than `n` bits.
+pub fn unpack_bits(packed: &[u8], n: usize) -> Vec<bool> {
+    (0..n).map(|k| packed[k / 8] >> (k % 8) & 1 == 1).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_bits_is_b8_order_and_unpack_inverts_it() {
+        let bits = [true, false, false, true, false, false, false, false, false, true];
+        assert_eq!(pack_bits(&bits), vec![0b0000_1001, 0b0000_0010]);
+        assert_eq!(unpack_bits(&pack_bits(&bits), bits.len()), bits);
+        assert!(pack_bits(&[]).is_empty());
+    }
 
     #[test]
     fn bits_round_trip_through_rows() {
