@@ -4,7 +4,7 @@ use crate::math::{Arith, gelu_slice, layer_norm, softmax_columns};
 use crate::simd::{LANES, Vector};
 use crate::tile::TileArgs;
 use crate::weights::{PANEL, Panels};
-use crate::{Isa, KernelConfig, Weights};
+use crate::{IsaToken, KernelConfig, Weights};
 
 /// Per-thread scratch space: every intermediate buffer of a step and a
 /// readout, for a block of up to [`Scratch::block`] streams. Allocated once,
@@ -216,96 +216,103 @@ pub(crate) type Native = crate::math::Sse2;
 pub(crate) type Native = crate::math::GenericFma;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub(crate) type Native = crate::math::Generic;
+/// The portable build's value (it needs no proof).
+#[cfg(target_arch = "x86_64")]
+pub(crate) const NATIVE: Native = crate::math::Sse2;
+#[cfg(target_arch = "aarch64")]
+pub(crate) const NATIVE: Native = crate::math::GenericFma;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) const NATIVE: Native = crate::math::Generic;
 pub(crate) const NATIVE_ROWS: usize = 2;
 
 /// Steps a block of streams (`z` `[n·S·D]`, `f` `[n·S·NF]`, n ≤ block) with the weights' instruction set.
 fn run_step(w: &Weights, z: &mut [f32], f: &[f32], scratch: &mut Scratch) {
     match w.isa {
-        // SAFETY: `Weights::isa` only ever holds an instruction set that
-        // `Isa::is_supported` confirmed on this CPU (`Isa::detect`, `Weights::set_isa`).
+        // SAFETY (both arms): the token proves the CPU has the features the
+        // wrapper enables (`crate::isa`).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::step_avx512(w, z, f, scratch) },
-        // SAFETY: as above.
+        IsaToken::Avx512(t) => unsafe { x86::step_avx512(t, w, z, f, scratch) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { x86::step_avx2(w, z, f, scratch) },
-        _ => step_block::<Native, NATIVE_ROWS>(w, z, f, scratch),
+        IsaToken::Avx2Fma(t) => unsafe { x86::step_avx2(t, w, z, f, scratch) },
+        _ => step_block::<Native, NATIVE_ROWS>(NATIVE, w, z, f, scratch),
     }
 }
 
 /// Reads out a block of streams (`z` `[n·S·D]` → `logits` `[n·O]`).
 fn run_readout(w: &Weights, z: &[f32], scratch: &mut Scratch, logits: &mut [f32]) {
     match w.isa {
-        // SAFETY: as in `run_step`.
+        // SAFETY (both arms): as in `run_step`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::readout_avx512(w, z, scratch, logits) },
-        // SAFETY: as in `run_step`.
+        IsaToken::Avx512(t) => unsafe { x86::readout_avx512(t, w, z, scratch, logits) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { x86::readout_avx2(w, z, scratch, logits) },
-        _ => readout_block::<Native, NATIVE_ROWS>(w, z, scratch, logits),
+        IsaToken::Avx2Fma(t) => unsafe { x86::readout_avx2(t, w, z, scratch, logits) },
+        _ => readout_block::<Native, NATIVE_ROWS>(NATIVE, w, z, scratch, logits),
     }
 }
 
 /// The generic kernels compiled with wider vectors and FMA. Everything they
 /// call is `#[inline(always)]`, so all of it is compiled with these features.
+/// Each takes the token of its instruction set, which its vectors are built with.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
 
+    use crate::isa::{Avx2Token, Avx512Token};
     use crate::math::{Avx2, Avx512};
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn step_avx2(w: &Weights, z: &mut [f32], f: &[f32], scratch: &mut Scratch) {
-        step_block::<Avx2, 6>(w, z, f, scratch)
+    pub(super) fn step_avx2(t: Avx2Token, w: &Weights, z: &mut [f32], f: &[f32], scratch: &mut Scratch) {
+        step_block::<Avx2, 6>(Avx2(t), w, z, f, scratch)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn step_avx512(w: &Weights, z: &mut [f32], f: &[f32], scratch: &mut Scratch) {
-        step_block::<Avx512, 8>(w, z, f, scratch)
+    pub(super) fn step_avx512(t: Avx512Token, w: &Weights, z: &mut [f32], f: &[f32], scratch: &mut Scratch) {
+        step_block::<Avx512, 8>(Avx512(t), w, z, f, scratch)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn readout_avx2(w: &Weights, z: &[f32], scratch: &mut Scratch, logits: &mut [f32]) {
-        readout_block::<Avx2, 6>(w, z, scratch, logits)
+    pub(super) fn readout_avx2(t: Avx2Token, w: &Weights, z: &[f32], scratch: &mut Scratch, logits: &mut [f32]) {
+        readout_block::<Avx2, 6>(Avx2(t), w, z, scratch, logits)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn readout_avx512(w: &Weights, z: &[f32], scratch: &mut Scratch, logits: &mut [f32]) {
-        readout_block::<Avx512, 8>(w, z, scratch, logits)
+    pub(super) fn readout_avx512(t: Avx512Token, w: &Weights, z: &[f32], scratch: &mut Scratch, logits: &mut [f32]) {
+        readout_block::<Avx512, 8>(Avx512(t), w, z, scratch, logits)
     }
 }
 
 /// One round step of `z.len() / (S·D)` streams (at most the scratch's block),
 /// with `R`-row matrix-product tiles.
 #[inline(always)]
-fn step_block<A: Arith, const R: usize>(w: &Weights, z: &mut [f32], f: &[f32], scratch: &mut Scratch) {
+fn step_block<A: Arith, const R: usize>(a: A, w: &Weights, z: &mut [f32], f: &[f32], scratch: &mut Scratch) {
     let c = &w.config;
     let (s, d, nf, ff) = (c.stabilizers, c.width, c.features, c.ffn_width);
     let rows = z.len() / d;
     debug_assert!(rows <= scratch.block * s && A::V::N == LANES);
-    let Scratch { a, qkv: qkv_padded, hid, qt, scores, col, zeros, .. } = scratch;
-    let (a, hid) = (&mut a[..rows * d], &mut hid[..rows * ff]);
+    let Scratch { a: buf, qkv: qkv_padded, hid, qt, scores, col, zeros, .. } = scratch;
+    let (buf, hid) = (&mut buf[..rows * d], &mut hid[..rows * ff]);
 
     // Embedding fused with the state update: z ← (z + b_in + stab[s] + Σ_f f·w_in[·][f]) / √2.
     for (zs, fs) in z.chunks_exact_mut(s * d).zip(f.chunks_exact(s * nf)) {
         for ((zr, fr), base) in zs.chunks_exact_mut(d).zip(fs.chunks_exact(nf)).zip(w.embed_base.chunks_exact(d)) {
-            embed_row::<A>(zr, fr, base, &w.w_in_t);
+            embed_row::<A>(a, zr, fr, base, &w.w_in_t);
         }
     }
 
     for layer in &w.layers {
-        for (zr, ar) in z.chunks_exact(d).zip(a.chunks_exact_mut(d)) {
-            layer_norm::<A>(zr, &layer.ln1_g, &layer.ln1_b, ar);
+        for (zr, ar) in z.chunks_exact(d).zip(buf.chunks_exact_mut(d)) {
+            layer_norm::<A>(a, zr, &layer.ln1_g, &layer.ln1_b, ar);
         }
-        gemm::<A, R>(a, d, 1, rows, layer.qkv.panels(), &mut qkv_padded[..rows * 3 * d], 3 * d, false);
+        gemm::<A, R>(a, buf, d, 1, rows, layer.qkv.panels(), &mut qkv_padded[..rows * 3 * d], 3 * d, false);
         let attn = Attention { qt, scores, col, zeros };
-        attention::<A, R>(c, &qkv_padded[..rows * 3 * d + 2 * PANEL], &layer.attn_bias_t, a, attn);
-        gemm::<A, R>(a, d, 1, rows, layer.wo.panels(), z, d, true);
-        for (zr, ar) in z.chunks_exact(d).zip(a.chunks_exact_mut(d)) {
-            layer_norm::<A>(zr, &layer.ln2_g, &layer.ln2_b, ar);
+        attention::<A, R>(a, c, &qkv_padded[..rows * 3 * d + 2 * PANEL], &layer.attn_bias_t, buf, attn);
+        gemm::<A, R>(a, buf, d, 1, rows, layer.wo.panels(), z, d, true);
+        for (zr, ar) in z.chunks_exact(d).zip(buf.chunks_exact_mut(d)) {
+            layer_norm::<A>(a, zr, &layer.ln2_g, &layer.ln2_b, ar);
         }
-        gemm::<A, R>(a, d, 1, rows, layer.w1.panels(), hid, ff, false);
-        gelu_slice::<A>(hid);
-        gemm::<A, R>(hid, ff, 1, rows, layer.w2.panels(), z, d, true);
+        gemm::<A, R>(a, buf, d, 1, rows, layer.w1.panels(), hid, ff, false);
+        gelu_slice::<A>(a, hid);
+        gemm::<A, R>(a, hid, ff, 1, rows, layer.w2.panels(), z, d, true);
     }
 }
 
@@ -314,21 +321,21 @@ fn step_block<A: Arith, const R: usize>(w: &Weights, z: &mut [f32], f: &[f32], s
 /// (The contract divides by √2; multiplying by the rounded reciprocal differs
 /// by at most an ulp.)
 #[inline(always)]
-pub(crate) fn embed_row<A: Arith>(z: &mut [f32], f: &[f32], base: &[f32], w_in_t: &[f32]) {
+pub(crate) fn embed_row<A: Arith>(a: A, z: &mut [f32], f: &[f32], base: &[f32], w_in_t: &[f32]) {
     let d = z.len();
     let full = d - d % LANES;
-    let half = A::V::splat(std::f32::consts::FRAC_1_SQRT_2);
+    let half = a.splat(std::f32::consts::FRAC_1_SQRT_2);
     for j in (0..full).step_by(LANES) {
-        let mut x = A::V::load(&base[j..]);
+        let mut x = a.load(&base[j..]);
         for (k, fv) in f.iter().enumerate() {
-            x = A::V::splat(*fv).madd(A::V::load(&w_in_t[k * d + j..]), x);
+            x = a.splat(*fv).madd(a.load(&w_in_t[k * d + j..]), x);
         }
-        A::V::load(&z[j..]).add(x).mul(half).store(&mut z[j..]);
+        a.load(&z[j..]).add(x).mul(half).store(&mut z[j..]);
     }
     for j in full..d {
         let mut x = base[j];
         for (k, fv) in f.iter().enumerate() {
-            x = A::madd(*fv, w_in_t[k * d + j], x);
+            x = a.madd(*fv, w_in_t[k * d + j], x);
         }
         z[j] = (z[j] + x) * std::f32::consts::FRAC_1_SQRT_2;
     }
@@ -354,7 +361,14 @@ struct Attention<'a> {
 /// heads at once: maxima, exponentials and sums are element-wise over whole
 /// vectors, with no horizontal reductions.
 #[inline(always)]
-fn attention<A: Arith, const R: usize>(c: &KernelConfig, qkv: &[f32], bias_t: &[f32], out: &mut [f32], t: Attention) {
+fn attention<A: Arith, const R: usize>(
+    a: A,
+    c: &KernelConfig,
+    qkv: &[f32],
+    bias_t: &[f32],
+    out: &mut [f32],
+    t: Attention,
+) {
     let (s, d, dh, h) = (c.stabilizers, c.width, c.head_width(), c.heads);
     let ld = 3 * d;
     let scale = 1.0 / (dh as f32).sqrt();
@@ -374,35 +388,35 @@ fn attention<A: Arith, const R: usize>(c: &KernelConfig, qkv: &[f32], bias_t: &[
         for hh in 0..h {
             let c0 = hh * dh;
             let q_panels = Panels { k: dh, n: s, wt: &t.qt[c0 * s..], ldw: s, stride: PANEL, bias: q_bias };
-            gemm::<A, R>(&qs[d + c0..], ld, 1, s, q_panels, &mut t.scores[hh * s..], hl, false);
+            gemm::<A, R>(a, &qs[d + c0..], ld, 1, s, q_panels, &mut t.scores[hh * s..], hl, false);
         }
-        softmax_columns::<A>(t.scores, bias_t, scale, max, sum);
+        softmax_columns::<A>(a, t.scores, bias_t, scale, max, sum);
         // o_h[i][cc] = Σ_j P_h[i][j]·V[j][c0 + cc], P_h[i][j] = Sᵀ[j][h·S + i].
         for hh in 0..h {
             let c0 = hh * dh;
             let v_panels = Panels { k: s, n: dh, wt: &qkv[base + 2 * d + c0..], ldw: ld, stride: PANEL, bias: v_bias };
-            gemm::<A, R>(&t.scores[hh * s..], 1, hl, s, v_panels, &mut os[c0..], d, false);
+            gemm::<A, R>(a, &t.scores[hh * s..], 1, hl, s, v_panels, &mut os[c0..], d, false);
         }
     }
 }
 
 /// The readout of `z.len() / (S·D)` streams into `logits` `[n·O]`.
 #[inline(always)]
-fn readout_block<A: Arith, const R: usize>(w: &Weights, z: &[f32], scratch: &mut Scratch, logits: &mut [f32]) {
+fn readout_block<A: Arith, const R: usize>(a: A, w: &Weights, z: &[f32], scratch: &mut Scratch, logits: &mut [f32]) {
     let c = &w.config;
     let (s, d) = (c.stabilizers, c.width);
     let n = z.len() / (s * d);
     debug_assert!(n <= scratch.block);
-    let Scratch { a, g, rh, .. } = scratch;
-    let (g, rh, tmp) = (&mut g[..n * d], &mut rh[..n * c.readout_width], &mut a[..d]);
+    let Scratch { a: buf, g, rh, .. } = scratch;
+    let (g, rh, tmp) = (&mut g[..n * d], &mut rh[..n * c.readout_width], &mut buf[..d]);
     // g = mean over s of LN(z[s]).
     for (zs, gs) in z.chunks_exact(s * d).zip(g.chunks_exact_mut(d)) {
         gs.fill(0.0);
         for zr in zs.chunks_exact(d) {
-            layer_norm::<A>(zr, &w.ro_ln_g, &w.ro_ln_b, tmp);
+            layer_norm::<A>(a, zr, &w.ro_ln_g, &w.ro_ln_b, tmp);
             let full = d - d % LANES;
             for j in (0..full).step_by(LANES) {
-                A::V::load(&gs[j..]).add(A::V::load(&tmp[j..])).store(&mut gs[j..]);
+                a.load(&gs[j..]).add(a.load(&tmp[j..])).store(&mut gs[j..]);
             }
             for j in full..d {
                 gs[j] += tmp[j];
@@ -412,9 +426,9 @@ fn readout_block<A: Arith, const R: usize>(w: &Weights, z: &[f32], scratch: &mut
             *gv /= s as f32;
         }
     }
-    gemm::<A, R>(g, d, 1, n, w.ro_w1.panels(), rh, c.readout_width, false);
-    gelu_slice::<A>(rh);
-    gemm::<A, R>(rh, c.readout_width, 1, n, w.ro_w2.panels(), logits, c.observables, false);
+    gemm::<A, R>(a, g, d, 1, n, w.ro_w1.panels(), rh, c.readout_width, false);
+    gelu_slice::<A>(a, rh);
+    gemm::<A, R>(a, rh, c.readout_width, 1, n, w.ro_w2.panels(), logits, c.observables, false);
 }
 
 /// `y[r][..n] (+)= x[r][..k]·W + b` for `rows` rows of `x` (`x[r][kk]` at
@@ -426,6 +440,7 @@ fn readout_block<A: Arith, const R: usize>(w: &Weights, z: &[f32], scratch: &mut
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm<A: Arith, const R: usize>(
+    a: A,
     x: &[f32],
     ldx: usize,
     ldk: usize,
@@ -439,10 +454,10 @@ pub(crate) fn gemm<A: Arith, const R: usize>(
     let mut jb = 0;
     while jb < panels {
         if A::WIDE == 2 && jb + 1 < panels {
-            gemm_panels::<A, R, 2>(x, ldx, ldk, rows, &p, jb, y, ldy, add);
+            gemm_panels::<A, R, 2>(a, x, ldx, ldk, rows, &p, jb, y, ldy, add);
             jb += 2;
         } else {
-            gemm_panels::<A, R, 1>(x, ldx, ldk, rows, &p, jb, y, ldy, add);
+            gemm_panels::<A, R, 1>(a, x, ldx, ldk, rows, &p, jb, y, ldy, add);
             jb += 1;
         }
     }
@@ -452,6 +467,7 @@ pub(crate) fn gemm<A: Arith, const R: usize>(
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn gemm_panels<A: Arith, const R: usize, const W: usize>(
+    a: A,
     x: &[f32],
     ldx: usize,
     ldk: usize,
@@ -469,19 +485,19 @@ fn gemm_panels<A: Arith, const R: usize, const W: usize>(
     let args = |r: usize| TileArgs { x: &x[r * ldx..], ldx, ldk, k, panel, ldw, stride, bias, ldy, cols, add };
     let mut r = 0;
     while r + R <= rows {
-        A::tile::<R, W>(&args(r), &mut y[r * ldy + j0..]);
+        a.tile::<R, W>(&args(r), &mut y[r * ldy + j0..]);
         r += R;
     }
     if R > 4 && r + 4 <= rows {
-        A::tile::<4, W>(&args(r), &mut y[r * ldy + j0..]);
+        a.tile::<4, W>(&args(r), &mut y[r * ldy + j0..]);
         r += 4;
     }
     if R > 2 && r + 2 <= rows {
-        A::tile::<2, W>(&args(r), &mut y[r * ldy + j0..]);
+        a.tile::<2, W>(&args(r), &mut y[r * ldy + j0..]);
         r += 2;
     }
     while r < rows {
-        A::tile::<1, W>(&args(r), &mut y[r * ldy + j0..]);
+        a.tile::<1, W>(&args(r), &mut y[r * ldy + j0..]);
         r += 1;
     }
 }
@@ -489,6 +505,7 @@ fn gemm_panels<A: Arith, const R: usize, const W: usize>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::Isa;
     use crate::reference;
     use crate::testutil::Rng;
     use crate::testutil::*;
@@ -616,15 +633,15 @@ pub(crate) mod tests {
     }
 
     /// One shot through the fused kernels of build `A` directly.
-    fn shot_with<A: Arith>(w: &Weights, features: &[f32]) -> Vec<f32> {
+    fn shot_with<A: Arith>(a: A, w: &Weights, features: &[f32]) -> Vec<f32> {
         let c = w.config();
         let mut scratch = Scratch::new(c);
         let mut z = vec![0.0; c.state_len()];
         for f in features.chunks_exact(c.features_len()) {
-            step_block::<A, 2>(w, &mut z, f, &mut scratch);
+            step_block::<A, 2>(a, w, &mut z, f, &mut scratch);
         }
         let mut logits = vec![0.0; c.observables];
-        readout_block::<A, 2>(w, &z, &mut scratch, &mut logits);
+        readout_block::<A, 2>(a, w, &z, &mut scratch, &mut logits);
         logits
     }
 
@@ -638,7 +655,9 @@ pub(crate) mod tests {
             let rounds = 5;
             let features = random_features(&config, &mut Rng::new(i as u64), rounds);
             let want = reference::forward(&w, &features, rounds);
-            for got in [shot_with::<Generic>(&w, &features), shot_with::<GenericFma>(&w, &features)] {
+            for got in
+                [shot_with::<Generic>(Generic, &w, &features), shot_with::<GenericFma>(GenericFma, &w, &features)]
+            {
                 for (g, r) in got.iter().zip(&want) {
                     assert!((*g as f64 - r).abs() < 1e-4, "{config:?}: {g} vs {r}");
                 }
@@ -656,8 +675,8 @@ pub(crate) mod tests {
             let base = random_weights(&config, 400 + i as u64);
             let rounds = 4;
             let features = random_features(&config, &mut Rng::new(9 + i as u64), rounds);
-            let plain = bits(&shot_with::<Generic>(&base, &features));
-            let fused = bits(&shot_with::<GenericFma>(&base, &features));
+            let plain = bits(&shot_with::<Generic>(Generic, &base, &features));
+            let fused = bits(&shot_with::<GenericFma>(GenericFma, &base, &features));
             for w in all_isas(&base) {
                 let mut scratch = Scratch::new(&config);
                 let mut state = vec![0.0; config.state_len()];

@@ -112,6 +112,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod isa;
 mod kernel;
 mod math;
 pub mod reference;
@@ -120,6 +121,7 @@ mod tile;
 pub mod train;
 mod weights;
 
+pub use isa::{Avx2Token, Avx512Token, Isa, IsaToken};
 pub use kernel::{Scratch, forward_shot, readout, readout_batch, step, step_batch};
 pub use weights::{PANEL, Weights};
 
@@ -206,47 +208,6 @@ impl KernelConfig {
     }
 }
 
-/// The instruction set the fused kernels run with; see the crate docs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Isa {
-    /// The build's baseline target: SSE2 without FMA on x86-64; plain arrays
-    /// left to the auto-vectoriser elsewhere (with FMA on aarch64).
-    Portable,
-    /// x86-64 AVX2 with FMA: matrix tiles of 6 rows × 16 columns.
-    Avx2Fma,
-    /// x86-64 AVX-512F: matrix tiles of 8 rows × 32 columns.
-    Avx512,
-}
-
-impl Isa {
-    /// The fastest instruction set this CPU supports.
-    pub fn detect() -> Self {
-        [Isa::Avx512, Isa::Avx2Fma].into_iter().find(|isa| isa.is_supported()).unwrap_or(Isa::Portable)
-    }
-
-    /// Whether this CPU can run kernels built for `self`.
-    pub fn is_supported(self) -> bool {
-        match self {
-            Isa::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
-        }
-    }
-
-    /// Every instruction set this CPU supports, portable first.
-    pub fn supported() -> Vec<Isa> {
-        [Isa::Portable, Isa::Avx2Fma, Isa::Avx512].into_iter().filter(|isa| isa.is_supported()).collect()
-    }
-}
-
 /// Errors from building [`Weights`].
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -293,20 +254,25 @@ pub enum KernelError {
 }
 
 /// Calls `f(args)` from the caller's module `avx512`, `avx2` or `plain` as
-/// `isa` (a [`Isa`] from [`Isa::detect`]) says: each module holds the same
-/// functions, compiled with `#[target_feature]`s no wider than that
-/// instruction set's (`avx512` and `avx2` exist on x86-64 only).
+/// `isa` (an [`Isa`]) says: each module holds the same functions, compiled
+/// with `#[target_feature]`s no wider than that instruction set's (`avx512`
+/// and `avx2` exist on x86-64 only).
+///
+/// # Panics
+/// If this CPU does not support `isa` (use [`Isa::detect`] or
+/// [`Isa::supported`]): the check ([`Isa::require`]) is what makes the call sound.
 #[macro_export]
 macro_rules! dispatch_isa {
     ($isa:expr, $f:ident($($arg:expr),*)) => {
-        // SAFETY: `Isa::detect` chose the variant only where the CPU has its
-        // features, which include those each module enables.
+        // SAFETY: `Isa::require` returns a token only where this CPU has the
+        // instruction set's features (`kernels::isa`), and those include the
+        // ones each module enables.
         unsafe {
-            match $isa {
+            match $crate::Isa::require($isa) {
                 #[cfg(target_arch = "x86_64")]
-                $crate::Isa::Avx512 => avx512::$f($($arg),*),
+                $crate::IsaToken::Avx512(_) => avx512::$f($($arg),*),
                 #[cfg(target_arch = "x86_64")]
-                $crate::Isa::Avx2Fma => avx2::$f($($arg),*),
+                $crate::IsaToken::Avx2Fma(_) => avx2::$f($($arg),*),
                 _ => plain::$f($($arg),*),
             }
         }

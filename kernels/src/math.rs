@@ -9,17 +9,42 @@ use crate::tile::TileArgs;
 pub(crate) const LN_EPS: f32 = 1e-5;
 
 /// An instruction-set build: its vectors (16 lanes, plus one lane for row
-/// tails, rounding the same way) and its matrix-product micro-kernel.
-pub(crate) trait Arith {
+/// tails, rounding the same way) and its matrix-product micro-kernel. A value
+/// holds the tokens its vectors are built with, so the kernels take one
+/// (`a: A`, zero-sized) and build every vector through it.
+pub(crate) trait Arith: Copy {
     /// Sixteen lanes.
     type V: Vector;
     /// One lane, same multiply-add rounding as `V`.
     type S: Vector;
 
+    /// The token `V` is built with.
+    fn v(self) -> <Self::V as Vector>::Token;
+    /// The token `S` is built with.
+    fn s(self) -> <Self::S as Vector>::Token;
+
+    /// The first 16 values of `x`.
+    #[inline(always)]
+    fn load(self, x: &[f32]) -> Self::V {
+        Self::V::load(self.v(), x)
+    }
+
+    /// `x` in all 16 lanes.
+    #[inline(always)]
+    fn splat(self, x: f32) -> Self::V {
+        Self::V::splat(self.v(), x)
+    }
+
+    /// `x` as a one-lane vector.
+    #[inline(always)]
+    fn one(self, x: f32) -> Self::S {
+        Self::S::splat(self.s(), x)
+    }
+
     /// `a·b + c`, rounded like `S`.
     #[inline(always)]
-    fn madd(a: f32, b: f32, c: f32) -> f32 {
-        Self::S::splat(a).madd(Self::S::splat(b), Self::S::splat(c)).hsum()
+    fn madd(self, a: f32, b: f32, c: f32) -> f32 {
+        self.one(a).madd(self.one(b), self.one(c)).hsum()
     }
 
     /// Panels per tile in full-width products: 1, or 2 where registers allow.
@@ -27,84 +52,110 @@ pub(crate) trait Arith {
 
     /// The `R`-row, `W`-panel micro-kernel (see `tile.rs`); `W` is 1 or `WIDE`.
     #[inline(always)]
-    fn tile<const R: usize, const W: usize>(t: &TileArgs, y: &mut [f32])
-    where
-        Self: Sized,
-    {
+    fn tile<const R: usize, const W: usize>(self, t: &TileArgs, y: &mut [f32]) {
         assert_eq!(W, 1);
-        crate::tile::generic::<Self, R>(t, y)
+        crate::tile::generic::<Self, R>(self, t, y)
     }
 }
 
 /// Plain Rust arrays left to the auto-vectoriser, `a·b + c` rounded twice:
 /// the portable build on targets other than x86-64 and aarch64.
 #[allow(dead_code)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Generic;
 
 impl Arith for Generic {
     type V = crate::simd::Plain16;
     type S = crate::simd::Plain1;
+    #[inline(always)]
+    fn v(self) {}
+    #[inline(always)]
+    fn s(self) {}
 }
 
 /// Plain Rust arrays with fused multiply-adds: the portable build on aarch64,
 /// where FMA is baseline (elsewhere `mul_add` would be a libm call).
 #[allow(dead_code)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct GenericFma;
 
 impl Arith for GenericFma {
     type V = crate::simd::Fused16;
     type S = crate::simd::Fused1;
+    #[inline(always)]
+    fn v(self) {}
+    #[inline(always)]
+    fn s(self) {}
 }
 
 /// SSE2, the x86-64 baseline: the portable build there.
 #[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Sse2;
 
 #[cfg(target_arch = "x86_64")]
 impl Arith for Sse2 {
     type V = crate::simd::Sse16;
     type S = crate::simd::Plain1;
+    #[inline(always)]
+    fn v(self) {}
+    #[inline(always)]
+    fn s(self) {}
 
     #[inline(always)]
-    fn tile<const R: usize, const W: usize>(t: &TileArgs, y: &mut [f32]) {
+    fn tile<const R: usize, const W: usize>(self, t: &TileArgs, y: &mut [f32]) {
         assert_eq!(W, 1);
         crate::tile::x86::sse2::<R>(t, y)
     }
 }
 
-/// AVX2 + FMA. Only instantiated inside `#[target_feature(enable = "avx2,fma")]` functions.
+/// AVX2 + FMA, with its proof. Instantiated inside `#[target_feature(enable =
+/// "avx2,fma")]` functions, so that its vectors' intrinsics inline.
 #[cfg(target_arch = "x86_64")]
-pub(crate) struct Avx2;
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2(pub(crate) crate::Avx2Token);
 
 #[cfg(target_arch = "x86_64")]
 impl Arith for Avx2 {
     type V = crate::simd::Avx16;
     type S = crate::simd::Fused1;
+    #[inline(always)]
+    fn v(self) -> crate::Avx2Token {
+        self.0
+    }
+    #[inline(always)]
+    fn s(self) {}
 
     #[inline(always)]
-    fn tile<const R: usize, const W: usize>(t: &TileArgs, y: &mut [f32]) {
+    fn tile<const R: usize, const W: usize>(self, t: &TileArgs, y: &mut [f32]) {
         assert_eq!(W, 1);
-        // SAFETY: `Avx2` is only used by kernels compiled for, and dispatched
-        // to only on, CPUs with AVX2 and FMA (`kernel::run_step`).
+        // SAFETY: `self.0` proves the CPU has AVX2 and FMA (`crate::isa`).
         unsafe { crate::tile::x86::avx2::<R>(t, y) }
     }
 }
 
-/// AVX-512F. Only
-/// instantiated inside `#[target_feature(enable = "avx512f,avx2,fma")]` functions.
+/// AVX-512F, with its proof. Instantiated inside `#[target_feature(enable =
+/// "avx512f,avx2,fma")]` functions.
 #[cfg(target_arch = "x86_64")]
-pub(crate) struct Avx512;
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(pub(crate) crate::Avx512Token);
 
 #[cfg(target_arch = "x86_64")]
 impl Arith for Avx512 {
     type V = crate::simd::Zmm16;
     type S = crate::simd::Fused1;
+    #[inline(always)]
+    fn v(self) -> crate::Avx512Token {
+        self.0
+    }
+    #[inline(always)]
+    fn s(self) {}
 
     const WIDE: usize = 2;
 
     #[inline(always)]
-    fn tile<const R: usize, const W: usize>(t: &TileArgs, y: &mut [f32]) {
-        // SAFETY: as for `Avx2`, with AVX-512F.
+    fn tile<const R: usize, const W: usize>(self, t: &TileArgs, y: &mut [f32]) {
+        // SAFETY: `self.0` proves the CPU has AVX-512F, AVX2 and FMA (`crate::isa`).
         unsafe { crate::tile::x86::avx512::<R, W>(t, y) }
     }
 }
@@ -115,27 +166,27 @@ impl Arith for Avx512 {
 /// without (measured by the tests against the `f64` reference).
 #[inline(always)]
 pub(crate) fn erf<V: Vector>(x: V) -> V {
-    let c = V::splat;
-    let x = x.max(c(-4.0)).min(c(4.0));
+    let tok = x.token();
+    let x = x.max(V::splat(tok, -4.0)).min(V::splat(tok, 4.0));
     let x2 = x.mul(x);
-    let mut p = x2.madd(c(-2.726_142_3e-10), c(2.770_681_4e-8));
-    p = x2.madd(p, c(-2.101_024e-6));
-    p = x2.madd(p, c(-5.692_506_4e-5));
-    p = x2.madd(p, c(-7.349_906_3e-4));
-    p = x2.madd(p, c(-2.954_6e-3));
-    p = x2.madd(p, c(-1.609_603_3e-2));
-    let mut q = x2.madd(c(-1.456_607_2e-5), c(-2.133_740_6e-4));
-    q = x2.madd(q, c(-1.682_827e-3));
-    q = x2.madd(q, c(-7.373_329e-3));
-    q = x2.madd(q, c(-1.426_473_9e-2));
+    let mut p = x2.madd(V::splat(tok, -2.726_142_3e-10), V::splat(tok, 2.770_681_4e-8));
+    p = x2.madd(p, V::splat(tok, -2.101_024e-6));
+    p = x2.madd(p, V::splat(tok, -5.692_506_4e-5));
+    p = x2.madd(p, V::splat(tok, -7.349_906_3e-4));
+    p = x2.madd(p, V::splat(tok, -2.954_6e-3));
+    p = x2.madd(p, V::splat(tok, -1.609_603_3e-2));
+    let mut q = x2.madd(V::splat(tok, -1.456_607_2e-5), V::splat(tok, -2.133_740_6e-4));
+    q = x2.madd(q, V::splat(tok, -1.682_827e-3));
+    q = x2.madd(q, V::splat(tok, -7.373_329e-3));
+    q = x2.madd(q, V::splat(tok, -1.426_473_9e-2));
     x.mul(p).div(q)
 }
 
 /// Exact GELU, `x·Φ(x) = x/2·(1 + erf(x/√2))`, written as tch writes it.
 #[inline(always)]
 pub(crate) fn gelu<V: Vector>(x: V) -> V {
-    let c = V::splat;
-    x.mul(c(0.5)).mul(c(1.0).add(erf(x.mul(c(std::f32::consts::FRAC_1_SQRT_2)))))
+    let tok = x.token();
+    x.mul(V::splat(tok, 0.5)).mul(V::splat(tok, 1.0).add(erf(x.mul(V::splat(tok, std::f32::consts::FRAC_1_SQRT_2)))))
 }
 
 /// `eˣ` for the softmax (arguments ≤ 0 there): inputs clamped to [-87, 88],
@@ -147,19 +198,19 @@ pub(crate) fn gelu<V: Vector>(x: V) -> V {
 pub(crate) fn exp<V: Vector>(x: V) -> V {
     const LN2_HI: f32 = 0.693_359_4; // 0.693359375, exact in 9 bits
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let c = V::splat;
-    let x = x.max(c(-87.0)).min(c(88.0));
-    let t = x.madd(c(std::f32::consts::LOG2_E), c(SHIFT));
-    let n = t.sub(c(SHIFT));
-    let r = n.madd(c(-LN2_HI), x);
-    let r = n.madd(c(-LN2_LO), r);
-    let mut p = r.madd(c(1.0 / 5040.0), c(1.0 / 720.0));
-    p = r.madd(p, c(1.0 / 120.0));
-    p = r.madd(p, c(1.0 / 24.0));
-    p = r.madd(p, c(1.0 / 6.0));
-    p = r.madd(p, c(0.5));
-    p = r.madd(p, c(1.0));
-    p = r.madd(p, c(1.0));
+    let tok = x.token();
+    let x = x.max(V::splat(tok, -87.0)).min(V::splat(tok, 88.0));
+    let t = x.madd(V::splat(tok, std::f32::consts::LOG2_E), V::splat(tok, SHIFT));
+    let n = t.sub(V::splat(tok, SHIFT));
+    let r = n.madd(V::splat(tok, -LN2_HI), x);
+    let r = n.madd(V::splat(tok, -LN2_LO), r);
+    let mut p = r.madd(V::splat(tok, 1.0 / 5040.0), V::splat(tok, 1.0 / 720.0));
+    p = r.madd(p, V::splat(tok, 1.0 / 120.0));
+    p = r.madd(p, V::splat(tok, 1.0 / 24.0));
+    p = r.madd(p, V::splat(tok, 1.0 / 6.0));
+    p = r.madd(p, V::splat(tok, 0.5));
+    p = r.madd(p, V::splat(tok, 1.0));
+    p = r.madd(p, V::splat(tok, 1.0));
     p.mul(t.pow2_shifted())
 }
 
@@ -168,51 +219,51 @@ pub(crate) fn exp<V: Vector>(x: V) -> V {
 /// closure: the closure's call shim would be compiled without the wrapper's
 /// target features.)
 #[inline(always)]
-pub(crate) fn gelu_slice<A: Arith>(x: &mut [f32]) {
+pub(crate) fn gelu_slice<A: Arith>(a: A, x: &mut [f32]) {
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
-        gelu(A::V::load(c)).store(c);
+        gelu(a.load(c)).store(c);
     }
     for v in chunks.into_remainder() {
-        *v = gelu(A::S::splat(*v)).hsum();
+        *v = gelu(a.one(*v)).hsum();
     }
 }
 
 /// Σ x: vector partial sums, their fixed-order lane sum, then the tail in order.
 #[inline(always)]
-pub(crate) fn sum<A: Arith>(x: &[f32]) -> f32 {
+pub(crate) fn sum<A: Arith>(a: A, x: &[f32]) -> f32 {
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
-    let mut acc = A::V::splat(0.0);
+    let mut acc = a.splat(0.0);
     for c in chunks {
-        acc = acc.add(A::V::load(c));
+        acc = acc.add(a.load(c));
     }
     tail.iter().fold(acc.hsum(), |s, v| s + v)
 }
 
 /// `y = LN(x)·g + b` over one row: mean, then biased variance (two passes), ε = 1e-5.
 #[inline(always)]
-pub(crate) fn layer_norm<A: Arith>(x: &[f32], g: &[f32], b: &[f32], y: &mut [f32]) {
+pub(crate) fn layer_norm<A: Arith>(a: A, x: &[f32], g: &[f32], b: &[f32], y: &mut [f32]) {
     let n = x.len();
     let (g, b, y) = (&g[..n], &b[..n], &mut y[..n]);
-    let mean = sum::<A>(x) / n as f32;
+    let mean = sum::<A>(a, x) / n as f32;
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
-    let m = A::V::splat(mean);
-    let mut acc = A::V::splat(0.0);
+    let m = a.splat(mean);
+    let mut acc = a.splat(0.0);
     for c in chunks {
-        let d = A::V::load(c).sub(m);
+        let d = a.load(c).sub(m);
         acc = d.madd(d, acc);
     }
-    let var = tail.iter().fold(acc.hsum(), |s, v| A::madd(v - mean, v - mean, s)) / n as f32;
+    let var = tail.iter().fold(acc.hsum(), |s, v| a.madd(v - mean, v - mean, s)) / n as f32;
     let inv = 1.0 / (var + LN_EPS).sqrt();
     let full = n - n % LANES;
-    let iv = A::V::splat(inv);
+    let iv = a.splat(inv);
     for j in (0..full).step_by(LANES) {
-        A::V::load(&x[j..]).sub(m).mul(iv).madd(A::V::load(&g[j..]), A::V::load(&b[j..])).store(&mut y[j..]);
+        a.load(&x[j..]).sub(m).mul(iv).madd(a.load(&g[j..]), a.load(&b[j..])).store(&mut y[j..]);
     }
     for i in full..n {
-        y[i] = A::madd((x[i] - mean) * inv, g[i], b[i]);
+        y[i] = a.madd((x[i] - mean) * inv, g[i], b[i]);
     }
 }
 
@@ -222,34 +273,41 @@ pub(crate) fn layer_norm<A: Arith>(x: &[f32], g: &[f32], b: &[f32], y: &mut [f32
 /// subtracted). `max` and `sum` are scratch. Column-wise, so every pass is
 /// element-wise over whole vectors with no horizontal reduction.
 #[inline(always)]
-pub(crate) fn softmax_columns<A: Arith>(st: &mut [f32], bias: &[f32], scale: f32, max: &mut [f32], sum: &mut [f32]) {
+pub(crate) fn softmax_columns<A: Arith>(
+    a: A,
+    st: &mut [f32],
+    bias: &[f32],
+    scale: f32,
+    max: &mut [f32],
+    sum: &mut [f32],
+) {
     let ld = max.len();
     debug_assert!(ld.is_multiple_of(LANES) && sum.len() == ld);
     let rows = st.len() / ld;
-    let sc = A::V::splat(scale);
+    let sc = a.splat(scale);
     for j in (0..rows * ld).step_by(LANES) {
-        A::V::load(&st[j..]).madd(sc, A::V::load(&bias[j..])).store(&mut st[j..]);
+        a.load(&st[j..]).madd(sc, a.load(&bias[j..])).store(&mut st[j..]);
     }
     max.copy_from_slice(&st[..ld]);
     for r in 1..rows {
         for c in (0..ld).step_by(LANES) {
-            A::V::load(&st[r * ld + c..]).max(A::V::load(&max[c..])).store(&mut max[c..]);
+            a.load(&st[r * ld + c..]).max(a.load(&max[c..])).store(&mut max[c..]);
         }
     }
     sum.fill(0.0);
     for r in 0..rows {
         for c in (0..ld).step_by(LANES) {
-            let e = exp(A::V::load(&st[r * ld + c..]).sub(A::V::load(&max[c..])));
+            let e = exp(a.load(&st[r * ld + c..]).sub(a.load(&max[c..])));
             e.store(&mut st[r * ld + c..]);
-            A::V::load(&sum[c..]).add(e).store(&mut sum[c..]);
+            a.load(&sum[c..]).add(e).store(&mut sum[c..]);
         }
     }
     for c in (0..ld).step_by(LANES) {
-        A::V::splat(1.0).div(A::V::load(&sum[c..])).store(&mut sum[c..]);
+        a.splat(1.0).div(a.load(&sum[c..])).store(&mut sum[c..]);
     }
     for r in 0..rows {
         for c in (0..ld).step_by(LANES) {
-            A::V::load(&st[r * ld + c..]).mul(A::V::load(&sum[c..])).store(&mut st[r * ld + c..]);
+            a.load(&st[r * ld + c..]).mul(a.load(&sum[c..])).store(&mut st[r * ld + c..]);
         }
     }
 }
@@ -316,13 +374,13 @@ mod tests {
         }
     }
 
-    fn layer_norm_and_softmax<A: Arith>() {
+    fn layer_norm_and_softmax<A: Arith>(a: A) {
         for n in [1, 7, 8, 13, 16, 32, 45] {
             let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin() * 3.0 + 1.0).collect();
             let g: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 0.01).collect();
             let b: Vec<f32> = (0..n).map(|i| i as f32 * -0.02).collect();
             let mut y = vec![0.0; n];
-            layer_norm::<A>(&x, &g, &b, &mut y);
+            layer_norm::<A>(a, &x, &g, &b, &mut y);
             let nf = n as f64;
             let mean = x.iter().map(|&v| v as f64).sum::<f64>() / nf;
             let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / nf;
@@ -331,11 +389,11 @@ mod tests {
                 assert!((y[i] as f64 - want).abs() < 2e-6, "n = {n}, {} vs {want}", y[i]);
             }
             let want: f64 = x.iter().map(|&v| v as f64).sum();
-            assert!((sum::<A>(&x) as f64 - want).abs() < 1e-5);
+            assert!((sum::<A>(a, &x) as f64 - want).abs() < 1e-5);
         }
         let mut x: Vec<f32> = (0..37).map(|i| i as f32 * 0.37 - 6.0).collect();
         let want: Vec<f64> = x.iter().map(|&v| reference::gelu(v as f64)).collect();
-        gelu_slice::<A>(&mut x);
+        gelu_slice::<A>(a, &mut x);
         for (g, w) in x.iter().zip(&want) {
             assert!((*g as f64 - w).abs() < 1e-6);
         }
@@ -346,7 +404,7 @@ mod tests {
         (st[0], st[16], st[32]) = (1000.0, 999.0, -5.0);
         st[17] = f32::NEG_INFINITY;
         let (mut max, mut sum) = (vec![0.0; 16], vec![0.0; 16]);
-        softmax_columns::<A>(&mut st, &bias, 2.0, &mut max, &mut sum);
+        softmax_columns::<A>(a, &mut st, &bias, 2.0, &mut max, &mut sum);
         let z = 1.0 + (-2.0f64).exp() + (-2010.0f64).exp();
         assert!((st[0] as f64 - 1.0 / z).abs() < 1e-7);
         assert!((st[16] as f64 - (-2.0f64).exp() / z).abs() < 1e-7);
@@ -357,10 +415,10 @@ mod tests {
 
     #[test]
     fn layer_norm_gelu_and_column_softmax() {
-        layer_norm_and_softmax::<Generic>();
+        layer_norm_and_softmax::<Generic>(Generic);
         #[cfg(target_arch = "x86_64")]
-        layer_norm_and_softmax::<Sse2>();
+        layer_norm_and_softmax::<Sse2>(Sse2);
         #[cfg(target_arch = "aarch64")]
-        layer_norm_and_softmax::<GenericFma>();
+        layer_norm_and_softmax::<GenericFma>(GenericFma);
     }
 }

@@ -49,7 +49,7 @@ impl TileArgs<'_> {
 
 /// Plain Rust, for the portable build.
 #[inline(always)]
-pub(crate) fn generic<A: Arith, const R: usize>(t: &TileArgs, y: &mut [f32]) {
+pub(crate) fn generic<A: Arith, const R: usize>(a: A, t: &TileArgs, y: &mut [f32]) {
     t.check::<R, 1>(y);
     let bias: [f32; PANEL] = t.bias[..PANEL].try_into().expect("panel bias");
     let mut acc = [bias; R];
@@ -58,7 +58,7 @@ pub(crate) fn generic<A: Arith, const R: usize>(t: &TileArgs, y: &mut [f32]) {
         for (r, accr) in acc.iter_mut().enumerate() {
             let xv = t.x[r * t.ldx + kk * t.ldk];
             for (av, wv) in accr.iter_mut().zip(wr) {
-                *av = A::madd(xv, *wv, *av);
+                *av = a.madd(xv, *wv, *av);
             }
         }
     }

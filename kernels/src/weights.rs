@@ -1,7 +1,7 @@
 //! The model's tensors, repacked once into the layouts the kernels stream.
 
 use crate::simd::LANES;
-use crate::{Isa, KernelConfig, KernelError};
+use crate::{Isa, IsaToken, KernelConfig, KernelError};
 
 /// Output columns per packed panel: the width of the matrix-product tile
 /// (two AVX2 registers, one AVX-512 register).
@@ -167,7 +167,7 @@ pub(crate) struct Layer {
 #[derive(Clone, Debug)]
 pub struct Weights {
     pub(crate) config: KernelConfig,
-    pub(crate) isa: Isa,
+    pub(crate) isa: IsaToken,
     /// `embed.w_in` transposed: `[NF][D]`.
     pub(crate) w_in_t: Vec<f32>,
     pub(crate) b_in: Vec<f32>,
@@ -228,7 +228,7 @@ impl Weights {
             })
             .collect();
         Ok(Self {
-            isa: Isa::detect(),
+            isa: IsaToken::detect(),
             w_in_t,
             b_in,
             stab,
@@ -249,17 +249,14 @@ impl Weights {
 
     /// The instruction set the kernels use with these weights.
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.isa.isa()
     }
 
     /// Selects the instruction set (for tests and comparisons; the default is
     /// [`Isa::detect`]). Results of different instruction sets may differ in
     /// the last bits (FMA rounds once).
     pub fn set_isa(&mut self, isa: Isa) -> Result<(), KernelError> {
-        if !isa.is_supported() {
-            return Err(KernelError::Unsupported(isa));
-        }
-        self.isa = isa;
+        self.isa = isa.token().ok_or(KernelError::Unsupported(isa))?;
         Ok(())
     }
 

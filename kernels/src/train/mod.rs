@@ -47,7 +47,7 @@ use pool::Pool;
 
 use crate::math::Arith;
 use crate::weights::transpose_heads_into;
-use crate::{Isa, KernelConfig, KernelError, Weights};
+use crate::{Isa, IsaToken, KernelConfig, KernelError, Weights};
 
 /// One training batch: `shots` shots of `rounds` round steps.
 #[derive(Clone, Copy, Debug)]
@@ -340,80 +340,81 @@ struct Share<'a> {
 
 /// Forward, backward and gradient folding of one worker's block.
 #[inline(always)]
-fn work<A: Arith, const R: usize>(s: &Share, worker: &mut Worker) -> LossSums {
+fn work<A: Arith, const R: usize>(a: A, s: &Share, worker: &mut Worker) -> LossSums {
     worker.zero_grads();
-    worker.forward::<A, R>(s.w, s.feats, s.n, s.rounds, s.aux_weight > 0.0);
-    let sums = worker.backward::<A, R>(s.ix, s.params, s.feats, s.labels, s.n, s.rounds, s.aux_weight, s.scale);
+    worker.forward::<A, R>(a, s.w, s.feats, s.n, s.rounds, s.aux_weight > 0.0);
+    let sums = worker.backward::<A, R>(a, s.ix, s.params, s.feats, s.labels, s.n, s.rounds, s.aux_weight, s.scale);
     worker.finish_grads(s.ix);
     sums
 }
 
 /// [`work`] with the weights' instruction set.
 fn run_worker(s: &Share, worker: &mut Worker) -> LossSums {
-    use crate::kernel::{NATIVE_ROWS, Native};
+    use crate::kernel::{NATIVE, NATIVE_ROWS, Native};
     match s.w.isa {
-        // SAFETY: `Weights::isa` only ever holds an instruction set that
-        // `Isa::is_supported` confirmed on this CPU (`Isa::detect`, `Weights::set_isa`).
+        // SAFETY (both arms): the token proves the CPU has the features the
+        // wrapper enables (`crate::isa`).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::work_avx512(s, worker) },
-        // SAFETY: as above.
+        IsaToken::Avx512(t) => unsafe { x86::work_avx512(t, s, worker) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { x86::work_avx2(s, worker) },
-        _ => work::<Native, NATIVE_ROWS>(s, worker),
+        IsaToken::Avx2Fma(t) => unsafe { x86::work_avx2(t, s, worker) },
+        _ => work::<Native, NATIVE_ROWS>(NATIVE, s, worker),
     }
 }
 
 /// The forward alone, final logits only, with the weights' instruction set.
 fn forward_only<'a>(w: &Weights, worker: &'a mut Worker, feats: &[f32], n: usize, rounds: usize) -> &'a [f32] {
-    use crate::kernel::{NATIVE_ROWS, Native};
+    use crate::kernel::{NATIVE, NATIVE_ROWS, Native};
     match w.isa {
-        // SAFETY: as in `run_worker`.
+        // SAFETY (both arms): as in `run_worker`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::forward_avx512(w, worker, feats, n, rounds) },
-        // SAFETY: as in `run_worker`.
+        IsaToken::Avx512(t) => unsafe { x86::forward_avx512(t, w, worker, feats, n, rounds) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { x86::forward_avx2(w, worker, feats, n, rounds) },
-        _ => worker.forward::<Native, NATIVE_ROWS>(w, feats, n, rounds, false),
+        IsaToken::Avx2Fma(t) => unsafe { x86::forward_avx2(t, w, worker, feats, n, rounds) },
+        _ => worker.forward::<Native, NATIVE_ROWS>(NATIVE, w, feats, n, rounds, false),
     }
 }
 
 /// The generic bodies compiled with wider vectors and FMA; everything they
-/// call is `#[inline(always)]`.
+/// call is `#[inline(always)]`. Each takes the token of its instruction set.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
+    use crate::isa::{Avx2Token, Avx512Token};
     use crate::math::{Avx2, Avx512};
 
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn work_avx512(s: &Share, worker: &mut Worker) -> LossSums {
-        work::<Avx512, 8>(s, worker)
+    pub(super) fn work_avx512(t: Avx512Token, s: &Share, worker: &mut Worker) -> LossSums {
+        work::<Avx512, 8>(Avx512(t), s, worker)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn work_avx2(s: &Share, worker: &mut Worker) -> LossSums {
-        work::<Avx2, 6>(s, worker)
+    pub(super) fn work_avx2(t: Avx2Token, s: &Share, worker: &mut Worker) -> LossSums {
+        work::<Avx2, 6>(Avx2(t), s, worker)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) fn forward_avx512<'a>(
+        t: Avx512Token,
         w: &Weights,
         worker: &'a mut Worker,
         feats: &[f32],
         n: usize,
         rounds: usize,
     ) -> &'a [f32] {
-        worker.forward::<Avx512, 8>(w, feats, n, rounds, false)
+        worker.forward::<Avx512, 8>(Avx512(t), w, feats, n, rounds, false)
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn forward_avx2<'a>(
+        t: Avx2Token,
         w: &Weights,
         worker: &'a mut Worker,
         feats: &[f32],
         n: usize,
         rounds: usize,
     ) -> &'a [f32] {
-        worker.forward::<Avx2, 6>(w, feats, n, rounds, false)
+        worker.forward::<Avx2, 6>(Avx2(t), w, feats, n, rounds, false)
     }
 }
 

@@ -196,6 +196,7 @@ impl Worker {
     #[inline(always)]
     pub fn forward<A: Arith, const R: usize>(
         &mut self,
+        a: A,
         w: &Weights,
         feats: &[f32],
         n: usize,
@@ -205,9 +206,9 @@ impl Worker {
         assert!(n <= self.cap_shots && rounds <= self.cap_rounds && rounds >= 1, "worker capacity");
         assert_eq!(feats.len(), n * rounds * self.c.features_len(), "features length");
         for t in 0..rounds {
-            self.forward_round::<A, R>(w, feats, n, t, rounds);
+            self.forward_round::<A, R>(a, w, feats, n, t, rounds);
             if every_round || t + 1 == rounds {
-                self.readout_forward::<A, R>(w, n, t);
+                self.readout_forward::<A, R>(a, w, n, t);
             }
         }
         &self.logit.at(rounds - 1)[..n * self.c.observables]
@@ -216,6 +217,7 @@ impl Worker {
     #[inline(always)]
     fn forward_round<A: Arith, const R: usize>(
         &mut self,
+        a: A,
         w: &Weights,
         feats: &[f32],
         n: usize,
@@ -239,17 +241,23 @@ impl Worker {
             let fb = &feats[(b * rounds + t) * s * nf..][..s * nf];
             for si in 0..s {
                 let row = b * s + si;
-                embed_row::<A>(&mut zi[row * d..][..d], &fb[si * nf..][..nf], &w.embed_base[si * d..][..d], &w.w_in_t);
+                embed_row::<A>(
+                    a,
+                    &mut zi[row * d..][..d],
+                    &fb[si * nf..][..nf],
+                    &w.embed_base[si * d..][..d],
+                    &w.w_in_t,
+                );
             }
         }
 
         for (l, layer) in w.layers.iter().enumerate() {
             let slot = t * nl + l;
             let z0: &[f32] = if l == 0 { &zin.at(t)[..rows * d] } else { &zout.at(slot - 1)[..rows * d] };
-            let a = a1.at_mut(slot);
-            ln_forward_rows::<A>(z0, &layer.ln1_g, &layer.ln1_b, &mut a[..rows * d], st1.at_mut(slot));
+            let an = a1.at_mut(slot);
+            ln_forward_rows::<A>(a, z0, &layer.ln1_g, &layer.ln1_b, &mut an[..rows * d], st1.at_mut(slot));
             let q = qkv.at_mut(slot);
-            gemm::<A, R>(a, d, 1, rows, layer.qkv.panels(), &mut q[..rows * 3 * d], 3 * d, false);
+            gemm::<A, R>(a, an, d, 1, rows, layer.qkv.panels(), &mut q[..rows * 3 * d], 3 * d, false);
             let (p, o) = (pt.at_mut(slot), att.at_mut(slot));
             let ld = 3 * d;
             let (max, sum) = col.split_at_mut(hl);
@@ -260,33 +268,33 @@ impl Worker {
                 for hh in 0..heads {
                     let c0 = hh * dh;
                     let panels = Panels { k: dh, n: s, wt: &qt[c0 * s..], ldw: s, stride: PANEL, bias: zeros };
-                    gemm::<A, R>(&qb[d + c0..], ld, 1, s, panels, &mut pb[hh * s..], hl, false);
+                    gemm::<A, R>(a, &qb[d + c0..], ld, 1, s, panels, &mut pb[hh * s..], hl, false);
                 }
-                softmax_columns::<A>(pb, &layer.attn_bias_t, scale, max, sum);
+                softmax_columns::<A>(a, pb, &layer.attn_bias_t, scale, max, sum);
                 for hh in 0..heads {
                     let c0 = hh * dh;
                     let panels = Panels { k: s, n: dh, wt: &qb[2 * d + c0..], ldw: ld, stride: PANEL, bias: zeros };
-                    gemm::<A, R>(&pb[hh * s..], 1, hl, s, panels, &mut o[b * s * d + c0..], d, false);
+                    gemm::<A, R>(a, &pb[hh * s..], 1, hl, s, panels, &mut o[b * s * d + c0..], d, false);
                 }
             }
             let zm = z1.at_mut(slot);
             zm[..rows * d].copy_from_slice(z0);
-            gemm::<A, R>(o, d, 1, rows, layer.wo.panels(), &mut zm[..rows * d], d, true);
-            let a = a2.at_mut(slot);
-            ln_forward_rows::<A>(&zm[..rows * d], &layer.ln2_g, &layer.ln2_b, &mut a[..rows * d], st2.at_mut(slot));
+            gemm::<A, R>(a, o, d, 1, rows, layer.wo.panels(), &mut zm[..rows * d], d, true);
+            let an = a2.at_mut(slot);
+            ln_forward_rows::<A>(a, &zm[..rows * d], &layer.ln2_g, &layer.ln2_b, &mut an[..rows * d], st2.at_mut(slot));
             let hs = h.at_mut(slot);
-            gemm::<A, R>(a, d, 1, rows, layer.w1.panels(), &mut hs[..rows * ff], ff, false);
+            gemm::<A, R>(a, an, d, 1, rows, layer.w1.panels(), &mut hs[..rows * ff], ff, false);
             let gs = g.at_mut(slot);
             gs[..rows * ff].copy_from_slice(&hs[..rows * ff]);
-            gelu_slice::<A>(&mut gs[..rows * ff]);
+            gelu_slice::<A>(a, &mut gs[..rows * ff]);
             let zo = zout.at_mut(slot);
             zo[..rows * d].copy_from_slice(&zm[..rows * d]);
-            gemm::<A, R>(gs, ff, 1, rows, layer.w2.panels(), &mut zo[..rows * d], d, true);
+            gemm::<A, R>(a, gs, ff, 1, rows, layer.w2.panels(), &mut zo[..rows * d], d, true);
         }
     }
 
     #[inline(always)]
-    fn readout_forward<A: Arith, const R: usize>(&mut self, w: &Weights, n: usize, t: usize) {
+    fn readout_forward<A: Arith, const R: usize>(&mut self, a: A, w: &Weights, n: usize, t: usize) {
         let c = &self.c;
         let (s, d, r, o, nl) = (c.stabilizers, c.width, c.readout_width, c.observables, c.layers);
         let Self { zout, str_, pooled, rh, rg, logit, tmp, .. } = self;
@@ -298,21 +306,21 @@ impl Worker {
             pb.fill(0.0);
             for si in 0..s {
                 let row = b * s + si;
-                let (mu, rs) = ln_forward::<A>(&z[row * d..][..d], &w.ro_ln_g, &w.ro_ln_b, &mut tmp[..d]);
+                let (mu, rs) = ln_forward::<A>(a, &z[row * d..][..d], &w.ro_ln_g, &w.ro_ln_b, &mut tmp[..d]);
                 st[2 * row] = mu;
                 st[2 * row + 1] = rs;
-                add_to::<A>(pb, &tmp[..d]);
+                add_to::<A>(a, pb, &tmp[..d]);
             }
             for v in pb.iter_mut() {
                 *v *= inv_s;
             }
         }
         let hid = rh.at_mut(t);
-        gemm::<A, R>(pool, d, 1, n, w.ro_w1.panels(), &mut hid[..n * r], r, false);
+        gemm::<A, R>(a, pool, d, 1, n, w.ro_w1.panels(), &mut hid[..n * r], r, false);
         let act = rg.at_mut(t);
         act[..n * r].copy_from_slice(&hid[..n * r]);
-        gelu_slice::<A>(&mut act[..n * r]);
-        gemm::<A, R>(act, r, 1, n, w.ro_w2.panels(), &mut logit.at_mut(t)[..n * o], o, false);
+        gelu_slice::<A>(a, &mut act[..n * r]);
+        gemm::<A, R>(a, act, r, 1, n, w.ro_w2.panels(), &mut logit.at_mut(t)[..n * o], o, false);
     }
 
     /// The backward pass after [`Worker::forward`] (with `every_round` when
@@ -323,6 +331,7 @@ impl Worker {
     #[inline(always)]
     pub fn backward<A: Arith, const R: usize>(
         &mut self,
+        a: A,
         ix: &ParamIndex,
         params: &[f32],
         feats: &[f32],
@@ -364,34 +373,34 @@ impl Worker {
                         self.dlogit[b * o + k] = weight * scale * (p - y);
                     }
                 }
-                self.readout_backward::<A, R>(ix, params, n, t);
+                self.readout_backward::<A, R>(a, ix, params, n, t);
             }
             for l in (0..nl).rev() {
-                self.layer_backward::<A, R>(ix, params, n, t, l);
+                self.layer_backward::<A, R>(a, ix, params, n, t, l);
             }
-            self.embed_backward::<A>(ix, feats, n, t, rounds);
+            self.embed_backward::<A>(a, ix, feats, n, t, rounds);
         }
         sums
     }
 
     #[inline(always)]
-    fn readout_backward<A: Arith, const R: usize>(&mut self, ix: &ParamIndex, p: &[f32], n: usize, t: usize) {
+    fn readout_backward<A: Arith, const R: usize>(&mut self, a: A, ix: &ParamIndex, p: &[f32], n: usize, t: usize) {
         let c = &self.c;
         let (s, d, r, o, nl) = (c.stabilizers, c.width, c.readout_width, c.observables, c.layers);
         let Self { zout, str_, pooled, rh, rg, dz, drg, dpool, dlogit, tmp, zeros, grads, .. } = self;
         let (dl, act, hid, pool) = (&dlogit[..], rg.at(t), rh.at(t), pooled.at(t));
         // dW2 += dlᵀ·act, db2 += Σ dl, dact = dl·W2.
         let panels = Panels { k: n, n: r, wt: act, ldw: r, stride: PANEL, bias: zeros };
-        gemm::<A, R>(dl, 1, o, o, panels, &mut grads[ix.ro_w2.clone()], r, true);
-        add_rows::<A>(&dl[..n * o], o, &mut grads[ix.ro_b2.clone()]);
+        gemm::<A, R>(a, dl, 1, o, o, panels, &mut grads[ix.ro_w2.clone()], r, true);
+        add_rows::<A>(a, &dl[..n * o], o, &mut grads[ix.ro_b2.clone()]);
         let panels = Panels { k: o, n: r, wt: &p[ix.ro_w2.start..], ldw: r, stride: PANEL, bias: zeros };
-        gemm::<A, R>(dl, o, 1, n, panels, &mut drg[..n * r], r, false);
-        gelu_backward::<A>(&hid[..n * r], &mut drg[..n * r]);
+        gemm::<A, R>(a, dl, o, 1, n, panels, &mut drg[..n * r], r, false);
+        gelu_backward::<A>(a, &hid[..n * r], &mut drg[..n * r]);
         let panels = Panels { k: n, n: d, wt: pool, ldw: d, stride: PANEL, bias: zeros };
-        gemm::<A, R>(drg, 1, r, r, panels, &mut grads[ix.ro_w1.clone()], d, true);
-        add_rows::<A>(&drg[..n * r], r, &mut grads[ix.ro_b1.clone()]);
+        gemm::<A, R>(a, drg, 1, r, r, panels, &mut grads[ix.ro_w1.clone()], d, true);
+        add_rows::<A>(a, &drg[..n * r], r, &mut grads[ix.ro_b1.clone()]);
         let panels = Panels { k: r, n: d, wt: &p[ix.ro_w1.start..], ldw: d, stride: PANEL, bias: zeros };
-        gemm::<A, R>(drg, r, 1, n, panels, &mut dpool[..n * d], d, false);
+        gemm::<A, R>(a, drg, r, 1, n, panels, &mut dpool[..n * d], d, false);
         // pooled = mean_s LN(z): each row's LN output gets dpool / S.
         let z = zout.at(t * nl + nl - 1);
         let st = str_.at(t);
@@ -405,6 +414,7 @@ impl Worker {
                 let row = b * s + si;
                 let (dgain, dbias) = two_mut(grads, gain_r.clone(), bias_r.clone());
                 ln_backward::<A>(
+                    a,
                     &z[row * d..][..d],
                     st[2 * row],
                     st[2 * row + 1],
@@ -420,7 +430,15 @@ impl Worker {
     }
 
     #[inline(always)]
-    fn layer_backward<A: Arith, const R: usize>(&mut self, ix: &ParamIndex, p: &[f32], n: usize, t: usize, l: usize) {
+    fn layer_backward<A: Arith, const R: usize>(
+        &mut self,
+        a: A,
+        ix: &ParamIndex,
+        p: &[f32],
+        n: usize,
+        t: usize,
+        l: usize,
+    ) {
         let c = &self.c;
         let (s, d, ff, nl, heads, dh, hl) =
             (c.stabilizers, c.width, c.ffn_width, c.layers, c.heads, c.head_width(), self.hl);
@@ -459,26 +477,26 @@ impl Worker {
 
         // FFN: zout = z1 + GELU(LN2(z1)·W1ᵀ + b1)·W2ᵀ + b2.
         let panels = Panels { k: rows, n: ff, wt: g.at(slot), ldw: ff, stride: PANEL, bias: zeros };
-        gemm::<A, R>(dz, 1, d, d, panels, &mut grads[lx.w2.clone()], ff, true);
-        add_rows::<A>(dz, d, &mut grads[lx.b2.clone()]);
+        gemm::<A, R>(a, dz, 1, d, d, panels, &mut grads[lx.w2.clone()], ff, true);
+        add_rows::<A>(a, dz, d, &mut grads[lx.b2.clone()]);
         let panels = Panels { k: d, n: ff, wt: &p[lx.w2.start..], ldw: ff, stride: PANEL, bias: zeros };
-        gemm::<A, R>(dz, d, 1, rows, panels, &mut dg[..rows * ff], ff, false);
-        gelu_backward::<A>(&h.at(slot)[..rows * ff], &mut dg[..rows * ff]);
+        gemm::<A, R>(a, dz, d, 1, rows, panels, &mut dg[..rows * ff], ff, false);
+        gelu_backward::<A>(a, &h.at(slot)[..rows * ff], &mut dg[..rows * ff]);
         let panels = Panels { k: rows, n: d, wt: a2.at(slot), ldw: d, stride: PANEL, bias: zeros };
-        gemm::<A, R>(dg, 1, ff, ff, panels, &mut grads[lx.w1.clone()], d, true);
-        add_rows::<A>(&dg[..rows * ff], ff, &mut grads[lx.b1.clone()]);
+        gemm::<A, R>(a, dg, 1, ff, ff, panels, &mut grads[lx.w1.clone()], d, true);
+        add_rows::<A>(a, &dg[..rows * ff], ff, &mut grads[lx.b1.clone()]);
         let panels = Panels { k: ff, n: d, wt: &p[lx.w1.start..], ldw: d, stride: PANEL, bias: zeros };
-        gemm::<A, R>(dg, ff, 1, rows, panels, &mut da[..rows * d], d, false);
+        gemm::<A, R>(a, dg, ff, 1, rows, panels, &mut da[..rows * d], d, false);
         let ln2 = Norm { x: z1.at(slot), stats: st2.at(slot), gain: lx.ln2_g.clone(), bias: lx.ln2_b.clone() };
-        ln_backward_rows::<A>(&ln2, p, &da[..rows * d], dz, grads, &mut tmp[..d]);
+        ln_backward_rows::<A>(a, &ln2, p, &da[..rows * d], dz, grads, &mut tmp[..d]);
 
         // Attention: z1 = z0 + attn(LN1(z0))·Woᵀ + bo.
         let o = att.at(slot);
         let panels = Panels { k: rows, n: d, wt: o, ldw: d, stride: PANEL, bias: zeros };
-        gemm::<A, R>(dz, 1, d, d, panels, &mut grads[lx.wo.clone()], d, true);
-        add_rows::<A>(dz, d, &mut grads[lx.bo.clone()]);
+        gemm::<A, R>(a, dz, 1, d, d, panels, &mut grads[lx.wo.clone()], d, true);
+        add_rows::<A>(a, dz, d, &mut grads[lx.bo.clone()]);
         let panels = Panels { k: d, n: d, wt: &p[lx.wo.start..], ldw: d, stride: PANEL, bias: zeros };
-        gemm::<A, R>(dz, d, 1, rows, panels, &mut datt[..rows * d], d, false);
+        gemm::<A, R>(a, dz, d, 1, rows, panels, &mut datt[..rows * d], d, false);
 
         let (q, pr) = (qkv.at(slot), pt.at(slot));
         let ld = 3 * d;
@@ -494,40 +512,40 @@ impl Worker {
             for hh in 0..heads {
                 let c0 = hh * dh;
                 let panels = Panels { k: dh, n: s, wt: &dot[c0 * s..], ldw: s, stride: PANEL, bias: zeros };
-                gemm::<A, R>(&qb[2 * d + c0..], ld, 1, s, panels, &mut dpt[hh * s..], hl, false);
+                gemm::<A, R>(a, &qb[2 * d + c0..], ld, 1, s, panels, &mut dpt[hh * s..], hl, false);
             }
             // dS = P ⊙ (dP − Σ_j P⊙dP), per column (h, i); dbias += dS; then dS · 1/√dh.
-            softmax_backward_columns::<A>(pb, &mut dpt[..s * hl], csum, db_t, scale);
+            softmax_backward_columns::<A>(a, pb, &mut dpt[..s * hl], csum, db_t, scale);
             let dqb = &mut dqkv[b * s * ld..];
             for hh in 0..heads {
                 let c0 = hh * dh;
                 // dV[j] = Σ_i P[i][j]·do_i.
                 let panels = Panels { k: s, n: dh, wt: &ob[c0..], ldw: d, stride: PANEL, bias: zeros };
-                gemm::<A, R>(&pb[hh * s..], hl, 1, s, panels, &mut dqb[2 * d + c0..], ld, false);
+                gemm::<A, R>(a, &pb[hh * s..], hl, 1, s, panels, &mut dqb[2 * d + c0..], ld, false);
                 // dQ[i] = Σ_j dS[i][j]·k_j.
                 let panels = Panels { k: s, n: dh, wt: &qb[d + c0..], ldw: ld, stride: PANEL, bias: zeros };
-                gemm::<A, R>(&dpt[hh * s..], 1, hl, s, panels, &mut dqb[c0..], ld, false);
+                gemm::<A, R>(a, &dpt[hh * s..], 1, hl, s, panels, &mut dqb[c0..], ld, false);
                 // dK[j] = Σ_i dS[i][j]·q_i.
                 let panels = Panels { k: s, n: dh, wt: &qb[c0..], ldw: ld, stride: PANEL, bias: zeros };
-                gemm::<A, R>(&dpt[hh * s..], hl, 1, s, panels, &mut dqb[d + c0..], ld, false);
+                gemm::<A, R>(a, &dpt[hh * s..], hl, 1, s, panels, &mut dqb[d + c0..], ld, false);
             }
         }
-        let a = a1.at(slot);
+        let an = a1.at(slot);
         for k in 0..3 {
-            let panels = Panels { k: rows, n: d, wt: a, ldw: d, stride: PANEL, bias: zeros };
-            gemm::<A, R>(&dqkv[k * d..], 1, ld, d, panels, &mut grads[lx.w_qkv[k].clone()], d, true);
-            add_rows_strided::<A>(&dqkv[k * d..], rows, ld, &mut grads[lx.b_qkv[k].clone()]);
+            let panels = Panels { k: rows, n: d, wt: an, ldw: d, stride: PANEL, bias: zeros };
+            gemm::<A, R>(a, &dqkv[k * d..], 1, ld, d, panels, &mut grads[lx.w_qkv[k].clone()], d, true);
+            add_rows_strided::<A>(a, &dqkv[k * d..], rows, ld, &mut grads[lx.b_qkv[k].clone()]);
             let panels = Panels { k: d, n: d, wt: &p[lx.w_qkv[k].start..], ldw: d, stride: PANEL, bias: zeros };
-            gemm::<A, R>(&dqkv[k * d..], ld, 1, rows, panels, &mut da[..rows * d], d, k > 0);
+            gemm::<A, R>(a, &dqkv[k * d..], ld, 1, rows, panels, &mut da[..rows * d], d, k > 0);
         }
         let ln1 = Norm { x: z0, stats: st1.at(slot), gain: lx.ln1_g.clone(), bias: lx.ln1_b.clone() };
-        ln_backward_rows::<A>(&ln1, p, &da[..rows * d], dz, grads, &mut tmp[..d]);
+        ln_backward_rows::<A>(a, &ln1, p, &da[..rows * d], dz, grads, &mut tmp[..d]);
     }
 
     /// `zin = (z_prev + W_in·f + b_in + stab[s]) / √2`: the embedding's
     /// gradients, and `dz ← dz / √2` (the gradient of the previous state).
     #[inline(always)]
-    fn embed_backward<A: Arith>(&mut self, ix: &ParamIndex, feats: &[f32], n: usize, t: usize, rounds: usize) {
+    fn embed_backward<A: Arith>(&mut self, a: A, ix: &ParamIndex, feats: &[f32], n: usize, t: usize, rounds: usize) {
         let c = &self.c;
         let (s, d, nf) = (c.stabilizers, c.width, c.features);
         let half = std::f32::consts::FRAC_1_SQRT_2;
@@ -537,9 +555,9 @@ impl Worker {
         for v in dz[..rows * d].iter_mut() {
             *v *= half;
         }
-        add_rows::<A>(&dz[..rows * d], d, b_in);
+        add_rows::<A>(a, &dz[..rows * d], d, b_in);
         for si in 0..s {
-            add_rows_strided::<A>(&dz[si * d..], n, s * d, &mut stab[si * d..(si + 1) * d]);
+            add_rows_strided::<A>(a, &dz[si * d..], n, s * d, &mut stab[si * d..(si + 1) * d]);
         }
         for b in 0..n {
             let fb = &feats[(b * rounds + t) * s * nf..][..s * nf];
@@ -600,12 +618,20 @@ struct Norm<'a> {
 /// [`ln_backward`] over every row of `dy` (`[rows][D]`, `D = tmp.len()`):
 /// `dx[r] +=` the input gradient, and the gain and bias gradients into `grads`.
 #[inline(always)]
-fn ln_backward_rows<A: Arith>(n: &Norm, p: &[f32], dy: &[f32], dx: &mut [f32], grads: &mut [f32], tmp: &mut [f32]) {
+fn ln_backward_rows<A: Arith>(
+    a: A,
+    n: &Norm,
+    p: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    grads: &mut [f32],
+    tmp: &mut [f32],
+) {
     let d = tmp.len();
     let (dgain, dbias) = two_mut(grads, n.gain.clone(), n.bias.clone());
     for (r, (dyr, dxr)) in dy.chunks_exact(d).zip(dx.chunks_exact_mut(d)).enumerate() {
         let (x, mean, rs) = (&n.x[r * d..][..d], n.stats[2 * r], n.stats[2 * r + 1]);
-        ln_backward::<A>(x, mean, rs, &p[n.gain.clone()], dyr, dxr, dgain, dbias, tmp);
+        ln_backward::<A>(a, x, mean, rs, &p[n.gain.clone()], dyr, dxr, dgain, dbias, tmp);
     }
 }
 
@@ -619,25 +645,25 @@ fn two_mut(v: &mut [f32], a: std::ops::Range<usize>, b: std::ops::Range<usize>) 
 /// `y = LN(x)·g + b` over one row, returning (mean, 1/σ): the mean, then the
 /// biased variance (two passes), ε = 1e-5.
 #[inline(always)]
-fn ln_forward<A: Arith>(x: &[f32], g: &[f32], b: &[f32], y: &mut [f32]) -> (f32, f32) {
+fn ln_forward<A: Arith>(a: A, x: &[f32], g: &[f32], b: &[f32], y: &mut [f32]) -> (f32, f32) {
     let n = x.len();
     let full = n - n % LANES;
-    let mut acc = A::V::splat(0.0);
+    let mut acc = a.splat(0.0);
     for j in (0..full).step_by(LANES) {
-        acc = acc.add(A::V::load(&x[j..]));
+        acc = acc.add(a.load(&x[j..]));
     }
     let mean = x[full..].iter().fold(acc.hsum(), |s, v| s + v) / n as f32;
-    let m = A::V::splat(mean);
-    let mut acc = A::V::splat(0.0);
+    let m = a.splat(mean);
+    let mut acc = a.splat(0.0);
     for j in (0..full).step_by(LANES) {
-        let dv = A::V::load(&x[j..]).sub(m);
+        let dv = a.load(&x[j..]).sub(m);
         acc = dv.madd(dv, acc);
     }
     let var = x[full..].iter().fold(acc.hsum(), |s, v| s + (v - mean) * (v - mean)) / n as f32;
     let rs = 1.0 / (var + LN_EPS).sqrt();
-    let r = A::V::splat(rs);
+    let r = a.splat(rs);
     for j in (0..full).step_by(LANES) {
-        A::V::load(&x[j..]).sub(m).mul(r).madd(A::V::load(&g[j..]), A::V::load(&b[j..])).store(&mut y[j..]);
+        a.load(&x[j..]).sub(m).mul(r).madd(a.load(&g[j..]), a.load(&b[j..])).store(&mut y[j..]);
     }
     for j in full..n {
         y[j] = (x[j] - mean) * rs * g[j] + b[j];
@@ -648,10 +674,10 @@ fn ln_forward<A: Arith>(x: &[f32], g: &[f32], b: &[f32], y: &mut [f32]) -> (f32,
 /// [`ln_forward`] over every row of `x` (`[rows][D]`, `D = g.len()`) into
 /// `y`, with each row's (mean, 1/σ) in `stats` `[rows][2]`.
 #[inline(always)]
-fn ln_forward_rows<A: Arith>(x: &[f32], g: &[f32], b: &[f32], y: &mut [f32], stats: &mut [f32]) {
+fn ln_forward_rows<A: Arith>(a: A, x: &[f32], g: &[f32], b: &[f32], y: &mut [f32], stats: &mut [f32]) {
     let d = g.len();
     for ((xr, yr), st) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).zip(stats.chunks_exact_mut(2)) {
-        let (mean, rs) = ln_forward::<A>(xr, g, b, yr);
+        let (mean, rs) = ln_forward::<A>(a, xr, g, b, yr);
         st[0] = mean;
         st[1] = rs;
     }
@@ -663,6 +689,7 @@ fn ln_forward_rows<A: Arith>(x: &[f32], g: &[f32], b: &[f32], y: &mut [f32], sta
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn ln_backward<A: Arith>(
+    a: A,
     x: &[f32],
     mean: f32,
     rs: f32,
@@ -675,17 +702,17 @@ fn ln_backward<A: Arith>(
 ) {
     let n = x.len();
     let full = n - n % LANES;
-    let (m, r) = (A::V::splat(mean), A::V::splat(rs));
-    let (mut s1, mut s2) = (A::V::splat(0.0), A::V::splat(0.0));
+    let (m, r) = (a.splat(mean), a.splat(rs));
+    let (mut s1, mut s2) = (a.splat(0.0), a.splat(0.0));
     for j in (0..full).step_by(LANES) {
-        let xhat = A::V::load(&x[j..]).sub(m).mul(r);
+        let xhat = a.load(&x[j..]).sub(m).mul(r);
         xhat.store(&mut xh[j..]);
-        let dyv = A::V::load(&dy[j..]);
-        let e = dyv.mul(A::V::load(&g[j..]));
+        let dyv = a.load(&dy[j..]);
+        let e = dyv.mul(a.load(&g[j..]));
         s1 = s1.add(e);
         s2 = e.madd(xhat, s2);
-        dyv.madd(xhat, A::V::load(&dg[j..])).store(&mut dg[j..]);
-        dyv.add(A::V::load(&db[j..])).store(&mut db[j..]);
+        dyv.madd(xhat, a.load(&dg[j..])).store(&mut dg[j..]);
+        dyv.add(a.load(&db[j..])).store(&mut db[j..]);
     }
     let (mut t1, mut t2) = (s1.hsum(), s2.hsum());
     for j in full..n {
@@ -698,12 +725,12 @@ fn ln_backward<A: Arith>(
         db[j] += dy[j];
     }
     let (m1, m2) = (t1 / n as f32, t2 / n as f32);
-    let (vm1, vm2) = (A::V::splat(m1), A::V::splat(m2));
+    let (vm1, vm2) = (a.splat(m1), a.splat(m2));
     for j in (0..full).step_by(LANES) {
-        let e = A::V::load(&dy[j..]).mul(A::V::load(&g[j..]));
-        let xhat = A::V::load(&xh[j..]);
+        let e = a.load(&dy[j..]).mul(a.load(&g[j..]));
+        let xhat = a.load(&xh[j..]);
         let v = e.sub(vm1).sub(xhat.mul(vm2)).mul(r);
-        A::V::load(&dx[j..]).add(v).store(&mut dx[j..]);
+        a.load(&dx[j..]).add(v).store(&mut dx[j..]);
     }
     for j in full..n {
         dx[j] += (dy[j] * g[j] - m1 - xh[j] * m2) * rs;
@@ -713,32 +740,33 @@ fn ln_backward<A: Arith>(
 /// `GELU'(x) = Φ(x) + x·φ(x)`.
 #[inline(always)]
 fn gelu_grad<V: Vector>(x: V) -> V {
-    let c = V::splat;
-    let cdf = c(0.5).mul(c(1.0).add(erf(x.mul(c(std::f32::consts::FRAC_1_SQRT_2)))));
-    let pdf = exp(x.mul(x).mul(c(-0.5))).mul(c(0.398_942_3));
+    let tok = x.token();
+    let cdf =
+        V::splat(tok, 0.5).mul(V::splat(tok, 1.0).add(erf(x.mul(V::splat(tok, std::f32::consts::FRAC_1_SQRT_2)))));
+    let pdf = exp(x.mul(x).mul(V::splat(tok, -0.5))).mul(V::splat(tok, 0.398_942_3));
     x.madd(pdf, cdf)
 }
 
 /// `dy ← dy ⊙ GELU'(x)`, element-wise.
 #[inline(always)]
-fn gelu_backward<A: Arith>(x: &[f32], dy: &mut [f32]) {
+fn gelu_backward<A: Arith>(a: A, x: &[f32], dy: &mut [f32]) {
     let n = x.len();
     let full = n - n % LANES;
     for j in (0..full).step_by(LANES) {
-        A::V::load(&dy[j..]).mul(gelu_grad(A::V::load(&x[j..]))).store(&mut dy[j..]);
+        a.load(&dy[j..]).mul(gelu_grad(a.load(&x[j..]))).store(&mut dy[j..]);
     }
     for j in full..n {
-        dy[j] *= gelu_grad(A::S::splat(x[j])).hsum();
+        dy[j] *= gelu_grad(a.one(x[j])).hsum();
     }
 }
 
 /// `y += x`, element-wise.
 #[inline(always)]
-fn add_to<A: Arith>(y: &mut [f32], x: &[f32]) {
+fn add_to<A: Arith>(a: A, y: &mut [f32], x: &[f32]) {
     let n = y.len();
     let full = n - n % LANES;
     for j in (0..full).step_by(LANES) {
-        A::V::load(&y[j..]).add(A::V::load(&x[j..])).store(&mut y[j..]);
+        a.load(&y[j..]).add(a.load(&x[j..])).store(&mut y[j..]);
     }
     for j in full..n {
         y[j] += x[j];
@@ -747,29 +775,29 @@ fn add_to<A: Arith>(y: &mut [f32], x: &[f32]) {
 
 /// `out[j] += Σ_r x[r][j]` over the rows of `x` (`[rows][out.len()]`, contiguous).
 #[inline(always)]
-fn add_rows<A: Arith>(x: &[f32], width: usize, out: &mut [f32]) {
-    add_rows_strided::<A>(x, x.len() / width, width, out);
+fn add_rows<A: Arith>(a: A, x: &[f32], width: usize, out: &mut [f32]) {
+    add_rows_strided::<A>(a, x, x.len() / width, width, out);
 }
 
 /// `out[j] += Σ_r x[r·ld + j]` for `rows` rows: up to four vectors of columns
 /// at a time, summed in registers down all rows, then one scalar pass for the
 /// columns past the last whole vector.
 #[inline(always)]
-fn add_rows_strided<A: Arith>(x: &[f32], rows: usize, ld: usize, out: &mut [f32]) {
+fn add_rows_strided<A: Arith>(a: A, x: &[f32], rows: usize, ld: usize, out: &mut [f32]) {
     let w = out.len();
     let mut c0 = 0;
     while c0 + LANES <= w {
         let nv = ((w - c0) / LANES).min(4);
-        let mut acc = [A::V::splat(0.0); 4];
+        let mut acc = [a.splat(0.0); 4];
         for r in 0..rows {
             let row = &x[r * ld + c0..r * ld + c0 + nv * LANES];
-            for (v, a) in acc[..nv].iter_mut().enumerate() {
-                *a = a.add(A::V::load(&row[v * LANES..]));
+            for (v, acc) in acc[..nv].iter_mut().enumerate() {
+                *acc = acc.add(a.load(&row[v * LANES..]));
             }
         }
-        for (v, a) in acc[..nv].iter().enumerate() {
+        for (v, acc) in acc[..nv].iter().enumerate() {
             let o = &mut out[c0 + v * LANES..];
-            A::V::load(o).add(*a).store(o);
+            a.load(o).add(*acc).store(o);
         }
         c0 += nv * LANES;
     }
@@ -794,22 +822,22 @@ fn transpose(x: &[f32], rows: usize, cols: usize, ld: usize, out: &mut [f32]) {
 /// `dP` and becomes `dS = P ⊙ (dP − Σ_j P⊙dP)`; `dbias += dS`; then
 /// `ds ← dS · scale`, the gradient of the unscaled `q·k`.
 #[inline(always)]
-fn softmax_backward_columns<A: Arith>(p: &[f32], ds: &mut [f32], sum: &mut [f32], dbias: &mut [f32], scale: f32) {
+fn softmax_backward_columns<A: Arith>(a: A, p: &[f32], ds: &mut [f32], sum: &mut [f32], dbias: &mut [f32], scale: f32) {
     let ld = sum.len();
     let rows = ds.len() / ld;
     sum.fill(0.0);
     for r in 0..rows {
         for c in (0..ld).step_by(LANES) {
             let i = r * ld + c;
-            A::V::load(&p[i..]).madd(A::V::load(&ds[i..]), A::V::load(&sum[c..])).store(&mut sum[c..]);
+            a.load(&p[i..]).madd(a.load(&ds[i..]), a.load(&sum[c..])).store(&mut sum[c..]);
         }
     }
-    let sc = A::V::splat(scale);
+    let sc = a.splat(scale);
     for r in 0..rows {
         for c in (0..ld).step_by(LANES) {
             let i = r * ld + c;
-            let v = A::V::load(&p[i..]).mul(A::V::load(&ds[i..]).sub(A::V::load(&sum[c..])));
-            A::V::load(&dbias[i..]).add(v).store(&mut dbias[i..]);
+            let v = a.load(&p[i..]).mul(a.load(&ds[i..]).sub(a.load(&sum[c..])));
+            a.load(&dbias[i..]).add(v).store(&mut dbias[i..]);
             v.mul(sc).store(&mut ds[i..]);
         }
     }
