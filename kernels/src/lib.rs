@@ -1,13 +1,23 @@
-//! Compute only: the neural decoder's round step and readout on plain `f32` slices.
+//! Compute only: the neural decoder's round step and readout on plain `f32`
+//! slices, on CPU and CUDA backends behind one trait.
 //!
-//! This crate implements the recurrent transformer of `docs/model.md` for CPU
-//! inference. It must never touch Stim, gRPC or files: weights come in through
-//! [`Weights::from_named`] as named `f32` slices (the checkpoint loader lives in
-//! `models`), and every kernel reads and writes caller-owned slices. Its only
-//! dependency is `thiserror`.
+//! This crate owns the recurrent transformer of `docs/model.md` for inference
+//! (fused CPU kernels, and CUDA kernels with feature `cuda`), the [`Backend`]
+//! trait through which decoders run it on either device, the proof tokens of
+//! the CPU instruction sets ([`isa`]), and the fused trainer. It must never
+//! touch Stim, gRPC or files: weights come in through [`Weights::from_named`]
+//! as named `f32` slices (the checkpoint loader lives in `models`), and every
+//! kernel reads and writes caller-owned slices or the backend's own state
+//! buffers. Its dependencies are `thiserror`, and `cudarc` with feature `cuda`.
 //!
 //! # API
 //!
+//! - [`Backend`]: the batched round step and readout of streams whose states
+//!   stay on the device between rounds, in numbered slots. [`CpuBackend`]
+//!   wraps the free functions below; `cuda::CudaBackend` the CUDA engine.
+//!   Choose with [`backend::cpu`], [`backend::cuda`] (a typed
+//!   [`BackendError::Unavailable`] saying why, where CUDA cannot run) or
+//!   [`backend::on`] with a [`Device`].
 //! - [`KernelConfig`]: the shapes (S, D, H, L, F, R, O, NF) and the tensor list
 //!   ([`KernelConfig::tensor_shapes`], the same list as `models::ModelConfig::tensor_shapes`).
 //! - [`Weights`]: every tensor repacked once into kernel layouts (below);
@@ -21,6 +31,9 @@
 //!   on the same building blocks, with AdamW and Lion (`train::Trainer`).
 //! - `cuda` (feature `cuda`, which adds the `cudarc` dependency): the same model as fused
 //!   CUDA kernels for B streams on a GPU (`cuda::CudaEngine`), compiled at run time by NVRTC.
+//! - [`Isa`] / [`IsaToken`] / [`Avx2Token`] / [`Avx512Token`]: the instruction
+//!   sets, and the proof that this CPU runs one; [`dispatch_isa!`] for other
+//!   crates' loops.
 //!
 //! # Design decisions
 //!
@@ -108,8 +121,14 @@
 //! AVX-512 builds give the same bits as each other and as the plain-array
 //! build with FMA, and the SSE2 build the same bits as the plain-array build
 //! without (tested).
+//!
+//! **Safe means safe.** The AVX vector types and kernels can only be reached
+//! through a token ([`Avx2Token`], [`Avx512Token`]) whose one constructor
+//! checks the CPU; the [`Weights`] hold the token of their instruction set.
+//! The soundness argument is written once, in [`isa`].
 #![deny(missing_docs)]
 
+pub mod backend;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod isa;
@@ -121,6 +140,7 @@ mod tile;
 pub mod train;
 mod weights;
 
+pub use backend::{Backend, BackendError, CpuBackend, Device};
 pub use isa::{Avx2Token, Avx512Token, Isa, IsaToken};
 pub use kernel::{Scratch, forward_shot, readout, readout_batch, step, step_batch};
 pub use weights::{PANEL, Weights};

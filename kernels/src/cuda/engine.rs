@@ -56,6 +56,7 @@ pub struct CudaEngine {
     threads: u32,
     shared_bytes: u32,
     device: String,
+    ordinal: usize,
 }
 
 /// Which device buffer holds the features of a step launch.
@@ -142,6 +143,7 @@ impl CudaEngine {
             logits,
             max_streams,
             device,
+            ordinal,
         })
     }
 
@@ -155,6 +157,11 @@ impl CudaEngine {
         &self.device
     }
 
+    /// The GPU's ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
     /// The number of live streams the engine holds.
     pub fn max_streams(&self) -> usize {
         self.max_streams
@@ -165,23 +172,26 @@ impl CudaEngine {
     /// device. At B = 1 they travel in the launch itself (no copy before it).
     /// Returns once the work is queued (see [`CudaEngine::synchronize`]).
     pub fn step_batch(&mut self, features: &[f32]) -> Result<(), CudaError> {
-        let sf = self.config.features_len();
+        self.step_at(0, features)
+    }
+
+    /// As [`CudaEngine::step_batch`], for live streams `first..first + B`.
+    pub fn step_at(&mut self, first: usize, features: &[f32]) -> Result<(), CudaError> {
+        let (sd, sf) = (self.config.state_len(), self.config.features_len());
         let streams = self.streams_in(features.len(), sf, "features")?;
+        self.check_range(&(first..first + streams))?;
         if streams == 0 {
             return Ok(());
         }
         if let (1, Some(step_one)) = (streams, &self.step_one_fn) {
             self.param.0[..sf].copy_from_slice(features);
             let cfg = self.launch_config(1);
+            let mut state = self.states.slice_mut(first * sd..(first + 1) * sd);
             // SAFETY: `qecd_step_one(float* states, const RoundFeatures features, const float* w)`
-            // with RoundFeatures = float[S·NF], a prefix of `param`; one block, stream 0's state.
+            // with RoundFeatures = float[S·NF], a prefix of `param`; one block, the S·D
+            // floats of stream `first`'s state (the view).
             unsafe {
-                self.stream
-                    .launch_builder(step_one)
-                    .arg(&mut self.states)
-                    .arg(&*self.param)
-                    .arg(&self.weights)
-                    .launch(cfg)
+                self.stream.launch_builder(step_one).arg(&mut state).arg(&*self.param).arg(&self.weights).launch(cfg)
             }
             .map_err(CudaError::driver(STEP_ONE_KERNEL))?;
             return Ok(());
@@ -189,7 +199,7 @@ impl CudaEngine {
         self.stream
             .memcpy_htod(features, &mut self.features.slice_mut(..streams * sf))
             .map_err(CudaError::driver("copying the features"))?;
-        self.launch_step(streams, sf, 1, Staged::Round)
+        self.launch_step(first, streams, sf, 1, Staged::Round)
     }
 
     /// `rounds` round steps of live streams `0..B` in one launch: `features`
@@ -202,26 +212,37 @@ impl CudaEngine {
             return Ok(());
         }
         self.upload_rounds(features)?;
-        self.launch_step(streams, per_stream, rounds, Staged::Rounds)
+        self.launch_step(0, streams, per_stream, rounds, Staged::Rounds)
     }
 
-    /// Launches `qecd_step` on streams `0..streams` over the features staged
-    /// in `staged`, `[streams][rounds][S][NF]` with `stride` floats per stream.
-    fn launch_step(&mut self, streams: usize, stride: usize, rounds: usize, staged: Staged) -> Result<(), CudaError> {
+    /// Launches `qecd_step` on streams `first..first + streams` (checked by
+    /// the callers) over the features staged in `staged`,
+    /// `[streams][rounds][S][NF]` with `stride` floats per stream.
+    fn launch_step(
+        &mut self,
+        first: usize,
+        streams: usize,
+        stride: usize,
+        rounds: usize,
+        staged: Staged,
+    ) -> Result<(), CudaError> {
+        let sd = self.config.state_len();
         let (stride, rounds) = (stride as i64, Self::rounds_arg(rounds)?);
         let cfg = self.launch_config(streams);
+        let mut states = self.states.slice_mut(first * sd..(first + streams) * sd);
         let features = match staged {
             Staged::Round => &self.features,
             Staged::Rounds => self.rounds_features.as_ref().expect("uploaded before the launch"),
         };
         // SAFETY: `qecd_step(float* states, const float* features, long long stride, int rounds,
-        // const float* w)`; grid = streams ≤ max_streams blocks, each touching its own state
-        // [S·D] and features at b·stride + t·S·NF, within the staged buffer (the callers
-        // copied streams·stride floats into it).
+        // const float* w)`; grid = `streams` blocks, block b touching state b of the view
+        // (streams·S·D floats, within `states` as the callers checked first + streams ≤
+        // max_streams) and features at b·stride + t·S·NF, within the staged buffer (the
+        // callers copied streams·stride floats into it).
         unsafe {
             self.stream
                 .launch_builder(&self.step_fn)
-                .arg(&mut self.states)
+                .arg(&mut states)
                 .arg(features)
                 .arg(&stride)
                 .arg(&rounds)
@@ -235,24 +256,56 @@ impl CudaEngine {
     /// The readout of live streams `0..B` into `logits` `[B][O]` (B ≤
     /// `max_streams`); waits for the result.
     pub fn readout_batch(&mut self, logits: &mut [f32]) -> Result<(), CudaError> {
-        let o = self.config.observables;
+        self.readout_at(0, logits)
+    }
+
+    /// As [`CudaEngine::readout_batch`], for live streams `first..first + B`.
+    pub fn readout_at(&mut self, first: usize, logits: &mut [f32]) -> Result<(), CudaError> {
+        let (sd, o) = (self.config.state_len(), self.config.observables);
         let streams = self.streams_in(logits.len(), o, "logits")?;
+        self.check_range(&(first..first + streams))?;
         if streams == 0 {
             return Ok(());
         }
         let cfg = self.launch_config(streams);
+        let states = self.states.slice(first * sd..(first + streams) * sd);
         // SAFETY: `qecd_readout(const float* states, const float* w, float* logits)`; block b
-        // reads state b and writes logits [b·O, (b+1)·O), b < streams ≤ max_streams.
+        // reads state b of the view (streams·S·D floats, first + streams ≤ max_streams
+        // checked above) and writes logits [b·O, (b+1)·O), b < streams ≤ max_streams.
         unsafe {
             self.stream
                 .launch_builder(&self.readout_fn)
-                .arg(&self.states)
+                .arg(&states)
                 .arg(&self.weights)
                 .arg(&mut self.logits)
                 .launch(cfg)
         }
         .map_err(CudaError::driver(READOUT_KERNEL))?;
         self.download(streams * o, logits)
+    }
+
+    /// Makes room for `max_streams` live streams (never fewer than now): the
+    /// states of the current ones are kept, the new ones are zero. Waits for
+    /// the copy.
+    pub fn grow(&mut self, max_streams: usize) -> Result<(), CudaError> {
+        if max_streams <= self.max_streams {
+            return Ok(());
+        }
+        if max_streams > i32::MAX as usize {
+            return Err(CudaError::Input(format!("max_streams {max_streams} is not in 1..2³¹")));
+        }
+        let c = &self.config;
+        let alloc = |n: usize| self.stream.alloc_zeros::<f32>(n).map_err(CudaError::driver("cuMemAlloc"));
+        let mut states = alloc(max_streams * c.state_len())?;
+        let features = alloc(max_streams * c.features_len())?;
+        let logits = alloc(max_streams * c.observables)?;
+        let old = self.states.len();
+        self.stream
+            .memcpy_dtod(&self.states, &mut states.slice_mut(..old))
+            .map_err(CudaError::driver("copying the states"))?;
+        self.synchronize()?;
+        (self.states, self.features, self.logits, self.max_streams) = (states, features, logits, max_streams);
+        Ok(())
     }
 
     /// Zeroes the states of live streams `streams` (a new shot starts there).

@@ -7,6 +7,8 @@
 //!   [`CudaEngine::step_batch`] / [`CudaEngine::readout_batch`] /
 //!   [`CudaEngine::reset`] drive live streams whose states stay on the device,
 //!   [`CudaEngine::forward_shots`] decodes whole shots.
+//! - [`CudaBackend`]: the engine behind [`crate::Backend`], which is how the
+//!   decoders use it (`kernels::backend::cuda`).
 //! - [`ptx_for`] / [`source_for`]: the kernels of a config, compiled (needs only
 //!   NVRTC, no GPU) or as CUDA C source.
 //! - [`driver_available`] / [`nvrtc_available`] / [`nvrtc_version`]: what this
@@ -49,10 +51,12 @@
 //! The logits agree with the CPU engine and [`crate::reference::forward`]
 //! within 1e-4 (tests/cuda.rs, on a GPU).
 
+mod backend;
 mod compile;
 mod engine;
 mod layout;
 
+pub use backend::CudaBackend;
 pub use compile::{nvrtc_version, ptx_for, source_for};
 pub use engine::CudaEngine;
 
