@@ -6,16 +6,11 @@
 mod cmd;
 #[cfg(feature = "train")]
 mod neural;
-mod outputs;
-mod plot;
-mod rates;
-mod server;
-mod sinter_csv;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+use qecd_sweep::{plot, report, sweep};
 
 /// Real-time quantum error-correction decoding: sample, decode, sweep and plot
 /// surface-code memory experiments.
@@ -35,13 +30,13 @@ enum Command {
     /// Decode detection events into predicted observable flips.
     Predict(cmd::predict::PredictArgs),
     /// Measure logical error rates over distances, noise strengths and decoders (sinter CSV).
-    Sweep(cmd::sweep::SweepArgs),
+    Sweep(sweep::SweepArgs),
     /// Plot a sweep's LER per round against distance (or rounds).
-    Plot(PlotArgs),
+    Plot(plot::PlotArgs),
     /// Plot training logs' held-out errors ÷ correlated matching's against samples seen.
-    PlotTraining(PlotTrainingArgs),
+    PlotTraining(plot::PlotTrainingArgs),
     /// Tabulate a sweep's logical error rates as Markdown, against a baseline decoder.
-    Report(cmd::report::ReportArgs),
+    Report(report::ReportArgs),
     /// Serve decoding over gRPC (and the FPGA bridge) for a control stack.
     Serve(cmd::serve::ServeArgs),
     /// Load-test a decoding server with many concurrent streams.
@@ -59,68 +54,17 @@ enum Command {
     Calibrate(cmd::calibrate::CalibrateArgs),
 }
 
-/// Arguments of `qecd plot`.
-#[derive(Args)]
-struct PlotArgs {
-    /// Sweep CSV files (sinter format); repeat or comma-separate for several.
-    #[arg(long = "in", required = true, value_delimiter = ',')]
-    inputs: Vec<PathBuf>,
-    /// The PNG to write.
-    #[arg(long)]
-    out: PathBuf,
-    /// The x axis: code distance (one curve per decoder, noise, p and basis)
-    /// or rounds (log scale; one curve per decoder, distance, noise, p and basis).
-    #[arg(long, value_enum, default_value = "distance")]
-    x: PlotX,
-}
-
-/// What `qecd plot` puts on its x axis.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum PlotX {
-    /// Code distance.
-    Distance,
-    /// Rounds per experiment.
-    Rounds,
-}
-
-/// Arguments of `qecd plot-training`.
-#[derive(Args)]
-struct PlotTrainingArgs {
-    /// Training logs (`X.train.csv`, written by `qecd train`); repeat or comma-separate for several.
-    #[arg(long = "in", required = true, value_delimiter = ',')]
-    inputs: Vec<PathBuf>,
-    /// Legend labels, one per log in order (default: the file name without `.train.csv`).
-    #[arg(long = "label", value_delimiter = ',')]
-    labels: Vec<String>,
-    /// Held-out cases to plot, e.g. `r=25`; repeat or comma-separate (default: all).
-    #[arg(long = "case", value_delimiter = ',')]
-    cases: Vec<String>,
-    /// The PNG to write.
-    #[arg(long)]
-    out: PathBuf,
-}
-
-fn run_plot(args: &PlotArgs) -> anyhow::Result<()> {
-    let cases = sinter_csv::read_cases(&args.inputs)?;
-    match args.x {
-        PlotX::Distance => plot::plot_ler(&cases, &args.out)?,
-        PlotX::Rounds => plot::plot_ler_rounds(&cases, &args.out)?,
-    }
-    eprintln!("wrote {} ({} cases)", args.out.display(), cases.len());
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match &cli.command {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Sample(args) => cmd::sample::run(args),
         Command::Predict(args) => cmd::predict::run(args),
-        Command::Sweep(args) => cmd::sweep::run(args),
-        Command::Plot(args) => run_plot(args),
-        Command::PlotTraining(args) => plot::plot_training(&args.inputs, &args.labels, &args.cases, &args.out)
-            .map(|curves| eprintln!("wrote {} ({curves} curves)", args.out.display())),
-        Command::Report(args) => cmd::report::run(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Plot(args) => plot::run_plot(args),
+        Command::PlotTraining(args) => plot::run_plot_training(args),
+        Command::Report(args) => report::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::Replay(args) => cmd::replay::run(args),
@@ -137,4 +81,18 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Logs go to stderr through `tracing`, filtered by `QECD_LOG` (or
+/// `RUST_LOG`), in `tracing-subscriber`'s env-filter syntax: `info` unless
+/// set, `QECD_LOG=qecd_service=debug` for one stream span's every event,
+/// `QECD_LOG=warn` for problems only.
+fn init_logging() {
+    let filter = std::env::var("QECD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }

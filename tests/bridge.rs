@@ -1,44 +1,41 @@
-//! The FPGA bridge of `qecd serve --bridge-listen` over loopback, spoken by a
-//! raw TCP client with the frame codec: streams of one connection decode as
+//! The FPGA bridge over loopback (the server in this process on free
+//! ports), spoken by the service's bridge client: streams of one connection decode as
 //! offline decoding does, each round acknowledged once and each shot answered
 //! once; bad frames get the ERROR code of docs/fpga-bridge.md while the other
 //! streams go on; a corrupted frame ends the connection; and `qecd replay`
 //! plays an experiment directory and checks every answer.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use decoder::DecoderKind;
-use simulator_bridge::Basis;
-use simulator_bridge::frame::{
-    Decision, DecoderChoice, ErrorCode, Events, Frame, FrameDecoder, FrameEncoder, Message, Open, Sender, StreamId,
-};
+use frame_codec::{Basis, Decision, DecoderChoice, ErrorCode, Events, Frame, Message, Open, StreamId};
+use qecd_service::ServerOptions;
+use qecd_service::bridge::{FrameSink, FrameSource};
+use simulator_bridge::shots::pack_bits;
 
 mod common;
 use common::{Server, ZOO_D3, offline, shots};
 
-/// An FPGA's end of a connection.
+/// An FPGA's end of a connection, on the service's bridge client.
 struct Fpga {
-    socket: TcpStream,
-    encoder: FrameEncoder,
-    decoder: FrameDecoder,
+    sink: Option<FrameSink>,
+    source: FrameSource,
 }
 
 impl Fpga {
     fn connect(server: &Server) -> Self {
-        let socket = TcpStream::connect(server.bridge()).unwrap();
-        socket.set_nodelay(true).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Self { socket, encoder: FrameEncoder::new(Sender::Fpga), decoder: FrameDecoder::new(Sender::Qecd) }
+        let (sink, source) = qecd_service::bridge::connect(server.bridge(), Duration::from_secs(60)).unwrap();
+        Self { sink: Some(sink), source }
+    }
+
+    fn sink(&mut self) -> &mut FrameSink {
+        self.sink.as_mut().expect("still sending")
     }
 
     fn send(&mut self, message: &Message, stream: StreamId, shot: u64, round: u32) {
-        let mut out = Vec::new();
-        self.encoder.encode_message(message, stream, shot, round, &mut out).unwrap();
-        self.socket.write_all(&out).unwrap();
+        self.sink().send(message, stream, shot, round).unwrap();
     }
 
     fn open(&mut self, stream: StreamId, decoder: DecoderChoice, model: &str, rounds: u32) {
@@ -47,27 +44,21 @@ impl Fpga {
     }
 
     fn round(&mut self, stream: StreamId, shot: u64, round: u32, bits: &[bool]) {
-        self.send(&Message::Round(Events::from_bits(bits).unwrap()), stream, shot, round);
+        self.send(&Message::Round(Events::from_packed(pack_bits(bits), bits.len()).unwrap()), stream, shot, round);
     }
 
     fn finish(&mut self, stream: StreamId, shot: u64, round: u32, bits: &[bool]) {
-        self.send(&Message::Final(Events::from_bits(bits).unwrap()), stream, shot, round);
+        self.send(&Message::Final(Events::from_packed(pack_bits(bits), bits.len()).unwrap()), stream, shot, round);
+    }
+
+    /// CLOSEs `streams` and half-closes the connection.
+    fn close(&mut self, streams: &[StreamId]) {
+        self.sink.take().expect("still sending").finish(streams.iter().copied()).unwrap();
     }
 
     /// The next frame from qecd, or `None` once it closed the connection.
     fn next(&mut self) -> Option<Frame> {
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(frame) = self.decoder.next_frame().expect("qecd's frames are well-formed") {
-                return Some(frame);
-            }
-            let n = self.socket.read(&mut buf).expect("a reply within 60 s");
-            if n == 0 {
-                self.decoder.finish().expect("qecd's last frame is whole");
-                return None;
-            }
-            self.decoder.feed(&buf[..n]);
-        }
+        self.source.next().expect("well-formed replies within 60 s")
     }
 }
 
@@ -82,7 +73,7 @@ fn error_of(frame: &Frame) -> (ErrorCode, String) {
 #[test]
 fn streams_of_one_connection_decode_like_offline_exactly_once() {
     // No backlog bound: every frame is sent at once, and every shot must stay neural.
-    let server = Server::with_bridge(&["--max-backlog", "1000000"]);
+    let server = Server::with_bridge(ServerOptions { max_backlog: 1_000_000, ..Server::options() });
     let s = shots(3, 200, 31);
     let mut fpga = Fpga::connect(&server);
     let (neural, correlated) = (5, 6);
@@ -100,10 +91,8 @@ fn streams_of_one_connection_decode_like_offline_exactly_once() {
             fpga.finish(stream, shot as u64, s.rounds as u32, r.last().unwrap());
         }
     }
-    fpga.send(&Message::Close, neural, 0, 0);
-    fpga.send(&Message::Close, correlated, 0, 0);
     // Half-close: qecd still answers every shot, then closes its side.
-    fpga.socket.shutdown(Shutdown::Write).unwrap();
+    fpga.close(&[neural, correlated]);
 
     let mut acks: HashMap<(StreamId, u64, u32), usize> = HashMap::new();
     let mut decisions: HashMap<(StreamId, u64), Vec<Decision>> = HashMap::new();
@@ -139,7 +128,7 @@ fn streams_of_one_connection_decode_like_offline_exactly_once() {
 
 #[test]
 fn bad_frames_get_their_error_code_while_other_streams_go_on() {
-    let server = Server::with_bridge(&[]);
+    let server = Server::with_bridge(Server::options());
     let s = shots(3, 1, 32);
     let shot = &s.per_round[0];
     let mut fpga = Fpga::connect(&server);
@@ -203,12 +192,12 @@ fn bad_frames_get_their_error_code_while_other_streams_go_on() {
     expect(8, 4, 3, ErrorCode::FailedPrecondition, "after 1 of 3 rounds");
 
     // A corrupted CRC ends the connection: one ERROR for the whole of it, then EOF.
-    let mut out = Vec::new();
-    let events = Message::Round(Events::from_bits(&shot[0]).unwrap());
-    let corrupted = fpga.encoder.encode_message(&events, 1, 1, 0, &mut out).unwrap();
+    let events = Message::Round(Events::from_packed(pack_bits(&shot[0]), shot[0].len()).unwrap());
+    let corrupted = fpga.sink().queue(&events, 1, 1, 0).unwrap();
+    let mut out = fpga.sink().queued().to_vec();
     let last = out.len() - 1;
     out[last] ^= 0x40;
-    fpga.socket.write_all(&out).unwrap();
+    fpga.sink().write_raw(&out).unwrap();
     let frame = fpga.next().expect("an ERROR before the connection closes");
     let (code, message) = error_of(&frame);
     assert_eq!((frame.stream, frame.shot, frame.round), (0, 0, 0));
@@ -219,7 +208,7 @@ fn bad_frames_get_their_error_code_while_other_streams_go_on() {
 
 #[test]
 fn a_stream_past_the_server_limit_is_refused() {
-    let server = Server::with_bridge(&["--max-streams", "2"]);
+    let server = Server::with_bridge(ServerOptions { max_streams: 2, ..Server::options() });
     let s = shots(2, 1, 33);
     let mut fpga = Fpga::connect(&server);
     for stream in [1, 2, 3] {
@@ -261,8 +250,8 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
     let sampled = qecd(&["sample", "-d", "3", "-r", "3", "--shots", "2000", "--seed", "34", "--out-dir", dir]);
     assert!(sampled.status.success(), "{}", String::from_utf8_lossy(&sampled.stderr));
 
-    let server = Server::with_bridge(&[]);
-    let replay = qecd(&["replay", "--dir", dir, "--addr", server.bridge(), "--round-period-us", "1"]);
+    let server = Server::with_bridge(Server::options());
+    let replay = qecd(&["replay", "--dir", dir, "--addr", &server.bridge().to_string(), "--round-period-us", "1"]);
     let stdout = String::from_utf8_lossy(&replay.stdout);
     assert_eq!(replay.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&replay.stderr));
     for needle in [
@@ -289,7 +278,7 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
         "--dir",
         dir,
         "--addr",
-        server.bridge(),
+        &server.bridge().to_string(),
         "--decoder",
         "matching",
         "--streams",
@@ -303,15 +292,24 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
 
     // Neural-matching over the bridge: the model steps on each round, and
     // every answer equals offline decoding.
-    let replay =
-        qecd(&["replay", "--dir", dir, "--addr", server.bridge(), "--decoder", "neural-matching", "--shots", "300"]);
+    let replay = qecd(&[
+        "replay",
+        "--dir",
+        dir,
+        "--addr",
+        &server.bridge().to_string(),
+        "--decoder",
+        "neural-matching",
+        "--shots",
+        "300",
+    ]);
     let stdout = String::from_utf8_lossy(&replay.stdout);
     assert_eq!(replay.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&replay.stderr));
     assert!(stdout.contains("300 of 300 shots answered exactly once") && stdout.contains("; 0 differ"), "{stdout}");
 
     // A server that refuses every stream loses every shot: status 1.
-    let full = Server::with_bridge(&["--max-streams", "0"]);
-    let replay = qecd(&["replay", "--dir", dir, "--addr", full.bridge(), "--shots", "50"]);
+    let full = Server::with_bridge(ServerOptions { max_streams: 0, ..Server::options() });
+    let replay = qecd(&["replay", "--dir", dir, "--addr", &full.bridge().to_string(), "--shots", "50"]);
     let stdout = String::from_utf8_lossy(&replay.stdout);
     assert_eq!(replay.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("0 of 50 shots answered exactly once; 50 lost"), "{stdout}");
@@ -325,7 +323,8 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
         (vec!["--dir", dir, "--decoder", "bogus"], "unknown decoder 'bogus'"),
         (vec!["--dir", dir, "--model", "no_such_model"], "unknown model 'no_such_model'"),
     ] {
-        let mut all = vec!["replay", "--addr", server.bridge()];
+        let addr = server.bridge().to_string();
+        let mut all = vec!["replay", "--addr", &addr];
         all.extend(args);
         let out = qecd(&all);
         let stderr = String::from_utf8_lossy(&out.stderr);

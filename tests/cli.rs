@@ -317,6 +317,29 @@ fn load_echo_measures_the_transport_floor() {
 }
 
 #[test]
+fn serve_prints_its_addresses_logs_through_tracing_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qecd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--bridge-listen", "127.0.0.1:0"])
+        .env("QECD_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("qecd serve: gRPC on 127.0.0.1:") && line.contains("; bridge on 127.0.0.1:"), "{line}");
+    assert!(line.contains("d3_z_si1000_p003"), "{line}");
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(logs.contains("INFO") && logs.contains("shutting down"), "{logs}");
+}
+
+#[test]
 fn serve_and_load_refuse_bad_arguments() {
     fails(&["serve", "--listen", "127.0.0.1:0", "--models", "/no/such/dir"], "/no/such/dir", &[]);
     let empty = tempfile::tempdir().unwrap();

@@ -1,11 +1,12 @@
-//! `qecd serve` over loopback with a real tonic client: streamed shots decode
-//! as offline decoding does, every round is acknowledged once and every shot
-//! answered once; bad input gets the right status while other streams go on;
-//! a client that vanishes mid-shot hurts nobody; shutdown drains open shots.
-
-use std::process::Command;
+//! The gRPC service over loopback with a real tonic client, the server in
+//! this process on a free port: streamed shots decode as offline decoding
+//! does, every round is acknowledged once and every shot answered once; bad
+//! input gets the right status while other streams go on; a client that
+//! vanishes mid-shot hurts nobody; shutdown drains open shots. (`qecd serve`
+//! itself, SIGTERM included, is tested in tests/cli.rs.)
 
 use decoder::DecoderKind;
+use qecd_service::ServerOptions;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,20 +15,11 @@ use tonic::Code;
 mod common;
 use common::{Server, Shots, ZOO_D3, offline, shots};
 
-mod proto {
-    tonic::include_proto!("qecd.v1");
-}
 use proto::decode_request::Message as In;
 use proto::decode_response::Message as Out;
 use proto::decoder_client::DecoderClient;
-
-fn pack(bits: &[bool]) -> Vec<u8> {
-    let mut out = vec![0u8; bits.len().div_ceil(8)];
-    for (k, &b) in bits.iter().enumerate() {
-        out[k / 8] |= u8::from(b) << (k % 8);
-    }
-    out
-}
+use qecd_grpc::proto;
+use simulator_bridge::shots::pack_bits as pack;
 
 fn open(kind: proto::DecoderKind, model: &str, rounds: usize, budget_us: u32) -> proto::DecodeRequest {
     // These tests send every message at once: no backlog bound, unless a test sets one.
@@ -138,7 +130,7 @@ fn check_exactly_once(s: &Shots, a: &Answers, want: &[bool], answered_by: proto:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neural_and_matching_streams_decode_like_offline() {
-    let server = Server::start(&[]);
+    let server = Server::start(Server::options());
     let mut client = connect(&server).await;
     let s = shots(5, 300, 21);
     let mut with_open = vec![open(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0)];
@@ -165,7 +157,7 @@ async fn neural_and_matching_streams_decode_like_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checked_mode_and_budget_fallback() {
-    let server = Server::start(&[]);
+    let server = Server::start(Server::options());
     let mut client = connect(&server).await;
     let s = shots(3, 200, 22);
     let mut msgs = vec![open(proto::DecoderKind::NeuralChecked, "", s.rounds, 0)];
@@ -194,7 +186,7 @@ async fn checked_mode_and_budget_fallback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_past_its_bound_moves_shots_to_correlated_matching() {
-    let server = Server::start(&[]);
+    let server = Server::start(Server::options());
     let mut client = connect(&server).await;
     let s = shots(5, 300, 26);
     let mut msgs = vec![open_with_backlog(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0, 8)];
@@ -236,7 +228,7 @@ async fn expect_status(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_status_while_others_go_on() {
-    let server = Server::start(&["--max-streams", "3"]);
+    let server = Server::start(ServerOptions { max_streams: 3, ..Server::options() });
     let mut client = connect(&server).await;
     let s = shots(3, 50, 23);
     // A healthy stream stays open through everything below.
@@ -249,16 +241,16 @@ async fn bad_input_gets_the_right_status_while_others_go_on() {
 
     let o = || open(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0);
     expect_status(&mut client, vec![round(0, 0, &first[0])], Code::FailedPrecondition, "no session opened").await;
-    expect_status(&mut client, vec![o(), round(0, 0, &[true; 5])], Code::InvalidArgument, "5 event bits").await;
-    expect_status(&mut client, vec![o(), round(0, 1, &first[1])], Code::InvalidArgument, "out of order").await;
+    expect_status(&mut client, vec![o(), round(0, 0, &[true; 5])], Code::InvalidArgument, "5 events").await;
+    expect_status(&mut client, vec![o(), round(0, 1, &first[1])], Code::FailedPrecondition, "out of order").await;
     expect_status(
         &mut client,
         vec![o(), round(0, 0, &first[0]), round(0, 0, &first[0])],
-        Code::InvalidArgument,
+        Code::FailedPrecondition,
         "out of order",
     )
     .await;
-    expect_status(&mut client, vec![o(), final_round(0, &first[3])], Code::InvalidArgument, "before round 0").await;
+    expect_status(&mut client, vec![o(), final_round(0, &first[3])], Code::FailedPrecondition, "before round 0").await;
     let unknown = open(proto::DecoderKind::Neural, "no_such_model", s.rounds, 0);
     expect_status(&mut client, vec![unknown], Code::NotFound, "no_such_model").await;
     // The zoo has memory-Z models only.
@@ -301,7 +293,7 @@ async fn bad_input_gets_the_right_status_while_others_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_vanishing_mid_shot_hurts_nobody() {
-    let server = Server::start(&[]);
+    let server = Server::start(Server::options());
     let s = shots(3, 40, 24);
     {
         let (tx, rx) = mpsc::channel(64);
@@ -331,7 +323,7 @@ async fn a_client_vanishing_mid_shot_hurts_nobody() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_open_shots() {
-    let mut server = Server::start(&[]);
+    let mut server = Server::start(Server::options());
     let s = shots(3, 20, 25);
     let (tx, rx) = mpsc::channel(4096);
     let mut responses = connect(&server).await.decode(ReceiverStream::new(rx)).await.unwrap().into_inner();
@@ -346,8 +338,7 @@ async fn shutdown_drains_open_shots() {
             acks += 1;
         }
     }
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    server.begin_shutdown();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // The open shots still finish.
     for msg in all_messages(&s).into_iter().skip(s.per_round.len()) {
@@ -361,6 +352,5 @@ async fn shutdown_drains_open_shots() {
         }
     }
     assert_eq!(results, s.per_round.len());
-    let status = server.child.wait().unwrap();
-    assert!(status.success(), "{status}");
+    server.wait().unwrap();
 }

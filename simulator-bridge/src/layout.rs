@@ -1,4 +1,6 @@
-//! The stabilizer layout: which stabilizer and round each detector belongs to.
+//! The stabilizer layout: which stabilizer and round each detector belongs
+//! to ([`StabilizerLayout`]), and the per-round wire layout that streams,
+//! the neural engine and the FPGA bridge share ([`RoundLayout`]).
 //!
 //! The layout is read from detector coordinates `(x, y, t)`, so Stim's
 //! generated circuits, a user's `.stim` file and a hardware experiment are
@@ -171,6 +173,97 @@ impl StabilizerLayout {
     }
 }
 
+/// How a shot travels round by round: the one definition of the per-round
+/// wire layout that the service's sessions, the FPGA bridge, the neural
+/// engine's features and the clients all use.
+///
+/// Round `t`'s event bits are the detectors of round `t`, one per stabilizer
+/// that has a detector in that round, in stabilizer order ((y, x), as
+/// [`StabilizerLayout`] sorts them). So round 0 and the final round carry
+/// the memory basis's stabilizers, and the rounds between carry all of them.
+/// Bits are packed LSB-first when they travel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundLayout {
+    basis: Basis,
+    stabilizers: Vec<Stabilizer>,
+    /// `[round][bit]`: the circuit detector of each event bit.
+    detectors: Vec<Vec<DetectorId>>,
+    /// `[round][bit]`: the stabilizer of each event bit.
+    owners: Vec<Vec<StabilizerId>>,
+    num_detectors: usize,
+}
+
+impl RoundLayout {
+    /// The round layout of a circuit, from its detector coordinates.
+    pub fn new(layout: &StabilizerLayout) -> Self {
+        let mut cells: Vec<Vec<(StabilizerId, DetectorId)>> = vec![Vec::new(); layout.num_rounds];
+        for (det, site) in layout.detectors.iter().enumerate() {
+            cells[site.round].push((site.stabilizer, det));
+        }
+        cells.iter_mut().for_each(|round| round.sort_unstable());
+        Self {
+            basis: layout.basis,
+            stabilizers: layout.stabilizers.clone(),
+            detectors: cells.iter().map(|r| r.iter().map(|c| c.1).collect()).collect(),
+            owners: cells.iter().map(|r| r.iter().map(|c| c.0).collect()).collect(),
+            num_detectors: layout.num_detectors(),
+        }
+    }
+
+    /// The memory basis.
+    pub fn basis(&self) -> Basis {
+        self.basis
+    }
+
+    /// The stabilizers, in the order of each round's bits.
+    pub fn stabilizers(&self) -> &[Stabilizer] {
+        &self.stabilizers
+    }
+
+    /// Rounds per shot, the final (data-qubit) round included.
+    pub fn num_rounds(&self) -> usize {
+        self.detectors.len()
+    }
+
+    /// Detectors per shot.
+    pub fn num_detectors(&self) -> usize {
+        self.num_detectors
+    }
+
+    /// Event bits of round `t`.
+    pub fn events_in(&self, t: Round) -> usize {
+        self.detectors[t].len()
+    }
+
+    /// The circuit detector of each event bit of round `t`.
+    pub fn detectors(&self, t: Round) -> &[DetectorId] {
+        &self.detectors[t]
+    }
+
+    /// The stabilizer of each event bit of round `t`.
+    pub fn stabilizers_of(&self, t: Round) -> &[StabilizerId] {
+        &self.owners[t]
+    }
+
+    /// A shot's events, round by round, as they travel (unpacked).
+    pub fn split(&self, events: &crate::PackedShots, shot: usize) -> Vec<Vec<bool>> {
+        self.detectors.iter().map(|round| round.iter().map(|&d| events.get(shot, d)).collect()).collect()
+    }
+
+    /// Sets, in a shot's b8 detection events (`out`, circuit order), the
+    /// detectors whose bits are set in round `t`'s packed `bits`.
+    pub fn scatter(&self, t: Round, bits: &[u8], out: &mut [u8]) {
+        for det in self.fired(t, bits) {
+            out[det / 8] |= 1 << (det % 8);
+        }
+    }
+
+    /// The circuit detectors of round `t` whose bits are set in its packed `bits`.
+    pub fn fired<'a>(&'a self, t: Round, bits: &'a [u8]) -> impl Iterator<Item = DetectorId> + 'a {
+        self.detectors[t].iter().enumerate().filter(move |(k, _)| bits[k / 8] >> (k % 8) & 1 == 1).map(|(_, &d)| d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +317,35 @@ mod tests {
         assert_eq!(layout.num_stabilizers(), 4);
         assert!(layout.stabilizers.iter().all(|s| s.kind == StabilizerType::Z));
         assert_eq!(layout.num_rounds, 2);
+    }
+
+    #[test]
+    fn round_layout_splits_and_scatters_shots_in_stabilizer_order() {
+        let (d, r) = (3, 3);
+        let circuit = MemoryExperiment::new(d, r, Basis::Z).unwrap().ideal_circuit().unwrap();
+        let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z).unwrap();
+        let rounds = RoundLayout::new(&layout);
+        assert_eq!((rounds.num_rounds(), rounds.num_detectors()), (r + 1, layout.num_detectors()));
+        let half = (d * d - 1) / 2;
+        let counts: Vec<usize> = (0..=r).map(|t| rounds.events_in(t)).collect();
+        assert_eq!(counts, vec![half, d * d - 1, d * d - 1, half]);
+        for t in 0..=r {
+            let owners = rounds.stabilizers_of(t);
+            assert!(owners.windows(2).all(|w| w[0] < w[1]), "round {t} is in stabilizer order");
+            for (&det, &s) in rounds.detectors(t).iter().zip(owners) {
+                assert_eq!(layout.detectors[det], DetectorSite { stabilizer: s, round: t });
+            }
+        }
+        // Every detector travels exactly once, and scatter inverts split.
+        let mut shots = crate::PackedShots::zeros(1, layout.num_detectors());
+        for det in [0, 5, 11, layout.num_detectors() - 1] {
+            shots.set(0, det, true);
+        }
+        let mut back = vec![0u8; layout.num_detectors().div_ceil(8)];
+        for (t, bits) in rounds.split(&shots, 0).iter().enumerate() {
+            rounds.scatter(t, &crate::shots::pack_bits(bits), &mut back);
+        }
+        assert_eq!(back, shots.row(0));
     }
 
     #[test]

@@ -9,19 +9,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use decoder::stats::ErrorCount;
 use indicatif::ProgressBar;
-use models::{Featurizer, ModelLayout};
 use simulator_bridge::sample::Sampler;
-use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, StabilizerLayout};
+use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, RoundLayout, StabilizerLayout};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::server::proto::decode_request::Message as In;
-use crate::server::proto::decode_response::Message as Out;
-use crate::server::proto::decoder_client::DecoderClient;
-use crate::server::proto::{self, DecodeRequest};
-use crate::server::session::pack;
-use crate::server::stats::Histogram;
+use qecd_grpc::proto::decode_request::Message as In;
+use qecd_grpc::proto::decode_response::Message as Out;
+use qecd_grpc::proto::decoder_client::DecoderClient;
+use qecd_grpc::proto::{self, DecodeRequest};
+use qecd_service::stats::Histogram;
+use simulator_bridge::shots::pack_bits as pack;
 
 /// Simulated shots (memory-Z, SI1000 p=0.003), as a stream sends them.
 pub struct ShotSet {
@@ -46,13 +45,8 @@ impl ShotSet {
         let circuit = MemoryExperiment::new(d, rounds, Basis::Z)?.noisy_circuit(&NoiseModel::Si1000 { p: 0.003 })?;
         let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z)?;
         let sampled = Sampler::new(&circuit).sample(shots, seed, 0)?;
-        let featurizer = Featurizer::new(&ModelLayout::for_code(d, Basis::Z)?, &layout)?;
-        let mut features = Vec::new();
-        featurizer.extend_features(&sampled.detectors, 0, shots, &mut features);
-        let per_shot = features
-            .chunks_exact(featurizer.shot_len())
-            .map(|f| decoder::neural::rounds_of_features(f, featurizer.num_stabilizers()))
-            .collect();
+        let rounds_layout = RoundLayout::new(&layout);
+        let per_shot = (0..shots).map(|s| rounds_layout.split(&sampled.detectors, s)).collect();
         let observables = (0..shots).map(|s| sampled.observables.get(s, 0)).collect();
         Ok(Self { d, rounds, per_shot, observables, detectors: sampled.detectors, circuit: circuit.to_string() })
     }

@@ -19,10 +19,10 @@ use decoder::{DecoderKind, PackedShots, decode_parallel};
 use simulator_bridge::Basis;
 
 use super::client::{Drive, ShotSet, drive};
-use crate::server::proto::decoder_client::DecoderClient;
-use crate::server::proto::{self};
-use crate::server::stats::Histogram;
-use crate::server::{Hub, Models, ServerOptions, grpc};
+use qecd_grpc::proto;
+use qecd_grpc::proto::decoder_client::DecoderClient;
+use qecd_service::stats::Histogram;
+use qecd_service::{Hub, Models, ServerOptions};
 
 /// Arguments of `qecd demo`.
 #[derive(Args, Debug)]
@@ -61,7 +61,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let hub = std::sync::Arc::new(Hub::new(models, ServerOptions::default()));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let server = grpc::LocalServer::start(hub.clone()).await?;
+        let server = qecd_grpc::LocalServer::start(hub.clone()).await?;
         let addr = server.addr;
         println!("qecd demo: decoding server on {addr} (gRPC, in-process)");
         println!(
@@ -71,7 +71,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let mut client = DecoderClient::connect(format!("http://{addr}")).await?;
         let mut outcomes = Vec::new();
         for d in [3usize, 5] {
-            let found = hub.models.find("", d, Basis::Z).ok();
+            let found = hub.models.find(None, d, Basis::Z).ok();
             let model = found.as_ref().map(|m| m.name.clone());
             let mut outcome = stream_distance(&mut client, d, model, args).await?;
             if let Some(m) = found {

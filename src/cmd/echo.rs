@@ -1,7 +1,7 @@
 //! The transport floor of `qecd load --echo`: the Decode service of
 //! proto/qecd/v1/decoder.proto answered by an echo that decodes nothing.
 //!
-//! It is served the way [`crate::server::grpc::serve`] serves the decoder
+//! It is served the way [`qecd_grpc::serve`] serves the decoder
 //! (tonic, loopback, `TCP_NODELAY`) and answers through the same kind of
 //! response stream, but one tokio task reads a stream's requests and answers
 //! each at once, hands it to nothing and never looks at its detection events.
@@ -13,11 +13,11 @@ use std::net::SocketAddr;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::server::grpc::bind;
-use crate::server::proto::decode_request::Message as In;
-use crate::server::proto::decode_response::Message as Out;
-use crate::server::proto::decoder_server::{Decoder as DecoderApi, DecoderServer};
-use crate::server::proto::{self, DecodeRequest, DecodeResponse};
+use qecd_grpc::bind;
+use qecd_grpc::proto::decode_request::Message as In;
+use qecd_grpc::proto::decode_response::Message as Out;
+use qecd_grpc::proto::decoder_server::{Decoder as DecoderApi, DecoderServer};
+use qecd_grpc::proto::{self, DecodeRequest, DecodeResponse};
 
 /// The echo service: every round acknowledged, every shot answered "no flip".
 pub struct EchoService;

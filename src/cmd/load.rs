@@ -15,9 +15,9 @@ use simulator_bridge::Basis;
 
 use super::client::{Drive, ShotSet, Tally, drive};
 use super::echo::LocalEcho;
-use crate::server::proto::{self, decoder_client::DecoderClient};
-use crate::server::stats::Histogram;
-use crate::server::{Hub, Models, ServerOptions, grpc};
+use qecd_grpc::proto::{self, decoder_client::DecoderClient};
+use qecd_service::stats::Histogram;
+use qecd_service::{Hub, Models, ServerOptions};
 
 /// Arguments of `qecd load`.
 #[derive(Args, Debug)]
@@ -84,7 +84,7 @@ impl Answerer {
 /// A server started in-process for the run.
 enum Local {
     /// The decoding server.
-    Decoder(grpc::LocalServer),
+    Decoder(qecd_grpc::LocalServer),
     /// The transport floor of `--echo`.
     Echo(LocalEcho),
 }
@@ -116,7 +116,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             let answerers = args
                 .distances
                 .iter()
-                .map(|&d| match models.find("", d, Basis::Z) {
+                .map(|&d| match models.find(None, d, Basis::Z) {
                     Ok(m) => (d, Answerer::Neural(m.name)),
                     Err(_) => (d, Answerer::Correlated),
                 })
@@ -125,7 +125,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
                 Some(a) => (answerers, a.clone(), None),
                 None => {
                     let options = ServerOptions { max_streams: args.streams + 8, ..ServerOptions::default() };
-                    let server = grpc::LocalServer::start(Arc::new(Hub::new(models, options))).await?;
+                    let server = qecd_grpc::LocalServer::start(Arc::new(Hub::new(models, options))).await?;
                     (answerers, format!("http://{}", server.addr), Some(Local::Decoder(server)))
                 }
             }

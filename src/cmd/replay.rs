@@ -18,8 +18,8 @@
 //! and the fallbacks. The exit status is 1 when a shot was lost, answered
 //! twice or answered differently, and 2 for bad input, as elsewhere.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io::Write;
+use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -27,18 +27,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Args;
-use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, NeuralModel, PackedShots, StreamOptions};
-use models::{Featurizer, ModelLayout};
+use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, NeuralModel, PackedShots};
+use frame_codec::{Decision, DecoderChoice, ErrorReply, Events, Message, Open, StreamId};
 use simulator_bridge::experiment::Experiment;
-use simulator_bridge::frame::{
-    Decision, DecoderChoice, ErrorReply, Events, FrameDecoder, FrameEncoder, Message, Open, Sender as End, StreamId,
-};
 use simulator_bridge::pacing::Pacer;
-use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
+use simulator_bridge::shots::pack_bits;
+use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, RoundLayout, StabilizerLayout};
 
-use crate::server::Models;
-use crate::server::bridge::{NOISE, NOISE_P};
-use crate::server::stats::Histogram;
+use qecd_service::api::{DEFAULT_NOISE as NOISE, DEFAULT_P as NOISE_P};
+use qecd_service::bridge::{FrameSink, FrameSource};
+use qecd_service::stats::Histogram;
 
 /// Arguments of `qecd replay`.
 #[derive(Args, Debug)]
@@ -124,9 +122,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         .with_context(|| format!("--addr {}: not a HOST:PORT", args.addr))?
         .next()
         .with_context(|| format!("--addr {} resolves to no address", args.addr))?;
-    let socket = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("cannot connect to the bridge at {addr}"))?;
-    socket.set_nodelay(true)?;
+    let (sink, source) = qecd_service::bridge::connect(addr, Duration::from_secs(args.timeout_s.max(1)))?;
     let n = plan.frames.len();
     println!(
         "qecd replay: {n} shots of d={} memory-{}, {} rounds, from {}",
@@ -145,13 +141,12 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     );
     let clock = Arc::new(Clock::new(n * plan.frames_per_shot()));
     let reader = {
-        let (socket, clock, rounds) = (socket.try_clone()?, clock.clone(), plan.rounds);
-        socket.set_read_timeout(Some(Duration::from_secs(args.timeout_s.max(1))))?;
+        let (clock, rounds) = (clock.clone(), plan.rounds);
         std::thread::Builder::new()
             .name("qecd-replay-reader".into())
-            .spawn(move || read_replies(socket, &clock, n, rounds))?
+            .spawn(move || read_replies(source, &clock, n, rounds))?
     };
-    let sent = send(socket, &plan, args, choice, &clock)?;
+    let sent = send(sink, &plan, args, choice, &clock)?;
     let received = reader.join().map_err(|_| anyhow!("the reply reader panicked"))?;
     let report = check(&plan, choice, neural.map(|(_, model)| model), &received, &clock)?;
     report.print(&sent, &received);
@@ -217,31 +212,24 @@ fn plan(args: &ReplayArgs) -> Result<Plan> {
         PackedShots::from_bytes(shots.as_bytes()[..n * shots.stride()].to_vec(), shots.bits_per_shot())
     };
     let (events, actual) = (first(&exp.detection_events)?, first(&exp.obs_flips)?);
-    let featurizer = Featurizer::new(&ModelLayout::for_code(d, basis)?, &layout)?;
-    let mut frames = Vec::with_capacity(n);
-    let mut features = Vec::new();
-    for start in (0..n).step_by(1024) {
-        let end = (start + 1024).min(n);
-        features.clear();
-        featurizer.extend_features(&events, start, end, &mut features);
-        for shot in features.chunks_exact(featurizer.shot_len()) {
-            let rounds = decoder::neural::rounds_of_features(shot, featurizer.num_stabilizers());
-            frames.push(rounds.iter().map(|bits| Events::from_bits(bits)).collect::<Result<Vec<_>, _>>()?);
-        }
-    }
+    let rounds_layout = RoundLayout::new(&layout);
+    let frames = (0..n)
+        .map(|shot| {
+            let rounds = rounds_layout.split(&events, shot);
+            rounds.iter().map(|bits| Events::from_packed(pack_bits(bits), bits.len())).collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let dem = super::decoding_dem(&ours)?;
     Ok(Plan { d, basis, rounds, layout, events, actual, frames, dem })
 }
 
 /// The model the server decodes with (its name and weights), as offline decoding loads it.
 fn neural_model(args: &ReplayArgs, plan: &Plan) -> Result<(String, Arc<NeuralModel>)> {
-    let options = StreamOptions::default();
-    let models = match &args.models {
-        Some(dir) => Models::load_dir(dir, &options)?,
-        None => Models::embedded(&options)?,
-    };
-    let model = models.find(&args.model, plan.d, plan.basis).map_err(|f| anyhow!("{}", f.message))?;
-    Ok((model.name, model.model))
+    let checkpoints = qecd_service::load_checkpoints(args.models.as_deref())?;
+    let name = (!args.model.is_empty()).then_some(args.model.as_str());
+    let model =
+        qecd_service::find_model(&checkpoints, name, plan.d, plan.basis).map_err(|f| anyhow!("{}", f.message))?;
+    Ok((model.name().to_string(), model.clone()))
 }
 
 /// When each frame was sent, and how many frames wait for a reply.
@@ -289,22 +277,23 @@ struct Sent {
     stopped: Option<String>,
 }
 
-fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderChoice, clock: &Clock) -> Result<Sent> {
+fn send(mut sink: FrameSink, plan: &Plan, args: &ReplayArgs, choice: DecoderChoice, clock: &Clock) -> Result<Sent> {
     let n = plan.frames.len();
     let per_shot = plan.frames_per_shot();
     let streams = args.streams.min(n);
     let stream_id = |i: usize| (i + 1) as StreamId;
-    let mut encoder = FrameEncoder::new(End::Fpga);
-    let mut out = Vec::new();
     for i in 0..streams {
         let open = Open {
             distance: plan.d as u8,
-            basis: plan.basis,
+            basis: match plan.basis {
+                Basis::X => frame_codec::Basis::X,
+                Basis::Z => frame_codec::Basis::Z,
+            },
             decoder: choice,
             budget_us: args.budget_us,
             model: args.model.clone(),
         };
-        encoder.encode_message(&Message::Open(open), stream_id(i), 0, plan.rounds as u32, &mut out)?;
+        sink.open(stream_id(i), open, plan.rounds as u32)?;
     }
     let mut sent = Sent {
         ticks: 0,
@@ -317,7 +306,7 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
         max_outstanding: 0,
         stopped: None,
     };
-    if let Err(e) = socket.write_all(&out) {
+    if let Err(e) = sink.flush() {
         sent.stopped = Some(format!("the bridge refused the OPEN frames: {e}"));
         return Ok(sent);
     }
@@ -335,7 +324,6 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
         if pacer.is_late(lag) {
             sent.late_ticks += 1;
         }
-        out.clear();
         let stamp = clock.now();
         let mut frames = 0;
         for (i, (shot, round)) in cursors.iter_mut().enumerate() {
@@ -344,7 +332,7 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
             }
             let events = plan.frames[*shot][*round].clone();
             let message = if *round < plan.rounds { Message::Round(events) } else { Message::Final(events) };
-            encoder.encode_message(&message, stream_id(i), *shot as u64, *round as u32, &mut out)?;
+            sink.queue(&message, stream_id(i), *shot as u64, *round as u32)?;
             clock.sent[*shot * per_shot + *round].store(stamp, Ordering::Release);
             frames += 1;
             *round += 1;
@@ -352,7 +340,7 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
                 (*shot, *round) = (*shot + streams, 0);
             }
         }
-        if let Err(e) = socket.write_all(&out) {
+        if let Err(e) = sink.flush() {
             sent.stopped = Some(format!("the bridge closed the connection: {e}"));
             break;
         }
@@ -363,13 +351,8 @@ fn send(mut socket: TcpStream, plan: &Plan, args: &ReplayArgs, choice: DecoderCh
     }
     sent.took = pacer.elapsed();
     sent.planned = pacer.deadline(sent.ticks as usize) - pacer.deadline(0);
-    out.clear();
-    for i in 0..streams {
-        encoder.encode_message(&Message::Close, stream_id(i), 0, 0, &mut out)?;
-    }
-    let _ = socket.write_all(&out);
-    // Half-close: the bridge sends what it owes, then closes its side.
-    let _ = socket.shutdown(Shutdown::Write);
+    // CLOSE every stream and half-close: the bridge sends what it owes, then closes its side.
+    sink.finish((0..streams).map(stream_id))?;
     Ok(sent)
 }
 
@@ -394,7 +377,7 @@ struct Received {
     ended: Option<String>,
 }
 
-fn read_replies(mut socket: TcpStream, clock: &Clock, n: usize, rounds: usize) -> Received {
+fn read_replies(mut source: FrameSource, clock: &Clock, n: usize, rounds: usize) -> Received {
     let per_shot = rounds + 1;
     let mut r = Received {
         answers: vec![0; n],
@@ -409,64 +392,43 @@ fn read_replies(mut socket: TcpStream, clock: &Clock, n: usize, rounds: usize) -
         unexpected: 0,
         ended: None,
     };
-    let mut decoder = FrameDecoder::new(End::Qecd);
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let got = match socket.read(&mut buf) {
-            Ok(0) => {
-                r.ended = decoder.finish().err().map(|e| format!("the bridge's reply stream ends badly: {e}"));
-                return r;
-            }
-            Ok(got) => got,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                r.ended = Some("gave up waiting: no reply within --timeout-s".into());
-                return r;
-            }
-            Err(e) => {
-                r.ended = Some(format!("reading replies failed: {e}"));
+        let frame = match source.next() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return r,
+            Err(why) => {
+                r.ended = Some(why);
                 return r;
             }
         };
         let now = clock.now();
-        decoder.feed(&buf[..got]);
-        loop {
-            let frame = match decoder.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    r.ended = Some(format!("bad frame from the bridge: {e}"));
-                    return r;
-                }
-            };
-            let (shot, round) = (frame.shot as usize, frame.round as usize);
-            match frame.message() {
-                Ok(Message::Ack(ack)) if shot < n && round < rounds => {
-                    let k = shot * per_shot + round;
-                    r.acks[k] += 1;
-                    if r.acks[k] == 1 {
-                        clock.outstanding.fetch_sub(1, Ordering::AcqRel);
-                        if let Some(rtt) = clock.since(k, now) {
-                            r.ack_rtt.record(rtt);
-                        }
-                        r.ack_step.record(Duration::from_nanos(ack.step_latency_ns.into()));
-                        r.budget_misses += u64::from(!ack.budget_met);
+        let (shot, round) = (frame.shot as usize, frame.round as usize);
+        match frame.message() {
+            Ok(Message::Ack(ack)) if shot < n && round < rounds => {
+                let k = shot * per_shot + round;
+                r.acks[k] += 1;
+                if r.acks[k] == 1 {
+                    clock.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(rtt) = clock.since(k, now) {
+                        r.ack_rtt.record(rtt);
                     }
+                    r.ack_step.record(Duration::from_nanos(ack.step_latency_ns.into()));
+                    r.budget_misses += u64::from(!ack.budget_met);
                 }
-                Ok(Message::Decision(d)) if shot < n && round == rounds => {
-                    r.answers[shot] += 1;
-                    if r.answers[shot] == 1 {
-                        clock.outstanding.fetch_sub(1, Ordering::AcqRel);
-                        if let Some(rtt) = clock.since(shot * per_shot + rounds, now) {
-                            r.decision_rtt.record(rtt);
-                        }
-                        r.decision_qecd.record(Duration::from_nanos(d.latency_ns.into()));
-                        r.decisions[shot] = Some(d);
-                    }
-                }
-                Ok(Message::Error(e)) => r.errors.push((frame.stream, frame.shot, frame.round, e)),
-                _ => r.unexpected += 1,
             }
+            Ok(Message::Decision(d)) if shot < n && round == rounds => {
+                r.answers[shot] += 1;
+                if r.answers[shot] == 1 {
+                    clock.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(rtt) = clock.since(shot * per_shot + rounds, now) {
+                        r.decision_rtt.record(rtt);
+                    }
+                    r.decision_qecd.record(Duration::from_nanos(d.latency_ns.into()));
+                    r.decisions[shot] = Some(d);
+                }
+            }
+            Ok(Message::Error(e)) => r.errors.push((frame.stream, frame.shot, frame.round, e)),
+            _ => r.unexpected += 1,
         }
     }
 }

@@ -8,8 +8,8 @@ use anyhow::Result;
 use clap::Args;
 use decoder::StreamOptions;
 
-use crate::server::bridge::Bridge;
-use crate::server::{Hub, Models, ServerOptions, grpc};
+use qecd_service::bridge::Bridge;
+use qecd_service::{Hub, Models, ServerOptions};
 
 /// Arguments of `qecd serve`.
 #[derive(Args, Debug)]
@@ -66,13 +66,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let bridge = args.bridge_listen.map(|addr| Bridge::start(hub.clone(), addr)).transpose()?;
     let runtime = super::runtime(args.io_threads)?;
     runtime.block_on(async {
-        let (listener, addr) = grpc::bind(args.listen).await?;
+        let (listener, addr) = qecd_grpc::bind(args.listen).await?;
         let names: Vec<&str> = hub.models.all().iter().map(|m| m.name.as_str()).collect();
         let bridge_on = bridge.as_ref().map(|b| format!("; bridge on {}", b.addr())).unwrap_or_default();
         println!("qecd serve: gRPC on {addr}{bridge_on}; models: {}", names.join(", "));
         use std::io::Write;
         std::io::stdout().flush()?;
-        grpc::serve(hub.clone(), listener, shutdown_signal()).await
+        qecd_grpc::serve(hub.clone(), listener, shutdown_signal()).await
     })?;
     if let Some(bridge) = bridge {
         bridge.shutdown();
@@ -87,5 +87,5 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("qecd serve: shutting down; open streams finish their shots");
+    tracing::info!("shutting down; open streams finish their shots");
 }

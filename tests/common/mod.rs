@@ -1,68 +1,94 @@
-//! What the service tests share: a `qecd serve` process on free loopback
-//! ports, simulated d=3 shots as a stream sends them, and their offline decoding.
+//! What the service tests share: a server on free loopback ports inside the
+//! test's process (its addresses come from the API), simulated d=3 shots as
+//! a stream sends them, and their offline decoding.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use decoder::neural::rounds_of_features;
-use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, NeuralModel};
+use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, NeuralModel, StreamOptions};
+use qecd_service::bridge::Bridge;
+use qecd_service::{Hub, Models, ServerOptions};
 use simulator_bridge::sample::Sampler;
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, StabilizerLayout};
 
 /// The zoo's d=3 model.
 pub const ZOO_D3: &str = "d3_z_si1000_p003";
 
-/// A `qecd serve` process on free loopback ports, killed on drop.
+/// A server on free loopback ports in this process: gRPC on a runtime of
+/// its own, and the FPGA bridge when asked for. Dropping it stops both.
 pub struct Server {
-    /// The process.
-    pub child: Child,
     /// The gRPC address, `127.0.0.1:PORT`.
     pub grpc: String,
-    /// The FPGA bridge's address, when it was asked for.
-    bridge_addr: Option<String>,
+    /// What its streams share (the counters, say).
+    pub hub: Arc<Hub>,
+    bridge: Option<Bridge>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    serving: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Server {
-    /// Starts `qecd serve --listen 127.0.0.1:0` with `extra` arguments and
-    /// reads the addresses from its first line, "qecd serve: gRPC on A[; bridge on B]; models: ...".
-    pub fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qecd"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let grpc = words.iter().find(|w| w.starts_with("127.0.0.1:")).expect(&line);
-        assert!(grpc.ends_with(';'), "{line}");
-        let bridge = words.iter().position(|w| *w == "bridge").map(|at| {
-            assert_eq!(words[at + 1], "on", "{line}");
-            words[at + 2].trim_end_matches(';').to_string()
-        });
-        Self { grpc: grpc.trim_end_matches(';').to_string(), bridge_addr: bridge, child }
+    /// Serves the zoo with `options` over gRPC on 127.0.0.1, port 0.
+    pub fn start(options: ServerOptions) -> Self {
+        let models = Models::embedded(&StreamOptions::default()).unwrap();
+        let hub = Arc::new(Hub::new(models, options));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+                runtime.block_on(async move {
+                    let (listener, addr) = qecd_grpc::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+                    addr_tx.send(addr)?;
+                    qecd_grpc::serve(hub, listener, async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                })
+            })
+        };
+        let addr = addr_rx.recv().expect("the server binds its port");
+        Self { grpc: addr.to_string(), hub, bridge: None, stop: Some(stop), serving: Some(serving) }
     }
 
     /// [`Server::start`] with the FPGA bridge on a free port too.
-    pub fn with_bridge(extra: &[&str]) -> Self {
-        let server = Self::start(&[&["--bridge-listen", "127.0.0.1:0"], extra].concat());
-        assert_ne!(server.bridge(), server.grpc);
+    pub fn with_bridge(options: ServerOptions) -> Self {
+        let mut server = Self::start(options);
+        let bridge = Bridge::start(server.hub.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        server.bridge = Some(bridge);
         server
     }
 
+    /// A server's default limits.
+    pub fn options() -> ServerOptions {
+        ServerOptions::default()
+    }
+
     /// The FPGA bridge's address.
-    pub fn bridge(&self) -> &str {
-        self.bridge_addr.as_deref().expect("started with_bridge")
+    pub fn bridge(&self) -> SocketAddr {
+        self.bridge.as_ref().expect("started with_bridge").addr()
+    }
+
+    /// Stops taking streams, as on SIGTERM: the open ones finish their shots.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits until gRPC serving has ended (after [`Server::begin_shutdown`]).
+    pub fn wait(&mut self) -> anyhow::Result<()> {
+        self.serving.take().map(|t| t.join().expect("the server thread")).unwrap_or(Ok(()))
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Streams a test left open would hold a graceful shutdown: the
+        // server's threads end with the test process instead.
+        self.begin_shutdown();
     }
 }
 

@@ -1,25 +1,28 @@
 //! The tonic service of proto/qecd/v1/decoder.proto, with gRPC health
-//! checking and server reflection.
+//! checking and server reflection (v1 and v1alpha, for older clients such
+//! as Python's `grpcio-reflection`).
 //!
 //! A Decode stream runs on the tokio task that reads its messages ([`run`]),
 //! and its responses go back through an unbounded channel. A bad message
-//! ends that stream with the status of its [`session::Fault`]; nothing else
-//! on the server notices.
+//! ends that stream with the status of its [`Fault`]; nothing else on the
+//! server notices.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, PackedShots};
-use simulator_bridge::Basis;
+use qecd_service::api::{Fault, Status as ServiceStatus};
+use qecd_service::session::Stream;
+use qecd_service::stats::Histogram;
+use qecd_service::{Hub, StreamSlot};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
-use super::Hub;
-use super::proto::decoder_server::{Decoder as DecoderApi, DecoderServer};
-use super::proto::{self, DecodeRequest, DecodeResponse, decode_request::Message as In};
-use super::session::{self, Fault, Input, pack, proto_kind};
+use crate::convert;
+use crate::proto::decoder_server::{Decoder as DecoderApi, DecoderServer};
+use crate::proto::{self, DecodeRequest, DecodeResponse, decode_request::Message as In};
 
 /// The gRPC front of a [`Hub`].
 pub struct DecoderService {
@@ -33,38 +36,21 @@ impl DecoderService {
     }
 }
 
-/// Counts a stream as open for as long as it lives.
-struct OpenStream(Arc<Hub>);
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.stats.open_streams.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 #[tonic::async_trait]
 impl DecoderApi for DecoderService {
     type DecodeStream = UnboundedReceiverStream<Result<DecodeResponse, Status>>;
 
     async fn decode(&self, request: Request<Streaming<DecodeRequest>>) -> Result<Response<Self::DecodeStream>, Status> {
         let hub = self.hub.clone();
-        let open = hub.stats.open_streams.fetch_add(1, Ordering::Relaxed);
-        let guard = OpenStream(hub.clone());
-        if open as usize >= hub.options.max_streams {
-            super::stats::Stats::bump(&hub.stats.rejected_streams);
-            return Err(Status::resource_exhausted(format!(
-                "this server already has {open} open Decode streams (--max-streams {})",
-                hub.options.max_streams
-            )));
-        }
+        let slot = hub.admit().map_err(convert::status)?;
         let inbound = request.into_inner();
         let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let result = run(hub, inbound, out_tx.clone()).await;
             // The stream no longer counts as open once the client can learn that it ended.
-            drop(guard);
+            drop::<StreamSlot>(slot);
             if let Err(fault) = result {
-                let _ = out_tx.send(Err(fault.into()));
+                let _ = out_tx.send(Err(convert::status(fault)));
             }
         });
         Ok(Response::new(UnboundedReceiverStream::new(out_rx)))
@@ -75,11 +61,12 @@ impl DecoderApi for DecoderService {
         request: Request<proto::DecodeBatchRequest>,
     ) -> Result<Response<proto::DecodeBatchResponse>, Status> {
         let hub = self.hub.clone();
-        let req = request.into_inner();
-        tokio::task::spawn_blocking(move || decode_batch(&hub, req).map_err(Status::from))
+        let req = convert::batch_request(request.into_inner()).map_err(convert::status)?;
+        let reply = tokio::task::spawn_blocking(move || hub.decode_batch(req))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map(Response::new)
+            .map_err(convert::status)?;
+        Ok(Response::new(convert::batch_response(reply)))
     }
 
     async fn list_models(
@@ -89,21 +76,18 @@ impl DecoderApi for DecoderService {
         let models = self
             .hub
             .models
-            .all()
-            .iter()
-            .map(|m| {
-                let meta = m.model.meta();
-                proto::ModelInfo {
-                    name: m.name.clone(),
-                    distance: m.model.distance() as u32,
-                    basis: proto_basis(m.model.basis()) as i32,
-                    noise: meta.provenance.noise.clone(),
-                    p: meta.provenance.p,
-                    rounds_trained: meta.provenance.rounds.clone(),
-                    width: meta.config.width as u32,
-                    layers: meta.config.layers as u32,
-                    temperature: meta.temperature,
-                }
+            .summaries()
+            .into_iter()
+            .map(|m| proto::ModelInfo {
+                name: m.name,
+                distance: m.distance as u32,
+                basis: convert::basis(m.basis) as i32,
+                noise: m.noise,
+                p: m.p,
+                rounds_trained: m.rounds_trained,
+                width: m.width as u32,
+                layers: m.layers as u32,
+                temperature: m.temperature,
             })
             .collect();
         Ok(Response::new(proto::ListModelsResponse { models }))
@@ -117,7 +101,7 @@ impl DecoderApi for DecoderService {
 /// Runs one Decode stream until the client's messages end and every answer
 /// owed has been sent, or the client goes away. Each message is handled
 /// right here, on the task that read it, and a neural round is stepped here
-/// too when the engine is idle (see [`session::Stream`]); only opening the
+/// too when the engine is idle (see [`Stream`]); only opening the
 /// session and waiting for the last answers leave the async runtime.
 async fn run(
     hub: Arc<Hub>,
@@ -125,19 +109,26 @@ async fn run(
     out: UnboundedSender<Result<DecodeResponse, Status>>,
 ) -> Result<(), Fault> {
     let open = match inbound.message().await {
-        Ok(Some(DecodeRequest { message: Some(In::Open(open)) })) => open,
+        Ok(Some(DecodeRequest { message: Some(In::Open(open)) })) => convert::open_request(open)?,
         Ok(Some(_)) => {
-            return Err(Fault {
-                code: Code::FailedPrecondition,
-                message: "no session opened: the first message of a Decode stream must be `open`".into(),
-            });
+            return Err(Fault::new(
+                ServiceStatus::FailedPrecondition,
+                "no session opened: the first message of a Decode stream must be `open`",
+            ));
         }
         Ok(None) | Err(_) => return Ok(()),
     };
-    let sink: session::Sink = Arc::new(move |r| out.send(Ok(r)).is_ok());
-    let stream = tokio::task::spawn_blocking(move || session::Stream::open(hub, open, sink))
+    let sink: qecd_service::api::Sink = Arc::new(move |r| out.send(Ok(convert::response(r))).is_ok());
+    let stream = tokio::task::spawn_blocking(move || Stream::open(hub, open, sink))
         .await
-        .map_err(|e| Fault { code: Code::Internal, message: format!("opening the session failed: {e}") })??;
+        .map_err(|e| Fault::internal(format!("opening the session failed: {e}")))??;
+    let span = stream.span().clone();
+    serve_stream(stream, inbound).instrument(span).await
+}
+
+/// Feeds an open stream its client's messages until they end.
+async fn serve_stream(stream: Arc<Stream>, mut inbound: Streaming<DecodeRequest>) -> Result<(), Fault> {
+    tracing::debug!("opened over gRPC");
     let mut ended = false;
     while !ended {
         // Handle every message that has arrived before stepping, so that a
@@ -146,12 +137,7 @@ async fn run(
         let mut next = Some(inbound.message().await);
         while let Some(message) = next.take() {
             let input = match message {
-                Ok(Some(DecodeRequest { message: Some(In::Open(_)) })) => Input::Open,
-                Ok(Some(DecodeRequest { message: Some(In::Round(r)) })) => Input::Round(r),
-                Ok(Some(DecodeRequest { message: Some(In::Final(f)) })) => Input::Final(f),
-                Ok(Some(DecodeRequest { message: None })) => {
-                    Input::Invalid("a DecodeRequest with no message (open, round or final)".into())
-                }
+                Ok(Some(DecodeRequest { message })) => convert::input(message),
                 Ok(None) | Err(_) => {
                     ended = true; // the client finished sending, or went away
                     break;
@@ -159,6 +145,7 @@ async fn run(
             };
             if let Err(fault) = stream.input(input) {
                 stream.abandon();
+                tracing::info!(status = ?fault.status, "stream ended: {}", fault.message);
                 return Err(fault);
             }
             next = ready_now(inbound.message());
@@ -185,7 +172,7 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
 /// The `GetStats` answer of a hub.
 pub fn stats_response(hub: &Hub) -> proto::GetStatsResponse {
     let s = &hub.stats;
-    let percentiles = |h: &super::stats::Histogram| {
+    let percentiles = |h: &Histogram| {
         let [p50_us, p99_us, p999_us] = h.percentiles_us();
         proto::Percentiles { count: h.count(), p50_us, p99_us, p999_us }
     };
@@ -193,7 +180,7 @@ pub fn stats_response(hub: &Hub) -> proto::GetStatsResponse {
         .latencies()
         .iter()
         .map(|(kind, l)| proto::DecoderStats {
-            decoder: proto_kind(*kind) as i32,
+            decoder: convert::decoder_kind(*kind) as i32,
             round_latency: Some(percentiles(&l.round)),
             decision_latency: Some(percentiles(&l.decision)),
             shots: l.decision.count(),
@@ -214,64 +201,6 @@ pub fn stats_response(hub: &Hub) -> proto::GetStatsResponse {
     }
 }
 
-fn proto_basis(basis: Basis) -> proto::Basis {
-    match basis {
-        Basis::X => proto::Basis::X,
-        Basis::Z => proto::Basis::Z,
-    }
-}
-
-fn bad(message: String) -> Fault {
-    Fault { code: Code::InvalidArgument, message }
-}
-
-fn decode_batch(hub: &Hub, req: proto::DecodeBatchRequest) -> Result<proto::DecodeBatchResponse, Fault> {
-    let code = req.code.ok_or_else(|| bad("`code` is missing".into()))?;
-    let (d, basis, rounds, noise) = session::parse_code(&code)?;
-    let info = hub.circuit(d, basis, rounds, &noise)?;
-    let mut decoder: Box<dyn Decoder> = match proto::DecoderKind::try_from(req.decoder) {
-        Ok(proto::DecoderKind::Neural) => {
-            let model = hub.models.find(&req.model, d, basis)?;
-            Box::new(NeuralDecoder::new(model.model, info.layout()).map_err(|e| bad(e.to_string()))?)
-        }
-        Ok(proto::DecoderKind::Matching) => Box::new(matching(&info, DecoderKind::Matching)?),
-        Ok(proto::DecoderKind::Correlated) => Box::new(matching(&info, DecoderKind::Correlated)?),
-        _ => return Err(bad("DecodeBatch takes neural, matching or correlated".into())),
-    };
-    let n = decoder.num_detectors();
-    let row = n.div_ceil(8);
-    if req.detection_events_b8.len() != row * req.num_shots as usize {
-        return Err(bad(format!(
-            "{} shots of {n} detectors take {} bytes of b8, but {} came",
-            req.num_shots,
-            row * req.num_shots as usize,
-            req.detection_events_b8.len()
-        )));
-    }
-    let events = PackedShots::from_bytes(req.detection_events_b8, n).map_err(|e| bad(e.to_string()))?;
-    let decisions = decoder.decode_batch(&events).map_err(|e| bad(e.to_string()))?;
-    let o = decoder.num_observables();
-    let mut predictions = Vec::with_capacity(events.num_shots() * o.div_ceil(8));
-    for s in 0..events.num_shots() {
-        predictions.extend(pack(&(0..o).map(|k| decisions.predictions.get(s, k)).collect::<Vec<_>>()));
-    }
-    let kind = match proto::DecoderKind::try_from(req.decoder) {
-        Ok(k) => k,
-        Err(_) => proto::DecoderKind::Unspecified,
-    };
-    Ok(proto::DecodeBatchResponse {
-        num_observables: o as u32,
-        predictions_b8: predictions,
-        confidence: decisions.confidence.unwrap_or_default(),
-        answered_by: kind as i32,
-    })
-}
-
-fn matching(info: &session::CircuitInfo, kind: DecoderKind) -> Result<MatchingDecoder, Fault> {
-    MatchingDecoder::from_dem_text(info.dem_text(), kind)
-        .map_err(|e| Fault { code: Code::Internal, message: e.to_string() })
-}
-
 /// Serves the decoder, health checking and reflection on `addr` until
 /// `shutdown` resolves; then stops taking streams and waits for the open ones to finish.
 pub async fn serve(
@@ -281,13 +210,15 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DecoderServer<DecoderService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .add_service(DecoderServer::new(DecoderService::new(hub)))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

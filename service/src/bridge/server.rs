@@ -1,22 +1,20 @@
 //! The FPGA bridge listener (docs/fpga-bridge.md): binary frames over TCP,
 //! one decode session per stream id, any number of streams per connection.
 //!
-//! The bridge is a second transport for [`session::run_stream`], next to
-//! gRPC, and it decodes nothing itself. Each connection has one reader
-//! thread, which turns frames into the session's [`Input`]s, and each stream
-//! runs its session on a thread of its own, exactly as a gRPC stream does.
+//! The bridge is a second transport for [`Stream`], next to gRPC, and it
+//! decodes nothing itself. Each connection has one reader thread, which
+//! maps frames straight onto the session's [`Input`]s.
 //! The replies of every stream go back through one [`FrameEncoder`] behind a
 //! mutex, so the connection's sequence numbers stay in order. It is all plain
 //! threads and blocking sockets with `TCP_NODELAY`: a frame costs one read and
 //! one write system call, and no async runtime sits between the socket and the
 //! decoder.
 //!
-//! The reader checks the conversation itself (OPEN first, rounds in order,
-//! event counts) before a frame reaches the session. The session would catch
-//! the same mistakes, but only the reader knows which frame was at fault, and
-//! the ERROR must repeat that frame's shot and round. It ends a stream by
-//! handing the session an [`Input::Invalid`] and noting the frame to blame,
-//! so the ERROR comes after every reply the stream owed before that frame.
+//! The session checks the conversation (rounds in order, event counts); the
+//! reader checks only what belongs to the frames themselves (a stream id
+//! that is not open, FINAL's round field). A fault of the session ends its
+//! stream with an ERROR that repeats the shot and round of the frame at
+//! fault, after every reply the stream owed before that frame.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -27,24 +25,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use simulator_bridge::Basis;
-use simulator_bridge::frame::{
+use frame_codec::{
     Ack, Decision, DecoderChoice, ErrorCode, ErrorReply, Events, Frame, FrameDecoder, FrameEncoder, Message, Open,
     Sender as End, StreamId,
 };
-use simulator_bridge::layout::StabilizerType;
-use tonic::Code;
+use simulator_bridge::Basis;
+use tracing::{error, info, warn};
 
-use super::Hub;
-use super::proto::{self, DecodeResponse, decode_response::Message as Out};
-use super::session::{self, Input, unpack};
-use super::stats::Stats;
+use crate::api::{CodeSpec, Fault, Input, OpenRequest, Reply, RoundEvents, SessionDecoder, ShotResult, Sink, Status};
+use crate::session::Stream;
+use crate::{Hub, StreamSlot};
 
-/// Noise model of the detector error model that a bridge session's matching
-/// decoders use; OPEN has no field for it.
-pub const NOISE: &str = "si1000";
-/// Physical error rate of [`NOISE`].
-pub const NOISE_P: f64 = 0.003;
 /// A frame half received for this long without another byte is a framing error.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that takes no reply bytes for this long is treated as gone (its
@@ -109,7 +100,7 @@ impl Bridge {
         }
         let mut open = self.shared.connections.lock().expect("bridge connections");
         if *open > 0 {
-            eprintln!("qecd serve: waiting for {} bridge connection(s) to close", *open);
+            info!("waiting for {} bridge connection(s) to close", *open);
         }
         while *open > 0 {
             open = self.shared.ended.wait(open).expect("bridge connections");
@@ -126,7 +117,7 @@ fn accept_loop(hub: Arc<Hub>, listener: TcpListener, shared: Arc<Shared>) {
             Ok(s) => s,
             Err(e) => {
                 // Out of file descriptors, say: do not spin on it.
-                eprintln!("qecd bridge: accept failed: {e}");
+                warn!("bridge: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -140,7 +131,7 @@ fn accept_loop(hub: Arc<Hub>, listener: TcpListener, shared: Arc<Shared>) {
             done.ended.notify_all();
         });
         if let Err(e) = spawned {
-            eprintln!("qecd bridge: cannot start a connection's thread: {e}");
+            error!("bridge: cannot start a connection's thread: {e}");
             *shared.connections.lock().expect("bridge connections") -= 1;
             shared.ended.notify_all();
         }
@@ -202,7 +193,7 @@ impl Writer {
         buf.clear();
         if let Err(e) = encoder.encode_message(message, stream, shot, round, buf) {
             // A reply the codec refuses is a bug here, not the peer's fault: skip it, keep the connection.
-            eprintln!("qecd bridge: cannot encode a {} frame for stream {stream}: {e}", message.kind());
+            error!("bridge: cannot encode a {} frame for stream {stream}: {e}", message.kind());
             return true;
         }
         let mut sent = 0;
@@ -220,7 +211,7 @@ impl Writer {
         if sent < buf.len() {
             backlog.extend_from_slice(&buf[sent..]);
             if backlog.len() > MAX_UNSENT {
-                eprintln!("qecd bridge: the peer left {MAX_UNSENT} bytes of replies unread; closing the connection");
+                warn!("bridge: the peer left {MAX_UNSENT} bytes of replies unread; closing the connection");
                 *open = false;
                 let _ = socket.shutdown(Shutdown::Both);
             }
@@ -344,23 +335,17 @@ struct Blame {
 struct StreamEntry {
     /// The session; `None` once the stream failed (its ROUND and FINAL
     /// frames are then dropped until CLOSE or a new OPEN).
-    stream: Option<Arc<session::Stream>>,
+    stream: Option<Arc<Stream>>,
     /// Counts the stream as open on the server while it lives.
-    guard: Option<OpenStream>,
-    /// Code distance and basis, for messages.
-    code: (u8, Basis),
+    slot: Option<StreamSlot>,
     /// Stabilizer rounds per shot (OPEN's round field).
     rounds: u32,
-    /// Event bits of round 0, of rounds 1.., and of FINAL.
-    events: [usize; 3],
-    /// The next round due of every shot in flight.
-    next_round: HashMap<u64, u32>,
 }
 
 impl StreamEntry {
     /// A stream that got its ERROR (or never opened): its frames are dropped.
     fn failed() -> Self {
-        Self { stream: None, guard: None, code: (0, Basis::Z), rounds: 0, events: [0; 3], next_round: HashMap::new() }
+        Self { stream: None, slot: None, rounds: 0 }
     }
 
     fn live(&self) -> bool {
@@ -376,7 +361,7 @@ struct Connection {
     /// Threads ending closed streams (finished ones are pruned).
     closing: Vec<JoinHandle<()>>,
     /// Streams given rounds since the engine was last driven.
-    touched: Vec<Arc<session::Stream>>,
+    touched: Vec<Arc<Stream>>,
 }
 
 /// Reads and handles frames until the peer stops sending or a framing error;
@@ -385,7 +370,7 @@ fn serve_connection(hub: Arc<Hub>, mut socket: TcpStream) {
     let (writer, flush_socket) = match (socket.try_clone(), socket.try_clone()) {
         (Ok(a), Ok(b)) => (Arc::new(Writer::new(a)), b),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("qecd bridge: cannot use a new connection: {e}");
+            error!("bridge: cannot use a new connection: {e}");
             return;
         }
     };
@@ -396,7 +381,7 @@ fn serve_connection(hub: Arc<Hub>, mut socket: TcpStream) {
         match spawned {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("qecd bridge: cannot start a connection's flusher: {e}");
+                error!("bridge: cannot start a connection's flusher: {e}");
                 return;
             }
         }
@@ -508,8 +493,9 @@ impl Connection {
     fn fail_stream(&mut self, stream: StreamId, blame: Blame) {
         let Some(entry) = self.streams.get_mut(&stream) else { return };
         let Some(session) = entry.stream.take() else { return };
-        entry.guard = None;
+        entry.slot = None;
         session.abandon();
+        session.span().in_scope(|| info!(code = ?blame.code, "stream ended: {}", blame.message));
         let error = Message::Error(ErrorReply::new(blame.code, blame.message));
         self.writer.send(&error, stream, blame.shot, blame.round);
     }
@@ -532,60 +518,25 @@ impl Connection {
             );
             return self.refuse(id, whole(ErrorCode::InvalidArgument, why));
         }
-        let d = open.distance;
-        let order = match models::ModelLayout::for_code(d as usize, open.basis) {
-            Ok(order) => order,
-            Err(e) => return self.refuse(id, whole(ErrorCode::InvalidArgument, format!("OPEN of stream {id}: {e}"))),
+        let slot = match self.hub.admit() {
+            Ok(slot) => slot,
+            Err(fault) => return self.refuse(id, whole(error_code(fault.status), fault.message)),
         };
-        let own = match open.basis {
-            Basis::X => StabilizerType::X,
-            Basis::Z => StabilizerType::Z,
-        };
-        let memory = order.stabilizers.iter().filter(|s| s.kind == own).count();
-        let hub = self.hub.clone();
-        let already = hub.stats.open_streams.fetch_add(1, Ordering::Relaxed);
-        let guard = OpenStream(hub.clone());
-        if already as usize >= hub.options.max_streams {
-            Stats::bump(&hub.stats.rejected_streams);
-            drop(guard);
-            let why = format!(
-                "this server already has {already} open streams, gRPC and bridge together (--max-streams {})",
-                hub.options.max_streams
-            );
-            return self.refuse(id, whole(ErrorCode::ResourceExhausted, why));
-        }
-        let basis = match open.basis {
-            Basis::X => proto::Basis::X,
-            Basis::Z => proto::Basis::Z,
-        };
-        let request = proto::OpenSession {
-            code: Some(proto::Code {
-                distance: d.into(),
-                basis: basis as i32,
-                rounds,
-                noise: NOISE.into(),
-                p: NOISE_P,
-            }),
-            decoder: proto_decoder(open.decoder) as i32,
-            model: open.model,
-            round_budget_us: open.budget_us,
-            max_backlog: 0,
+        let request = match open_request(rounds, open) {
+            Ok(request) => request,
+            Err(fault) => {
+                return self
+                    .refuse(id, whole(error_code(fault.status), format!("OPEN of stream {id}: {}", fault.message)));
+            }
         };
         let writer = self.writer.clone();
-        let sink: session::Sink = Arc::new(move |r| reply(&writer, id, rounds, r));
-        let stream = match session::Stream::open(hub, request, sink) {
+        let sink: Sink = Arc::new(move |r| reply(&writer, id, rounds, r));
+        let stream = match Stream::open(self.hub.clone(), request, sink) {
             Ok(stream) => stream,
-            Err(fault) => return self.refuse(id, whole(error_code(fault.code), fault.message)),
+            Err(fault) => return self.refuse(id, whole(error_code(fault.status), fault.message)),
         };
-        let entry = StreamEntry {
-            stream: Some(stream),
-            guard: Some(guard),
-            code: (d, open.basis),
-            rounds,
-            events: [memory, order.stabilizers.len(), memory],
-            next_round: HashMap::new(),
-        };
-        self.streams.insert(id, entry);
+        stream.span().in_scope(|| info!(bridge_stream = id, "opened over the bridge"));
+        self.streams.insert(id, StreamEntry { stream: Some(stream), slot: Some(slot), rounds });
     }
 
     /// A ROUND (`last` false) or FINAL frame.
@@ -599,49 +550,18 @@ impl Connection {
         if !entry.live() {
             return; // the stream already got its ERROR
         }
-        let rounds = entry.rounds;
-        let next = entry.next_round.get(&shot).copied();
-        let order = match (last, next) {
-            (false, _) if round != next.unwrap_or(0) => Some(format!(
-                "shot {shot}: ROUND {round} is out of order: round {} is next (rounds come in order, each once)",
-                next.unwrap_or(0)
-            )),
-            (false, _) if round >= rounds => Some(format!(
-                "shot {shot}: ROUND {round}, but the session has {rounds} rounds (0..{}); FINAL comes next",
-                rounds - 1
-            )),
-            (true, None) => Some(format!("shot {shot}: FINAL before its round 0 (or after the shot's FINAL)")),
-            (true, Some(n)) if n != rounds => Some(format!("shot {shot}: FINAL after {n} of {rounds} rounds")),
-            (true, Some(_)) if round != rounds => Some(format!(
-                "shot {shot}: FINAL carries round {round}, but it is round {rounds}, after the last ROUND"
-            )),
-            _ => None,
-        };
-        if let Some(why) = order {
+        if last && round != entry.rounds {
+            let why = format!(
+                "shot {shot}: FINAL carries round {round}, but it is round {}, after the last ROUND",
+                entry.rounds
+            );
             return self.fail_stream(id, blame(ErrorCode::FailedPrecondition, why));
         }
-        let want = entry.events[if last { 2 } else { (round > 0) as usize }];
-        if events.len() != want {
-            let (d, basis) = entry.code;
-            let why = format!(
-                "shot {shot}, {kind} {round}: {} events, but that round of a d={d} memory-{basis} session has {want}",
-                events.len()
-            );
-            return self.fail_stream(id, blame(ErrorCode::InvalidArgument, why));
-        }
-        let num_events = events.len() as u32;
-        let packed = events.packed().to_vec();
-        let input = if last {
-            entry.next_round.remove(&shot);
-            Input::Final(proto::FinalRound { shot, num_events, events: packed })
-        } else {
-            entry.next_round.insert(shot, round + 1);
-            Input::Round(proto::Round { shot, round, num_events, events: packed, soft: vec![] })
-        };
+        let events = RoundEvents { shot, num_events: events.len(), events: events.packed().to_vec() };
+        let input = if last { Input::Final(events) } else { Input::Round { round, events } };
         let Some(stream) = entry.stream.clone() else { return };
         if let Err(fault) = stream.input(input) {
-            // The checks above leave the session nothing to refuse but its own trouble.
-            return self.fail_stream(id, blame(error_code(fault.code), fault.message));
+            return self.fail_stream(id, blame(error_code(fault.status), fault.message));
         }
         if !self.touched.iter().any(|s| Arc::ptr_eq(s, &stream)) {
             self.touched.push(stream);
@@ -672,78 +592,80 @@ impl Connection {
         });
         match ending {
             Ok(thread) => self.closing.push(thread),
-            Err(e) => eprintln!("qecd bridge: cannot start a thread to end a stream: {e}"),
+            Err(e) => error!("bridge: cannot start a thread to end a stream: {e}"),
         }
     }
 }
 
-/// Counts a stream as open for as long as it lives.
-struct OpenStream(Arc<Hub>);
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.stats.open_streams.fetch_sub(1, Ordering::Relaxed);
-    }
+/// The session an OPEN asks for. OPEN has no field for the noise model:
+/// the matching decoders use the service's default DEM (SI1000, p = 0.003).
+fn open_request(rounds: u32, open: Open) -> Result<OpenRequest, Fault> {
+    let decoder = match open.decoder {
+        DecoderChoice::Neural => SessionDecoder::Neural,
+        DecoderChoice::Matching => SessionDecoder::Matching,
+        DecoderChoice::Correlated => SessionDecoder::Correlated,
+        DecoderChoice::NeuralChecked => SessionDecoder::NeuralChecked,
+        DecoderChoice::NeuralMatching => SessionDecoder::NeuralMatching,
+    };
+    let basis = match open.basis {
+        frame_codec::Basis::X => Basis::X,
+        frame_codec::Basis::Z => Basis::Z,
+    };
+    Ok(OpenRequest {
+        code: CodeSpec::new(open.distance.into(), basis, rounds as usize, None, None)?,
+        decoder,
+        model: (!open.model.is_empty()).then_some(open.model),
+        round_budget: (open.budget_us > 0).then(|| Duration::from_micros(u64::from(open.budget_us))),
+        max_backlog: None,
+    })
 }
 
-/// Sends a session's response as a frame; `false` once the connection is gone.
-fn reply(writer: &Writer, stream: StreamId, rounds: u32, response: DecodeResponse) -> bool {
-    match response.message {
-        Some(Out::Ack(a)) => {
-            let ack = Ack { step_latency_ns: saturate(a.step_latency_ns), budget_met: a.budget_met };
+/// Sends a session's reply as a frame; `false` once the connection is gone.
+fn reply(writer: &Writer, stream: StreamId, rounds: u32, reply: Reply) -> bool {
+    match reply {
+        Reply::Ack(a) => {
+            let ack = Ack { step_latency_ns: saturate(a.step_latency), budget_met: a.budget_met };
             writer.send(&Message::Ack(ack), stream, a.shot, a.round)
         }
-        Some(Out::Result(r)) => writer.send(&Message::Decision(decision(&r)), stream, r.shot, rounds),
+        Reply::Result(r) => writer.send(&Message::Decision(decision(&r)), stream, r.shot, rounds),
         // A successful OPEN has no reply, and the shadow check's verdict
         // comes after the DECISION it would belong in (see docs/fpga-bridge.md).
-        Some(Out::Opened(_)) | Some(Out::Check(_)) | None => writer.is_open(),
+        Reply::Opened(_) | Reply::Check(_) => writer.is_open(),
     }
 }
 
 /// The DECISION payload of a shot's result.
-pub fn decision(r: &proto::ShotResult) -> Decision {
-    let num = (r.num_observables as usize).min(r.prediction.len() * 8);
-    let decoder = match proto::DecoderKind::try_from(r.answered_by) {
-        Ok(proto::DecoderKind::Matching) => DecoderChoice::Matching,
-        Ok(proto::DecoderKind::Correlated) => DecoderChoice::Correlated,
-        Ok(proto::DecoderKind::NeuralMatching) => DecoderChoice::NeuralMatching,
+pub fn decision(r: &ShotResult) -> Decision {
+    let decoder = match r.answered_by {
+        decoder::DecoderKind::Matching => DecoderChoice::Matching,
+        decoder::DecoderKind::Correlated => DecoderChoice::Correlated,
+        decoder::DecoderKind::NeuralMatching => DecoderChoice::NeuralMatching,
         _ => DecoderChoice::Neural,
     };
     // A confidence the session could not compute says nothing either way.
     let confidence = if r.confidence.is_finite() { (r.confidence as f32).clamp(0.0, 1.0) } else { 0.5 };
     Decision {
-        flips: unpack(&r.prediction, num),
+        flips: r.prediction.clone(),
         confidence,
-        latency_ns: saturate(r.decision_latency_ns),
+        latency_ns: saturate(r.decision_latency),
         decoder,
-        fell_back: r.fell_back,
+        fell_back: r.fallback.is_some(),
         baseline: None,
     }
 }
 
-fn saturate(ns: u64) -> u32 {
-    u32::try_from(ns).unwrap_or(u32::MAX)
+fn saturate(d: Duration) -> u32 {
+    u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
 }
 
-/// The session decoder an OPEN asks for.
-pub fn proto_decoder(choice: DecoderChoice) -> proto::DecoderKind {
-    match choice {
-        DecoderChoice::Neural => proto::DecoderKind::Neural,
-        DecoderChoice::Matching => proto::DecoderKind::Matching,
-        DecoderChoice::Correlated => proto::DecoderKind::Correlated,
-        DecoderChoice::NeuralChecked => proto::DecoderKind::NeuralChecked,
-        DecoderChoice::NeuralMatching => proto::DecoderKind::NeuralMatching,
-    }
-}
-
-/// The ERROR code of a session's status.
-pub fn error_code(code: Code) -> ErrorCode {
-    match code {
-        Code::InvalidArgument => ErrorCode::InvalidArgument,
-        Code::NotFound => ErrorCode::NotFound,
-        Code::ResourceExhausted => ErrorCode::ResourceExhausted,
-        Code::FailedPrecondition => ErrorCode::FailedPrecondition,
-        _ => ErrorCode::Internal,
+/// The ERROR code of a service status.
+pub fn error_code(status: Status) -> ErrorCode {
+    match status {
+        Status::InvalidArgument => ErrorCode::InvalidArgument,
+        Status::NotFound => ErrorCode::NotFound,
+        Status::ResourceExhausted => ErrorCode::ResourceExhausted,
+        Status::FailedPrecondition => ErrorCode::FailedPrecondition,
+        Status::Internal => ErrorCode::Internal,
     }
 }
 
@@ -804,36 +726,33 @@ mod tests {
     }
 
     #[test]
-    fn statuses_map_to_error_codes() {
-        for (code, want) in [
-            (Code::InvalidArgument, ErrorCode::InvalidArgument),
-            (Code::NotFound, ErrorCode::NotFound),
-            (Code::ResourceExhausted, ErrorCode::ResourceExhausted),
-            (Code::FailedPrecondition, ErrorCode::FailedPrecondition),
-            (Code::Internal, ErrorCode::Internal),
-            (Code::Unavailable, ErrorCode::Internal),
+    fn statuses_map_to_error_codes_with_grpc_numbers() {
+        for (status, want, grpc) in [
+            (Status::InvalidArgument, ErrorCode::InvalidArgument, 3),
+            (Status::NotFound, ErrorCode::NotFound, 5),
+            (Status::ResourceExhausted, ErrorCode::ResourceExhausted, 8),
+            (Status::FailedPrecondition, ErrorCode::FailedPrecondition, 9),
+            (Status::Internal, ErrorCode::Internal, 13),
         ] {
-            assert_eq!(error_code(code), want);
-            assert_eq!(want.code() as i32, if want == ErrorCode::Internal { 13 } else { code as i32 });
+            assert_eq!(error_code(status), want);
+            assert_eq!(want.code(), grpc);
         }
     }
 
     #[test]
     fn results_become_decisions_the_codec_accepts() {
-        let result = proto::ShotResult {
+        let result = ShotResult {
             shot: 9,
-            num_observables: 1,
-            prediction: vec![1],
+            prediction: vec![true],
             confidence: f64::NAN,
-            answered_by: proto::DecoderKind::Correlated as i32,
-            fell_back: true,
-            fallback_reason: "budget".into(),
-            decision_latency_ns: 1 << 40,
+            answered_by: decoder::DecoderKind::Correlated,
+            fallback: Some("budget".into()),
+            decision_latency: Duration::from_nanos(1 << 40),
         };
         let d = decision(&result);
         assert_eq!((d.flips.clone(), d.confidence, d.latency_ns), (vec![true], 0.5, u32::MAX));
         assert_eq!((d.decoder, d.fell_back, d.baseline), (DecoderChoice::Correlated, true, None));
         let frame = Message::Decision(d).to_frame(3, 9, 5).unwrap();
-        assert_eq!(frame.flags, simulator_bridge::frame::flags::DECISION_FELL_BACK);
+        assert_eq!(frame.flags, frame_codec::flags::DECISION_FELL_BACK);
     }
 }

@@ -14,55 +14,20 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use decoder::{
-    Decoder, DecoderKind, Driver, Feed, GapCalibration, MatchingDecoder, NeuralMatching, PackedShots, Reply, ReplyFn,
-    ShotStream,
+    Decoder, DecoderKind, Driver, Feed, GapCalibration, MatchingDecoder, NeuralMatching, PackedShots,
+    Reply as EngineReply, ReplyFn, ShotStream,
 };
-use models::ModelLayout;
 use models::posterior::PosteriorModel;
-use simulator_bridge::layout::StabilizerType;
-use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, StabilizerLayout};
-use tonic::Code;
+use simulator_bridge::shots::unpack_bits;
+use simulator_bridge::{MemoryExperiment, RoundLayout, StabilizerLayout};
+use tracing::{Span, error, info_span, warn};
 
-use super::proto::{self, DecodeResponse, decode_response::Message as Out};
-use super::stats::Stats;
-use super::{Hub, Model};
-
-/// A message of the client, in order.
-#[derive(Debug)]
-pub enum Input {
-    /// A second `open`: the session is open already.
-    Open,
-    /// One stabilizer round of a shot.
-    Round(proto::Round),
-    /// The final round of a shot.
-    Final(proto::FinalRound),
-    /// A message the transport could not make sense of.
-    Invalid(String),
-}
-
-/// What ends a stream: a status code and a message naming the problem.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Fault {
-    /// gRPC status code.
-    pub code: Code,
-    /// What was wrong.
-    pub message: String,
-}
-
-impl Fault {
-    fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-}
-
-impl From<Fault> for tonic::Status {
-    fn from(f: Fault) -> Self {
-        tonic::Status::new(f.code, f.message)
-    }
-}
-
-/// Where a stream's responses go; returns `false` once the client is gone.
-pub type Sink = Arc<dyn Fn(DecodeResponse) -> bool + Send + Sync>;
+use crate::api::{
+    BaselineCheck, CodeSpec, Fault, Input, OpenRequest, Opened, Reply, RoundAck, RoundEvents, SessionDecoder,
+    SessionStabilizer, ShotResult, Sink, Status,
+};
+use crate::stats::Stats;
+use crate::{Hub, Model};
 
 /// The decoding modes of a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,92 +46,14 @@ impl Mode {
         }
     }
 
-    fn from_proto(kind: i32) -> Result<Self, Fault> {
-        match proto::DecoderKind::try_from(kind) {
-            Ok(proto::DecoderKind::Neural) => Ok(Mode::Neural { checked: false }),
-            Ok(proto::DecoderKind::NeuralChecked) => Ok(Mode::Neural { checked: true }),
-            Ok(proto::DecoderKind::Matching) => Ok(Mode::Whole(DecoderKind::Matching)),
-            Ok(proto::DecoderKind::Correlated) => Ok(Mode::Whole(DecoderKind::Correlated)),
-            Ok(proto::DecoderKind::NeuralMatching) => Ok(Mode::Whole(DecoderKind::NeuralMatching)),
-            _ => Err(Fault::new(
-                Code::InvalidArgument,
-                format!("decoder {kind} is not one of neural, matching, correlated, neural_checked, neural_matching"),
-            )),
+    fn of(decoder: SessionDecoder) -> Self {
+        match decoder {
+            SessionDecoder::Neural => Mode::Neural { checked: false },
+            SessionDecoder::NeuralChecked => Mode::Neural { checked: true },
+            SessionDecoder::Matching => Mode::Whole(DecoderKind::Matching),
+            SessionDecoder::Correlated => Mode::Whole(DecoderKind::Correlated),
+            SessionDecoder::NeuralMatching => Mode::Whole(DecoderKind::NeuralMatching),
         }
-    }
-}
-
-/// A proto `Code`: distance, basis, rounds and the matching decoders' noise
-/// model (SI1000 and p = 0.003 where left empty).
-pub fn parse_code(code: &proto::Code) -> Result<(usize, Basis, usize, NoiseModel), Fault> {
-    let basis = match proto::Basis::try_from(code.basis) {
-        Ok(proto::Basis::X) => Basis::X,
-        Ok(proto::Basis::Z) => Basis::Z,
-        _ => return Err(Fault::new(Code::InvalidArgument, "code.basis must be BASIS_X or BASIS_Z")),
-    };
-    let name = if code.noise.is_empty() { "si1000" } else { code.noise.as_str() };
-    let p = if code.p == 0.0 { 0.003 } else { code.p };
-    let noise = NoiseModel::from_name(name, p).map_err(|e| Fault::new(Code::InvalidArgument, e.to_string()))?;
-    Ok((code.distance as usize, basis, code.rounds as usize, noise))
-}
-
-/// The proto name of a decoder kind.
-pub fn proto_kind(kind: DecoderKind) -> proto::DecoderKind {
-    match kind {
-        DecoderKind::Neural => proto::DecoderKind::Neural,
-        DecoderKind::Matching => proto::DecoderKind::Matching,
-        DecoderKind::Correlated => proto::DecoderKind::Correlated,
-        DecoderKind::NeuralMatching => proto::DecoderKind::NeuralMatching,
-        // The service does not run belief-matching, so nothing it answers comes from it.
-        DecoderKind::Belief => proto::DecoderKind::Unspecified,
-    }
-}
-
-/// Which circuit detector each event bit of each round is.
-struct RoundMap {
-    /// Round 0's bits, then the middle rounds', then the final round's.
-    first: Vec<usize>,
-    /// Rounds 1..: `[round - 1][bit]`.
-    middle: Vec<Vec<usize>>,
-    last: Vec<usize>,
-    num_detectors: usize,
-}
-
-impl RoundMap {
-    /// The detector of every (round, model stabilizer), with the model's bit order.
-    fn new(order: &ModelLayout, circuit: &StabilizerLayout, rounds: usize) -> Result<Self, Fault> {
-        let model_index: HashMap<(u64, u64), usize> =
-            order.stabilizers.iter().enumerate().map(|(i, s)| ((s.x.to_bits(), s.y.to_bits()), i)).collect();
-        let mut cell = HashMap::new();
-        for (det, site) in circuit.detectors.iter().enumerate() {
-            let s = &circuit.stabilizers[site.stabilizer];
-            let m = model_index.get(&(s.x.to_bits(), s.y.to_bits())).ok_or_else(|| {
-                Fault::new(Code::Internal, format!("circuit stabilizer at ({}, {}) is not in the code", s.x, s.y))
-            })?;
-            cell.insert((site.round, *m), det);
-        }
-        let own = order.basis;
-        let basis_stabs: Vec<usize> =
-            (0..order.stabilizers.len()).filter(|&i| order.stabilizers[i].kind == memory_type(own)).collect();
-        let all: Vec<usize> = (0..order.stabilizers.len()).collect();
-        let pick = |round: usize, stabs: &[usize]| -> Result<Vec<usize>, Fault> {
-            stabs
-                .iter()
-                .map(|s| {
-                    cell.get(&(round, *s)).copied().ok_or_else(|| {
-                        Fault::new(Code::Internal, format!("no detector for stabilizer {s} in round {round}"))
-                    })
-                })
-                .collect()
-        };
-        let first = pick(0, &basis_stabs)?;
-        let middle = (1..rounds).map(|t| pick(t, &all)).collect::<Result<_, _>>()?;
-        let last = pick(rounds, &basis_stabs)?;
-        Ok(Self { first, middle, last, num_detectors: circuit.num_detectors() })
-    }
-
-    fn round(&self, t: usize) -> &[usize] {
-        if t == 0 { &self.first } else { &self.middle[t - 1] }
     }
 }
 
@@ -174,6 +61,8 @@ impl RoundMap {
 pub struct CircuitInfo {
     dem_text: String,
     layout: StabilizerLayout,
+    /// How its shots travel, round by round.
+    rounds: RoundLayout,
     /// Gap calibrations of plain and correlated matching, fitted on held-out shots of the DEM.
     calibrations: [(DecoderKind, GapCalibration); 2],
     /// The built-in posterior model and its confidence calibration for this
@@ -191,21 +80,18 @@ const CALIBRATION_SEED: u64 = 0x6361_6c69_6272_6174;
 
 impl CircuitInfo {
     /// The circuit, DEM and layout of a code.
-    pub fn build(d: usize, basis: Basis, rounds: usize, noise: &NoiseModel) -> anyhow::Result<Self> {
-        let circuit = MemoryExperiment::new(d, rounds, basis)?.noisy_circuit(noise)?;
-        let dem = crate::cmd::decoding_dem(&circuit)?;
+    pub fn build(code: &CodeSpec) -> anyhow::Result<Self> {
+        let basis = code.basis;
+        let circuit = MemoryExperiment::new(code.distance, code.rounds, basis)?.noisy_circuit(&code.noise)?;
+        let dem = simulator_bridge::decoding_dem(&circuit)?;
         let dem_text = dem.to_string();
         let fit = |kind| -> anyhow::Result<(DecoderKind, GapCalibration)> {
             let decoder = MatchingDecoder::from_dem(&dem, kind)?;
             Ok((kind, decoder.fit_calibration(&dem, CALIBRATION_SHOTS, CALIBRATION_SEED)?))
         };
         let calibrations = [fit(DecoderKind::Matching)?, fit(DecoderKind::Correlated)?];
-        Ok(Self {
-            dem_text,
-            layout: StabilizerLayout::from_circuit(&circuit, basis)?,
-            calibrations,
-            posterior: OnceLock::new(),
-        })
+        let layout = StabilizerLayout::from_circuit(&circuit, basis)?;
+        Ok(Self { dem_text, rounds: RoundLayout::new(&layout), layout, calibrations, posterior: OnceLock::new() })
     }
 
     /// A whole-shot matching decoder with its calibrated confidence.
@@ -232,7 +118,7 @@ impl CircuitInfo {
         let dem: stim::DetectorErrorModel = self.dem_text.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
         let fitted = self.posterior.get_or_init(|| {
             let fit = || -> anyhow::Result<(Arc<PosteriorModel>, GapCalibration)> {
-                let (_, model) = crate::cmd::load_posterior(None)?;
+                let model = Arc::new(models::zoo::posterior()?);
                 let mut probe = NeuralMatching::new(model.clone(), &dem, &self.layout)?;
                 let calibration = probe.fit_calibration(&dem, POSTERIOR_CALIBRATION_SHOTS, CALIBRATION_SEED)?;
                 Ok((model, calibration))
@@ -252,6 +138,11 @@ impl CircuitInfo {
     pub fn layout(&self) -> &StabilizerLayout {
         &self.layout
     }
+
+    /// How the circuit's shots travel, round by round.
+    pub fn rounds(&self) -> &RoundLayout {
+        &self.rounds
+    }
 }
 
 struct Shot {
@@ -261,16 +152,6 @@ struct Shot {
     /// Still decoded by the neural engine.
     neural: bool,
     fallback: Option<String>,
-}
-
-impl Shot {
-    fn set(&mut self, detectors: &[usize], bits: &[u8]) {
-        for (k, &det) in detectors.iter().enumerate() {
-            if bits[k / 8] >> (k % 8) & 1 == 1 {
-                self.events[det / 8] |= 1 << (det % 8);
-            }
-        }
-    }
 }
 
 /// Work for a stream's matching lane.
@@ -306,14 +187,19 @@ struct State {
 /// own, off the neural path.
 pub struct Stream {
     hub: Arc<Hub>,
+    /// The stream's log span: its number, code and decoder.
+    span: Span,
     sink: Sink,
     /// Set when the stream ends or the client goes away: nothing more is sent.
     closed: Arc<AtomicBool>,
     mode: Mode,
+    /// Code distance and basis, for messages.
+    code: (usize, simulator_bridge::Basis),
     rounds: u32,
     budget: Option<Duration>,
     max_backlog: usize,
-    map: RoundMap,
+    /// The code's circuit: its round layout, DEM and calibrations.
+    info: Arc<CircuitInfo>,
     /// Keeps the model (and its engine) alive while the stream runs.
     _model: Option<Model>,
     driver: Option<Driver>,
@@ -324,25 +210,22 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Opens a session (sending its `opened` response). It builds the code's
+    /// Opens a session (sending its [`Opened`] reply). It builds the code's
     /// circuit and matching graph the first time, which takes milliseconds:
     /// call it where blocking is fine.
-    pub fn open(hub: Arc<Hub>, open: proto::OpenSession, sink: Sink) -> Result<Arc<Self>, Fault> {
-        let code = open.code.ok_or_else(|| Fault::new(Code::InvalidArgument, "open: `code` is missing"))?;
-        let (d, basis, rounds, noise) =
-            parse_code(&code).map_err(|f| Fault::new(f.code, format!("open: {}", f.message)))?;
-        if rounds == 0 {
-            return Err(Fault::new(Code::InvalidArgument, "open: code.rounds must be at least 1"));
-        }
-        let mode = Mode::from_proto(open.decoder)?;
+    pub fn open(hub: Arc<Hub>, open: OpenRequest, sink: Sink) -> Result<Arc<Self>, Fault> {
+        let OpenRequest { code, decoder, model, round_budget, max_backlog } = open;
+        let (d, basis, rounds) = (code.distance, code.basis, code.rounds);
+        let span = info_span!("stream", n = hub.stream_number(), d, %basis, rounds, %decoder);
+        let mode = Mode::of(decoder);
         let model = match mode {
-            Mode::Neural { .. } => Some(hub.models.find(&open.model, d, basis)?),
+            Mode::Neural { .. } => Some(hub.models.find(model.as_deref(), d, basis)?),
             Mode::Whole(_) => None,
         };
-        let info = hub.circuit(d, basis, rounds, &noise)?;
-        let order =
-            ModelLayout::for_code(d, basis).map_err(|e| Fault::new(Code::InvalidArgument, format!("open: {e}")))?;
-        let map = RoundMap::new(&order, &info.layout, rounds)?;
+        let info = hub.circuit(&code)?;
+        if let Some(m) = &model {
+            check_model_order(m, &info.rounds)?;
+        }
         let closed = Arc::new(AtomicBool::new(false));
         let sink: Sink = {
             let closed = closed.clone();
@@ -357,15 +240,19 @@ impl Stream {
                 sent
             })
         };
-        let (lane, lane_thread) = spawn_lane(hub.clone(), info, mode.whole_kind(), map.num_detectors, sink.clone())?;
-        let opened = proto::SessionOpened {
-            model: model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
-            first_round_events: map.first.len() as u32,
-            round_events: order.stabilizers.len() as u32,
-            final_round_events: map.last.len() as u32,
-            stabilizer_x: order.stabilizers.iter().map(|s| s.x).collect(),
-            stabilizer_y: order.stabilizers.iter().map(|s| s.y).collect(),
-            stabilizer_is_memory_basis: order.stabilizers.iter().map(|s| s.kind == memory_type(basis)).collect(),
+        let (lane, lane_thread) = spawn_lane(hub.clone(), info.clone(), mode.whole_kind(), sink.clone(), span.clone())?;
+        let layout = &info.rounds;
+        let opened = Opened {
+            model: model.as_ref().map(|m| m.name.clone()),
+            first_round_events: layout.events_in(0),
+            round_events: layout.stabilizers().len(),
+            final_round_events: layout.events_in(rounds),
+            stabilizers: layout
+                .stabilizers()
+                .iter()
+                .map(|s| SessionStabilizer { x: s.x, y: s.y, kind: s.kind })
+                .collect(),
+            basis,
         };
         let stream = Arc::new_cyclic(|me: &Weak<Stream>| {
             let feed = model.as_ref().map(|m| {
@@ -378,14 +265,16 @@ impl Stream {
                 m.engine.open_with(reply)
             });
             Stream {
-                max_backlog: if open.max_backlog == 0 { hub.options.max_backlog } else { open.max_backlog as usize },
-                budget: (open.round_budget_us > 0).then(|| Duration::from_micros(u64::from(open.round_budget_us))),
+                max_backlog: max_backlog.unwrap_or(hub.options.max_backlog),
+                budget: round_budget,
                 hub,
+                span,
                 sink,
                 closed,
                 mode,
-                rounds: code.rounds,
-                map,
+                code: (d, basis),
+                rounds: rounds as u32,
+                info,
                 driver: feed.as_ref().map(Feed::driver),
                 _model: model,
                 state: Mutex::new(State { feed, shots: HashMap::new(), pending: HashMap::new(), lane: Some(lane) }),
@@ -393,7 +282,7 @@ impl Stream {
                 lane_thread: Mutex::new(Some(lane_thread)),
             }
         });
-        (stream.sink)(DecodeResponse { message: Some(Out::Opened(opened)) });
+        (stream.sink)(Reply::Opened(opened));
         Ok(stream)
     }
 
@@ -401,10 +290,10 @@ impl Stream {
     /// stream: the transport reports it and calls [`Stream::abandon`].
     pub fn input(&self, input: Input) -> Result<(), Fault> {
         match input {
-            Input::Open => Err(Fault::new(Code::FailedPrecondition, "the session is already open")),
-            Input::Round(r) => self.round(r),
-            Input::Final(f) => self.finish(f),
-            Input::Invalid(why) => Err(Fault::new(Code::InvalidArgument, why)),
+            Input::Open => Err(Fault::new(Status::FailedPrecondition, "the session is already open")),
+            Input::Round { round, events } => self.round(round, events),
+            Input::Final(events) => self.finish(events),
+            Input::Invalid(why) => Err(Fault::invalid(why)),
         }
     }
 
@@ -414,6 +303,11 @@ impl Stream {
         if let Some(driver) = &self.driver {
             driver.drive();
         }
+    }
+
+    /// The stream's log span: transports log its events inside it.
+    pub fn span(&self) -> &Span {
+        &self.span
     }
 
     /// True once the client is gone (or the stream ended): stop reading it.
@@ -453,23 +347,29 @@ impl Stream {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn check_events(&self, shot: u64, what: &str, expected: usize, num: u32, bytes: &[u8]) -> Result<(), Fault> {
-        if num as usize != expected || bytes.len() != expected.div_ceil(8) {
-            return Err(Fault::new(
-                Code::InvalidArgument,
-                format!(
-                    "shot {shot}, {what}: {num} event bits in {} bytes, but this session's {what} has {expected} ({} bytes)",
-                    bytes.len(),
-                    expected.div_ceil(8)
-                ),
-            ));
+    /// The session's own check of a round's size: transports check only their framing.
+    fn check_events(&self, what: &str, expected: usize, e: &RoundEvents) -> Result<(), Fault> {
+        let shot = e.shot;
+        if e.num_events != expected {
+            let (d, basis) = (self.code.0, self.code.1);
+            return Err(Fault::invalid(format!(
+                "shot {shot}, {what}: {} events, but that round of a d={d} memory-{basis} session has {expected}",
+                e.num_events
+            )));
+        }
+        if e.events.len() != expected.div_ceil(8) {
+            return Err(Fault::invalid(format!(
+                "shot {shot}, {what}: {expected} event bits take {} bytes, but {} came",
+                expected.div_ceil(8),
+                e.events.len()
+            )));
         }
         Ok(())
     }
 
-    fn round(&self, r: proto::Round) -> Result<(), Fault> {
+    fn round(&self, t: u32, r: RoundEvents) -> Result<(), Fault> {
         let received = Instant::now();
-        let (shot_id, t) = (r.shot, r.round);
+        let shot_id = r.shot;
         let mut guard = self.lock();
         let state = &mut *guard;
         let next = state.shots.get(&shot_id).map(|s| s.next_round).unwrap_or(0);
@@ -479,19 +379,23 @@ impl Stream {
             } else {
                 format!("round {next} is next (rounds come in order, each once)")
             };
-            return Err(Fault::new(Code::InvalidArgument, format!("shot {shot_id}: round {t} is out of order: {why}")));
+            return Err(Fault::new(
+                Status::FailedPrecondition,
+                format!("shot {shot_id}: round {t} is out of order: {why}"),
+            ));
         }
-        let detectors = self.map.round(t as usize);
-        self.check_events(shot_id, &format!("round {t}"), detectors.len(), r.num_events, &r.events)?;
+        let layout = &self.info.rounds;
+        let width = layout.events_in(t as usize);
+        self.check_events(&format!("round {t}"), width, &r)?;
         let neural_mode = matches!(self.mode, Mode::Neural { .. });
-        let bytes = self.map.num_detectors.div_ceil(8);
+        let bytes = layout.num_detectors().div_ceil(8);
         let shot = state.shots.entry(shot_id).or_insert_with(|| Shot {
             next_round: 0,
             events: vec![0; bytes],
             neural: neural_mode,
             fallback: None,
         });
-        shot.set(detectors, &r.events);
+        layout.scatter(t as usize, &r.events, &mut shot.events);
         shot.next_round += 1;
         if shot.neural && state.pending.len() >= self.max_backlog {
             shot.neural = false;
@@ -503,55 +407,57 @@ impl Stream {
             }
         }
         if shot.neural {
-            let bits = unpack(&r.events, detectors.len());
+            let bits = unpack_bits(&r.events, width);
             let feed = state.feed.as_mut().ok_or_else(ended)?;
-            feed.submit_round(shot_id, t as usize, &bits).map_err(internal)?;
+            feed.submit_round(shot_id, t as usize, &bits).map_err(Fault::internal)?;
             state.pending.insert((shot_id, t), received);
             return Ok(());
         }
         let answered = self.mode.whole_kind();
         if answered == DecoderKind::NeuralMatching {
-            Self::round_to_lane(state, shot_id, detectors, &r.events);
+            Self::round_to_lane(state, shot_id, layout.fired(t as usize, &r.events));
         }
         self.hub.stats.round(answered, received.elapsed());
-        let ack = proto::RoundAck {
+        let ack = RoundAck {
             shot: shot_id,
             round: t,
-            step_latency_ns: 0,
+            step_latency: Duration::ZERO,
             budget_met: true,
-            backlog: state.pending.len() as u32,
+            backlog: state.pending.len(),
         };
-        (self.sink)(DecodeResponse { message: Some(Out::Ack(ack)) });
+        (self.sink)(Reply::Ack(ack));
         Ok(())
     }
 
-    fn finish(&self, f: proto::FinalRound) -> Result<(), Fault> {
+    fn finish(&self, f: RoundEvents) -> Result<(), Fault> {
         let received = Instant::now();
         let shot_id = f.shot;
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(shot) = state.shots.get(&shot_id).filter(|s| s.next_round != u32::MAX) else {
             return Err(Fault::new(
-                Code::InvalidArgument,
-                format!("shot {shot_id}: final round before round 0 (or the shot already finished)"),
+                Status::FailedPrecondition,
+                format!("shot {shot_id}: final round before round 0 (or after the shot's final round)"),
             ));
         };
         if shot.next_round != self.rounds {
             return Err(Fault::new(
-                Code::InvalidArgument,
+                Status::FailedPrecondition,
                 format!("shot {shot_id}: final round after {} of {} rounds", shot.next_round, self.rounds),
             ));
         }
-        self.check_events(shot_id, "final round", self.map.last.len(), f.num_events, &f.events)?;
+        let layout = &self.info.rounds;
+        let last = self.rounds as usize;
+        self.check_events("final round", layout.events_in(last), &f)?;
         let mut shot = state.shots.remove(&shot_id).expect("checked above");
-        shot.set(&self.map.last, &f.events);
+        layout.scatter(last, &f.events, &mut shot.events);
         if self.mode == Mode::Whole(DecoderKind::NeuralMatching) {
-            Self::round_to_lane(state, shot_id, &self.map.last, &f.events);
+            Self::round_to_lane(state, shot_id, layout.fired(last, &f.events));
         }
         if shot.neural {
-            let bits = unpack(&f.events, self.map.last.len());
+            let bits = unpack_bits(&f.events, layout.events_in(last));
             let feed = state.feed.as_mut().ok_or_else(ended)?;
-            feed.submit_finish(shot_id, &bits).map_err(internal)?;
+            feed.submit_finish(shot_id, &bits).map_err(Fault::internal)?;
             state.pending.insert((shot_id, self.rounds), received);
             // Keep the events for the shadow check, or for correlated matching
             // should one of its rounds turn out to have missed the budget.
@@ -562,17 +468,10 @@ impl Stream {
         Ok(())
     }
 
-    /// Hands a round to the lane's stepping decoder: the circuit detectors of
-    /// `detectors` whose bits in `bits` are set.
-    fn round_to_lane(state: &mut State, shot_id: u64, detectors: &[usize], bits: &[u8]) {
+    /// Hands a round to the lane's stepping decoder: the circuit detectors that fired in it.
+    fn round_to_lane(state: &mut State, shot_id: u64, fired: impl Iterator<Item = usize>) {
         if let Some(lane) = &state.lane {
-            let events = detectors
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| bits[k / 8] >> (k % 8) & 1 == 1)
-                .map(|(_, &d)| d as u64)
-                .collect();
-            let _ = lane.send(LaneJob::Round { shot: shot_id, events });
+            let _ = lane.send(LaneJob::Round { shot: shot_id, events: fired.map(|d| d as u64).collect() });
         }
     }
 
@@ -586,11 +485,11 @@ impl Stream {
     }
 
     /// Handles one reply of the engine, on the thread that stepped it.
-    fn engine_reply(&self, reply: Reply) {
+    fn engine_reply(&self, reply: EngineReply) {
         let mut guard = self.lock();
         let state = &mut *guard;
         match reply {
-            Reply::Ack(ack) => {
+            EngineReply::Ack(ack) => {
                 let key = (ack.shot, ack.round as u32);
                 let Some(received) = state.pending.remove(&key) else { return };
                 let latency = received.elapsed();
@@ -601,16 +500,16 @@ impl Stream {
                     let why = format!("round {} took {:.1} µs, over the budget", ack.round, micros(latency));
                     Self::fall_back(state, ack.shot, why);
                 }
-                let ack = proto::RoundAck {
+                let ack = RoundAck {
                     shot: ack.shot,
                     round: ack.round as u32,
-                    step_latency_ns: latency.as_nanos() as u64,
+                    step_latency: latency,
                     budget_met: met,
-                    backlog: state.pending.len() as u32,
+                    backlog: state.pending.len(),
                 };
-                (self.sink)(DecodeResponse { message: Some(Out::Ack(ack)) });
+                (self.sink)(Reply::Ack(ack));
             }
-            Reply::Result(result) => {
+            EngineReply::Result(result) => {
                 let Some(received) = state.pending.remove(&(result.shot, self.rounds)) else { return };
                 let shot = state.shots.remove(&result.shot);
                 match shot {
@@ -641,7 +540,7 @@ impl Stream {
                     }
                 }
             }
-            Reply::Error { shot, error } => {
+            EngineReply::Error { shot, error } => {
                 // The engine refused the shot (it is full): correlated matching takes it over.
                 let rounds: Vec<(u64, u32)> = state.pending.keys().filter(|k| k.0 == shot).copied().collect();
                 Self::fall_back(state, shot, format!("the neural engine refused it: {error}"));
@@ -650,14 +549,14 @@ impl Stream {
                         continue;
                     }
                     state.pending.remove(&key);
-                    let ack = proto::RoundAck {
+                    let ack = RoundAck {
                         shot,
                         round: key.1,
-                        step_latency_ns: 0,
+                        step_latency: Duration::ZERO,
                         budget_met: true,
-                        backlog: state.pending.len() as u32,
+                        backlog: state.pending.len(),
                     };
-                    (self.sink)(DecodeResponse { message: Some(Out::Ack(ack)) });
+                    (self.sink)(Reply::Ack(ack));
                 }
             }
         }
@@ -695,51 +594,40 @@ fn send_result(
 ) -> bool {
     let latency = received.elapsed();
     hub.stats.decision(kind, latency);
-    let result = proto::ShotResult {
+    let result = ShotResult {
         shot,
-        num_observables: prediction.len() as u32,
-        prediction: pack(prediction),
+        prediction: prediction.to_vec(),
         confidence,
-        answered_by: proto_kind(kind) as i32,
-        fell_back: fallback.is_some(),
-        fallback_reason: fallback.unwrap_or_default(),
-        decision_latency_ns: latency.as_nanos() as u64,
+        answered_by: kind,
+        fallback,
+        decision_latency: latency,
     };
-    sink(DecodeResponse { message: Some(Out::Result(result)) })
+    sink(Reply::Result(result))
 }
 
-/// The stabilizer type measured in the first and final rounds of a memory experiment.
-fn memory_type(basis: Basis) -> StabilizerType {
-    match basis {
-        Basis::X => StabilizerType::X,
-        Basis::Z => StabilizerType::Z,
+/// A neural model takes a round's bits in its own stabilizer order: the
+/// circuit's stabilizers must sit where the model's do, in the same order.
+fn check_model_order(model: &Model, rounds: &RoundLayout) -> Result<(), Fault> {
+    let ours = rounds.stabilizers();
+    let theirs = &model.model.meta().layout.stabilizers;
+    let sits = |s: &simulator_bridge::layout::Stabilizer| (s.x.to_bits(), s.y.to_bits(), s.kind);
+    let mut at = theirs.iter().map(sits);
+    if ours.iter().map(sits).all(|s| at.any(|t| t == s)) {
+        Ok(())
+    } else {
+        Err(Fault::invalid(format!(
+            "model '{}' orders its stabilizers unlike this code's circuit; it cannot decode it round by round",
+            model.name
+        )))
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Fault {
-    Fault::new(Code::Internal, e.to_string())
-}
-
 fn ended() -> Fault {
-    Fault::new(Code::FailedPrecondition, "the stream has ended")
+    Fault::new(Status::FailedPrecondition, "the stream has ended")
 }
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-/// Bits `0..n` of LSB-first packed bytes.
-pub fn unpack(bytes: &[u8], n: usize) -> Vec<bool> {
-    (0..n).map(|k| bytes[k / 8] >> (k % 8) & 1 == 1).collect()
-}
-
-/// Packs bits LSB-first.
-pub fn pack(bits: &[bool]) -> Vec<u8> {
-    let mut out = vec![0u8; bits.len().div_ceil(8)];
-    for (k, &b) in bits.iter().enumerate() {
-        out[k / 8] |= u8::from(b) << (k % 8);
-    }
-    out
 }
 
 /// Starts a stream's matching lane: a thread that owns the whole-shot
@@ -750,14 +638,16 @@ fn spawn_lane(
     hub: Arc<Hub>,
     info: Arc<CircuitInfo>,
     kind: DecoderKind,
-    num_detectors: usize,
     sink: Sink,
+    span: Span,
 ) -> Result<(Sender<LaneJob>, JoinHandle<()>), Fault> {
     let (tx, rx) = crossbeam_channel::unbounded::<LaneJob>();
     let (built_tx, built) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let thread = std::thread::Builder::new()
         .name("qecd-lane".into())
         .spawn(move || {
+            let _span = span.entered();
+            let num_detectors = info.rounds.num_detectors();
             let built = if kind == DecoderKind::NeuralMatching {
                 info.neural_matching().map(|nm| LaneDecoder::Stepping(Box::new(nm), HashMap::new()))
             } else {
@@ -779,7 +669,7 @@ fn spawn_lane(
                         if let LaneDecoder::Stepping(nm, shots) = &mut decoder {
                             let stream = shots.entry(shot).or_insert_with(|| nm.start_shot());
                             if let Err(e) = nm.push_round(stream, &events) {
-                                eprintln!("qecd: neural-matching could not take a round of shot {shot}: {e}");
+                                warn!(shot, "neural-matching could not take a round: {e}");
                                 shots.remove(&shot);
                             }
                         }
@@ -801,8 +691,7 @@ fn spawn_lane(
                         if agreed {
                             hub.stats.agreed.fetch_add(1, Ordering::Relaxed);
                         }
-                        let msg = proto::BaselineCheck { shot, agreed, baseline_prediction: pack(&baseline) };
-                        sink(DecodeResponse { message: Some(Out::Check(msg)) })
+                        sink(Reply::Check(BaselineCheck { shot, agreed, baseline }))
                     }
                 };
                 if !sent {
@@ -810,11 +699,11 @@ fn spawn_lane(
                 }
             }
         })
-        .map_err(|e| Fault::new(Code::Internal, format!("cannot start the stream's matching thread: {e}")))?;
+        .map_err(|e| Fault::internal(format!("cannot start the stream's matching thread: {e}")))?;
     match built.recv() {
         Ok(Ok(())) => Ok((tx, thread)),
-        Ok(Err(why)) => Err(Fault::new(Code::Internal, why)),
-        Err(_) => Err(Fault::new(Code::Internal, "the stream's matching thread stopped")),
+        Ok(Err(why)) => Err(Fault::internal(why)),
+        Err(_) => Err(Fault::internal("the stream's matching thread stopped")),
     }
 }
 
@@ -838,7 +727,7 @@ impl LaneDecoder {
                         Some((prediction, nm.confidence(weight).unwrap_or(f64::NAN)))
                     }
                     Err(e) => {
-                        eprintln!("qecd: neural-matching failed on shot {shot}: {e}");
+                        error!(shot, "neural-matching failed on a shot: {e}");
                         None
                     }
                 },
@@ -862,7 +751,7 @@ fn decode_one(decoder: &mut dyn Decoder, events: Vec<u8>, num_detectors: usize) 
             Some((prediction, d.confidence.map(|c| c[0]).unwrap_or(f64::NAN)))
         }
         Err(e) => {
-            eprintln!("qecd: {} failed on a shot: {e}", decoder.name());
+            error!("{} failed on a shot: {e}", decoder.name());
             None
         }
     }

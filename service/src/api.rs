@@ -1,0 +1,314 @@
+//! The service's own requests, replies and statuses. Transports translate
+//! their messages (protobuf, bridge frames) into these and back; nothing
+//! here knows how they travel.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use decoder::DecoderKind;
+use simulator_bridge::layout::StabilizerType;
+use simulator_bridge::{Basis, NoiseModel};
+
+/// Why a request failed. The transports map these one to one onto their
+/// own codes (gRPC status codes, bridge ERROR codes, which share gRPC's numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The request itself is wrong (a bad code, event count or decoder).
+    InvalidArgument,
+    /// It names a model the server does not have.
+    NotFound,
+    /// It comes at the wrong point of the conversation (out of order, before the open).
+    FailedPrecondition,
+    /// The server is out of room for it.
+    ResourceExhausted,
+    /// The server failed.
+    Internal,
+}
+
+/// What ends a request or a stream: a status and a message naming the problem.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    /// The kind of failure.
+    pub status: Status,
+    /// What was wrong, for a person.
+    pub message: String,
+}
+
+impl Fault {
+    /// A fault of `status`.
+    pub fn new(status: Status, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    /// An [`Status::InvalidArgument`] fault.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Status::InvalidArgument, message)
+    }
+
+    /// An [`Status::Internal`] fault.
+    pub fn internal(message: impl fmt::Display) -> Self {
+        Self::new(Status::Internal, message.to_string())
+    }
+
+    /// The same fault with `context: ` before its message.
+    pub fn context(self, context: &str) -> Self {
+        Self { status: self.status, message: format!("{context}: {}", self.message) }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for Fault {}
+
+/// The noise model a session's matching decoders use when a request names none.
+pub const DEFAULT_NOISE: &str = "si1000";
+/// The physical error rate used when a request gives none.
+pub const DEFAULT_P: f64 = 0.003;
+
+/// A surface-code memory experiment: what a session decodes.
+#[derive(Clone, Debug)]
+pub struct CodeSpec {
+    /// Code distance.
+    pub distance: usize,
+    /// Memory basis.
+    pub basis: Basis,
+    /// Stabilizer rounds per shot (at least 1).
+    pub rounds: usize,
+    /// The noise model of the matching decoders' detector error model.
+    pub noise: NoiseModel,
+}
+
+impl CodeSpec {
+    /// A code with the named noise model (`None`: [`DEFAULT_NOISE`]) at `p`
+    /// (`None`: [`DEFAULT_P`]).
+    pub fn new(
+        distance: usize,
+        basis: Basis,
+        rounds: usize,
+        noise: Option<&str>,
+        p: Option<f64>,
+    ) -> Result<Self, Fault> {
+        if rounds == 0 {
+            return Err(Fault::invalid("code.rounds must be at least 1"));
+        }
+        let noise = NoiseModel::from_name(noise.unwrap_or(DEFAULT_NOISE), p.unwrap_or(DEFAULT_P))
+            .map_err(|e| Fault::invalid(e.to_string()))?;
+        Ok(Self { distance, basis, rounds, noise })
+    }
+}
+
+/// How a stream decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionDecoder {
+    /// The neural decoder, round by round, with correlated matching as its fallback.
+    Neural,
+    /// The neural decoder, with every answer shadow-decoded by correlated matching.
+    NeuralChecked,
+    /// Plain matching, at the final round.
+    Matching,
+    /// Correlated matching, at the final round.
+    Correlated,
+    /// The posterior model stepped round by round, matched at the final round.
+    NeuralMatching,
+}
+
+impl fmt::Display for SessionDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SessionDecoder::Neural => "neural",
+            SessionDecoder::NeuralChecked => "neural_checked",
+            SessionDecoder::Matching => "matching",
+            SessionDecoder::Correlated => "correlated",
+            SessionDecoder::NeuralMatching => "neural_matching",
+        })
+    }
+}
+
+/// Opens a decode stream.
+#[derive(Clone, Debug)]
+pub struct OpenRequest {
+    /// The code its shots come from.
+    pub code: CodeSpec,
+    /// How it decodes.
+    pub decoder: SessionDecoder,
+    /// The neural model by name; `None`: the server's model for the code.
+    pub model: Option<String>,
+    /// A neural round slower than this moves its shot to correlated matching.
+    pub round_budget: Option<Duration>,
+    /// Rounds waiting for the engine past which new shots fall back; `None`: the server's default.
+    pub max_backlog: Option<usize>,
+}
+
+/// One round's detection events, in the session's stabilizer order
+/// ([`Opened`]), packed LSB-first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundEvents {
+    /// The shot.
+    pub shot: u64,
+    /// How many event bits `events` holds.
+    pub num_events: usize,
+    /// The bits, LSB-first; padding bits must be 0.
+    pub events: Vec<u8>,
+}
+
+/// A message of the client after the open, in order.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A second open: the session is open already.
+    Open,
+    /// Stabilizer round `round` of a shot (0-based, in order).
+    Round {
+        /// The round.
+        round: u32,
+        /// Its events.
+        events: RoundEvents,
+    },
+    /// The final round of a shot: the data-qubit measurements' detectors.
+    Final(RoundEvents),
+    /// A message the transport could not make sense of.
+    Invalid(String),
+}
+
+/// One stabilizer of a session's order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SessionStabilizer {
+    /// Its x coordinate (Stim's detector coordinates).
+    pub x: f64,
+    /// Its y coordinate.
+    pub y: f64,
+    /// Its type; the memory basis's type has events in round 0 and the final round.
+    pub kind: StabilizerType,
+}
+
+/// The first reply of a stream: how to lay out its rounds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opened {
+    /// The neural model decoding it, if any.
+    pub model: Option<String>,
+    /// Event bits of round 0 (the memory basis's stabilizers).
+    pub first_round_events: usize,
+    /// Event bits of rounds 1.. (every stabilizer).
+    pub round_events: usize,
+    /// Event bits of the final round.
+    pub final_round_events: usize,
+    /// The stabilizer order of the bits; round 0 and the final round hold
+    /// the memory basis's stabilizers only, in this order.
+    pub stabilizers: Vec<SessionStabilizer>,
+    /// The memory basis.
+    pub basis: Basis,
+}
+
+/// A round was taken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundAck {
+    /// The shot.
+    pub shot: u64,
+    /// The round.
+    pub round: u32,
+    /// Round received → neural step done; zero where no step runs per round.
+    pub step_latency: Duration,
+    /// False when the step missed the session's budget (the shot falls back).
+    pub budget_met: bool,
+    /// Rounds of this stream still waiting for the engine.
+    pub backlog: usize,
+}
+
+/// A shot's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShotResult {
+    /// The shot.
+    pub shot: u64,
+    /// Predicted flip of each observable.
+    pub prediction: Vec<bool>,
+    /// Probability that the prediction is right; NaN where uncalibrated.
+    pub confidence: f64,
+    /// The decoder that answered.
+    pub answered_by: DecoderKind,
+    /// Why it left the neural decoder, if it did.
+    pub fallback: Option<String>,
+    /// Final round received → result sent.
+    pub decision_latency: Duration,
+}
+
+/// Correlated matching's shadow decoding of a neural answer (checked mode).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BaselineCheck {
+    /// The shot.
+    pub shot: u64,
+    /// Whether the two agreed.
+    pub agreed: bool,
+    /// Correlated matching's prediction.
+    pub baseline: Vec<bool>,
+}
+
+/// What a stream sends back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// The session is open.
+    Opened(Opened),
+    /// A round was taken.
+    Ack(RoundAck),
+    /// A shot is answered.
+    Result(ShotResult),
+    /// A shadow check's verdict.
+    Check(BaselineCheck),
+}
+
+/// Where a stream's replies go; returns `false` once the client is gone.
+pub type Sink = Arc<dyn Fn(Reply) -> bool + Send + Sync>;
+
+/// Decodes whole shots at once.
+#[derive(Clone, Debug)]
+pub struct BatchRequest {
+    /// The code the shots come from.
+    pub code: CodeSpec,
+    /// Neural, matching or correlated.
+    pub decoder: DecoderKind,
+    /// The neural model by name; `None`: the server's model for the code.
+    pub model: Option<String>,
+    /// Shots.
+    pub num_shots: usize,
+    /// Their detection events, b8 (one row of `ceil(detectors / 8)` bytes per shot).
+    pub events_b8: Vec<u8>,
+}
+
+/// A batch's answers.
+#[derive(Clone, Debug)]
+pub struct BatchReply {
+    /// Observables per shot.
+    pub num_observables: usize,
+    /// Predicted flips, b8 (one row of `ceil(observables / 8)` bytes per shot).
+    pub predictions_b8: Vec<u8>,
+    /// Per-shot confidence, where the decoder has one.
+    pub confidence: Option<Vec<f64>>,
+    /// The decoder that answered.
+    pub answered_by: DecoderKind,
+}
+
+/// A served model, as `ListModels` describes it.
+#[derive(Clone, Debug)]
+pub struct ModelSummary {
+    /// Its name.
+    pub name: String,
+    /// Code distance.
+    pub distance: usize,
+    /// Memory basis.
+    pub basis: Basis,
+    /// Noise model it was trained on.
+    pub noise: String,
+    /// Physical error rate it was trained at.
+    pub p: f64,
+    /// Rounds it was trained on, as its card writes them.
+    pub rounds_trained: String,
+    /// Model width.
+    pub width: usize,
+    /// Transformer layers.
+    pub layers: usize,
+    /// Its calibration temperature.
+    pub temperature: f64,
+}

@@ -1,0 +1,251 @@
+//! The qecd decoding service as a library: the model registry and what
+//! every stream shares ([`Hub`]), one decode stream whatever carries it
+//! ([`session`]), whole-batch decoding ([`batch`]), the counters behind
+//! `GetStats` ([`stats`]) and the FPGA bridge's listener and client
+//! ([`bridge`]).
+//!
+//! It owns the service's own request and reply types ([`api`]): gRPC is an
+//! adapter over them in the `qecd-grpc` crate, and the bridge maps its
+//! frames straight onto them. It has no tonic, no protobuf and no plots.
+//! It logs through `tracing`, one span per stream; the binary installs the subscriber.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod batch;
+pub mod bridge;
+pub mod session;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use decoder::{NeuralModel, StreamEngine, StreamOptions};
+use simulator_bridge::Basis;
+
+use api::{CodeSpec, ModelSummary};
+pub use api::{Fault, Status};
+use session::CircuitInfo;
+use stats::Stats;
+
+/// A neural model served by name, with its streaming engine.
+#[derive(Clone)]
+pub struct Model {
+    /// Its name (the checkpoint's file stem).
+    pub name: String,
+    /// The weights.
+    pub model: Arc<NeuralModel>,
+    /// The engine every stream using it shares.
+    pub engine: Arc<StreamEngine>,
+}
+
+/// The neural checkpoints a server runs: every `*.safetensors` in `dir`,
+/// or without one the zoo built into qecd. Loads weights only; no engine
+/// starts (`qecd replay` checks answers with these).
+pub fn load_checkpoints(dir: Option<&Path>) -> Result<Vec<Arc<NeuralModel>>> {
+    let Some(dir) = dir else {
+        return Ok(NeuralModel::zoo()?.into_iter().map(Arc::new).collect());
+    };
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the models directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    paths.sort();
+    anyhow::ensure!(!paths.is_empty(), "{} holds no .safetensors checkpoints", dir.display());
+    paths.iter().map(|p| Ok(Arc::new(NeuralModel::load(p)?))).collect()
+}
+
+/// The model called `name`, or without a name the first one for the code;
+/// it must decode distance `d` in `basis`.
+pub fn find_model<'a>(
+    models: &'a [Arc<NeuralModel>],
+    name: Option<&str>,
+    d: usize,
+    basis: Basis,
+) -> Result<&'a Arc<NeuralModel>, Fault> {
+    let names = || models.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ");
+    let found = match name {
+        None => models.iter().find(|m| m.distance() == d && m.basis() == basis).ok_or_else(|| {
+            Fault::new(Status::NotFound, format!("no model for d={d} memory-{basis}; this server has: {}", names()))
+        })?,
+        Some(name) => models.iter().find(|m| m.name() == name).ok_or_else(|| {
+            Fault::new(Status::NotFound, format!("unknown model '{name}'; this server has: {}", names()))
+        })?,
+    };
+    if found.distance() != d || found.basis() != basis {
+        return Err(Fault::invalid(format!(
+            "model '{}' decodes d={} memory-{}, not d={d} memory-{basis}",
+            found.name(),
+            found.distance(),
+            found.basis()
+        )));
+    }
+    Ok(found)
+}
+
+/// The models a server holds, each with its engine.
+pub struct Models {
+    list: Vec<Model>,
+    weights: Vec<Arc<NeuralModel>>,
+}
+
+impl Models {
+    /// The zoo checkpoints built into the binary.
+    pub fn embedded(options: &StreamOptions) -> Result<Self> {
+        Ok(Self::serve(load_checkpoints(None)?, options))
+    }
+
+    /// Every `*.safetensors` checkpoint in `dir`.
+    pub fn load_dir(dir: &Path, options: &StreamOptions) -> Result<Self> {
+        Ok(Self::serve(load_checkpoints(Some(dir))?, options))
+    }
+
+    /// Starts an engine for each model.
+    pub fn serve(weights: Vec<Arc<NeuralModel>>, options: &StreamOptions) -> Self {
+        let list = weights
+            .iter()
+            .map(|model| Model {
+                name: model.name().to_string(),
+                model: model.clone(),
+                engine: Arc::new(StreamEngine::start(model.clone(), options.clone())),
+            })
+            .collect();
+        Self { list, weights }
+    }
+
+    /// All of them.
+    pub fn all(&self) -> &[Model] {
+        &self.list
+    }
+
+    /// What `ListModels` says of each.
+    pub fn summaries(&self) -> Vec<ModelSummary> {
+        self.list
+            .iter()
+            .map(|m| {
+                let meta = m.model.meta();
+                ModelSummary {
+                    name: m.name.clone(),
+                    distance: m.model.distance(),
+                    basis: m.model.basis(),
+                    noise: meta.provenance.noise.clone(),
+                    p: meta.provenance.p,
+                    rounds_trained: meta.provenance.rounds.clone(),
+                    width: meta.config.width,
+                    layers: meta.config.layers,
+                    temperature: meta.temperature,
+                }
+            })
+            .collect()
+    }
+
+    /// The model called `name`, or without a name the first one for the
+    /// code ([`find_model`]), with its engine.
+    pub fn find(&self, name: Option<&str>, d: usize, basis: Basis) -> Result<Model, Fault> {
+        let found = find_model(&self.weights, name, d, basis)?;
+        let i = self.weights.iter().position(|w| Arc::ptr_eq(w, found)).expect("found among them");
+        Ok(self.list[i].clone())
+    }
+}
+
+/// Limits of a server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Most Decode streams open at once; more get RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Default bound on a stream's rounds waiting for the engine.
+    pub max_backlog: usize,
+    /// How long a bridge connection's reader polls its socket for the next
+    /// frame before blocking on it (zero: it blocks at once). Polling spares
+    /// the wake-up of a blocked thread, tens of µs on a VM, at the price of a
+    /// core kept busy while frames keep coming.
+    pub bridge_poll: std::time::Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { max_streams: 256, max_backlog: 64, bridge_poll: std::time::Duration::ZERO }
+    }
+}
+
+type CircuitKey = (usize, Basis, usize, String, u64);
+
+/// What every stream of a server shares.
+pub struct Hub {
+    /// The neural models.
+    pub models: Models,
+    /// Counters and latency histograms.
+    pub stats: Stats,
+    /// Limits.
+    pub options: ServerOptions,
+    circuits: Mutex<HashMap<CircuitKey, Arc<CircuitInfo>>>,
+    /// Numbers the streams, for their log spans.
+    next_stream: AtomicU64,
+}
+
+impl Hub {
+    /// A hub serving `models`.
+    pub fn new(models: Models, options: ServerOptions) -> Self {
+        Self {
+            models,
+            stats: Stats::default(),
+            options,
+            circuits: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one of the server's stream slots (gRPC and bridge together),
+    /// held until the returned guard drops; RESOURCE_EXHAUSTED when all
+    /// `max_streams` are taken.
+    pub fn admit(self: &Arc<Self>) -> Result<StreamSlot, Fault> {
+        let open = self.stats.open_streams.fetch_add(1, Ordering::Relaxed);
+        let slot = StreamSlot(self.clone());
+        if open as usize >= self.options.max_streams {
+            Stats::bump(&self.stats.rejected_streams);
+            return Err(Fault::new(
+                Status::ResourceExhausted,
+                format!(
+                    "this server already has {open} open streams, gRPC and bridge together (--max-streams {})",
+                    self.options.max_streams
+                ),
+            ));
+        }
+        Ok(slot)
+    }
+
+    /// A number for a new stream, unique in this server.
+    fn stream_number(&self) -> u64 {
+        self.next_stream.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The circuit of a code, built once and cached. The cache stays locked
+    /// while a circuit is built, so that streams opening together for the
+    /// same code wait for one build instead of each making their own.
+    pub fn circuit(&self, code: &CodeSpec) -> Result<Arc<CircuitInfo>, Fault> {
+        let CodeSpec { distance: d, basis, rounds, noise } = code;
+        let key = (*d, *basis, *rounds, noise.name(), noise.p().to_bits());
+        let mut cache = self.circuits.lock().expect("circuit cache");
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let info = Arc::new(
+            CircuitInfo::build(code)
+                .map_err(|e| Fault::invalid(format!("code d={d} memory-{basis} rounds={rounds}: {e:#}")))?,
+        );
+        cache.insert(key, info.clone());
+        Ok(info)
+    }
+}
+
+/// One of a server's stream slots ([`Hub::admit`]); freed when dropped.
+pub struct StreamSlot(Arc<Hub>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.stats.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
