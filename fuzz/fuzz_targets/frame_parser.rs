@@ -1,4 +1,4 @@
-//! Fuzzes the FPGA bridge's streaming frame decoder (`simulator-bridge/src/frame.rs`).
+//! Fuzzes the FPGA bridge's streaming frame decoder (the `frame-codec` crate).
 //!
 //! Input: one control byte, then the byte stream. Control bit 7 picks who
 //! sends (0: the FPGA, 1: qecd), bit 6 asks for the CRCs and sequence numbers
@@ -14,24 +14,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-/// The codec, compiled from its source: it needs nothing of `simulator-bridge` but `code::Basis`.
-#[path = "../../simulator-bridge/src/frame.rs"]
-#[allow(dead_code)]
-mod frame;
-
-/// Stands in for `simulator_bridge::code`, the one module `frame.rs` uses.
-mod code {
-    /// The memory basis, as in `simulator-bridge/src/code.rs`.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-    pub enum Basis {
-        /// X basis.
-        X,
-        /// Z basis.
-        Z,
-    }
-}
-
-use frame::{CRC_LEN, Frame, FrameDecoder, HEADER_LEN, MAX_PAYLOAD, Sender, crc32c};
+use frame_codec::{CRC_LEN, Frame, FrameDecoder, HEADER_LEN, MAX_PAYLOAD, Sender, crc32c};
 
 /// Rewrites the sequence number and CRC of each whole frame of `stream` whose header is plausible.
 fn repair(stream: &mut [u8]) {

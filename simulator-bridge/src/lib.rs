@@ -5,10 +5,10 @@
 //! applied to them (uniform depolarizing and true SI1000), seeded
 //! multi-threaded sampling of bit-packed detection events, the stabilizer
 //! layout derived from detector coordinates, Stim's result formats, and
-//! experiment directories in the layout of Google's public surface-code data,
-//! and the binary frame codec of the FPGA bridge (`docs/fpga-bridge.md`).
+//! experiment directories in the layout of Google's public surface-code data.
 //!
-//! It never decodes, and it knows nothing of tch, CUDA or gRPC.
+//! It never decodes, and it knows nothing of tch, CUDA, gRPC or the FPGA
+//! bridge's wire format (the `frame-codec` crate owns that).
 #![deny(missing_docs)]
 
 pub mod code;
@@ -16,7 +16,6 @@ pub mod edges;
 pub mod error;
 pub mod experiment;
 pub mod formats;
-pub mod frame;
 pub mod fsutil;
 pub mod labels;
 pub mod layout;
@@ -28,7 +27,6 @@ pub mod shots;
 pub use code::{Basis, MemoryExperiment, decoding_dem};
 pub use error::BridgeError;
 pub use formats::{BitLabels, ResultFormat};
-pub use frame::{Frame, FrameDecoder, FrameEncoder, FrameError, FrameKind, Message};
 pub use labels::{LabeledSampler, LabeledShots};
 pub use layout::StabilizerLayout;
 pub use noise::NoiseModel;

@@ -27,12 +27,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use qecd_benches::{cores, percentiles};
-use simulator_bridge::Basis;
-use simulator_bridge::frame::{
-    Ack, Decision, DecoderChoice, Events, FrameDecoder, FrameEncoder, FrameKind, Message, Open, Sender as End, StreamId,
+use frame_codec::{
+    Ack, Basis, Decision, DecoderChoice, Events, FrameDecoder, FrameEncoder, FrameKind, Message, Open, Sender as End,
+    StreamId,
 };
+use qecd_benches::{cores, percentiles};
 use simulator_bridge::pacing::Pacer;
+use simulator_bridge::shots::pack_bits;
 
 /// Stabilizer rounds per shot; a shot is `ROUNDS` ROUND frames and one FINAL.
 const ROUNDS: usize = 3;
@@ -154,7 +155,7 @@ fn fake_shots() -> Result<Vec<Vec<Events>>> {
         for round in 0..PER_SHOT {
             let len = if round == 0 || round == ROUNDS { HALF_EVENTS } else { FULL_EVENTS };
             let bits: Vec<bool> = (0..len).map(|_| bit()).collect();
-            frames.push(Events::from_bits(&bits)?);
+            frames.push(Events::from_packed(pack_bits(&bits), len)?);
         }
         shots.push(frames);
     }
