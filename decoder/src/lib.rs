@@ -29,6 +29,7 @@ use std::str::FromStr;
 
 pub use belief::{BeliefMatching, BpOptions, BpStats};
 pub use confidence::GapCalibration;
+pub use kernels::{Backend, BackendError, Device};
 pub use matching::MatchingDecoder;
 pub use neural::{NeuralDecoder, NeuralModel};
 pub use neural_matching::{NeuralMatching, ShotStream};

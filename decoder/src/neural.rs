@@ -1,15 +1,17 @@
 //! The neural decoder on the inference kernels: a checkpoint loaded into
 //! [`kernels::Weights`], decoded in batches through the [`Decoder`] trait.
 //!
-//! No libtorch is involved: the round step and readout are the fused CPU
-//! kernels of the `kernels` crate, which reproduce the tch model's logits
-//! within 1e-4 (`models/tests/kernels_equivalence.rs`). The streaming form,
-//! one round at a time, is in [`crate::stream`].
+//! No libtorch is involved: the round step and readout run on a
+//! [`kernels::Backend`], the fused CPU kernels by default
+//! ([`NeuralDecoder::new`]) or the CUDA kernels ([`NeuralDecoder::on`] with
+//! [`Device::Cuda`]), which reproduce the tch model's logits within 1e-4
+//! (`models/tests/kernels_equivalence.rs`). The streaming form, one round at
+//! a time, is in [`crate::stream`].
 
 use std::path::Path;
 use std::sync::Arc;
 
-use kernels::{Scratch, Weights, readout_batch, step_batch};
+use kernels::{Backend, BackendError, Device, Weights};
 use models::features::NUM_FEATURES;
 use models::{Checkpoint, CheckpointMeta, Featurizer};
 use simulator_bridge::layout::StabilizerType;
@@ -21,8 +23,6 @@ use crate::{Decisions, DecodeError, Decoder};
 /// weight panel is reused across many rows, small enough that the block's
 /// features stay in cache.
 const BATCH_SHOTS: usize = 64;
-/// Streams per kernel block (one matrix product covers this many streams).
-const KERNEL_BLOCK: usize = 8;
 
 /// A checkpoint ready for the kernels: weights, temperature and the layout
 /// the model expects. Shared (through [`Arc`]) by every decoder and stream
@@ -30,7 +30,8 @@ const KERNEL_BLOCK: usize = 8;
 #[derive(Debug)]
 pub struct NeuralModel {
     name: String,
-    weights: Weights,
+    /// Shared with the CPU backends that run it.
+    weights: Arc<Weights>,
     meta: CheckpointMeta,
     /// Model indices of the memory-basis stabilizers: the ones with a
     /// detector in the first and the final round.
@@ -72,7 +73,7 @@ impl NeuralModel {
         let own = StabilizerType::of_memory(ckpt.meta.layout.basis);
         let basis_stabilizers =
             ckpt.meta.layout.stabilizers.iter().enumerate().filter(|(_, s)| s.kind == own).map(|(i, _)| i).collect();
-        Ok(Self { name, weights, meta: ckpt.meta.clone(), basis_stabilizers })
+        Ok(Self { name, weights: Arc::new(weights), meta: ckpt.meta.clone(), basis_stabilizers })
     }
 
     /// The model's name (its file stem).
@@ -83,6 +84,20 @@ impl NeuralModel {
     /// The kernel weights.
     pub fn weights(&self) -> &Weights {
         &self.weights
+    }
+
+    /// A backend that runs this model on `device` (the CPU backend on one thread for [`Device::Cpu`]).
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] where the device cannot run here, saying why.
+    pub fn backend(&self, device: Device) -> Result<Box<dyn Backend>, BackendError> {
+        kernels::backend::on(device, self.weights.clone())
+    }
+
+    /// The CPU backend for this model, its batches of 256 streams or more
+    /// split over `threads` threads.
+    pub fn cpu_backend(&self, threads: usize) -> kernels::CpuBackend {
+        kernels::backend::cpu(self.weights.clone()).with_threads(threads)
     }
 
     /// The checkpoint's metadata.
@@ -166,36 +181,69 @@ pub fn rounds_of_features(features: &[f32], num_stabilizers: usize) -> Vec<Vec<b
         .collect()
 }
 
-/// The batch neural decoder on the CPU kernels, for one circuit.
+/// The batch neural decoder, for one circuit, on a [`Backend`] (the CPU
+/// kernels unless told otherwise).
 ///
-/// Shots are stepped [`BATCH_SHOTS`] at a time on the calling thread (run
-/// several decoders through [`crate::decode_parallel`] for more threads).
+/// Shots are stepped [`BATCH_SHOTS`] at a time in the backend's slots
+/// `0..BATCH_SHOTS`, from the calling thread (run several decoders through
+/// [`crate::decode_parallel`] for more CPU threads).
 pub struct NeuralDecoder {
     model: Arc<NeuralModel>,
     featurizer: Featurizer,
-    scratch: [Scratch; 1],
+    /// Holds the block's states.
+    backend: Box<dyn Backend>,
+    /// `0..BATCH_SHOTS`: the block's shots' slots.
+    slots: Vec<usize>,
     /// `[B][T][S][NF]`: the block's features.
     features: Vec<f32>,
     /// `[B][S][NF]`: one round of the block.
     round: Vec<f32>,
-    /// `[B][S][D]`.
-    states: Vec<f32>,
     /// `[shots][O]`.
     logits: Vec<f32>,
 }
 
 impl NeuralDecoder {
-    /// A decoder of `layout`'s circuit with `model`.
+    /// A decoder of `layout`'s circuit with `model`, on the CPU kernels.
     pub fn new(model: Arc<NeuralModel>, layout: &StabilizerLayout) -> Result<Self, DecodeError> {
+        let backend = Box::new(model.cpu_backend(1));
+        Self::with_backend(model, layout, backend)
+    }
+
+    /// As [`NeuralDecoder::new`], on `device`.
+    ///
+    /// # Errors
+    /// [`DecodeError::Invalid`] naming the device and why it is unavailable
+    /// (no CUDA support in this build, no driver, no GPU).
+    pub fn on(model: Arc<NeuralModel>, layout: &StabilizerLayout, device: Device) -> Result<Self, DecodeError> {
+        let backend =
+            model.backend(device).map_err(|e| DecodeError::Invalid(format!("neural decoder on {device}: {e}")))?;
+        Self::with_backend(model, layout, backend)
+    }
+
+    /// As [`NeuralDecoder::new`], on `backend`, which must have been made for `model`'s weights.
+    pub fn with_backend(
+        model: Arc<NeuralModel>,
+        layout: &StabilizerLayout,
+        mut backend: Box<dyn Backend>,
+    ) -> Result<Self, DecodeError> {
         let featurizer = model.featurizer(layout)?;
-        let scratch = [Scratch::with_block(model.weights.config(), KERNEL_BLOCK)];
+        if backend.config() != model.weights.config() {
+            return Err(DecodeError::Invalid(format!(
+                "the {} backend was made for {:?}, model {} is {:?}",
+                backend.device(),
+                backend.config(),
+                model.name,
+                model.weights.config()
+            )));
+        }
+        backend.reserve(BATCH_SHOTS).map_err(|e| backend_error(backend.as_ref(), e))?;
         Ok(Self {
             model,
             featurizer,
-            scratch,
+            backend,
+            slots: (0..BATCH_SHOTS).collect(),
             features: Vec::new(),
             round: Vec::new(),
-            states: Vec::new(),
             logits: Vec::new(),
         })
     }
@@ -205,38 +253,42 @@ impl NeuralDecoder {
         &self.model
     }
 
+    /// Where it runs ([`Backend::device`]).
+    pub fn device(&self) -> &str {
+        self.backend.device()
+    }
+
     /// The raw logits, `[shots][O]`, of a batch.
     pub fn logits(&mut self, events: &PackedShots) -> Result<&[f32], DecodeError> {
         self.check(events)?;
-        let config = self.model.weights.config();
-        let (t_count, per_round) = (self.featurizer.num_rounds(), config.features_len());
-        let (sd, o) = (config.state_len(), config.observables);
+        let o = self.model.weights.config().observables;
         self.logits.clear();
         self.logits.resize(events.num_shots() * o, 0.0);
         for start in (0..events.num_shots()).step_by(BATCH_SHOTS) {
             let end = (start + BATCH_SHOTS).min(events.num_shots());
-            let n = end - start;
             self.features.clear();
             self.featurizer.extend_features(events, start, end, &mut self.features);
-            self.states.clear();
-            self.states.resize(n * sd, 0.0);
-            self.round.resize(n * per_round, 0.0);
-            for t in 0..t_count {
-                for (b, dst) in self.round.chunks_exact_mut(per_round).enumerate() {
-                    let shot = &self.features[b * t_count * per_round..][..t_count * per_round];
-                    dst.copy_from_slice(&shot[t * per_round..][..per_round]);
-                }
-                step_batch(&self.model.weights, &mut self.states, &self.round[..n * per_round], &mut self.scratch, 1);
-            }
-            readout_batch(
-                &self.model.weights,
-                &self.states,
-                &mut self.scratch,
-                &mut self.logits[start * o..end * o],
-                1,
-            );
+            self.run_block(start, end).map_err(|e| backend_error(self.backend.as_ref(), e))?;
         }
         Ok(&self.logits)
+    }
+
+    /// Shots `start..end`, their features in `features`: from the zero state
+    /// through every round, then the readout into their rows of `logits`.
+    fn run_block(&mut self, start: usize, end: usize) -> Result<(), BackendError> {
+        let config = self.model.weights.config();
+        let (t_count, per_round, o) = (self.featurizer.num_rounds(), config.features_len(), config.observables);
+        let slots = &self.slots[..end - start];
+        self.round.resize(slots.len() * per_round, 0.0);
+        self.backend.reset(slots)?;
+        for t in 0..t_count {
+            for (b, dst) in self.round.chunks_exact_mut(per_round).enumerate() {
+                let shot = &self.features[b * t_count * per_round..][..t_count * per_round];
+                dst.copy_from_slice(&shot[t * per_round..][..per_round]);
+            }
+            self.backend.step(slots, &self.round)?;
+        }
+        self.backend.readout(slots, &mut self.logits[start * o..end * o])
     }
 
     fn check(&self, events: &PackedShots) -> Result<(), DecodeError> {
@@ -249,6 +301,11 @@ impl NeuralDecoder {
         }
         Ok(())
     }
+}
+
+/// A backend's failure as the decoder reports it.
+fn backend_error(backend: &dyn Backend, e: BackendError) -> DecodeError {
+    DecodeError::Invalid(format!("neural decoder on {}: {e}", backend.device()))
 }
 
 impl Decoder for NeuralDecoder {

@@ -20,7 +20,14 @@
 //! stepped on the thread that received it, with no thread hand-off at all
 //! (waking a parked thread costs tens of microseconds on a VM, several
 //! times a d=3 step), and many streams get batch throughput from the helper.
-//! Each shot's recurrent state stays in the engine between rounds.
+//!
+//! # Where the states live
+//!
+//! The kernels run on a [`Backend`]: the CPU kernels ([`StreamEngine::start`])
+//! or any other, the CUDA one included ([`StreamEngine::start_on`]). Each
+//! open shot holds one of the backend's slots, so its recurrent state stays
+//! on the backend's device between rounds: a step sends only the round's
+//! features, and a finish brings back only the logits.
 //!
 //! Replies are delivered on the stepping thread, while it holds the engine:
 //! a [`Feed`]'s callback must be quick and must not block.
@@ -40,7 +47,9 @@
 //! A round with the wrong number of event bits, or out of order, is refused
 //! for that shot alone, and nothing is applied: the shot's state and every
 //! other shot are untouched. A shot id may be used again once its shot has
-//! finished: its next round 0 starts a new shot.
+//! finished: its next round 0 starts a new shot. If the backend itself fails
+//! (a GPU error), every shot of that batch gets [`StreamError::Backend`] and
+//! is dropped; later rounds of it are refused as [`StreamError::NotStarted`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +58,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use kernels::{Scratch, readout_batch, step_batch};
+use kernels::{Backend, BackendError};
 use models::features::NUM_FEATURES;
 
 use crate::neural::NeuralModel;
@@ -59,7 +68,9 @@ use crate::neural::NeuralModel;
 pub struct StreamOptions {
     /// Most jobs stepped in one batch.
     pub max_batch: usize,
-    /// Threads for a large batch's step (batches of fewer than 256 shots always run on one).
+    /// Threads for a large batch's step on the CPU backend that
+    /// [`StreamEngine::start`] makes (batches of fewer than 256 shots always
+    /// run on one).
     pub threads: usize,
     /// Most shots open at once over all sessions; a round 0 beyond it is refused.
     pub max_open_shots: usize,
@@ -116,6 +127,14 @@ pub enum StreamError {
     /// The engine has shut down.
     #[error("the decoding engine has shut down")]
     Closed,
+    /// The backend failed while stepping the shot's batch; the shot is dropped.
+    #[error("shot {shot}: the decoding backend failed: {message}")]
+    Backend {
+        /// The shot.
+        shot: u64,
+        /// The backend's error.
+        message: String,
+    },
 }
 
 /// A round was applied.
@@ -248,6 +267,8 @@ impl Shared {
 /// them, and a helper thread that steps when the sessions' own threads are busy.
 pub struct StreamEngine {
     model: Arc<NeuralModel>,
+    /// [`Backend::device`] of the backend stepping the shots.
+    device: String,
     shared: Arc<Shared>,
     /// The helper's doorbell; every feed holds a clone, and the helper stops
     /// once they and this one are all dropped.
@@ -258,13 +279,38 @@ pub struct StreamEngine {
 }
 
 impl StreamEngine {
-    /// Starts the engine and its helper thread.
+    /// Starts the engine and its helper thread, on the CPU kernels with
+    /// [`StreamOptions::threads`] threads.
     pub fn start(model: Arc<NeuralModel>, options: StreamOptions) -> Self {
+        let backend = Box::new(model.cpu_backend(options.threads));
+        Self::start_on(model, options, backend).expect("the model's own CPU backend fits it")
+    }
+
+    /// Starts the engine and its helper thread, stepping on `backend`
+    /// (made for `model`'s weights, e.g. by [`NeuralModel::backend`]).
+    ///
+    /// # Errors
+    /// [`BackendError::Input`] if the backend was made for another model shape.
+    pub fn start_on(
+        model: Arc<NeuralModel>,
+        options: StreamOptions,
+        backend: Box<dyn Backend>,
+    ) -> Result<Self, BackendError> {
+        if backend.config() != model.weights().config() {
+            return Err(BackendError::Input(format!(
+                "the {} backend was made for {:?}, model {} is {:?}",
+                backend.device(),
+                backend.config(),
+                model.name(),
+                model.weights().config()
+            )));
+        }
+        let device = backend.device().to_string();
         let (bell, rung) = crossbeam_channel::bounded(1);
         let spin = options.spin;
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
-            core: Mutex::new(Worker::new(model.clone(), options)),
+            core: Mutex::new(Worker::new(model.clone(), options, backend)),
         });
         let helper = {
             let shared = shared.clone();
@@ -273,12 +319,17 @@ impl StreamEngine {
                 .spawn(move || help(&shared, &rung, spin))
                 .expect("spawn the stream engine's helper")
         };
-        Self { model, shared, bell: Some(bell), helper: Some(helper), sessions: AtomicU64::new(0), spin }
+        Ok(Self { model, device, shared, bell: Some(bell), helper: Some(helper), sessions: AtomicU64::new(0), spin })
     }
 
     /// The model.
     pub fn model(&self) -> &Arc<NeuralModel> {
         &self.model
+    }
+
+    /// Where the shots are stepped ([`Backend::device`]): `cpu-avx512`, `cuda:0 (…)`.
+    pub fn device(&self) -> &str {
+        &self.device
     }
 
     /// Opens a session whose replies come through [`Session::recv`].
@@ -560,40 +611,47 @@ impl Session {
     }
 }
 
-/// The engine's core: every open shot's state, and the batch buffers.
+/// The engine's core: the backend holding every open shot's state, which
+/// slot each shot has, and the batch buffers.
 struct Worker {
     model: Arc<NeuralModel>,
     options: StreamOptions,
-    /// (session, shot) → slot in `states`.
+    /// The shots' states, one slot each, on the backend's device.
+    backend: Box<dyn Backend>,
+    /// (session, shot) → its slot.
     slots: HashMap<(u64, u64), usize>,
-    /// `[slots][S·D]`.
-    states: Vec<f32>,
+    /// Slots released by finished or aborted shots, to be handed out again.
     free: Vec<usize>,
-    scratches: Vec<Scratch>,
+    /// Slots handed out so far: `0..next_slot`.
+    next_slot: usize,
     /// Jobs of shots that already had a job in the last batch, kept in order.
     carry: VecDeque<Job>,
-    batch_states: Vec<f32>,
+    /// Slots opened by this batch's round 0s, zeroed before the step.
+    fresh: Vec<usize>,
+    /// The batch's slots, in batch order.
+    batch_slots: Vec<usize>,
+    /// The batch's features, `[batch][S][NF]`.
     batch_features: Vec<f32>,
-    /// The finishing shots' states, `[finishing][S·D]`.
-    readout_states: Vec<f32>,
+    /// The finishing shots' slots, in batch order.
+    finishing: Vec<usize>,
+    /// Their logits, `[finishing][O]`.
     logits: Vec<f32>,
 }
 
 impl Worker {
-    fn new(model: Arc<NeuralModel>, options: StreamOptions) -> Self {
-        let config = model.weights().config();
-        let scratches = (0..options.threads.max(1)).map(|_| Scratch::with_block(config, 8)).collect();
+    fn new(model: Arc<NeuralModel>, options: StreamOptions, backend: Box<dyn Backend>) -> Self {
         Self {
             model,
             options,
+            backend,
             slots: HashMap::new(),
-            states: Vec::new(),
             free: Vec::new(),
-            scratches,
+            next_slot: 0,
             carry: VecDeque::new(),
-            batch_states: Vec::new(),
+            fresh: Vec::new(),
+            batch_slots: Vec::new(),
             batch_features: Vec::new(),
-            readout_states: Vec::new(),
+            finishing: Vec::new(),
             logits: Vec::new(),
         }
     }
@@ -627,10 +685,10 @@ impl Worker {
     /// queued gets its first one stepped now and the rest carried to the
     /// next batch, in order.
     fn process(&mut self, pending: &mut Vec<Job>) -> Vec<(ReplyFn, Reply)> {
-        let sd = self.model.weights().config().state_len();
         let mut replies = Vec::with_capacity(pending.len());
         let mut seen = HashSet::new();
-        let mut batch: Vec<(Job, usize)> = Vec::with_capacity(pending.len());
+        let mut batch: Vec<Job> = Vec::with_capacity(pending.len());
+        self.batch_slots.clear();
         for job in pending.drain(..) {
             let key = (job.session, job.shot);
             if !seen.insert(key) {
@@ -643,10 +701,8 @@ impl Worker {
                     continue;
                 }
                 JobKind::Round { round: 0, .. } => match self.open_slot(key) {
-                    Some(slot) => slot,
-                    None => {
-                        let limit = self.options.max_open_shots;
-                        let error = StreamError::Capacity { shot: job.shot, limit };
+                    Ok(slot) => slot,
+                    Err(error) => {
                         replies.push((job.reply, Reply::Error { shot: job.shot, error }));
                         continue;
                     }
@@ -661,54 +717,48 @@ impl Worker {
                     }
                 },
             };
-            batch.push((job, slot));
+            self.batch_slots.push(slot);
+            batch.push(job);
         }
         if batch.is_empty() {
             return replies;
         }
         let n = batch.len();
         let config = self.model.weights().config();
-        let per_round = config.features_len();
-        self.batch_states.resize(n * sd, 0.0);
+        let (per_round, o) = (config.features_len(), config.observables);
         self.batch_features.clear();
         self.batch_features.resize(n * per_round, 0.0);
-        for (b, (job, slot)) in batch.iter().enumerate() {
-            self.batch_states[b * sd..][..sd].copy_from_slice(&self.states[slot * sd..][..sd]);
-            write_features(
-                self.model.basis_stabilizers(),
-                &job.kind,
-                &mut self.batch_features[b * per_round..][..per_round],
-            );
+        for (job, f) in batch.iter().zip(self.batch_features.chunks_exact_mut(per_round)) {
+            write_features(self.model.basis_stabilizers(), &job.kind, f);
         }
-        let threads = if n >= 256 { self.options.threads.max(1) } else { 1 };
-        let started = Instant::now();
-        let weights = self.model.weights();
-        step_batch(weights, &mut self.batch_states, &self.batch_features, &mut self.scratches, threads);
-        let compute = started.elapsed();
-        let o = config.observables;
-        // The finished shots' readout, on copies of their states (the batch's
-        // states are copied back to the other shots' slots below).
-        let finishing: Vec<usize> = batch
-            .iter()
-            .enumerate()
-            .filter(|(_, (j, _))| matches!(j.kind, JobKind::Finish { .. }))
-            .map(|(b, _)| b)
-            .collect();
-        if !finishing.is_empty() {
-            let m = finishing.len();
-            self.readout_states.resize(m * sd, 0.0);
-            for (k, &b) in finishing.iter().enumerate() {
-                self.readout_states[k * sd..][..sd].copy_from_slice(&self.batch_states[b * sd..][..sd]);
+        self.finishing.clear();
+        for (job, &slot) in batch.iter().zip(&self.batch_slots) {
+            if matches!(job.kind, JobKind::Finish { .. }) {
+                self.finishing.push(slot);
             }
-            self.logits.resize(m * o, 0.0);
-            readout_batch(weights, &self.readout_states, &mut self.scratches[..1], &mut self.logits, 1);
+        }
+        self.logits.resize(self.finishing.len() * o, 0.0);
+        let reset = self.backend.reset(&self.fresh);
+        self.fresh.clear();
+        let started = Instant::now();
+        let stepped = reset.and_then(|()| self.backend.step(&self.batch_slots, &self.batch_features));
+        let compute = started.elapsed();
+        // The finished shots' readout (their slots are released below).
+        let read = stepped.and_then(|()| self.backend.readout(&self.finishing, &mut self.logits));
+        if let Err(e) = read {
+            let message = format!("{}: {e}", self.backend.device());
+            for job in batch {
+                self.release((job.session, job.shot));
+                let error = StreamError::Backend { shot: job.shot, message: message.clone() };
+                replies.push((job.reply, Reply::Error { shot: job.shot, error }));
+            }
+            return replies;
         }
         let mut finished = 0;
-        for (b, (job, slot)) in batch.into_iter().enumerate() {
+        for job in batch {
             let latency = job.submitted.elapsed();
             let reply = match job.kind {
                 JobKind::Round { round, .. } => {
-                    self.states[slot * sd..][..sd].copy_from_slice(&self.batch_states[b * sd..][..sd]);
                     Reply::Ack(RoundAck { shot: job.shot, round, latency, compute, batch: n })
                 }
                 JobKind::Finish { round, .. } => {
@@ -733,23 +783,30 @@ impl Worker {
         replies
     }
 
-    /// A zeroed slot for a new shot, or `None` when the engine is full.
-    fn open_slot(&mut self, key: (u64, u64)) -> Option<usize> {
-        let sd = self.model.weights().config().state_len();
+    /// A slot for a new shot, queued to be zeroed before the step; an error
+    /// when the engine is full or the backend cannot make room.
+    fn open_slot(&mut self, key: (u64, u64)) -> Result<usize, StreamError> {
         if let Some(&slot) = self.slots.get(&key) {
-            self.states[slot * sd..][..sd].fill(0.0);
-            return Some(slot);
+            self.fresh.push(slot);
+            return Ok(slot);
         }
         if self.slots.len() >= self.options.max_open_shots {
-            return None;
+            return Err(StreamError::Capacity { shot: key.1, limit: self.options.max_open_shots });
         }
-        let slot = self.free.pop().unwrap_or_else(|| {
-            self.states.resize(self.states.len() + sd, 0.0);
-            self.states.len() / sd - 1
-        });
-        self.states[slot * sd..][..sd].fill(0.0);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.backend.reserve(self.next_slot + 1).map_err(|e| StreamError::Backend {
+                    shot: key.1,
+                    message: format!("{}: {e}", self.backend.device()),
+                })?;
+                self.next_slot += 1;
+                self.next_slot - 1
+            }
+        };
+        self.fresh.push(slot);
         self.slots.insert(key, slot);
-        Some(slot)
+        Ok(slot)
     }
 
     fn release(&mut self, key: (u64, u64)) {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use decoder::neural::rounds_of_features;
 use decoder::{
-    Decoder, NeuralDecoder, NeuralModel, Reply, ReplyFn, RoundAck, StreamEngine, StreamError, StreamOptions,
+    BackendError, Decoder, Device, NeuralDecoder, NeuralModel, Reply, ReplyFn, RoundAck, StreamEngine, StreamError,
+    StreamOptions,
 };
 use models::checkpoint::{Checkpoint, ModelLayout};
 use models::{Featurizer, ModelConfig};
@@ -292,4 +293,100 @@ fn a_bad_checkpoint_names_the_tensor() {
     ckpt.tensors.remove("readout.w2");
     let err = NeuralModel::from_checkpoint("bad".into(), &ckpt, "bad.safetensors").unwrap_err().to_string();
     assert!(err.contains("readout.w2"), "{err}");
+}
+
+/// Every shot of `s` streamed through `engine`, interleaved round by round; the logits in shot order.
+fn stream_all(engine: &StreamEngine, s: &Shots) -> Vec<f32> {
+    let mut session = engine.open();
+    let per_shot = stream_rounds(s);
+    let t_count = per_shot[0].len();
+    for t in 0..t_count - 1 {
+        for (shot, r) in per_shot.iter().enumerate() {
+            session.submit_round(shot as u64, t, &r[t]).unwrap();
+        }
+    }
+    for (shot, r) in per_shot.iter().enumerate() {
+        session.submit_finish(shot as u64, &r[t_count - 1]).unwrap();
+    }
+    let mut logits = vec![f32::NAN; per_shot.len()];
+    let mut left = per_shot.len();
+    while left > 0 {
+        match session.recv().unwrap() {
+            Reply::Ack(_) => {}
+            Reply::Result(r) => {
+                logits[r.shot as usize] = r.logits[0];
+                left -= 1;
+            }
+            Reply::Error { shot, error } => panic!("shot {shot}: {error}"),
+        }
+    }
+    logits
+}
+
+#[test]
+fn both_decoders_run_on_a_backend_chosen_by_device() {
+    let (s, model) = shots(3, 4, Basis::Z, 70, 21);
+    let want = NeuralDecoder::new(model.clone(), &s.layout).unwrap().logits(&s.events).unwrap().to_vec();
+    let mut batch = NeuralDecoder::on(model.clone(), &s.layout, Device::Cpu).unwrap();
+    assert!(batch.device().starts_with("cpu-"), "{}", batch.device());
+    assert_eq!(batch.logits(&s.events).unwrap(), want, "70 shots: a full block of 64 and a partial one");
+    let backend = model.backend(Device::Cpu).unwrap();
+    let engine = StreamEngine::start_on(model.clone(), StreamOptions::default(), backend).unwrap();
+    assert_eq!(engine.device(), batch.device());
+    assert_eq!(stream_all(&engine, &s), want);
+    engine.shutdown();
+}
+
+#[test]
+fn a_backend_made_for_another_model_is_refused() {
+    let (s, model) = shots(3, 2, Basis::Z, 2, 1);
+    let other = random_model(5, Basis::Z, 1);
+    let err = NeuralDecoder::with_backend(model.clone(), &s.layout, other.backend(Device::Cpu).unwrap())
+        .err()
+        .expect("a d=5 backend for a d=3 model")
+        .to_string();
+    assert!(err.contains("backend was made for") && err.contains("stabilizers: 24"), "{err}");
+    let err = StreamEngine::start_on(model, StreamOptions::default(), other.backend(Device::Cpu).unwrap())
+        .err()
+        .expect("a d=5 backend for a d=3 model");
+    assert!(matches!(err, BackendError::Input(_)), "{err}");
+}
+
+/// Without a GPU (or without the kernels' `cuda` feature) asking for CUDA
+/// is an error that says why; with one, the decoder is made.
+#[test]
+fn the_neural_decoder_says_why_cuda_is_unavailable() {
+    let (s, model) = shots(3, 2, Basis::Z, 2, 2);
+    match NeuralDecoder::on(model.clone(), &s.layout, Device::Cuda(0)) {
+        Ok(d) => eprintln!("SKIPPED: a GPU is present ({}); the unavailable error cannot be provoked", d.device()),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.starts_with("neural decoder on cuda:0: the CUDA backend is unavailable: "), "{msg}");
+            assert!(msg.contains("libcuda not found") || msg.contains("`cuda` feature"), "{msg}");
+            let err = model.backend(Device::Cuda(0)).unwrap_err();
+            assert!(matches!(err, BackendError::Unavailable { backend: "CUDA", .. }), "{err}");
+        }
+    }
+}
+
+/// The batch decoder and the stream engine on the CUDA backend against the CPU one.
+#[test]
+#[ignore = "needs a CUDA GPU and the kernels crate's `cuda` feature; run with --ignored on a GPU machine"]
+fn both_decoders_on_cuda_match_the_cpu() {
+    for (d, rounds, n) in [(3, 5, 70), (5, 3, 40)] {
+        let (s, model) = shots(d, rounds, Basis::Z, n, 31);
+        let want = NeuralDecoder::new(model.clone(), &s.layout).unwrap().logits(&s.events).unwrap().to_vec();
+        let close = |got: &[f32], what: &str| {
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(err < 1e-4, "d={d} {what}: |cuda - cpu| logit = {err:e}");
+        };
+        let mut gpu = NeuralDecoder::on(model.clone(), &s.layout, Device::Cuda(0)).unwrap();
+        assert!(gpu.device().starts_with("cuda:0"), "{}", gpu.device());
+        close(gpu.logits(&s.events).unwrap(), "batch");
+        let engine =
+            StreamEngine::start_on(model.clone(), StreamOptions::default(), model.backend(Device::Cuda(0)).unwrap())
+                .unwrap();
+        close(&stream_all(&engine, &s), "stream");
+        engine.shutdown();
+    }
 }
