@@ -4,8 +4,9 @@
 //! a decoder: rotated surface-code memory circuits from Stim, the noise models
 //! applied to them (uniform depolarizing and true SI1000), seeded
 //! multi-threaded sampling of bit-packed detection events, the stabilizer
-//! layout derived from detector coordinates, Stim's result formats, and
-//! experiment directories in the layout of Google's public surface-code data.
+//! layout derived from detector coordinates, Stim's result formats,
+//! experiment directories in the layout of Google's public surface-code data,
+//! and the one way qecd writes output files: whole or not at all ([`fsutil`]).
 //!
 //! It never decodes, and it knows nothing of tch, CUDA, gRPC or the FPGA
 //! bridge's wire format (the `frame-codec` crate owns that).

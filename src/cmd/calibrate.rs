@@ -148,7 +148,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
                 reliability(&matching_conf, &matching_right, ECE_BINS),
             ),
         ];
-        crate::plot::plot_reliability(&format!("Reliability, d={d} memory-{basis}, {noise}"), &series, path)?;
+        qecd_sweep::plot::plot_reliability(&format!("Reliability, d={d} memory-{basis}, {noise}"), &series, path)?;
         eprintln!("wrote {}", path.display());
     }
     ckpt.meta.temperature = tau;

@@ -10,9 +10,8 @@ use decoder::{
     decode_parallel_with,
 };
 use simulator_bridge::formats::{read_shots_file, write_shots};
+use simulator_bridge::fsutil::Staged;
 use simulator_bridge::{BitLabels, ResultFormat, StabilizerLayout};
-
-use crate::outputs::Staged;
 
 /// Held-out shots drawn from the DEM to calibrate the gap confidence.
 const CALIBRATION_SHOTS: usize = 20_000;
@@ -187,9 +186,9 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     } else {
         decode_parallel(make, &events, args.threads)?
     };
-    write_shots(&mut stage.writer(out)?, &decisions.predictions, out_format, BitLabels::observables(num_observables))?;
+    write_shots(&mut stage.writer(out), &decisions.predictions, out_format, BitLabels::observables(num_observables))?;
     if let (Some(o), Some(confidence)) = (confidence_out, &decisions.confidence) {
-        let mut w = stage.writer(o)?;
+        let mut w = stage.writer(o);
         for c in confidence {
             writeln!(w, "{c:.6}")?;
         }

@@ -6,10 +6,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use simulator_bridge::experiment::{self, Experiment};
 use simulator_bridge::formats::write_shots;
+use simulator_bridge::fsutil::Staged;
 use simulator_bridge::sample::Sampler;
 use simulator_bridge::{Basis, BitLabels, ResultFormat};
-
-use crate::outputs::Staged;
 
 /// Arguments of `qecd sample`; the flags follow `stim sample_dem` / `stim detect`.
 #[derive(Args, Debug)]
@@ -113,18 +112,18 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let dets = BitLabels::detectors(sampler.num_detectors());
     let obs = BitLabels::observables(sampler.num_observables());
     if let Some(o) = out {
-        write_shots(&mut stage.writer(o)?, &shots.detectors, out_format, dets)?;
+        write_shots(&mut stage.writer(o), &shots.detectors, out_format, dets)?;
     }
     if let Some(o) = obs_out {
-        write_shots(&mut stage.writer(o)?, &shots.observables, obs_format, obs)?;
+        write_shots(&mut stage.writer(o), &shots.observables, obs_format, obs)?;
     }
     if let Some(o) = circuit_out {
-        std::io::Write::write_all(&mut stage.writer(o)?, noisy.to_string().as_bytes())?;
+        std::io::Write::write_all(&mut stage.writer(o), noisy.to_string().as_bytes())?;
     }
     let needs_dem = dem_out.is_some() || args.out_dir.is_some();
     let dem_text = if needs_dem { Some(super::decoding_dem(&noisy)?.to_string()) } else { None };
     if let (Some(o), Some(text)) = (dem_out, &dem_text) {
-        std::io::Write::write_all(&mut stage.writer(o)?, text.as_bytes())?;
+        std::io::Write::write_all(&mut stage.writer(o), text.as_bytes())?;
     }
     if let Some(dir) = &args.out_dir {
         let mut metadata = metadata;

@@ -25,6 +25,8 @@ use anyhow::{Context, Result, bail};
 use decoder::{Decoder, DecoderKind, MatchingDecoder, StreamEngine, StreamOptions};
 use kernels::{Scratch, step, step_batch};
 use qecd_benches::{Workload, bench_model, cores, cpu_label, percentiles};
+use simulator_bridge::BridgeError;
+use simulator_bridge::fsutil::write_atomically;
 
 const DISTANCES: [usize; 5] = [3, 5, 7, 9, 11];
 
@@ -318,9 +320,8 @@ fn main() -> Result<()> {
                 q(&r.goal)
             );
         }
-        let tmp = format!("{path}.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("cannot write {tmp}"))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {path}"))?;
+        let path = std::path::Path::new(&path);
+        write_atomically(path, |w| w.write_all(text.as_bytes()).map_err(|e| BridgeError::io(path, e)))?;
     }
     Ok(())
 }

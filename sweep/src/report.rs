@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, Fit};
+use simulator_bridge::fsutil::Staged;
 
-use crate::outputs::Staged;
 use crate::rates::Measured;
 use crate::sinter_csv::{self, StatsRow};
 
@@ -66,7 +66,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let markdown = render(&cases, args.by, &args.baseline, &sources.join(", "))?;
     print!("{markdown}");
     if let Some(out) = out {
-        stage.writer(out)?.write_all(markdown.as_bytes())?;
+        stage.writer(out).write_all(markdown.as_bytes())?;
         stage.commit()?;
         eprintln!("wrote {}", args.out.as_ref().expect("declared").display());
     }

@@ -49,7 +49,7 @@ fn rounds_label(x: f64) -> String {
 mod tests {
     use super::*;
     use crate::plot::ler::{HEIGHT, WIDTH};
-    use crate::plot::tests::png_size;
+    use crate::plot::tests::Image;
     use serde_json::json;
 
     /// A case of `decoder` at d=3 whose per-round rate is `per_round`.
@@ -102,7 +102,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("rounds.png");
         plot_ler_rounds(&rows, &out).unwrap();
-        assert_eq!(png_size(&std::fs::read(&out).unwrap()), (WIDTH, HEIGHT));
+        Image::read(&out).assert_drawn((WIDTH, HEIGHT), 3, 100);
         if let Ok(sample_out) = std::env::var("QECD_PLOT_SAMPLE_ROUNDS") {
             std::fs::copy(&out, sample_out).unwrap();
         }

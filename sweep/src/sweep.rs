@@ -14,25 +14,27 @@
 //! A batch holds at most [`MAX_BATCH_BITS`] detection-event bits, so long
 //! experiments (10,000 rounds at d=5 is 240,000 detectors a shot) keep each
 //! thread's memory and each batch's time bounded. Cases on the same circuit
-//! share its text and DEM, which for long experiments take the most time and
-//! memory to build.
+//! share its text and DEM ([`CircuitTexts`]).
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
-use decoder::{DecoderKind, NeuralModel};
+use decoder::{Decoder, DecoderKind, NeuralModel};
 use indicatif::ProgressBar;
 use models::posterior::PosteriorModel;
 use sha2::{Digest, Sha256};
 use simulator_bridge::sample::{derive_seed, resolve_threads};
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots};
 
+use crate::case::{Case, CircuitTexts};
+use crate::decoders::{build_decoder, load_model, load_posterior};
+use crate::progress::shot_bar;
 use crate::sinter_csv::{self, CSV_HEADER, StatsRow};
 
 /// Arguments of `qecd sweep`.
@@ -102,125 +104,6 @@ pub fn batch_shots(left: u64, num_detectors: usize) -> u64 {
     (left / 16).clamp(1024, 32_768).min(by_bits).min(left)
 }
 
-/// A noisy circuit and its decoding DEM, as text, shared by the cases that
-/// sweep decoders over it.
-pub struct CircuitTexts {
-    /// The noisy circuit's text.
-    pub circuit: String,
-    /// The decoding DEM's text.
-    pub dem: String,
-    /// Detectors per shot.
-    pub num_detectors: usize,
-}
-
-impl CircuitTexts {
-    /// Builds the circuit of `experiment` under `noise`, and its DEM.
-    pub fn build(experiment: MemoryExperiment, noise: NoiseModel) -> Result<Self> {
-        let circuit = experiment.noisy_circuit(&noise)?;
-        let dem = super::decoding_dem(&circuit)?;
-        Ok(Self { circuit: circuit.to_string(), dem: dem.to_string(), num_detectors: circuit.num_detectors() as usize })
-    }
-}
-
-/// sinter's identity of a case, serialized as `serde_json::json!` would (keys
-/// sorted), straight into the hash: the DEM of a long experiment is hundreds
-/// of megabytes, not worth copying twice to hash once.
-#[derive(serde::Serialize)]
-struct Identity<'a> {
-    circuit: &'a str,
-    decoder: &'a str,
-    decoder_error_model: &'a str,
-    json_metadata: &'a serde_json::Value,
-    postselection_mask: (),
-}
-
-/// Feeds what is written into a SHA-256.
-struct HashWriter(Sha256);
-
-impl Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// One case of a sweep, ready to run.
-pub struct Case {
-    /// Decoder under test.
-    pub decoder: DecoderKind,
-    /// The code and its rounds.
-    pub experiment: MemoryExperiment,
-    /// The noise.
-    pub noise: NoiseModel,
-    /// The noisy circuit and its DEM.
-    pub texts: Arc<CircuitTexts>,
-    /// sinter's json_metadata.
-    pub metadata: serde_json::Value,
-    /// sha256 over circuit, decoder, DEM and metadata, as sinter's strong id.
-    pub strong_id: String,
-    /// The model of a neural case.
-    pub model: Option<Arc<NeuralModel>>,
-    /// The posterior model of a neural-matching case.
-    pub posterior: Option<Arc<PosteriorModel>>,
-}
-
-impl Case {
-    /// A case on a circuit already built (`texts` must be `experiment` under `noise`).
-    pub fn build(
-        decoder: DecoderKind,
-        experiment: MemoryExperiment,
-        noise: NoiseModel,
-        texts: Arc<CircuitTexts>,
-        model: Option<(&Path, Arc<NeuralModel>)>,
-        posterior: Option<(&str, Arc<PosteriorModel>)>,
-    ) -> Result<Self> {
-        let mut metadata = serde_json::json!({
-            "basis": experiment.basis.to_string(),
-            "d": experiment.distance,
-            "decoder": decoder.name(),
-            "noise": noise.name(),
-            "p": noise.p(),
-            "r": experiment.rounds,
-        });
-        if let Some((path, _)) = &model {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            metadata["model"] = name.into();
-        }
-        if let Some((name, _)) = &posterior {
-            metadata["model"] = (*name).into();
-        }
-        let identity = Identity {
-            circuit: &texts.circuit,
-            decoder: decoder.name(),
-            decoder_error_model: &texts.dem,
-            json_metadata: &metadata,
-            postselection_mask: (),
-        };
-        let mut hasher = HashWriter(Sha256::new());
-        serde_json::to_writer(&mut hasher, &identity)?;
-        let strong_id = format!("{:x}", hasher.0.finalize());
-        Ok(Self {
-            decoder,
-            experiment,
-            noise,
-            texts,
-            metadata,
-            strong_id,
-            model: model.map(|m| m.1),
-            posterior: posterior.map(|p| p.1),
-        })
-    }
-
-    /// A short label for progress messages.
-    pub fn label(&self) -> String {
-        format!("{} d={} r={} p={}", self.decoder, self.experiment.distance, self.experiment.rounds, self.noise.p())
-    }
-}
-
 /// Per-case budget.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -260,6 +143,21 @@ pub fn run_case(
     bar: &ProgressBar,
     record: &(dyn Fn(&StatsRow) -> Result<()> + Sync),
 ) -> Result<ErrorCount> {
+    let make_decoder = |circuit: &stim::Circuit| {
+        build_decoder(case.decoder, &case.texts.dem, Some(circuit), case.model.as_ref(), case.posterior.as_ref())
+    };
+    run_case_with(case, run, bar, record, &make_decoder)
+}
+
+/// [`run_case`], each worker decoding with what `make_decoder` builds from
+/// the case's circuit.
+fn run_case_with(
+    case: &Case,
+    run: &CaseRun,
+    bar: &ProgressBar,
+    record: &(dyn Fn(&StatsRow) -> Result<()> + Sync),
+    make_decoder: &(dyn Fn(&stim::Circuit) -> Result<Box<dyn Decoder>> + Sync),
+) -> Result<ErrorCount> {
     let CaseRun { prior, generation, limits, threads, seed } = *run;
     let budget = limits.max_shots.saturating_sub(prior.shots);
     if budget == 0 || prior.errors >= limits.max_errors {
@@ -287,13 +185,7 @@ pub fn run_case(
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
                     let circuit: stim::Circuit = case.texts.circuit.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let mut decoder = super::build_decoder(
-                        case.decoder,
-                        &case.texts.dem,
-                        Some(&circuit),
-                        case.model.as_ref(),
-                        case.posterior.as_ref(),
-                    )?;
+                    let mut decoder = make_decoder(&circuit)?;
                     while let Some((batch, n)) = claim() {
                         let start = Instant::now();
                         let batch_seed = derive_seed(case_seed, (generation << 32) | batch);
@@ -392,6 +284,12 @@ pub fn print_table(rows: &[(String, u64, ErrorCount)]) {
     }
 }
 
+/// A seed from the clock, for runs without `--seed`.
+pub fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    derive_seed(nanos as u64, std::process::id() as u64)
+}
+
 /// Runs `qecd sweep`.
 pub fn run(args: &SweepArgs) -> Result<()> {
     let decoders: Vec<DecoderKind> = args.decoders.iter().map(|d| d.parse()).collect::<Result<_, _>>()?;
@@ -440,14 +338,14 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         Ok(())
     };
 
-    let seed = args.seed.unwrap_or_else(super::fresh_seed);
-    let bar = super::shot_bar(0, "sweep");
+    let seed = args.seed.unwrap_or_else(fresh_seed);
+    let bar = shot_bar(0, "sweep");
     let mut built: Vec<(Case, ErrorCount, u64)> = Vec::new();
     let checkpoints: Vec<(PathBuf, Arc<NeuralModel>)> = if args.model.is_empty() {
         let zoo = NeuralModel::zoo()?;
         zoo.into_iter().map(|m| (PathBuf::from(format!("{}.safetensors", m.name())), Arc::new(m))).collect()
     } else {
-        args.model.iter().map(|p| Ok((p.clone(), super::load_model(p)?))).collect::<Result<_>>()?
+        args.model.iter().map(|p| Ok((p.clone(), load_model(p)?))).collect::<Result<_>>()?
     };
     let mut posterior_model: Option<(String, Arc<PosteriorModel>)> = None;
     for (decoder, experiment, noise) in mine {
@@ -476,7 +374,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         };
         let posterior = if decoder == DecoderKind::NeuralMatching {
             if posterior_model.is_none() {
-                posterior_model = Some(super::load_posterior(args.posterior.as_deref())?);
+                posterior_model = Some(load_posterior(args.posterior.as_deref())?);
             }
             posterior_model.clone()
         } else {
@@ -534,23 +432,6 @@ mod tests {
         Arc::new(CircuitTexts::build(exp, noise).unwrap())
     }
 
-    /// The strong id hashes sinter's identity JSON, written as `json!` writes it.
-    #[test]
-    fn strong_id_is_the_hash_of_the_identity_json() {
-        let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
-        let noise = NoiseModel::Si1000 { p: 0.003 };
-        let case = Case::build(DecoderKind::Correlated, exp, noise, texts(exp, noise), None, None).unwrap();
-        let identity = serde_json::json!({
-            "circuit": case.texts.circuit,
-            "decoder": "correlated",
-            "decoder_error_model": case.texts.dem,
-            "postselection_mask": null,
-            "json_metadata": case.metadata,
-        });
-        assert_eq!(case.strong_id, format!("{:x}", Sha256::digest(identity.to_string().as_bytes())));
-        assert_eq!(case.texts.num_detectors, 8 * 3);
-    }
-
     /// Batches shrink to bound their bits, never below one shot, and depend
     /// only on what is left and the detector count.
     #[test]
@@ -576,21 +457,79 @@ mod tests {
         assert!(cases(&DecoderKind::MATCHING, &[4], &["d".into()], Basis::Z, "si1000", &[0.003]).is_err());
     }
 
-    /// Two decoders on the same circuit see the same shots.
+    /// Passes every batch to plain matching, keeping a copy of its detection events.
+    struct Spy {
+        matching: Box<dyn Decoder>,
+        seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Decoder for Spy {
+        fn name(&self) -> &str {
+            self.matching.name()
+        }
+
+        fn num_detectors(&self) -> usize {
+            self.matching.num_detectors()
+        }
+
+        fn num_observables(&self) -> usize {
+            self.matching.num_observables()
+        }
+
+        fn decode_batch(&mut self, dets: &PackedShots) -> Result<decoder::Decisions, decoder::DecodeError> {
+            self.seen.lock().unwrap().push(dets.as_bytes().to_vec());
+            self.matching.decode_batch(dets)
+        }
+    }
+
+    /// Runs 5,000 shots of `case`, decoded by plain matching whatever the
+    /// case's decoder, and returns each batch's detection events and each
+    /// batch's (shots, errors), both sorted (threads finish in any order).
+    fn batches(case: &Case, threads: usize, seed: u64, generation: u64) -> (Vec<Vec<u8>>, Vec<(u64, u64)>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let rows = Mutex::new(Vec::new());
+        let spy = |_: &stim::Circuit| -> Result<Box<dyn Decoder>> {
+            let matching = build_decoder(DecoderKind::Matching, &case.texts.dem, None, None, None)?;
+            Ok(Box::new(Spy { matching, seen: seen.clone() }))
+        };
+        let record = |r: &StatsRow| {
+            rows.lock().unwrap().push((r.shots, r.errors));
+            Ok(())
+        };
+        let limits = Limits { max_shots: 5_000, max_errors: u64::MAX };
+        let run = CaseRun { prior: ErrorCount::default(), generation, limits, threads, seed };
+        run_case_with(case, &run, &ProgressBar::hidden(), &record, &spy).unwrap();
+        let mut seen = std::mem::take(&mut *seen.lock().unwrap());
+        let mut rows = rows.into_inner().unwrap();
+        seen.sort();
+        rows.sort();
+        (seen, rows)
+    }
+
+    /// Decoders swept on one circuit decode the same shots: the batches
+    /// depend on the circuit, the seed and the generation, not on the case's
+    /// decoder, its strong id or the thread count.
     #[test]
     fn decoders_on_one_circuit_share_shots() {
         let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
         let noise = NoiseModel::Si1000 { p: 0.01 };
-        let limits = Limits { max_shots: 5_000, max_errors: u64::MAX };
-        let bar = ProgressBar::hidden();
-        let mut errors = Vec::new();
-        for (kind, threads) in [(DecoderKind::Matching, 1), (DecoderKind::Matching, 2), (DecoderKind::Correlated, 2)] {
-            let case = Case::build(kind, exp, noise, texts(exp, noise), None, None).unwrap();
-            let run = CaseRun { prior: ErrorCount::default(), generation: 0, limits, threads, seed: 9 };
-            errors.push(run_case(&case, &run, &bar, &|_| Ok(())).unwrap());
+        let matching = Case::build(DecoderKind::Matching, exp, noise, texts(exp, noise), None, None).unwrap();
+        let correlated = Case::build(DecoderKind::Correlated, exp, noise, texts(exp, noise), None, None).unwrap();
+        assert_ne!(matching.strong_id, correlated.strong_id);
+        let (shots, rows) = batches(&matching, 1, 9, 0);
+        // Four batches of 1,024 shots, then 904.
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [904, 1024, 1024, 1024, 1024]);
+        assert_eq!(shots.len(), 5);
+        assert!(rows.iter().all(|r| r.1 > 0), "{rows:?}");
+        let (same_shots, same_rows) = batches(&correlated, 2, 9, 0);
+        assert!(same_shots == shots, "the case's decoder or the thread count changed the shots");
+        assert_eq!(same_rows, rows, "one decoder on the same shots made different errors");
+        // Another seed, or a resumed run's generation, draws other shots.
+        for (seed, generation) in [(10, 0), (9, 1)] {
+            let (other, _) = batches(&correlated, 2, seed, generation);
+            assert_eq!(other.len(), 5);
+            assert!(other.iter().all(|b| !shots.contains(b)), "seed {seed}, generation {generation} reused a batch");
         }
-        assert_eq!(errors[0], errors[1], "thread count changed the shots");
-        assert_ne!(errors[0].errors, errors[2].errors, "correlated and plain matching should differ somewhere");
     }
 
     /// Stopping at max-errors, and resuming without redoing recorded work.

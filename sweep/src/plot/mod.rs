@@ -1,39 +1,44 @@
 //! Plots of sweep, calibration and training statistics, written as PNG files:
-//! the logical error rate per round against code distance ([`ler`]) or rounds
-//! ([`rounds`]) and the reliability diagram of a decoder's confidence
-//! ([`reliability`]), with sinter's error bars (rates within a likelihood
-//! factor of 1000 of the best fit), and the learning curves of training runs
-//! against correlated matching ([`training`]).
+//! the logical error rate per round against code distance ([`plot_ler`]) or
+//! rounds ([`plot_ler_rounds`]) and the reliability diagram of a decoder's
+//! confidence ([`plot_reliability`]), with sinter's error bars (rates within a
+//! likelihood factor of 1000 of the best fit), and the learning curves of
+//! training runs against correlated matching ([`plot_training`]). `qecd plot`
+//! and `qecd plot-training` run [`run_plot`] and [`run_plot_training`].
 //!
 //! This module holds what the plots share: the style (palette, embedded font,
 //! sizes in output pixels), the markers and error bars, and the PNG output.
 //! Every figure is drawn at twice its size and averaged down, which
 //! anti-aliases the lines and markers (the bitmap backend draws them aliased).
 //! Text uses an embedded copy of DejaVu Sans (`assets/`, Bitstream Vera
-//! licence), so no system font is needed.
+//! licence), so no system font is needed. The PNG is encoded in memory and
+//! written with [`simulator_bridge::fsutil::write_atomically`], so a failure
+//! leaves no partial file.
 
 mod axes;
+mod command;
 mod legend;
 mod ler;
 mod reliability;
 mod rounds;
 mod training;
 
+pub use command::{PlotArgs, PlotTrainingArgs, PlotX, run_plot, run_plot_training};
 pub use ler::plot_ler;
-// Only `calibrate` (behind the `train` feature) calls it.
-#[cfg_attr(not(feature = "train"), allow(unused_imports))]
 pub use reliability::plot_reliability;
 pub use rounds::plot_ler_rounds;
 pub use training::plot_training;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
+use simulator_bridge::BridgeError;
+use simulator_bridge::fsutil::write_atomically;
 
 /// Supersampling factor: the figure is drawn `SS` times larger, then averaged down.
 const SS: u32 = 2;
@@ -73,48 +78,29 @@ pub(crate) fn check_png_out(out: &Path) -> Result<()> {
 }
 
 /// Writes a `size` (output pixels) PNG to `out`, drawn by `draw` onto a white
-/// RGB canvas `SS` times larger (passed with its size) and averaged down. It
-/// goes to a temporary file beside `out` that is then renamed, so a failure
-/// leaves no partial file.
+/// RGB canvas `SS` times larger (passed with its size) and averaged down. A
+/// failure leaves no partial file.
 fn write_png(out: &Path, size: (u32, u32), draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<()>) -> Result<()> {
-    let tmp = temp_path(out)?;
-    let result = render(size, draw, &tmp)
-        .and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
-            std::fs::rename(&tmp, out)?;
-            Ok(())
-        })
-        .with_context(|| format!("cannot write {}", out.display()));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let png = render(size, draw)?;
+    write_atomically(out, |w| w.write_all(&png).map_err(|e| BridgeError::io(out, e)))
+        .with_context(|| format!("cannot write {}", out.display()))
 }
 
-/// A hidden file beside `out`, still ending in `.png` (the encoder goes by the extension).
-fn temp_path(out: &Path) -> Result<PathBuf> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = out.file_name().with_context(|| format!("{} is not a file name", out.display()))?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Ok(dir.join(format!(".{}.{}-{n}.tmp.png", name.to_string_lossy(), std::process::id())))
-}
-
-/// Draws the figure supersampled, averages it down and saves it to `path`.
-fn render(size: (u32, u32), draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<()>, path: &Path) -> Result<()> {
+/// Draws the figure supersampled, averages it down and encodes it as a PNG.
+fn render(size: (u32, u32), draw: impl FnOnce(&mut [u8], (u32, u32)) -> Result<()>) -> Result<Vec<u8>> {
     ensure_font()?;
     let (w, h) = (size.0 * SS, size.1 * SS);
     let mut canvas = vec![255u8; (w * h * 3) as usize];
     draw(&mut canvas, (w, h))?;
     let small = downsample(&canvas, (w, h), SS);
-    let mut backend = BitMapBackend::new(path, size);
-    backend.blit_bitmap((0, 0), size, &small).map_err(plot_err)?;
-    backend.present().map_err(|e| anyhow!("{e}"))?;
-    Ok(())
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, size.0, size.1);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(|e| anyhow!("encoding the PNG failed: {e}"))?;
+    writer.write_image_data(&small).map_err(|e| anyhow!("encoding the PNG failed: {e}"))?;
+    writer.finish().map_err(|e| anyhow!("encoding the PNG failed: {e}"))?;
+    Ok(png)
 }
 
 /// Box-filters an RGB image by `factor` in each direction.
@@ -296,14 +282,61 @@ fn draw_dashed<DB: DrawingBackend>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Helpers for the plots' tests.
 
-    /// Width and height from the IHDR chunk.
-    pub(super) fn png_size(bytes: &[u8]) -> (u32, u32) {
-        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
-        assert_eq!(&bytes[12..16], b"IHDR");
-        let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
-        (be(16), be(20))
+    use super::PALETTE;
+
+    /// A decoded PNG: its size and its RGB pixels, row by row.
+    pub(crate) struct Image {
+        pub(crate) size: (u32, u32),
+        pixels: Vec<[u8; 3]>,
+    }
+
+    impl Image {
+        /// Decodes an 8-bit RGB PNG file, as the plots write them.
+        pub(crate) fn read(path: &std::path::Path) -> Image {
+            let bytes = std::fs::read(path).unwrap();
+            let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+            let mut data = vec![0; reader.output_buffer_size()];
+            let info = reader.next_frame(&mut data).unwrap();
+            assert_eq!((info.color_type, info.bit_depth), (png::ColorType::Rgb, png::BitDepth::Eight));
+            let pixels = data[..info.buffer_size()].chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
+            Image { size: (info.width, info.height), pixels }
+        }
+
+        /// Pixels that are not white.
+        pub(crate) fn inked(&self) -> usize {
+            self.pixels.iter().filter(|&&p| p != [255; 3]).count()
+        }
+
+        /// Pixels of exactly the `i`th palette colour (the curves' centres, unblended).
+        pub(crate) fn of_curve(&self, i: usize) -> usize {
+            let c = PALETTE[i % PALETTE.len()];
+            self.pixels.iter().filter(|&&p| p == [c.0, c.1, c.2]).count()
+        }
+
+        /// Asserts the image is `size`, has ink on at least 3% of it (axes,
+        /// labels, data), and has at least `min` pixels of each of the first
+        /// `curves` palette colours.
+        pub(crate) fn assert_drawn(&self, size: (u32, u32), curves: usize, min: usize) {
+            assert_eq!(self.size, size);
+            let area = (size.0 * size.1) as usize;
+            assert!(self.inked() * 100 >= 3 * area, "only {} of {area} pixels drawn", self.inked());
+            for i in 0..curves {
+                assert!(self.of_curve(i) >= min, "curve {i}: {} pixels of its colour", self.of_curve(i));
+            }
+        }
+    }
+
+    /// A blank figure fails the checks.
+    #[test]
+    fn blank_image_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("blank.png");
+        super::write_png(&out, (200, 100), |_, _| Ok(())).unwrap();
+        let image = Image::read(&out);
+        assert_eq!((image.size, image.inked(), image.of_curve(0)), ((200, 100), 0, 0));
+        assert!(std::panic::catch_unwind(|| image.assert_drawn((200, 100), 1, 1)).is_err());
     }
 }

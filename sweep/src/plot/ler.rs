@@ -400,7 +400,7 @@ fn draw_figure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plot::tests::png_size;
+    use crate::plot::tests::Image;
     use serde_json::json;
 
     fn row(decoder: &str, d: u32, shots: u64, errors: u64) -> StatsRow {
@@ -458,13 +458,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("many.png");
         plot_ler(&sweep(), &out).unwrap();
-        assert_eq!(png_size(&std::fs::read(&out).unwrap()), (WIDTH, HEIGHT));
+        // 24 curves: every colour of the palette is drawn.
+        Image::read(&out).assert_drawn((WIDTH, HEIGHT), 10, 100);
         if let Ok(sample_out) = std::env::var("QECD_PLOT_SAMPLE_MANY") {
             std::fs::copy(&out, sample_out).unwrap();
         }
         let single: Vec<StatsRow> = sample().into_iter().filter(|r| r.json_metadata["d"] == 5).collect();
         plot_ler(&single, &out).unwrap();
-        assert_eq!(png_size(&std::fs::read(&out).unwrap()), (WIDTH, HEIGHT));
+        Image::read(&out).assert_drawn((WIDTH, HEIGHT), 2, 50);
     }
 
     #[test]
@@ -472,8 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("ler.png");
         plot_ler(&sample(), &out).unwrap();
-        let bytes = std::fs::read(&out).unwrap();
-        assert_eq!(png_size(&bytes), (WIDTH, HEIGHT));
+        Image::read(&out).assert_drawn((WIDTH, HEIGHT), 2, 100);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o644);
         // Only the plot is left: the temporary file was renamed.

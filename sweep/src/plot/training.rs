@@ -343,7 +343,7 @@ fn draw_figure(curves: &[Curve], canvas: &mut [u8], size: (u32, u32), outside: b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plot::tests::png_size;
+    use crate::plot::tests::Image;
 
     const HEADER: &str = "step,samples,seconds,lr,train_loss,case,shots,eval_loss,errors,baseline_errors\n";
 
@@ -436,7 +436,7 @@ step,samples,seconds,lr,train_loss,case,shots,eval_loss,errors,baseline_errors
         let b = log(dir.path(), "b.train.csv", "4000,1024000,253.5,5.8e-4,0.17,r=3,20000,0.08,606,370\n");
         let out = dir.path().join("curve.png");
         assert_eq!(plot_training(&[a, b], &[], &[], &out).unwrap(), 3);
-        assert_eq!(png_size(&std::fs::read(&out).unwrap()), SIZE);
+        Image::read(&out).assert_drawn(SIZE, 3, 100);
         let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         assert_eq!(names, ["a.train.csv", "b.train.csv", "curve.png"]);

@@ -29,7 +29,6 @@ const RELIABILITY_SIZE: (u32, u32) = (740, 900);
 /// log scale, and what share of each series' shots its top bin holds. The file
 /// must end in `.png`; it is written to a temporary file beside `out` and
 /// renamed, so a failure leaves no partial file.
-#[cfg_attr(not(feature = "train"), allow(dead_code))]
 pub fn plot_reliability(title: &str, series: &[(String, Vec<Bin>)], out: &Path) -> Result<()> {
     check_png_out(out)?;
     if series.is_empty() {
@@ -257,7 +256,7 @@ fn draw_reliability(title: &str, series: &[(String, Vec<Bin>)], canvas: &mut [u8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plot::tests::png_size;
+    use crate::plot::tests::Image;
 
     /// Bins for three decoders on 200 000 synthetic shots whose flips follow
     /// `sigmoid(logit / 1.31)`: the neural net read at τ = 1 (overconfident),
@@ -292,8 +291,7 @@ mod tests {
         let series = reliability_sample();
         plot_reliability("Calibration, d=5 si1000 p=0.003", &series[..2], &out).unwrap();
         plot_reliability("Calibration, d=5 si1000 p=0.003", &series, &out).unwrap();
-        let bytes = std::fs::read(&out).unwrap();
-        assert_eq!(png_size(&bytes), RELIABILITY_SIZE);
+        Image::read(&out).assert_drawn(RELIABILITY_SIZE, 3, 100);
         assert_eq!(RELIABILITY_SIZE, (740, 900));
         // Only the plot is left: the temporary file was renamed.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -323,7 +321,7 @@ mod tests {
         for (name, series) in [("single", single), ("wide", wide), ("many", many)] {
             let out = dir.path().join(format!("{name}.png"));
             plot_reliability(&format!("Reliability: {name}"), &series, &out).unwrap();
-            assert_eq!(png_size(&std::fs::read(&out).unwrap()), RELIABILITY_SIZE);
+            Image::read(&out).assert_drawn(RELIABILITY_SIZE, series.len(), 20);
             if let Ok(prefix) = std::env::var("QECD_RELIABILITY_EDGE_SAMPLES") {
                 std::fs::copy(&out, format!("{prefix}{name}.png")).unwrap();
             }

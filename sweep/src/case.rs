@@ -1,0 +1,163 @@
+//! One case of a sweep: a decoder on a noisy circuit, and its identity in
+//! sinter's CSV.
+//!
+//! Cases on the same circuit share its text and DEM ([`CircuitTexts`]),
+//! which for long experiments take the most time and memory to build. A
+//! case's strong id is sinter's: a SHA-256 over the circuit, the decoder, the
+//! DEM and the metadata, so resumed sweeps find their earlier lines and
+//! `sinter combine` merges what `qecd sweep` writes.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+use decoder::{DecoderKind, NeuralModel};
+use models::posterior::PosteriorModel;
+use sha2::{Digest, Sha256};
+use simulator_bridge::{MemoryExperiment, NoiseModel};
+
+use crate::decoders::decoding_dem;
+
+/// A noisy circuit and its decoding DEM, as text, shared by the cases that
+/// sweep decoders over it.
+pub struct CircuitTexts {
+    /// The noisy circuit's text.
+    pub circuit: String,
+    /// The decoding DEM's text.
+    pub dem: String,
+    /// Detectors per shot.
+    pub num_detectors: usize,
+}
+
+impl CircuitTexts {
+    /// Builds the circuit of `experiment` under `noise`, and its DEM.
+    pub fn build(experiment: MemoryExperiment, noise: NoiseModel) -> Result<Self> {
+        let circuit = experiment.noisy_circuit(&noise)?;
+        let dem = decoding_dem(&circuit)?;
+        Ok(Self { circuit: circuit.to_string(), dem: dem.to_string(), num_detectors: circuit.num_detectors() as usize })
+    }
+}
+
+/// sinter's identity of a case, serialized as `serde_json::json!` would (keys
+/// sorted), straight into the hash: the DEM of a long experiment is hundreds
+/// of megabytes, not worth copying twice to hash once.
+#[derive(serde::Serialize)]
+struct Identity<'a> {
+    circuit: &'a str,
+    decoder: &'a str,
+    decoder_error_model: &'a str,
+    json_metadata: &'a serde_json::Value,
+    postselection_mask: (),
+}
+
+/// Feeds what is written into a SHA-256.
+struct HashWriter(Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One case of a sweep, ready to run.
+pub struct Case {
+    /// Decoder under test.
+    pub decoder: DecoderKind,
+    /// The code and its rounds.
+    pub experiment: MemoryExperiment,
+    /// The noise.
+    pub noise: NoiseModel,
+    /// The noisy circuit and its DEM.
+    pub texts: Arc<CircuitTexts>,
+    /// sinter's json_metadata.
+    pub metadata: serde_json::Value,
+    /// sha256 over circuit, decoder, DEM and metadata, as sinter's strong id.
+    pub strong_id: String,
+    /// The model of a neural case.
+    pub model: Option<Arc<NeuralModel>>,
+    /// The posterior model of a neural-matching case.
+    pub posterior: Option<Arc<PosteriorModel>>,
+}
+
+impl Case {
+    /// A case on a circuit already built (`texts` must be `experiment` under `noise`).
+    pub fn build(
+        decoder: DecoderKind,
+        experiment: MemoryExperiment,
+        noise: NoiseModel,
+        texts: Arc<CircuitTexts>,
+        model: Option<(&Path, Arc<NeuralModel>)>,
+        posterior: Option<(&str, Arc<PosteriorModel>)>,
+    ) -> Result<Self> {
+        let mut metadata = serde_json::json!({
+            "basis": experiment.basis.to_string(),
+            "d": experiment.distance,
+            "decoder": decoder.name(),
+            "noise": noise.name(),
+            "p": noise.p(),
+            "r": experiment.rounds,
+        });
+        if let Some((path, _)) = &model {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            metadata["model"] = name.into();
+        }
+        if let Some((name, _)) = &posterior {
+            metadata["model"] = (*name).into();
+        }
+        let identity = Identity {
+            circuit: &texts.circuit,
+            decoder: decoder.name(),
+            decoder_error_model: &texts.dem,
+            json_metadata: &metadata,
+            postselection_mask: (),
+        };
+        let mut hasher = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hasher, &identity)?;
+        let strong_id = format!("{:x}", hasher.0.finalize());
+        Ok(Self {
+            decoder,
+            experiment,
+            noise,
+            texts,
+            metadata,
+            strong_id,
+            model: model.map(|m| m.1),
+            posterior: posterior.map(|p| p.1),
+        })
+    }
+
+    /// A short label for progress messages.
+    pub fn label(&self) -> String {
+        format!("{} d={} r={} p={}", self.decoder, self.experiment.distance, self.experiment.rounds, self.noise.p())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simulator_bridge::Basis;
+
+    /// The strong id hashes sinter's identity JSON, written as `json!` writes it.
+    #[test]
+    fn strong_id_is_the_hash_of_the_identity_json() {
+        let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
+        let noise = NoiseModel::Si1000 { p: 0.003 };
+        let texts = Arc::new(CircuitTexts::build(exp, noise).unwrap());
+        let case = Case::build(DecoderKind::Correlated, exp, noise, texts, None, None).unwrap();
+        let identity = serde_json::json!({
+            "circuit": case.texts.circuit,
+            "decoder": "correlated",
+            "decoder_error_model": case.texts.dem,
+            "postselection_mask": null,
+            "json_metadata": case.metadata,
+        });
+        assert_eq!(case.strong_id, format!("{:x}", Sha256::digest(identity.to_string().as_bytes())));
+        assert_eq!(case.texts.num_detectors, 8 * 3);
+    }
+}
