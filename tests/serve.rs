@@ -212,6 +212,45 @@ async fn a_backlog_past_its_bound_moves_shots_to_correlated_matching() {
     assert_eq!(stats.backlog_fallbacks, fell_back);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shots_the_full_engine_refuses_are_answered_by_correlated_matching() {
+    // An engine with room for 4 open shots: of 50 shots whose rounds all
+    // arrive at once, the ones past that are refused at round 0 and leave for
+    // correlated matching, each round still acknowledged once.
+    let engine = decoder::StreamOptions { max_open_shots: 4, ..Default::default() };
+    let server = Server::start_with(Server::options(), engine);
+    let mut client = connect(&server).await;
+    let s = shots(3, 50, 27);
+    let mut msgs = vec![open(proto::DecoderKind::Neural, ZOO_D3, s.rounds, 0)];
+    msgs.extend(all_messages(&s));
+    let answers = run(&mut client, msgs).await.unwrap();
+    assert!(answers.status.is_none(), "{:?}", answers.status);
+    let (neural, correlated) = (offline(&s, DecoderKind::Neural), offline(&s, DecoderKind::Correlated));
+    let mut refused = 0;
+    let mut answered = vec![0; 50];
+    for r in &answers.results {
+        answered[r.shot as usize] += 1;
+        if r.fell_back {
+            refused += 1;
+            assert!(r.fallback_reason.contains("the neural engine refused it"), "{}", r.fallback_reason);
+            assert_eq!(r.answered_by, proto::DecoderKind::Correlated as i32);
+            assert_eq!(r.prediction[0] & 1 == 1, correlated[r.shot as usize], "shot {}", r.shot);
+        } else {
+            assert_eq!(r.answered_by, proto::DecoderKind::Neural as i32);
+            assert_eq!(r.prediction[0] & 1 == 1, neural[r.shot as usize], "shot {}", r.shot);
+        }
+    }
+    assert!(answered.iter().all(|&n| n == 1), "every shot answered exactly once: {answered:?}");
+    assert!(refused >= 40, "an engine with room for 4 shots refused only {refused} of 50");
+    let mut acks = vec![0; 50 * s.rounds];
+    for a in &answers.acks {
+        acks[a.shot as usize * s.rounds + a.round as usize] += 1;
+    }
+    assert!(acks.iter().all(|&n| n == 1), "every round acknowledged exactly once");
+    let stats = client.get_stats(proto::GetStatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.fallbacks, refused);
+}
+
 async fn expect_status(
     client: &mut DecoderClient<tonic::transport::Channel>,
     msgs: Vec<proto::DecodeRequest>,

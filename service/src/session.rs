@@ -545,10 +545,15 @@ impl Stream {
                 let rounds: Vec<(u64, u32)> = state.pending.keys().filter(|k| k.0 == shot).copied().collect();
                 Self::fall_back(state, shot, format!("the neural engine refused it: {error}"));
                 for key in rounds {
+                    let Some(received) = state.pending.remove(&key) else { continue };
                     if key.1 == self.rounds {
+                        // Its final round was in the engine too, which will
+                        // never answer it: correlated matching does, now.
+                        if let Some(waiting) = state.shots.remove(&shot) {
+                            Self::to_lane(state, shot, waiting, received);
+                        }
                         continue;
                     }
-                    state.pending.remove(&key);
                     let ack = RoundAck {
                         shot,
                         round: key.1,

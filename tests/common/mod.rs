@@ -6,12 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use decoder::neural::rounds_of_features;
 use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, NeuralModel, StreamOptions};
 use qecd_service::bridge::Bridge;
 use qecd_service::{Hub, Models, ServerOptions};
 use simulator_bridge::sample::Sampler;
-use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, StabilizerLayout};
+use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, RoundLayout, StabilizerLayout};
 
 /// The zoo's d=3 model.
 pub const ZOO_D3: &str = "d3_z_si1000_p003";
@@ -31,7 +30,12 @@ pub struct Server {
 impl Server {
     /// Serves the zoo with `options` over gRPC on 127.0.0.1, port 0.
     pub fn start(options: ServerOptions) -> Self {
-        let models = Models::embedded(&StreamOptions::default()).unwrap();
+        Self::start_with(options, StreamOptions::default())
+    }
+
+    /// [`Server::start`], with the neural engines' options.
+    pub fn start_with(options: ServerOptions, engine: StreamOptions) -> Self {
+        let models = Models::embedded(&engine).unwrap();
         let hub = Arc::new(Hub::new(models, options));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -118,13 +122,8 @@ pub fn shots(rounds: usize, n: usize, seed: u64) -> Shots {
         MemoryExperiment::new(3, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.003 }).unwrap();
     let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z).unwrap();
     let events = Sampler::new(&circuit).sample(n, seed, 1).unwrap().detectors;
-    let featurizer = zoo_model().featurizer(&layout).unwrap();
-    let mut features = Vec::new();
-    featurizer.extend_features(&events, 0, n, &mut features);
-    let per_round = features
-        .chunks_exact(featurizer.shot_len())
-        .map(|f| rounds_of_features(f, featurizer.num_stabilizers()))
-        .collect();
+    let rounds_layout = RoundLayout::new(&layout);
+    let per_round = (0..n).map(|shot| rounds_layout.split(&events, shot)).collect();
     Shots { rounds, events, layout, circuit, per_round }
 }
 
