@@ -29,6 +29,6 @@ pub use code::{Basis, MemoryExperiment, decoding_dem};
 pub use error::BridgeError;
 pub use formats::{BitLabels, ResultFormat};
 pub use labels::{LabeledSampler, LabeledShots};
-pub use layout::StabilizerLayout;
+pub use layout::{RoundLayout, StabilizerLayout};
 pub use noise::NoiseModel;
 pub use shots::{PackedShots, ShotId};
