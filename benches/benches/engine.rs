@@ -81,11 +81,7 @@ fn decision(c: &mut Criterion) {
     let label = cpu_label();
     let (model, source) = bench_model(5).expect("model");
     let workload = Workload::new(5, 25, 512, 9).expect("workload");
-    let (featurizer, features) = workload.features(&model).expect("features");
-    let shots: Vec<Vec<Vec<bool>>> = features
-        .chunks_exact(featurizer.shot_len())
-        .map(|f| decoder::neural::rounds_of_features(f, featurizer.num_stabilizers()))
-        .collect();
+    let shots = workload.stream_rounds();
     let engine = StreamEngine::start(model.clone(), StreamOptions::default());
     let mut session = engine.open();
     let mut next = 0u64;

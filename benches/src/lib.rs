@@ -99,6 +99,12 @@ impl Workload {
         Ok((featurizer, out))
     }
 
+    /// Each shot's rounds as a stream sends them ([`simulator_bridge::RoundLayout`]).
+    pub fn stream_rounds(&self) -> Vec<Vec<Vec<bool>>> {
+        let rounds = simulator_bridge::RoundLayout::new(&self.layout);
+        (0..self.events.num_shots()).map(|shot| rounds.split(&self.events, shot)).collect()
+    }
+
     /// Round `t`'s features of `streams` shots, `[streams][S][3]`, taken
     /// from the middle rounds of the sampled shots (cycled).
     pub fn middle_rounds(&self, model: &NeuralModel, streams: usize) -> Result<Vec<f32>> {

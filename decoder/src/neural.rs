@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kernels::{Backend, BackendError, Device, Weights};
-use models::features::NUM_FEATURES;
 use models::{Checkpoint, CheckpointMeta, Featurizer};
 use simulator_bridge::layout::StabilizerType;
 use simulator_bridge::{Basis, PackedShots, StabilizerLayout};
@@ -169,16 +168,6 @@ pub fn decisions_from_logits(logits: &[f32], num_observables: usize, temperature
         confidence.push(c);
     }
     Decisions { predictions, confidence: Some(confidence) }
-}
-
-/// Reads one shot's detection events back out of its `[T][S][3]` features,
-/// round by round: for each round, the events of the stabilizers that have a
-/// detector in it (mask 1), in model order. This is what a stream pushes.
-pub fn rounds_of_features(features: &[f32], num_stabilizers: usize) -> Vec<Vec<bool>> {
-    features
-        .chunks_exact(num_stabilizers * NUM_FEATURES)
-        .map(|round| round.chunks_exact(NUM_FEATURES).filter(|f| f[1] != 0.0).map(|f| f[0] != 0.0).collect())
-        .collect()
 }
 
 /// The batch neural decoder, for one circuit, on a [`Backend`] (the CPU

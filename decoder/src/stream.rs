@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use kernels::{Backend, BackendError};
-use models::features::NUM_FEATURES;
+use models::features::{IS_FINAL, NUM_FEATURES, write_cell};
 
 use crate::neural::NeuralModel;
 
@@ -835,14 +835,9 @@ fn spin_recv<T>(rx: &Receiver<T>, spin: Duration) -> Option<T> {
 /// stabilizers each round carries).
 fn write_features(basis: &[usize], kind: &JobKind, out: &mut [f32]) {
     if matches!(kind, JobKind::Finish { .. }) {
-        out.chunks_exact_mut(NUM_FEATURES).for_each(|f| f[2] = 1.0);
+        out.chunks_exact_mut(NUM_FEATURES).for_each(|f| f[IS_FINAL] = 1.0);
     }
-    let mut put = |s: usize, event: bool, is_final: bool| {
-        let f = &mut out[s * NUM_FEATURES..][..NUM_FEATURES];
-        f[0] = f32::from(u8::from(event));
-        f[1] = 1.0;
-        f[2] = f32::from(u8::from(is_final));
-    };
+    let mut put = |s: usize, event: bool, is_final: bool| write_cell(&mut out[s * NUM_FEATURES..], event, is_final);
     match kind {
         JobKind::Round { round: 0, events } => basis.iter().zip(events).for_each(|(&s, &e)| put(s, e, false)),
         JobKind::Round { events, .. } => events.iter().enumerate().for_each(|(s, &e)| put(s, e, false)),

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use decoder::neural::rounds_of_features;
 use decoder::{
     BackendError, Decoder, Device, NeuralDecoder, NeuralModel, Reply, ReplyFn, RoundAck, StreamEngine, StreamError,
     StreamOptions,
@@ -45,12 +44,8 @@ fn shots(d: usize, rounds: usize, basis: Basis, n: usize, seed: u64) -> (Shots, 
 
 /// Each shot's rounds, as a stream pushes them.
 fn stream_rounds(s: &Shots) -> Vec<Vec<Vec<bool>>> {
-    let mut features = Vec::new();
-    s.featurizer.extend_features(&s.events, 0, s.events.num_shots(), &mut features);
-    features
-        .chunks_exact(s.featurizer.shot_len())
-        .map(|f| rounds_of_features(f, s.featurizer.num_stabilizers()))
-        .collect()
+    let rounds = simulator_bridge::RoundLayout::new(&s.layout);
+    (0..s.events.num_shots()).map(|shot| rounds.split(&s.events, shot)).collect()
 }
 
 #[test]

@@ -16,6 +16,20 @@ use crate::checkpoint::ModelLayout;
 
 /// Features per (round, stabilizer).
 pub const NUM_FEATURES: usize = 3;
+/// Index of the detection event in a cell's features.
+pub const EVENT: usize = 0;
+/// Index of the mask: the circuit has a detector for this cell.
+pub const MASK: usize = 1;
+/// Index of the final-round flag.
+pub const IS_FINAL: usize = 2;
+
+/// Writes one cell's features: a detector that is there, its event, and
+/// whether its round is the final one.
+pub fn write_cell(cell: &mut [f32], event: bool, is_final: bool) {
+    cell[EVENT] = f32::from(u8::from(event));
+    cell[MASK] = 1.0;
+    cell[IS_FINAL] = f32::from(u8::from(is_final));
+}
 
 /// Maps one circuit's detectors onto the model's (round, stabilizer) grid.
 #[derive(Clone, Debug)]
@@ -71,10 +85,10 @@ impl Featurizer {
         for site in &circuit.detectors {
             let cell = site.round * s_count + to_model[site.stabilizer];
             detector_cell.push(cell);
-            template[cell * NUM_FEATURES + 1] = 1.0;
+            template[cell * NUM_FEATURES + MASK] = 1.0;
         }
         for s in 0..s_count {
-            template[((t_count - 1) * s_count + s) * NUM_FEATURES + 2] = 1.0;
+            template[((t_count - 1) * s_count + s) * NUM_FEATURES + IS_FINAL] = 1.0;
         }
         Ok(Self { num_stabilizers: s_count, num_rounds: t_count, detector_cell, template })
     }
@@ -107,7 +121,7 @@ impl Featurizer {
             let base = out.len();
             out.extend_from_slice(&self.template);
             for k in events.hits(shot) {
-                out[base + self.detector_cell[k] * NUM_FEATURES] = 1.0;
+                out[base + self.detector_cell[k] * NUM_FEATURES + EVENT] = 1.0;
             }
         }
     }

@@ -244,13 +244,12 @@ fn decision_latency(report: &mut Report, label: &str) -> Result<()> {
     let (model, source) = bench_model(d)?;
     let shots = report.iterations(4_000);
     let workload = Workload::new(d, rounds, shots, 9)?;
-    let (featurizer, features) = workload.features(&model)?;
+    let stream_rounds = workload.stream_rounds();
     let engine = StreamEngine::start(model.clone(), StreamOptions::default());
     let mut session = engine.open();
     let mut neural = Vec::with_capacity(shots);
     let mut engine_side = Vec::with_capacity(shots);
-    for (shot, f) in features.chunks_exact(featurizer.shot_len()).enumerate() {
-        let per_round = decoder::neural::rounds_of_features(f, featurizer.num_stabilizers());
+    for (shot, per_round) in stream_rounds.iter().enumerate() {
         let (last, body) = per_round.split_last().context("a shot has rounds")?;
         for (t, events) in body.iter().enumerate() {
             session.push_round(shot as u64, t, events)?;
