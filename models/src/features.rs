@@ -5,11 +5,12 @@
 //! circuit has a detector for `s` in round `t` and `is_final` marks the last
 //! round (the one built from the data-qubit measurements). Stabilizers are
 //! put in the model's order by matching coordinates, so any circuit whose
-//! stabilizers sit where the model's do can be decoded.
+//! stabilizers sit where the model's do can be decoded. The rounds are the
+//! circuit's [`RoundLayout`], the one the streams send.
 
 use std::collections::HashMap;
 
-use simulator_bridge::{PackedShots, StabilizerLayout};
+use simulator_bridge::{PackedShots, RoundLayout, StabilizerLayout};
 
 use crate::ModelError;
 use crate::checkpoint::ModelLayout;
@@ -81,11 +82,14 @@ impl Featurizer {
         }
         let (s_count, t_count) = (model.stabilizers.len(), circuit.num_rounds);
         let mut template = vec![0.0f32; t_count * s_count * NUM_FEATURES];
-        let mut detector_cell = Vec::with_capacity(circuit.num_detectors());
-        for site in &circuit.detectors {
-            let cell = site.round * s_count + to_model[site.stabilizer];
-            detector_cell.push(cell);
-            template[cell * NUM_FEATURES + MASK] = 1.0;
+        let mut detector_cell = vec![0; circuit.num_detectors()];
+        let rounds = RoundLayout::new(circuit);
+        for t in 0..rounds.num_rounds() {
+            for (&det, &s) in rounds.detectors(t).iter().zip(rounds.stabilizers_of(t)) {
+                let cell = t * s_count + to_model[s];
+                detector_cell[det] = cell;
+                template[cell * NUM_FEATURES + MASK] = 1.0;
+            }
         }
         for s in 0..s_count {
             template[((t_count - 1) * s_count + s) * NUM_FEATURES + IS_FINAL] = 1.0;
