@@ -260,7 +260,7 @@ impl RoundLayout {
 
     /// The circuit detectors of round `t` whose bits are set in its packed `bits`.
     pub fn fired<'a>(&'a self, t: Round, bits: &'a [u8]) -> impl Iterator<Item = DetectorId> + 'a {
-        self.detectors[t].iter().enumerate().filter(move |(k, _)| bits[k / 8] >> (k % 8) & 1 == 1).map(|(_, &d)| d)
+        self.detectors[t].iter().enumerate().filter(|&(k, _)| crate::shots::packed_bit(bits, k)).map(|(_, &d)| d)
     }
 }
 

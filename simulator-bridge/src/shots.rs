@@ -111,7 +111,7 @@ impl PackedShots {
     /// One bit.
     pub fn get(&self, shot: ShotId, bit: usize) -> bool {
         debug_assert!(bit < self.bits_per_shot);
-        (self.row(shot)[bit / 8] >> (bit % 8)) & 1 == 1
+        packed_bit(self.row(shot), bit)
     }
 
     /// Sets one bit.
@@ -197,7 +197,15 @@ pub fn pack_bits(bits: &[bool]) -> Vec<u8> {
 /// # Panics
 /// If `packed` holds fewer than `n` bits.
 pub fn unpack_bits(packed: &[u8], n: usize) -> Vec<bool> {
-    (0..n).map(|k| packed[k / 8] >> (k % 8) & 1 == 1).collect()
+    (0..n).map(|k| packed_bit(packed, k)).collect()
+}
+
+/// Bit `k` of LSB-first packed bytes.
+///
+/// # Panics
+/// If `packed` holds fewer than `k + 1` bits.
+pub fn packed_bit(packed: &[u8], k: usize) -> bool {
+    packed[k / 8] >> (k % 8) & 1 == 1
 }
 
 #[cfg(test)]
