@@ -344,6 +344,11 @@ fn serve_and_load_refuse_bad_arguments() {
     fails(&["serve", "--listen", "127.0.0.1:0", "--models", "/no/such/dir"], "/no/such/dir", &[]);
     let empty = tempfile::tempdir().unwrap();
     fails(&["serve", "--listen", "127.0.0.1:0", "--models", p(empty.path())], "no .safetensors", &[]);
+    // Without a GPU (or a build without CUDA), asking for one says why.
+    if std::process::Command::new("nvidia-smi").arg("-L").output().map_or(true, |o| !o.status.success()) {
+        fails(&["serve", "--listen", "127.0.0.1:0", "--device", "cuda"], "the CUDA backend is unavailable", &[]);
+    }
+    fails(&["serve", "--listen", "127.0.0.1:0", "--device", "gpu"], "expected cpu, cuda or cuda:N", &[]);
     fails(&["load", "--streams", "0"], "must be positive", &[]);
     fails(&["demo", "--shots", "0"], "must be positive", &[]);
 }

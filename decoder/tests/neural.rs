@@ -10,8 +10,8 @@ use decoder::{
     BackendError, Decoder, Device, NeuralDecoder, NeuralModel, Reply, ReplyFn, RoundAck, StreamEngine, StreamError,
     StreamOptions,
 };
+use models::ModelConfig;
 use models::checkpoint::{Checkpoint, ModelLayout};
-use models::{Featurizer, ModelConfig};
 use simulator_bridge::sample::Sampler;
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, StabilizerLayout};
 
@@ -28,7 +28,6 @@ fn zoo_d3() -> Arc<NeuralModel> {
 
 struct Shots {
     events: PackedShots,
-    featurizer: Featurizer,
     layout: StabilizerLayout,
 }
 
@@ -38,8 +37,7 @@ fn shots(d: usize, rounds: usize, basis: Basis, n: usize, seed: u64) -> (Shots, 
     let layout = StabilizerLayout::from_circuit(&circuit, basis).unwrap();
     let events = Sampler::new(&circuit).sample(n, seed, 1).unwrap().detectors;
     let model = random_model(d, basis, seed);
-    let featurizer = model.featurizer(&layout).unwrap();
-    (Shots { events, featurizer, layout }, model)
+    (Shots { events, layout }, model)
 }
 
 /// Each shot's rounds, as a stream pushes them.

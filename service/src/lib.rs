@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use decoder::{NeuralModel, StreamEngine, StreamOptions};
+use decoder::{Device, NeuralModel, StreamEngine, StreamOptions};
 use simulator_bridge::Basis;
 
 use api::{CodeSpec, ModelSummary};
@@ -93,27 +93,33 @@ pub struct Models {
 }
 
 impl Models {
-    /// The zoo checkpoints built into the binary.
+    /// The zoo checkpoints built into the binary, on the CPU.
     pub fn embedded(options: &StreamOptions) -> Result<Self> {
-        Ok(Self::serve(load_checkpoints(None)?, options))
+        Self::serve(load_checkpoints(None)?, options, Device::Cpu)
     }
 
-    /// Every `*.safetensors` checkpoint in `dir`.
+    /// Every `*.safetensors` checkpoint in `dir`, on the CPU.
     pub fn load_dir(dir: &Path, options: &StreamOptions) -> Result<Self> {
-        Ok(Self::serve(load_checkpoints(Some(dir))?, options))
+        Self::serve(load_checkpoints(Some(dir))?, options, Device::Cpu)
     }
 
-    /// Starts an engine for each model.
-    pub fn serve(weights: Vec<Arc<NeuralModel>>, options: &StreamOptions) -> Self {
+    /// Starts an engine for each model, stepping on `device` (the CPU
+    /// backend with `options.threads` threads, or a GPU's CUDA kernels).
+    pub fn serve(weights: Vec<Arc<NeuralModel>>, options: &StreamOptions, device: Device) -> Result<Self> {
         let list = weights
             .iter()
-            .map(|model| Model {
-                name: model.name().to_string(),
-                model: model.clone(),
-                engine: Arc::new(StreamEngine::start(model.clone(), options.clone())),
+            .map(|model| {
+                let engine = match device {
+                    Device::Cpu => StreamEngine::start(model.clone(), options.clone()),
+                    device => {
+                        let backend = model.backend(device).with_context(|| format!("model {}", model.name()))?;
+                        StreamEngine::start_on(model.clone(), options.clone(), backend)?
+                    }
+                };
+                Ok(Model { name: model.name().to_string(), model: model.clone(), engine: Arc::new(engine) })
             })
-            .collect();
-        Self { list, weights }
+            .collect::<Result<_>>()?;
+        Ok(Self { list, weights })
     }
 
     /// All of them.

@@ -39,18 +39,20 @@ pub struct ServeArgs {
     /// to wake, at the price of throughput under load (docs/perf.md).
     #[arg(long, default_value_t = 0)]
     pub io_threads: usize,
-    /// Threads of each model's engine for large batches.
+    /// Threads of each model's engine for large batches (CPU).
     #[arg(long, default_value_t = 1)]
     pub engine_threads: usize,
+    /// Where the neural engines step: `cpu`, or `cuda` / `cuda:N` for a GPU's
+    /// CUDA kernels (a build with the `kernels/cuda` feature and a CUDA driver).
+    #[arg(long, default_value = "cpu")]
+    pub device: decoder::Device,
 }
 
 /// The hub a server built from these arguments uses.
 pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
     let engine = StreamOptions { threads: args.engine_threads.max(1), ..StreamOptions::default() };
-    let models = match &args.models {
-        Some(dir) => Models::load_dir(dir, &engine)?,
-        None => Models::embedded(&engine)?,
-    };
+    let checkpoints = qecd_service::load_checkpoints(args.models.as_deref())?;
+    let models = Models::serve(checkpoints, &engine, args.device)?;
     let options = ServerOptions {
         max_streams: args.max_streams,
         max_backlog: args.max_backlog.max(1),
@@ -66,13 +68,15 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let bridge = args.bridge_listen.map(|addr| Bridge::start(hub.clone(), addr)).transpose()?;
     let runtime = super::runtime(args.io_threads)?;
     runtime.block_on(async {
+        // Handlers first: a SIGTERM right after the address line is a shutdown, not a kill.
+        let shutdown = shutdown_signal()?;
         let (listener, addr) = qecd_grpc::bind(args.listen).await?;
         let names: Vec<&str> = hub.models.all().iter().map(|m| m.name.as_str()).collect();
         let bridge_on = bridge.as_ref().map(|b| format!("; bridge on {}", b.addr())).unwrap_or_default();
         println!("qecd serve: gRPC on {addr}{bridge_on}; models: {}", names.join(", "));
         use std::io::Write;
         std::io::stdout().flush()?;
-        qecd_grpc::serve(hub.clone(), listener, shutdown_signal()).await
+        qecd_grpc::serve(hub.clone(), listener, shutdown).await
     })?;
     if let Some(bridge) = bridge {
         bridge.shutdown();
@@ -80,12 +84,17 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down; open streams finish their shots");
+/// Installs the SIGINT and SIGTERM handlers now, and returns a future that
+/// resolves on either signal.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down; open streams finish their shots");
+    })
 }
