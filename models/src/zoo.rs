@@ -21,7 +21,9 @@ pub fn posterior() -> Result<PosteriorModel, ModelError> {
 /// file name, or [`POSTERIOR_NAME`]).
 pub fn posterior_at(path: Option<&Path>) -> Result<(String, PosteriorModel), ModelError> {
     Ok(match path {
-        Some(p) => (p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), PosteriorModel::load(p)?),
+        Some(p) => {
+            (p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), PosteriorModel::load(p)?)
+        }
         None => (POSTERIOR_NAME.to_string(), posterior()?),
     })
 }
