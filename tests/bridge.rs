@@ -13,7 +13,7 @@ use decoder::DecoderKind;
 use frame_codec::{Basis, Decision, DecoderChoice, ErrorCode, Events, Frame, Message, Open, StreamId};
 use qecd_service::ServerOptions;
 use qecd_service::bridge::{FrameSink, FrameSource};
-use simulator_bridge::shots::pack_bits;
+use simulator_bridge::shots::{pack_bits, unpack_bits};
 
 mod common;
 use common::{Server, ZOO_D3, offline, shots};
@@ -60,6 +60,11 @@ impl Fpga {
     fn next(&mut self) -> Option<Frame> {
         self.source.next().expect("well-formed replies within 60 s")
     }
+}
+
+/// A DECISION's predicted flips, one `bool` per observable.
+fn flips(d: &Decision) -> Vec<bool> {
+    unpack_bits(d.flips.packed(), d.flips.len())
 }
 
 /// The ERROR frame's code and message.
@@ -117,7 +122,7 @@ fn streams_of_one_connection_decode_like_offline_exactly_once() {
             let d = decisions.get(&(stream, shot)).unwrap_or_else(|| panic!("stream {stream} shot {shot} unanswered"));
             assert_eq!(d.len(), 1, "stream {stream} shot {shot} answered {} times", d.len());
             let d = &d[0];
-            assert_eq!(d.flips, vec![want[shot as usize]], "stream {stream} shot {shot}");
+            assert_eq!(flips(d), vec![want[shot as usize]], "stream {stream} shot {shot}");
             assert_eq!((d.decoder, d.fell_back, d.baseline), (by, false, None), "stream {stream} shot {shot}");
             assert!(d.confidence > 0.4 && d.confidence <= 1.0, "confidence {}", d.confidence);
             assert!(d.latency_ns > 0);
@@ -174,7 +179,7 @@ fn bad_frames_get_their_error_code_while_other_streams_go_on() {
         }
     }
     let healthy = healthy.unwrap();
-    assert_eq!(healthy.flips, vec![offline(&s, DecoderKind::Neural)[0]]);
+    assert_eq!(flips(&healthy), vec![offline(&s, DecoderKind::Neural)[0]]);
     assert_eq!((healthy.decoder, healthy.fell_back), (DecoderChoice::Neural, false));
     assert_eq!(healthy_acks, 3);
     let expect = |stream: StreamId, shot: u64, round: u32, code: ErrorCode, needle: &str| {
@@ -230,7 +235,7 @@ fn a_stream_past_the_server_limit_is_refused() {
     while answered.len() < 2 {
         let frame = fpga.next().unwrap();
         if let Message::Decision(d) = frame.message().unwrap() {
-            assert_eq!(d.flips, vec![want]);
+            assert_eq!(flips(&d), vec![want]);
             answered.push(frame.stream);
         }
     }

@@ -191,7 +191,7 @@ mod tests {
 
     use super::*;
     use crate::header::{FrameKind, HEADER_LEN, MAX_PAYLOAD, u32_at};
-    use crate::message::{Ack, Basis, DecoderChoice, ErrorCode, ErrorReply, MAX_TEXT, Open};
+    use crate::message::{Ack, Basis, DecoderChoice, ErrorCode, ErrorReply, Flips, MAX_TEXT, Open};
     use crate::testing::{arb_message, decision, decode_chunks, framed, golden, one_of_each, open, round, stream_of};
 
     #[test]
@@ -385,8 +385,7 @@ mod tests {
         assert!(Message::Decision(d.clone()).to_frame(0, 0, 0).is_err(), "fell back but answered by neural");
         d.decoder = DecoderChoice::Correlated;
         assert!(Message::Decision(d.clone()).to_frame(0, 0, 0).is_ok());
-        d.flips = vec![false; 256];
-        assert!(Message::Decision(d.clone()).to_frame(0, 0, 0).is_err());
+        assert!(Flips::from_packed(vec![0; 32], 256).is_err(), "256 observables cannot reach the encoder");
         let mut frame = round().to_frame(0, 0, 0).unwrap();
         frame.flags = 0x8000;
         assert!(enc.encode(&mut frame, &mut out).is_err());

@@ -28,8 +28,10 @@
 //! CRC, and only then the fields a corrupted byte could have faked: kind,
 //! flags, sequence number and payload.
 //!
-//! Detection events travel packed, as rows of Stim's `b8` format
-//! ([`Events`]); the codec checks their padding bits but does not unpack them.
+//! Detection events and predicted flips travel packed, as rows of Stim's
+//! `b8` format ([`Events`], [`Flips`]); the codec checks their padding bits
+//! but does not unpack them, and it has no bit packer of its own (callers use
+//! `simulator_bridge::shots`).
 //!
 //! The codec does not know the conversation (OPEN before ROUND, one DECISION
 //! per FINAL); the bridge listener enforces that.
@@ -51,5 +53,6 @@ pub use header::{
     CRC_LEN, Frame, FrameKind, HEADER_LEN, MAGIC, MAX_PAYLOAD, Sender, SequenceNumber, StreamId, VERSION, flags,
 };
 pub use message::{
-    Ack, Basis, Decision, DecoderChoice, ErrorCode, ErrorReply, Events, MAX_EVENTS, MAX_TEXT, Message, Open,
+    Ack, Basis, Decision, DecoderChoice, ErrorCode, ErrorReply, Events, Flips, MAX_EVENTS, MAX_OBSERVABLES, MAX_TEXT,
+    Message, Open,
 };

@@ -1,6 +1,6 @@
 //! The typed payloads: OPEN's session parameters, the packed detection events
-//! of ROUND and FINAL, ACK, DECISION and ERROR, and [`Message`], which parses
-//! and serializes them with their header flags.
+//! of ROUND and FINAL, ACK, DECISION with its packed flips, and ERROR, and
+//! [`Message`], which parses and serializes them with their header flags.
 
 use std::fmt;
 
@@ -11,6 +11,8 @@ use crate::header::{Frame, FrameKind, StreamId, flags, u16_at, u32_at};
 pub const MAX_TEXT: usize = 1024;
 /// The most detection events one ROUND or FINAL frame carries (the bit count is a `u16`).
 pub const MAX_EVENTS: usize = u16::MAX as usize;
+/// The most observables one DECISION predicts (the count is a `u8`).
+pub const MAX_OBSERVABLES: usize = u8::MAX as usize;
 
 /// The memory basis byte of OPEN (0 = X, 1 = Z).
 ///
@@ -209,7 +211,7 @@ impl Events {
 
     /// Event `k`, or `None` past the end.
     pub fn get(&self, k: usize) -> Option<bool> {
-        (k < self.len).then(|| (self.packed[k / 8] >> (k % 8)) & 1 == 1)
+        bit(&self.packed, self.len, k)
     }
 
     /// The packed bytes.
@@ -232,11 +234,69 @@ pub struct Ack {
     pub budget_met: bool,
 }
 
+/// A DECISION's predicted flip of each logical observable, packed as
+/// [`Events`] are: observable `k` is bit `k % 8` of byte `k / 8`, and padding
+/// bits are 0.
+///
+/// There are 1 to [`MAX_OBSERVABLES`] of them, so every `Flips` fits a
+/// frame. A caller holding one `bool` per observable packs and unpacks them
+/// with `simulator_bridge::shots`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flips {
+    /// Number of observables (bits), 1 to [`MAX_OBSERVABLES`].
+    len: usize,
+    /// `ceil(len / 8)` bytes, padding bits clear.
+    packed: Vec<u8>,
+}
+
+impl Flips {
+    /// Wraps the packed flips of `len` observables (as
+    /// `simulator_bridge::shots::pack_bits` writes them): 1 to
+    /// [`MAX_OBSERVABLES`], `ceil(len / 8)` bytes, padding bits 0. The errors
+    /// are the ones a DECISION frame with these flips would get.
+    pub fn from_packed(packed: Vec<u8>, len: usize) -> Result<Self, FrameError> {
+        let kind = FrameKind::Decision;
+        if len == 0 {
+            return Err(invalid(kind, "observable count", "0 (a decision predicts at least one)".into()));
+        }
+        if len > MAX_OBSERVABLES {
+            return Err(invalid(kind, "observable count", format!("{len} observables, at most {MAX_OBSERVABLES}")));
+        }
+        if packed.len() != len.div_ceil(8) {
+            return Err(invalid(
+                kind,
+                "predicted flips",
+                format!("{len} observables pack into {} bytes, got {}", len.div_ceil(8), packed.len()),
+            ));
+        }
+        if !padding_clear(&packed, len) {
+            return Err(invalid(kind, "predicted flips", format!("bits set past bit {len}")));
+        }
+        Ok(Self { len, packed })
+    }
+
+    /// Number of observables; never 0.
+    #[allow(clippy::len_without_is_empty, reason = "a decision predicts at least one observable")]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The predicted flip of observable `k`, or `None` past the end.
+    pub fn get(&self, k: usize) -> Option<bool> {
+        bit(&self.packed, self.len, k)
+    }
+
+    /// The packed bytes.
+    pub fn packed(&self) -> &[u8] {
+        &self.packed
+    }
+}
+
 /// The payload of DECISION (and its flags): the prediction for a shot.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
-    /// Predicted flip of each logical observable (1 to 255 of them).
-    pub flips: Vec<bool>,
+    /// Predicted flip of each logical observable.
+    pub flips: Flips,
     /// Calibrated confidence in the prediction, in [0, 1].
     pub confidence: f32,
     /// Time from the FINAL frame's arrival to the decision, in ns.
@@ -337,13 +397,9 @@ impl Message {
                 Ok(if ack.budget_met { flags::ACK_BUDGET_MET } else { 0 })
             }
             Message::Decision(d) => {
-                let count = u8::try_from(d.flips.len()).map_err(|_| FrameError::InvalidField {
-                    kind,
-                    field: "observable count",
-                    why: format!("{} observables, at most 255", d.flips.len()),
-                })?;
-                out.push(count);
-                pack_flips(&d.flips, out);
+                // `Flips` holds 1 to MAX_OBSERVABLES (= u8::MAX), so the count fits its byte.
+                out.push(d.flips.len as u8);
+                out.extend_from_slice(&d.flips.packed);
                 out.extend_from_slice(&d.confidence.to_le_bytes());
                 out.extend_from_slice(&d.latency_ns.to_le_bytes());
                 out.push(d.decoder.code());
@@ -402,14 +458,7 @@ impl Message {
             }),
             FrameKind::Decision => {
                 let count = r.u8("observable count")? as usize;
-                if count == 0 {
-                    return Err(invalid(kind, "observable count", "0 (a decision predicts at least one)".into()));
-                }
-                let packed = r.bytes(count.div_ceil(8), "predicted flips")?;
-                if !padding_clear(packed, count) {
-                    return Err(invalid(kind, "predicted flips", format!("bits set past bit {count}")));
-                }
-                let flips = unpack_flips(packed, count);
+                let flips = Flips::from_packed(r.bytes(count.div_ceil(8), "predicted flips")?.to_vec(), count)?;
                 let confidence = f32::from_bits(r.u32("confidence")?);
                 if !(0.0..=1.0).contains(&confidence) {
                     return Err(invalid(kind, "confidence", format!("{confidence} (must lie in [0, 1])")));
@@ -466,18 +515,9 @@ fn put_text(kind: FrameKind, field: &'static str, text: &str, out: &mut Vec<u8>)
     Ok(())
 }
 
-/// Appends DECISION's predicted flips (at most 255), packed LSB-first with padding bits 0.
-fn pack_flips(flips: &[bool], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + flips.len().div_ceil(8), 0);
-    for (k, _) in flips.iter().enumerate().filter(|(_, f)| **f) {
-        out[start + k / 8] |= 1 << (k % 8);
-    }
-}
-
-/// The first `count` predicted flips of DECISION's packed field.
-fn unpack_flips(packed: &[u8], count: usize) -> Vec<bool> {
-    (0..count).map(|k| (packed[k / 8] >> (k % 8)) & 1 == 1).collect()
+/// Bit `k` of the first `len` of LSB-first `packed`, or `None` past them.
+fn bit(packed: &[u8], len: usize, k: usize) -> Option<bool> {
+    (k < len).then(|| (packed[k / 8] >> (k % 8)) & 1 == 1)
 }
 
 /// Whether the bits of `packed` past the first `len` are all 0.
@@ -617,6 +657,26 @@ mod tests {
                 .is_ok()
         );
         assert!(Events::default().is_empty());
+    }
+
+    #[test]
+    fn flips_stay_packed_and_always_fit_a_decision() {
+        let flips = Flips::from_packed(vec![0b1000_0001, 0b10], 10).unwrap();
+        assert_eq!(flips.packed(), &[0b1000_0001, 0b10]);
+        let bits: Vec<Option<bool>> = (0..11).map(|k| flips.get(k)).collect();
+        let want = [true, false, false, false, false, false, false, true, false, true];
+        assert_eq!(bits, want.iter().copied().map(Some).chain([None]).collect::<Vec<_>>());
+        assert_eq!(flips.len(), 10);
+        let all = Flips::from_packed(vec![0xFF; 31].into_iter().chain([0x7F]).collect(), MAX_OBSERVABLES).unwrap();
+        assert_eq!((all.len(), all.get(254), all.get(255)), (255, Some(true), None));
+        for (packed, len, want) in [
+            (vec![], 0, "invalid observable count in DECISION frame: 0 (a decision predicts at least one)"),
+            (vec![0; 32], 256, "invalid observable count in DECISION frame: 256 observables, at most 255"),
+            (vec![0], 9, "invalid predicted flips in DECISION frame: 9 observables pack into 2 bytes, got 1"),
+            (vec![0b10], 1, "invalid predicted flips in DECISION frame: bits set past bit 1"),
+        ] {
+            assert_eq!(Flips::from_packed(packed, len).unwrap_err().to_string(), want, "{len} observables");
+        }
     }
 
     #[test]

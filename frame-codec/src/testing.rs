@@ -5,7 +5,9 @@ use proptest::prelude::*;
 use crate::codec::{FrameDecoder, FrameEncoder, StreamError};
 use crate::crc::crc32c;
 use crate::header::{Frame, FrameKind, MAGIC, Sender, VERSION};
-use crate::message::{Ack, Basis, Decision, DecoderChoice, ErrorCode, ErrorReply, Events, MAX_EVENTS, Message, Open};
+use crate::message::{
+    Ack, Basis, Decision, DecoderChoice, ErrorCode, ErrorReply, Events, Flips, MAX_EVENTS, Message, Open,
+};
 
 pub fn open() -> Message {
     Message::Open(Open {
@@ -24,7 +26,7 @@ pub fn round() -> Message {
 
 pub fn decision() -> Message {
     Message::Decision(Decision {
-        flips: vec![true],
+        flips: Flips::from_packed(vec![1], 1).unwrap(),
         confidence: 0.984375,
         latency_ns: 1520,
         decoder: DecoderChoice::Neural,
@@ -109,19 +111,24 @@ pub fn golden(name: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Up to `max` random events, packed, padding bits clear.
-pub fn arb_events(max: usize) -> impl Strategy<Value = Events> {
-    assert!(max <= MAX_EVENTS);
-    (0..=max).prop_flat_map(|len| {
+/// A random bit count in `lens` and that many random bits, packed, padding bits clear.
+fn arb_packed(lens: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = (Vec<u8>, usize)> {
+    lens.prop_flat_map(|len| {
         proptest::collection::vec(any::<u8>(), len.div_ceil(8)).prop_map(move |mut packed| {
             if let Some(last) = packed.last_mut()
                 && len % 8 != 0
             {
                 *last &= (1 << (len % 8)) - 1;
             }
-            Events::from_packed(packed, len).unwrap()
+            (packed, len)
         })
     })
+}
+
+/// Up to `max` random events.
+pub fn arb_events(max: usize) -> impl Strategy<Value = Events> {
+    assert!(max <= MAX_EVENTS);
+    arb_packed(0..=max).prop_map(|(packed, len)| Events::from_packed(packed, len).unwrap())
 }
 
 pub fn arb_message() -> impl Strategy<Value = Message> {
@@ -138,7 +145,7 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         },
     );
     let decision = (
-        proptest::collection::vec(any::<bool>(), 1..20),
+        arb_packed(1..=19).prop_map(|(packed, len)| Flips::from_packed(packed, len).unwrap()),
         0.0f32..=1.0,
         any::<u32>(),
         0u8..3,

@@ -31,7 +31,7 @@ use decoder::{Decoder, DecoderKind, MatchingDecoder, NeuralDecoder, NeuralModel,
 use frame_codec::{Decision, DecoderChoice, ErrorReply, Events, Message, Open, StreamId};
 use simulator_bridge::experiment::Experiment;
 use simulator_bridge::pacing::Pacer;
-use simulator_bridge::shots::pack_bits;
+use simulator_bridge::shots::{pack_bits, unpack_bits};
 use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, RoundLayout, StabilizerLayout};
 
 use qecd_service::api::{DEFAULT_NOISE as NOISE, DEFAULT_P as NOISE_P};
@@ -521,8 +521,9 @@ fn check(
         let (want, want_decoder) =
             if d.fell_back { (&fallback[s], DecoderChoice::Correlated) } else { (&offline[s], expected_decoder) };
         let actual: Vec<bool> = (0..plan.actual.bits_per_shot()).map(|j| plan.actual.get(s, j)).collect();
-        report.logical_errors += usize::from(d.flips != actual);
-        if d.flips == *want && d.decoder == want_decoder {
+        let flips = unpack_bits(d.flips.packed(), d.flips.len());
+        report.logical_errors += usize::from(flips != actual);
+        if flips == *want && d.decoder == want_decoder {
             report.equal += 1;
             report.neural += usize::from(d.decoder == DecoderChoice::Neural);
         } else {
@@ -532,7 +533,7 @@ fn check(
                     s,
                     format!(
                         "flips {:?} by {:?}{}, offline {:?} by {want_decoder:?}",
-                        d.flips,
+                        flips,
                         d.decoder,
                         if d.fell_back { " (fell back)" } else { "" },
                         want

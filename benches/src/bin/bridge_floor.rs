@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use frame_codec::{
-    Ack, Basis, Decision, DecoderChoice, Events, FrameDecoder, FrameEncoder, FrameKind, Message, Open, Sender as End,
-    StreamId,
+    Ack, Basis, Decision, DecoderChoice, Events, Flips, FrameDecoder, FrameEncoder, FrameKind, Message, Open,
+    Sender as End, StreamId,
 };
 use qecd_benches::{cores, percentiles};
 use simulator_bridge::pacing::Pacer;
@@ -106,7 +106,7 @@ fn serve_connection(mut socket: TcpStream) -> Result<()> {
     let mut encoder = FrameEncoder::new(End::Qecd);
     let ack = Message::Ack(Ack { step_latency_ns: 0, budget_met: true });
     let decision = Message::Decision(Decision {
-        flips: vec![false; OBSERVABLES],
+        flips: Flips::from_packed(vec![0; OBSERVABLES.div_ceil(8)], OBSERVABLES)?,
         confidence: 0.5,
         latency_ns: 0,
         decoder: DecoderChoice::Neural,

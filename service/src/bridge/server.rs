@@ -627,15 +627,23 @@ fn reply(writer: &Writer, stream: StreamId, rounds: u32, reply: Reply) -> bool {
             let ack = Ack { step_latency_ns: saturate(a.step_latency), budget_met: a.budget_met };
             writer.send(&Message::Ack(ack), stream, a.shot, a.round)
         }
-        Reply::Result(r) => writer.send(&Message::Decision(decision(&r)), stream, r.shot, rounds),
+        Reply::Result(r) => match decision(&r) {
+            Ok(d) => writer.send(&Message::Decision(d), stream, r.shot, rounds),
+            // A bug here, not the peer's fault: skip the reply, keep the connection.
+            Err(e) => {
+                error!("bridge: no DECISION for stream {stream} shot {}: {e}", r.shot);
+                writer.is_open()
+            }
+        },
         // A successful OPEN has no reply, and the shadow check's verdict
         // comes after the DECISION it would belong in (see docs/fpga-bridge.md).
         Reply::Opened(_) | Reply::Check(_) => writer.is_open(),
     }
 }
 
-/// The DECISION payload of a shot's result.
-pub fn decision(r: &ShotResult) -> Decision {
+/// The DECISION payload of a shot's result; an error when its prediction
+/// has no observables or more than a DECISION carries.
+pub fn decision(r: &ShotResult) -> Result<Decision, frame_codec::FrameError> {
     let decoder = match r.answered_by {
         decoder::DecoderKind::Matching => DecoderChoice::Matching,
         decoder::DecoderKind::Correlated => DecoderChoice::Correlated,
@@ -644,14 +652,15 @@ pub fn decision(r: &ShotResult) -> Decision {
     };
     // A confidence the session could not compute says nothing either way.
     let confidence = if r.confidence.is_finite() { (r.confidence as f32).clamp(0.0, 1.0) } else { 0.5 };
-    Decision {
-        flips: r.prediction.clone(),
+    let flips = simulator_bridge::shots::pack_bits(&r.prediction);
+    Ok(Decision {
+        flips: frame_codec::Flips::from_packed(flips, r.prediction.len())?,
         confidence,
         latency_ns: saturate(r.decision_latency),
         decoder,
         fell_back: r.fallback.is_some(),
         baseline: None,
-    }
+    })
 }
 
 fn saturate(d: Duration) -> u32 {
@@ -741,18 +750,21 @@ mod tests {
 
     #[test]
     fn results_become_decisions_the_codec_accepts() {
-        let result = ShotResult {
+        let mut result = ShotResult {
             shot: 9,
-            prediction: vec![true],
+            prediction: vec![true, false, false, false, false, false, false, false, true],
             confidence: f64::NAN,
             answered_by: decoder::DecoderKind::Correlated,
             fallback: Some("budget".into()),
             decision_latency: Duration::from_nanos(1 << 40),
         };
-        let d = decision(&result);
-        assert_eq!((d.flips.clone(), d.confidence, d.latency_ns), (vec![true], 0.5, u32::MAX));
+        let d = decision(&result).unwrap();
+        assert_eq!((d.flips.packed(), d.flips.len(), d.confidence, d.latency_ns), (&[1, 1][..], 9, 0.5, u32::MAX));
         assert_eq!((d.decoder, d.fell_back, d.baseline), (DecoderChoice::Correlated, true, None));
         let frame = Message::Decision(d).to_frame(3, 9, 5).unwrap();
         assert_eq!(frame.flags, frame_codec::flags::DECISION_FELL_BACK);
+        assert_eq!(&frame.payload[..3], &[9, 1, 1], "the count, then the flips packed LSB-first");
+        result.prediction.clear();
+        assert!(decision(&result).unwrap_err().to_string().contains("observable count"));
     }
 }
