@@ -5,13 +5,15 @@
 //! cargo run --release -p qecd-benches --bin bridge_floor -- [--frames N] [--period-us P]
 //! ```
 //!
-//! The client is replay's: one socket with `TCP_NODELAY`, one sender thread
-//! that paces frames on a deadline clock (sleep with a 1 ns timer slack, then
-//! spin) and stamps each frame's send time, and one reader thread that times
-//! the replies. The null bridge is the wire work of `qecd serve
-//! --bridge-listen`: per connection one thread with a blocking `read` into a
-//! [`FrameDecoder`], and one encoded reply written per frame (an ACK per
-//! ROUND, a DECISION per FINAL). What the real bridge adds on top of these
+//! The client is `qecd replay`'s, the service's bridge client
+//! ([`qecd_service::bridge::connect`]): one socket with `TCP_NODELAY`, a
+//! [`FrameSink`] on a sender thread that paces frames on a deadline clock
+//! (sleep with a 1 ns timer slack, then spin) and stamps each frame's send
+//! time, and a [`FrameSource`] on a reader thread that times the replies.
+//! The null bridge is the wire work of `qecd serve --bridge-listen`: per
+//! connection one thread with a blocking `read` into a [`FrameDecoder`], and
+//! one encoded reply written per frame (an ACK per ROUND, a DECISION per
+//! FINAL). What the real bridge adds on top of these
 //! round trips is its own cost: the hand-off to the session thread, the
 //! decoding and the reply writer.
 //!
@@ -32,6 +34,7 @@ use frame_codec::{
     Sender as End, StreamId,
 };
 use qecd_benches::{cores, percentiles};
+use qecd_service::bridge::{FrameSink, FrameSource};
 use simulator_bridge::pacing::Pacer;
 use simulator_bridge::shots::pack_bits;
 
@@ -188,14 +191,12 @@ struct Sent {
     stopped: Option<String>,
 }
 
-fn send(mut socket: TcpStream, shots: usize, period_us: f64, clock: &Clock) -> Result<Sent> {
+fn send(mut sink: FrameSink, shots: usize, period_us: f64, clock: &Clock) -> Result<Sent> {
     let patterns = fake_shots()?;
-    let mut encoder = FrameEncoder::new(End::Fpga);
-    let mut out = Vec::new();
     let open =
         Open { distance: 3, basis: Basis::Z, decoder: DecoderChoice::Neural, budget_us: 0, model: String::new() };
-    encoder.encode_message(&Message::Open(open), STREAM, 0, ROUNDS as u32, &mut out)?;
-    socket.write_all(&out).context("the null bridge refused the OPEN frame")?;
+    sink.open(STREAM, open, ROUNDS as u32)?;
+    sink.flush().context("the null bridge refused the OPEN frame")?;
     std::thread::sleep(SETTLE);
     let total = shots * PER_SHOT;
     let mut sent = Sent {
@@ -214,12 +215,11 @@ fn send(mut socket: TcpStream, shots: usize, period_us: f64, clock: &Clock) -> R
         if pacer.is_late(lag) {
             sent.late_ticks += 1;
         }
-        out.clear();
         let events = patterns[shot % PATTERNS][round].clone();
         let message = if round < ROUNDS { Message::Round(events) } else { Message::Final(events) };
-        encoder.encode_message(&message, STREAM, shot as u64, round as u32, &mut out)?;
+        sink.queue(&message, STREAM, shot as u64, round as u32)?;
         clock.sent[k].store(clock.now(), Ordering::Release);
-        if let Err(e) = socket.write_all(&out) {
+        if let Err(e) = sink.flush() {
             sent.stopped = Some(format!("the null bridge closed the connection: {e}"));
             break;
         }
@@ -227,11 +227,8 @@ fn send(mut socket: TcpStream, shots: usize, period_us: f64, clock: &Clock) -> R
     }
     sent.took = pacer.elapsed();
     sent.planned = pacer.deadline(sent.frames) - pacer.deadline(0);
-    out.clear();
-    encoder.encode_message(&Message::Close, STREAM, 0, 0, &mut out)?;
-    let _ = socket.write_all(&out);
-    // Half-close: the null bridge answers what it read, then closes its side.
-    let _ = socket.shutdown(Shutdown::Write);
+    // CLOSE and half-close: the null bridge answers what it read, then closes its side.
+    sink.finish([STREAM])?;
     Ok(sent)
 }
 
@@ -249,7 +246,7 @@ struct Received {
     ended: Option<String>,
 }
 
-fn read_replies(mut socket: TcpStream, clock: &Clock, shots: usize) -> Received {
+fn read_replies(mut source: FrameSource, clock: &Clock, shots: usize) -> Received {
     let total = shots * PER_SHOT;
     let mut r = Received {
         replies: vec![0; total],
@@ -258,51 +255,30 @@ fn read_replies(mut socket: TcpStream, clock: &Clock, shots: usize) -> Received 
         unexpected: 0,
         ended: None,
     };
-    let mut decoder = FrameDecoder::new(End::Qecd);
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let got = match socket.read(&mut buf) {
-            Ok(0) => {
-                r.ended = decoder.finish().err().map(|e| format!("the reply stream ends badly: {e}"));
-                return r;
-            }
-            Ok(got) => got,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                r.ended = Some(format!("gave up waiting: no reply for {} s", READ_TIMEOUT.as_secs()));
-                return r;
-            }
-            Err(e) => {
-                r.ended = Some(format!("reading replies failed: {e}"));
+        let frame = match source.next() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return r,
+            Err(why) => {
+                r.ended = Some(why);
                 return r;
             }
         };
         let now = clock.now();
-        decoder.feed(&buf[..got]);
-        loop {
-            let frame = match decoder.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    r.ended = Some(format!("bad frame from the null bridge: {e}"));
-                    return r;
-                }
-            };
-            let (shot, round) = (frame.shot as usize, frame.round as usize);
-            let k = shot * PER_SHOT + round;
-            let samples = match frame.kind {
-                FrameKind::Ack if shot < shots && round < ROUNDS => &mut r.ack_rtt_us,
-                FrameKind::Decision if shot < shots && round == ROUNDS => &mut r.decision_rtt_us,
-                _ => {
-                    r.unexpected += 1;
-                    continue;
-                }
-            };
-            r.replies[k] += 1;
-            let sent = clock.sent[k].load(Ordering::Acquire);
-            if r.replies[k] == 1 && sent > 0 {
-                samples.push(now.saturating_sub(sent) as f64 / 1e3);
+        let (shot, round) = (frame.shot as usize, frame.round as usize);
+        let k = shot * PER_SHOT + round;
+        let samples = match frame.kind {
+            FrameKind::Ack if shot < shots && round < ROUNDS => &mut r.ack_rtt_us,
+            FrameKind::Decision if shot < shots && round == ROUNDS => &mut r.decision_rtt_us,
+            _ => {
+                r.unexpected += 1;
+                continue;
             }
+        };
+        r.replies[k] += 1;
+        let sent = clock.sent[k].load(Ordering::Acquire);
+        if r.replies[k] == 1 && sent > 0 {
+            samples.push(now.saturating_sub(sent) as f64 / 1e3);
         }
     }
 }
@@ -312,9 +288,7 @@ fn main() -> Result<()> {
     let shots = args.frames.div_ceil(PER_SHOT);
     let total = shots * PER_SHOT;
     let addr = start_null_bridge()?;
-    let socket = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("cannot connect to the null bridge at {addr}"))?;
-    socket.set_nodelay(true)?;
+    let (sink, source) = qecd_service::bridge::connect(addr, READ_TIMEOUT)?;
     println!(
         "bridge_floor: {shots} shots ({total} frames) of fake d=3 memory-Z, {ROUNDS} rounds, one frame every {} µs, \
          to {addr}",
@@ -324,13 +298,12 @@ fn main() -> Result<()> {
     println!("machine: {} cores", cores());
     let clock = Arc::new(Clock { start: Instant::now(), sent: (0..total).map(|_| AtomicU64::new(0)).collect() });
     let reader = {
-        let (socket, clock) = (socket.try_clone()?, clock.clone());
-        socket.set_read_timeout(Some(READ_TIMEOUT))?;
+        let clock = clock.clone();
         std::thread::Builder::new()
             .name("bridge-floor-reader".into())
-            .spawn(move || read_replies(socket, &clock, shots))?
+            .spawn(move || read_replies(source, &clock, shots))?
     };
-    let mut sent = send(socket, shots, args.period_us, &clock)?;
+    let mut sent = send(sink, shots, args.period_us, &clock)?;
     let mut r = reader.join().map_err(|_| anyhow!("the reply reader panicked"))?;
 
     let was_sent = |k: usize| clock.sent[k].load(Ordering::Acquire) > 0;
