@@ -58,7 +58,7 @@ impl Fpga {
 
     /// The next frame from qecd, or `None` once it closed the connection.
     fn next(&mut self) -> Option<Frame> {
-        self.source.next().expect("well-formed replies within 60 s")
+        self.source.next_frame().expect("well-formed replies within 60 s")
     }
 }
 

@@ -173,7 +173,7 @@ pub fn decisions_from_logits(logits: &[f32], num_observables: usize, temperature
 /// The batch neural decoder, for one circuit, on a [`Backend`] (the CPU
 /// kernels unless told otherwise).
 ///
-/// Shots are stepped [`BATCH_SHOTS`] at a time in the backend's slots
+/// Shots are stepped `BATCH_SHOTS` at a time in the backend's slots
 /// `0..BATCH_SHOTS`, from the calling thread (run several decoders through
 /// [`crate::decode_parallel`] for more CPU threads).
 pub struct NeuralDecoder {

@@ -2,7 +2,7 @@
 //! checking and server reflection (v1 and v1alpha, for older clients such
 //! as Python's `grpcio-reflection`).
 //!
-//! A Decode stream runs on the tokio task that reads its messages ([`run`]),
+//! A Decode stream runs on the tokio task that reads its messages (`run`),
 //! and its responses go back through an unbounded channel. A bad message
 //! ends that stream with the status of its [`Fault`]; nothing else on the
 //! server notices.

@@ -393,7 +393,7 @@ fn read_replies(mut source: FrameSource, clock: &Clock, n: usize, rounds: usize)
         ended: None,
     };
     loop {
-        let frame = match source.next() {
+        let frame = match source.next_frame() {
             Ok(Some(frame)) => frame,
             Ok(None) => return r,
             Err(why) => {

@@ -256,7 +256,7 @@ fn read_replies(mut source: FrameSource, clock: &Clock, shots: usize) -> Receive
         ended: None,
     };
     loop {
-        let frame = match source.next() {
+        let frame = match source.next_frame() {
             Ok(Some(frame)) => frame,
             Ok(None) => return r,
             Err(why) => {

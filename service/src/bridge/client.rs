@@ -96,7 +96,7 @@ impl FrameSource {
     /// The next frame; `Ok(None)` once the bridge closed the connection
     /// cleanly. An error names how the reply stream ended otherwise: a
     /// malformed or cut frame, a timeout, or a failed read.
-    pub fn next(&mut self) -> Result<Option<Frame>, String> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, String> {
         loop {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => return Ok(Some(frame)),
