@@ -277,40 +277,17 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
         assert_eq!(n, count, "{name}");
         assert!(p50 > 0.0 && p50 <= p99 && p99 <= p999, "{name}: {p50} {p99} {p999}");
     }
-    // Two streams, plain matching.
-    let replay = qecd(&[
-        "replay",
-        "--dir",
-        dir,
-        "--addr",
-        &server.bridge().to_string(),
-        "--decoder",
-        "matching",
-        "--streams",
-        "2",
-        "--shots",
-        "300",
-    ]);
-    let stdout = String::from_utf8_lossy(&replay.stdout);
-    assert_eq!(replay.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&replay.stderr));
-    assert!(stdout.contains("300 of 300 shots answered exactly once") && stdout.contains("; 0 differ"), "{stdout}");
-
-    // Neural-matching over the bridge: the model steps on each round, and
-    // every answer equals offline decoding.
-    let replay = qecd(&[
-        "replay",
-        "--dir",
-        dir,
-        "--addr",
-        &server.bridge().to_string(),
-        "--decoder",
-        "neural-matching",
-        "--shots",
-        "300",
-    ]);
-    let stdout = String::from_utf8_lossy(&replay.stdout);
-    assert_eq!(replay.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&replay.stderr));
-    assert!(stdout.contains("300 of 300 shots answered exactly once") && stdout.contains("; 0 differ"), "{stdout}");
+    // Two streams of plain matching; then neural-matching, whose model steps
+    // on each round as it arrives: every answer equals offline decoding.
+    let addr = server.bridge().to_string();
+    for extra in [&["--decoder", "matching", "--streams", "2"][..], &["--decoder", "neural-matching"]] {
+        let mut args = vec!["replay", "--dir", dir, "--addr", &addr, "--shots", "300"];
+        args.extend(extra);
+        let replay = qecd(&args);
+        let stdout = String::from_utf8_lossy(&replay.stdout);
+        assert_eq!(replay.status.code(), Some(0), "{args:?}: {stdout}\n{}", String::from_utf8_lossy(&replay.stderr));
+        assert!(stdout.contains("300 of 300 shots answered exactly once") && stdout.contains("; 0 differ"), "{stdout}");
+    }
 
     // A server that refuses every stream loses every shot: status 1.
     let full = Server::with_bridge(ServerOptions { max_streams: 0, ..Server::options() });
@@ -328,7 +305,6 @@ fn replay_plays_an_experiment_in_real_time_and_checks_every_answer() {
         (vec!["--dir", dir, "--decoder", "bogus"], "unknown decoder 'bogus'"),
         (vec!["--dir", dir, "--model", "no_such_model"], "unknown model 'no_such_model'"),
     ] {
-        let addr = server.bridge().to_string();
         let mut all = vec!["replay", "--addr", &addr];
         all.extend(args);
         let out = qecd(&all);

@@ -18,7 +18,6 @@ use qecd_service::{Hub, StreamSlot};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
 
 use crate::convert;
 use crate::proto::decoder_server::{Decoder as DecoderApi, DecoderServer};
@@ -122,13 +121,12 @@ async fn run(
     let stream = tokio::task::spawn_blocking(move || Stream::open(hub, open, sink))
         .await
         .map_err(|e| Fault::internal(format!("opening the session failed: {e}")))??;
-    let span = stream.span().clone();
-    serve_stream(stream, inbound).instrument(span).await
+    serve_stream(stream, inbound).await
 }
 
 /// Feeds an open stream its client's messages until they end.
 async fn serve_stream(stream: Arc<Stream>, mut inbound: Streaming<DecodeRequest>) -> Result<(), Fault> {
-    tracing::debug!("opened over gRPC");
+    stream.span().in_scope(|| tracing::debug!("opened over gRPC"));
     let mut ended = false;
     while !ended {
         // Handle every message that has arrived before stepping, so that a
@@ -145,7 +143,7 @@ async fn serve_stream(stream: Arc<Stream>, mut inbound: Streaming<DecodeRequest>
             };
             if let Err(fault) = stream.input(input) {
                 stream.abandon();
-                tracing::info!(status = ?fault.status, "stream ended: {}", fault.message);
+                stream.span().in_scope(|| tracing::info!(status = ?fault.status, "stream ended: {}", fault.message));
                 return Err(fault);
             }
             next = ready_now(inbound.message());
