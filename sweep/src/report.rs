@@ -351,19 +351,11 @@ mod tests {
     use serde_json::json;
 
     fn row(decoder: &str, d: u32, r: u32, shots: u64, errors: u64) -> StatsRow {
-        let mut meta = json!({"basis": "Z", "d": d, "decoder": decoder, "noise": "si1000", "p": 0.003, "r": r});
+        let mut row = StatsRow::for_test(decoder, d, r, 0.003, shots, errors);
         if decoder == "neural" {
-            meta["model"] = json!(format!("d{d}.safetensors"));
+            row.json_metadata["model"] = json!(format!("d{d}.safetensors"));
         }
-        StatsRow {
-            shots,
-            errors,
-            discards: 0,
-            seconds: 1.0,
-            decoder: decoder.to_string(),
-            strong_id: format!("{decoder}-{d}-{r}"),
-            json_metadata: meta,
-        }
+        row
     }
 
     /// The table's data rows, as cells.

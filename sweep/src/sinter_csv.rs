@@ -33,6 +33,25 @@ pub struct StatsRow {
     pub json_metadata: Value,
 }
 
+impl StatsRow {
+    /// A one-second SI1000 memory-Z case of `decoder` at distance `d`, `r`
+    /// rounds and physical error rate `p`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(decoder: &str, d: u32, r: u32, p: f64, shots: u64, errors: u64) -> Self {
+        let json_metadata =
+            serde_json::json!({"basis": "Z", "d": d, "decoder": decoder, "noise": "si1000", "p": p, "r": r});
+        StatsRow {
+            shots,
+            errors,
+            discards: 0,
+            seconds: 1.0,
+            decoder: decoder.to_string(),
+            strong_id: format!("{decoder}-d{d}-r{r}"),
+            json_metadata,
+        }
+    }
+}
+
 /// Quotes a field the way Python's `csv.writer` does (minimal quoting).
 fn escape(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }

@@ -404,15 +404,7 @@ mod tests {
     use serde_json::json;
 
     fn row(decoder: &str, d: u32, shots: u64, errors: u64) -> StatsRow {
-        StatsRow {
-            shots,
-            errors,
-            discards: 0,
-            seconds: 1.0,
-            decoder: decoder.to_string(),
-            strong_id: format!("{decoder}-d{d}"),
-            json_metadata: json!({"basis": "Z", "d": d, "decoder": decoder, "noise": "si1000", "p": 0.003, "r": d}),
-        }
+        StatsRow::for_test(decoder, d, d, 0.003, shots, errors)
     }
 
     fn sample() -> Vec<StatsRow> {

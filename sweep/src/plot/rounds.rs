@@ -50,20 +50,11 @@ mod tests {
     use super::*;
     use crate::plot::ler::{HEIGHT, WIDTH};
     use crate::plot::tests::Image;
-    use serde_json::json;
 
     /// A case of `decoder` at d=3 whose per-round rate is `per_round`.
     fn row(decoder: &str, d: u32, r: u32, shots: u64, per_round: f64) -> StatsRow {
         let per_shot = 0.5 - 0.5 * (1.0 - 2.0 * per_round).powi(r as i32);
-        StatsRow {
-            shots,
-            errors: (per_shot * shots as f64).round() as u64,
-            discards: 0,
-            seconds: 1.0,
-            decoder: decoder.to_string(),
-            strong_id: format!("{decoder}-d{d}-r{r}"),
-            json_metadata: json!({"basis": "Z", "d": d, "decoder": decoder, "noise": "si1000", "p": 0.001, "r": r}),
-        }
+        StatsRow::for_test(decoder, d, r, 0.001, shots, (per_shot * shots as f64).round() as u64)
     }
 
     /// Correlated flat; neural drifting up and saturating at 10,000 rounds
