@@ -169,11 +169,25 @@ pub struct ServerOptions {
     /// the wake-up of a blocked thread, tens of µs on a VM, at the price of a
     /// core kept busy while frames keep coming.
     pub bridge_poll: std::time::Duration,
+    /// Largest code distance a session may open.
+    pub max_distance: usize,
+    /// Most stabilizer rounds per shot a session may open: a code's circuit,
+    /// DEM and calibration grow with its rounds.
+    pub max_rounds: usize,
+    /// Most shots a stream may have started and not finished.
+    pub max_stream_shots: usize,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { max_streams: 256, max_backlog: 64, bridge_poll: std::time::Duration::ZERO }
+        Self {
+            max_streams: 256,
+            max_backlog: 64,
+            bridge_poll: std::time::Duration::ZERO,
+            max_distance: 15,
+            max_rounds: 100,
+            max_stream_shots: 4096,
+        }
     }
 }
 
@@ -223,6 +237,24 @@ impl Hub {
         Ok(slot)
     }
 
+    /// Refuses a code past the server's size limits before any work is done on it.
+    pub fn check_size(&self, code: &CodeSpec) -> Result<(), Fault> {
+        let over = |what: String| Err(Fault::new(Status::ResourceExhausted, what));
+        if code.distance > self.options.max_distance {
+            return over(format!(
+                "d={} is over this server's limit of d={} (--max-distance {})",
+                code.distance, self.options.max_distance, self.options.max_distance
+            ));
+        }
+        if code.rounds > self.options.max_rounds {
+            return over(format!(
+                "{} rounds per shot is over this server's limit of {} (--max-rounds {})",
+                code.rounds, self.options.max_rounds, self.options.max_rounds
+            ));
+        }
+        Ok(())
+    }
+
     /// A number for a new stream, unique in this server.
     fn stream_number(&self) -> u64 {
         self.next_stream.fetch_add(1, Ordering::Relaxed)
@@ -232,6 +264,7 @@ impl Hub {
     /// while a circuit is built, so that streams opening together for the
     /// same code wait for one build instead of each making their own.
     pub fn circuit(&self, code: &CodeSpec) -> Result<Arc<CircuitInfo>, Fault> {
+        self.check_size(code)?;
         let CodeSpec { distance: d, basis, rounds, noise } = code;
         let key = (*d, *basis, *rounds, noise.name(), noise.p().to_bits());
         let mut cache = self.circuits.lock().expect("circuit cache");

@@ -217,6 +217,7 @@ impl Stream {
         let OpenRequest { code, decoder, model, round_budget, max_backlog } = open;
         let (d, basis, rounds) = (code.distance, code.basis, code.rounds);
         let span = info_span!("stream", n = hub.stream_number(), d, %basis, rounds, %decoder);
+        hub.check_size(&code)?;
         let mode = Mode::of(decoder);
         let model = match mode {
             Mode::Neural { .. } => Some(hub.models.find(model.as_deref(), d, basis)?),
@@ -364,6 +365,11 @@ impl Stream {
                 e.events.len()
             )));
         }
+        if expected % 8 != 0 && e.events.last().is_some_and(|last| last >> (expected % 8) != 0) {
+            return Err(Fault::invalid(format!(
+                "shot {shot}, {what}: the padding bits after the {expected} event bits must be 0"
+            )));
+        }
         Ok(())
     }
 
@@ -382,6 +388,16 @@ impl Stream {
             return Err(Fault::new(
                 Status::FailedPrecondition,
                 format!("shot {shot_id}: round {t} is out of order: {why}"),
+            ));
+        }
+        if t == 0 && state.shots.len() >= self.hub.options.max_stream_shots {
+            return Err(Fault::new(
+                Status::ResourceExhausted,
+                format!(
+                    "shot {shot_id}: this stream already has {} unfinished shots (--max-stream-shots {})",
+                    state.shots.len(),
+                    self.hub.options.max_stream_shots
+                ),
             ));
         }
         let layout = &self.info.rounds;

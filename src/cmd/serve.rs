@@ -29,6 +29,17 @@ pub struct ServeArgs {
     /// Default bound on a stream's rounds waiting for the neural engine.
     #[arg(long, default_value_t = 64)]
     pub max_backlog: usize,
+    /// Largest code distance a session may open.
+    #[arg(long, default_value_t = 15)]
+    pub max_distance: usize,
+    /// Most stabilizer rounds per shot a session may open (a code's circuit,
+    /// DEM and calibration are built when it is first opened, and grow with it).
+    #[arg(long, default_value_t = 100)]
+    pub max_rounds: usize,
+    /// Most shots a stream may have started and not finished; past it the
+    /// stream ends with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 4096)]
+    pub max_stream_shots: usize,
     /// µs a bridge connection's reader polls its socket for the next frame
     /// before blocking (0: block at once). Give it a core of its own.
     #[arg(long, default_value_t = 0)]
@@ -57,6 +68,9 @@ pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
         max_streams: args.max_streams,
         max_backlog: args.max_backlog.max(1),
         bridge_poll: std::time::Duration::from_micros(args.bridge_poll_us),
+        max_distance: args.max_distance,
+        max_rounds: args.max_rounds,
+        max_stream_shots: args.max_stream_shots.max(1),
     };
     Ok(Arc::new(Hub::new(models, options)))
 }
