@@ -365,7 +365,7 @@ impl Stream {
                 e.events.len()
             )));
         }
-        if expected % 8 != 0 && e.events.last().is_some_and(|last| last >> (expected % 8) != 0) {
+        if !expected.is_multiple_of(8) && e.events.last().is_some_and(|last| last >> (expected % 8) != 0) {
             return Err(Fault::invalid(format!(
                 "shot {shot}, {what}: the padding bits after the {expected} event bits must be 0"
             )));
