@@ -89,7 +89,6 @@ pub fn find_model<'a>(
 /// The models a server holds, each with its engine.
 pub struct Models {
     list: Vec<Model>,
-    weights: Vec<Arc<NeuralModel>>,
 }
 
 impl Models {
@@ -119,7 +118,7 @@ impl Models {
                 Ok(Model { name: model.name().to_string(), model: model.clone(), engine: Arc::new(engine) })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { list, weights })
+        Ok(Self { list })
     }
 
     /// All of them.
@@ -151,8 +150,9 @@ impl Models {
     /// The model called `name`, or without a name the first one for the
     /// code ([`find_model`]), with its engine.
     pub fn find(&self, name: Option<&str>, d: usize, basis: Basis) -> Result<Model, Fault> {
-        let found = find_model(&self.weights, name, d, basis)?;
-        let i = self.weights.iter().position(|w| Arc::ptr_eq(w, found)).expect("found among them");
+        let weights: Vec<Arc<NeuralModel>> = self.list.iter().map(|m| m.model.clone()).collect();
+        let found = find_model(&weights, name, d, basis)?;
+        let i = weights.iter().position(|w| Arc::ptr_eq(w, found)).expect("found among them");
         Ok(self.list[i].clone())
     }
 }
