@@ -97,11 +97,6 @@ impl Models {
         Self::serve(load_checkpoints(None)?, options, Device::Cpu)
     }
 
-    /// Every `*.safetensors` checkpoint in `dir`, on the CPU.
-    pub fn load_dir(dir: &Path, options: &StreamOptions) -> Result<Self> {
-        Self::serve(load_checkpoints(Some(dir))?, options, Device::Cpu)
-    }
-
     /// Starts an engine for each model, stepping on `device` (the CPU
     /// backend with `options.threads` threads, or a GPU's CUDA kernels).
     pub fn serve(weights: Vec<Arc<NeuralModel>>, options: &StreamOptions, device: Device) -> Result<Self> {

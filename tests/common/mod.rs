@@ -44,12 +44,10 @@ impl Server {
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
                 runtime.block_on(async move {
-                    let (listener, addr) = qecd_grpc::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-                    addr_tx.send(addr)?;
-                    qecd_grpc::serve(hub, listener, async move {
-                        let _ = stopped.await;
-                    })
-                    .await
+                    let server = qecd_grpc::LocalServer::start(hub).await?;
+                    addr_tx.send(server.addr)?;
+                    let _ = stopped.await;
+                    server.stop().await
                 })
             })
         };
