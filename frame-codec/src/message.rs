@@ -103,18 +103,24 @@ pub enum ErrorCode {
     ResourceExhausted,
     /// The frame is valid but not now, e.g. ROUND before OPEN (gRPC 9).
     FailedPrecondition,
+    /// A deadline passed: a handshake or an idle connection timed out (gRPC 4).
+    DeadlineExceeded,
     /// A bug or an unexpected failure inside qecd (gRPC 13).
     Internal,
+    /// The server is shutting down (gRPC 14).
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, by number.
-    pub const ALL: [ErrorCode; 5] = [
+    pub const ALL: [ErrorCode; 7] = [
         ErrorCode::InvalidArgument,
+        ErrorCode::DeadlineExceeded,
         ErrorCode::NotFound,
         ErrorCode::ResourceExhausted,
         ErrorCode::FailedPrecondition,
         ErrorCode::Internal,
+        ErrorCode::Unavailable,
     ];
 
     /// The gRPC status code, which is also the `u16` on the wire.
@@ -124,7 +130,9 @@ impl ErrorCode {
             ErrorCode::NotFound => 5,
             ErrorCode::ResourceExhausted => 8,
             ErrorCode::FailedPrecondition => 9,
+            ErrorCode::DeadlineExceeded => 4,
             ErrorCode::Internal => 13,
+            ErrorCode::Unavailable => 14,
         }
     }
 
@@ -140,7 +148,9 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
             ErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
+            ErrorCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 }

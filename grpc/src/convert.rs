@@ -28,6 +28,8 @@ pub fn code(status: Status) -> Code {
         Status::FailedPrecondition => Code::FailedPrecondition,
         Status::ResourceExhausted => Code::ResourceExhausted,
         Status::Internal => Code::Internal,
+        Status::DeadlineExceeded => Code::DeadlineExceeded,
+        Status::Unavailable => Code::Unavailable,
     }
 }
 
@@ -134,6 +136,11 @@ pub fn response(reply: Reply) -> DecodeResponse {
             agreed: c.agreed,
             baseline_prediction: pack_bits(&c.baseline),
         }),
+        Reply::Failed(f) => Out::Failed(proto::ShotFailed {
+            shot: f.shot,
+            code: code(f.status) as u32,
+            message: f.message,
+        }),
     };
     DecodeResponse { message: Some(message) }
 }
@@ -191,6 +198,8 @@ mod tests {
             (Status::FailedPrecondition, Code::FailedPrecondition),
             (Status::ResourceExhausted, Code::ResourceExhausted),
             (Status::Internal, Code::Internal),
+            (Status::DeadlineExceeded, Code::DeadlineExceeded),
+            (Status::Unavailable, Code::Unavailable),
         ] {
             assert_eq!(code(status), want);
         }

@@ -196,6 +196,7 @@ pub fn stats_response(hub: &Hub) -> proto::GetStatsResponse {
         agreement_rate: if checked == 0 { f64::NAN } else { agreed as f64 / checked as f64 },
         open_streams: load(&s.open_streams) as u32,
         rejected_streams: load(&s.rejected_streams),
+        failed_shots: load(&s.failed_shots),
     }
 }
 

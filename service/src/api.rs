@@ -24,6 +24,10 @@ pub enum Status {
     ResourceExhausted,
     /// The server failed.
     Internal,
+    /// A deadline passed: no open in time, or a stream idle too long.
+    DeadlineExceeded,
+    /// The server is shutting down.
+    Unavailable,
 }
 
 /// What ends a request or a stream: a status and a message naming the problem.
@@ -257,6 +261,19 @@ pub enum Reply {
     Result(ShotResult),
     /// A shadow check's verdict.
     Check(BaselineCheck),
+    /// A shot could not be decoded: its only answer. The stream goes on.
+    Failed(ShotFailure),
+}
+
+/// A shot that no decoder could answer (a decoding failure inside qecd).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShotFailure {
+    /// The shot.
+    pub shot: u64,
+    /// Why, as a status ([`Status::Internal`] for a decoder's failure).
+    pub status: Status,
+    /// What failed, for a person.
+    pub message: String,
 }
 
 /// Where a stream's replies go; returns `false` once the client is gone.

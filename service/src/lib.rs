@@ -171,6 +171,41 @@ pub struct ServerOptions {
     pub max_rounds: usize,
     /// Most shots a stream may have started and not finished.
     pub max_stream_shots: usize,
+    /// Most distinct codes (distance, basis, rounds, noise) whose circuit,
+    /// DEM and calibration the server keeps; past it the least recently used
+    /// one no stream holds is dropped.
+    pub max_codes: usize,
+    /// Most memory, in MiB, the kept codes may hold (estimated), evicted as above.
+    pub code_cache_mib: usize,
+    /// Codes built at start-up, before the first stream asks.
+    pub prebuild: Vec<CodeSpec>,
+    /// Most reply bytes a stream may leave unread (gRPC); past it the stream
+    /// ends with RESOURCE_EXHAUSTED.
+    pub max_reply_bytes: usize,
+    /// Most bridge connections open at once.
+    pub max_bridge_connections: usize,
+    /// How long a new stream (gRPC) or connection (bridge) may take to open
+    /// its first session.
+    pub handshake_timeout: std::time::Duration,
+    /// How long a stream or bridge connection may send nothing before it is closed.
+    pub idle_timeout: std::time::Duration,
+    /// On shutdown, how long shots in flight have to be answered before
+    /// their streams end with UNAVAILABLE.
+    pub drain_timeout: std::time::Duration,
+    /// Fault injection for tests: every n-th shot of a stream (shot ids n-1,
+    /// 2n-1, …) fails in its matching lane as a decoder's failure would.
+    pub fail_decoding_every: Option<u64>,
+}
+
+/// TLS certificate files of a transport (PEM).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The server's certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
+    /// With one, clients must present a certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -182,6 +217,15 @@ impl Default for ServerOptions {
             max_distance: 15,
             max_rounds: 100,
             max_stream_shots: 4096,
+            max_codes: 32,
+            code_cache_mib: 1024,
+            prebuild: Vec::new(),
+            max_reply_bytes: 4 << 20,
+            max_bridge_connections: 64,
+            handshake_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(120),
+            drain_timeout: std::time::Duration::from_secs(10),
+            fail_decoding_every: None,
         }
     }
 }

@@ -24,7 +24,7 @@ use tracing::{Span, error, info_span, warn};
 
 use crate::api::{
     BaselineCheck, CodeSpec, Fault, Input, OpenRequest, Opened, Reply, RoundAck, RoundEvents, SessionDecoder,
-    SessionStabilizer, ShotResult, Sink, Status,
+    SessionStabilizer, ShotFailure, ShotResult, Sink, Status,
 };
 use crate::stats::Stats;
 use crate::{Hub, Model};
@@ -697,8 +697,21 @@ fn spawn_lane(
                         continue;
                     }
                     LaneJob::Whole { shot, events, fallback, received } => {
-                        let Some((prediction, confidence)) = decoder.decode(shot, events, num_detectors) else {
-                            continue;
+                        let decoded = match hub.options.fail_decoding_every {
+                            Some(n) if shot % n == n - 1 => Err(format!("injected failure (shot {shot})")),
+                            _ => decoder.decode(shot, events, num_detectors),
+                        };
+                        let (prediction, confidence) = match decoded {
+                            Ok(answer) => answer,
+                            Err(why) => {
+                                error!(shot, "{kind} failed on a shot: {why}");
+                                Stats::bump(&hub.stats.failed_shots);
+                                let message = format!("shot {shot}: {kind} failed: {why}");
+                                if !sink(Reply::Failed(ShotFailure { shot, status: Status::Internal, message })) {
+                                    return;
+                                }
+                                continue;
+                            }
                         };
                         if fallback.is_some() {
                             Stats::bump(&hub.stats.fallbacks);
@@ -706,7 +719,14 @@ fn spawn_lane(
                         send_result(&hub, &sink, shot, &prediction, confidence, kind, fallback, received)
                     }
                     LaneJob::Check { shot, events, prediction } => {
-                        let Some((baseline, _)) = decoder.decode(shot, events, num_detectors) else { continue };
+                        let (baseline, _) = match decoder.decode(shot, events, num_detectors) {
+                            Ok(answer) => answer,
+                            // The shot has its answer already; only the check is missing.
+                            Err(why) => {
+                                warn!(shot, "the shadow check failed on a shot: {why}");
+                                continue;
+                            }
+                        };
                         let agreed = baseline == prediction;
                         Stats::bump(&hub.stats.checked);
                         if agreed {
@@ -737,20 +757,17 @@ enum LaneDecoder {
 }
 
 impl LaneDecoder {
-    /// A finished shot's flips and confidence; `None`, reported, if decoding fails.
-    fn decode(&mut self, shot: u64, events: Vec<u8>, num_detectors: usize) -> Option<(Vec<bool>, f64)> {
+    /// A finished shot's flips and confidence, or why decoding failed.
+    fn decode(&mut self, shot: u64, events: Vec<u8>, num_detectors: usize) -> Result<(Vec<bool>, f64), String> {
         match self {
             LaneDecoder::Whole(d) => decode_one(d.as_mut(), events, num_detectors),
             LaneDecoder::Stepping(nm, shots) => match shots.remove(&shot) {
                 Some(stream) => match nm.finish_shot(&stream) {
                     Ok((flips, weight)) => {
                         let prediction = (0..nm.num_observables()).map(|o| flips >> o & 1 != 0).collect();
-                        Some((prediction, nm.confidence(weight).unwrap_or(f64::NAN)))
+                        Ok((prediction, nm.confidence(weight).unwrap_or(f64::NAN)))
                     }
-                    Err(e) => {
-                        error!(shot, "neural-matching failed on a shot: {e}");
-                        None
-                    }
+                    Err(e) => Err(e.to_string()),
                 },
                 // Its rounds never reached the lane (it is being shadow-checked,
                 // say): the whole shot at once.
@@ -761,19 +778,10 @@ impl LaneDecoder {
 }
 
 /// One shot through a whole-shot decoder: its predicted flips and confidence
-/// (NaN without a calibration); `None`, reported, if decoding fails.
-fn decode_one(decoder: &mut dyn Decoder, events: Vec<u8>, num_detectors: usize) -> Option<(Vec<bool>, f64)> {
-    let decoded = PackedShots::from_bytes(events, num_detectors)
-        .map_err(|e| e.to_string())
-        .and_then(|events| decoder.decode_batch(&events).map_err(|e| e.to_string()));
-    match decoded {
-        Ok(d) => {
-            let prediction = (0..decoder.num_observables()).map(|k| d.predictions.get(0, k)).collect();
-            Some((prediction, d.confidence.map(|c| c[0]).unwrap_or(f64::NAN)))
-        }
-        Err(e) => {
-            error!("{} failed on a shot: {e}", decoder.name());
-            None
-        }
-    }
+/// (NaN without a calibration), or why decoding failed.
+fn decode_one(decoder: &mut dyn Decoder, events: Vec<u8>, num_detectors: usize) -> Result<(Vec<bool>, f64), String> {
+    let events = PackedShots::from_bytes(events, num_detectors).map_err(|e| e.to_string())?;
+    let d = decoder.decode_batch(&events).map_err(|e| e.to_string())?;
+    let prediction = (0..decoder.num_observables()).map(|k| d.predictions.get(0, k)).collect();
+    Ok((prediction, d.confidence.map(|c| c[0]).unwrap_or(f64::NAN)))
 }

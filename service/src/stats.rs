@@ -1,6 +1,7 @@
 //! Server-wide counters and latency histograms, for `GetStats` and the demo.
+//! Recording takes no lock: every counter and histogram bucket is an atomic,
+//! bumped where the latency is measured (on the engine's callback, say).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -25,15 +26,16 @@ impl Default for Histogram {
     }
 }
 
+/// The bucket of a latency.
+fn bucket(d: Duration, buckets: usize) -> usize {
+    let ns = d.as_nanos() as f64;
+    if ns < MIN_NS { 0 } else { (((ns / MIN_NS).log10() * BUCKETS_PER_DECADE) as usize + 1).min(buckets - 1) }
+}
+
 impl Histogram {
     /// Adds one sample.
     pub fn record(&mut self, d: Duration) {
-        let ns = d.as_nanos() as f64;
-        let i = if ns < MIN_NS {
-            0
-        } else {
-            (((ns / MIN_NS).log10() * BUCKETS_PER_DECADE) as usize + 1).min(self.counts.len() - 1)
-        };
+        let i = bucket(d, self.counts.len());
         self.counts[i] += 1;
         self.total += 1;
     }
@@ -71,6 +73,31 @@ impl Histogram {
     }
 }
 
+/// A [`Histogram`] that many threads record into at once without a lock.
+#[derive(Debug)]
+struct SharedHistogram {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for SharedHistogram {
+    fn default() -> Self {
+        Self { counts: (0..Histogram::default().counts.len()).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl SharedHistogram {
+    fn record(&self, d: Duration) {
+        self.counts[bucket(d, self.counts.len())].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What it holds now (buckets read one by one, so a sample recorded
+    /// meanwhile may or may not be in it).
+    fn snapshot(&self) -> Histogram {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        Histogram { total: counts.iter().sum(), counts }
+    }
+}
+
 /// Per answering decoder: round-acknowledgement and decision latencies.
 #[derive(Clone, Debug, Default)]
 pub struct DecoderLatency {
@@ -81,9 +108,12 @@ pub struct DecoderLatency {
 }
 
 /// Everything `GetStats` reports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
-    latency: Mutex<Vec<(DecoderKind, DecoderLatency)>>,
+    /// Round and decision histograms of each kind, in `DecoderKind::ALL`'s order.
+    latency: Vec<(DecoderKind, [SharedHistogram; 2])>,
+    /// Shots no decoder could answer (each got a failure status instead).
+    pub failed_shots: AtomicU64,
     /// Neural steps that missed their budget.
     pub budget_misses: AtomicU64,
     /// Shots moved to correlated matching because the backlog passed its bound.
@@ -100,15 +130,32 @@ pub struct Stats {
     pub rejected_streams: AtomicU64,
 }
 
+impl Default for Stats {
+    fn default() -> Self {
+        let zero = || AtomicU64::new(0);
+        Self {
+            latency: DecoderKind::ALL.into_iter().map(|k| (k, Default::default())).collect(),
+            failed_shots: zero(),
+            budget_misses: zero(),
+            backlog_fallbacks: zero(),
+            fallbacks: zero(),
+            checked: zero(),
+            agreed: zero(),
+            open_streams: zero(),
+            rejected_streams: zero(),
+        }
+    }
+}
+
 impl Stats {
     /// Records a round acknowledgement's latency.
     pub fn round(&self, kind: DecoderKind, d: Duration) {
-        self.with(kind, |l| l.round.record(d));
+        self.of(kind)[0].record(d);
     }
 
     /// Records a decision's latency.
     pub fn decision(&self, kind: DecoderKind, d: Duration) {
-        self.with(kind, |l| l.decision.record(d));
+        self.of(kind)[1].record(d);
     }
 
     /// Adds one to a counter.
@@ -116,21 +163,19 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A copy of the latency histograms.
+    /// A copy of the latency histograms of the decoders that answered anything.
     pub fn latencies(&self) -> Vec<(DecoderKind, DecoderLatency)> {
-        self.latency.lock().expect("stats lock").clone()
+        self.latency
+            .iter()
+            .map(|(kind, [round, decision])| {
+                (*kind, DecoderLatency { round: round.snapshot(), decision: decision.snapshot() })
+            })
+            .filter(|(_, l)| l.round.count() + l.decision.count() > 0)
+            .collect()
     }
 
-    fn with(&self, kind: DecoderKind, f: impl FnOnce(&mut DecoderLatency)) {
-        let mut all = self.latency.lock().expect("stats lock");
-        let i = match all.iter().position(|(k, _)| *k == kind) {
-            Some(i) => i,
-            None => {
-                all.push((kind, DecoderLatency::default()));
-                all.len() - 1
-            }
-        };
-        f(&mut all[i].1);
+    fn of(&self, kind: DecoderKind) -> &[SharedHistogram; 2] {
+        &self.latency.iter().find(|(k, _)| *k == kind).expect("every kind has histograms").1
     }
 }
 
@@ -149,5 +194,29 @@ mod tests {
             assert!(got >= want && got <= want * 1.04, "{got} vs {want}");
         }
         assert!(Histogram::default().quantile_us(0.5).is_nan());
+    }
+
+    #[test]
+    fn threads_record_without_losing_samples() {
+        let stats = Stats::default();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let stats = &stats;
+                s.spawn(move || {
+                    for us in 0..10_000u64 {
+                        stats.round(DecoderKind::Neural, Duration::from_micros(1 + (us + t) % 100));
+                    }
+                });
+            }
+        });
+        stats.decision(DecoderKind::Correlated, Duration::from_micros(7));
+        let all = stats.latencies();
+        let kinds: Vec<DecoderKind> = all.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [DecoderKind::Correlated, DecoderKind::Neural]);
+        assert_eq!(all[1].1.round.count(), 40_000);
+        assert_eq!(all[1].1.decision.count(), 0);
+        let mut alone = Histogram::default();
+        (0..10_000u64).for_each(|us| alone.record(Duration::from_micros(1 + us % 100)));
+        assert_eq!(all[1].1.round.percentiles_us(), alone.percentiles_us());
     }
 }

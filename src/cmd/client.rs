@@ -88,6 +88,8 @@ pub struct Tally {
     pub answered: u64,
     /// Answers to a shot already answered.
     pub duplicates: u64,
+    /// Of the shots answered, those answered with a failure status (`ShotFailed`).
+    pub failed: u64,
     /// Round acknowledgements received, and those for a round already acknowledged.
     pub acks: u64,
     /// Duplicate acknowledgements.
@@ -198,6 +200,20 @@ pub async fn drive(
                 if let Some(bar) = &drive.bar {
                     bar.inc(1);
                 }
+                if more(&tally) {
+                    sent_at.insert(tally.started, Instant::now());
+                    tx.as_ref().expect("open while shots remain").send(set.message(tally.started, 0)).await?;
+                    tally.started += 1;
+                }
+            }
+            Some(Out::Failed(f)) => {
+                if !answered.insert(f.shot) {
+                    tally.duplicates += 1;
+                    continue;
+                }
+                sent_at.remove(&f.shot).context("a failure for a shot not in flight")?;
+                tally.answered += 1;
+                tally.failed += 1;
                 if more(&tally) {
                     sent_at.insert(tally.started, Instant::now());
                     tx.as_ref().expect("open while shots remain").send(set.message(tally.started, 0)).await?;

@@ -195,7 +195,7 @@ fn report(
     let mut failed = false;
     for ((d, answerer), tallies) in answerers.iter().zip(per_distance) {
         let (mut round, mut decision) = (Histogram::default(), Histogram::default());
-        let (mut answered, mut lost, mut dup, mut dup_acks) = (0, 0, 0, 0);
+        let (mut answered, mut lost, mut dup, mut dup_acks, mut shots_failed) = (0, 0, 0, 0, 0);
         let mut errors = decoder::stats::ErrorCount::default();
         for t in tallies {
             round.merge(&t.round_rtt);
@@ -204,9 +204,13 @@ fn report(
             lost += t.lost();
             dup += t.duplicates;
             dup_acks += t.duplicate_acks;
+            shots_failed += t.failed;
             errors += t.errors;
         }
-        failed |= lost > 0 || dup > 0 || dup_acks > 0;
+        failed |= lost > 0 || dup > 0 || dup_acks > 0 || shots_failed > 0;
+        if shots_failed > 0 {
+            println!("d={d}: {shots_failed} shots answered with ShotFailed (a decoder failed on them)");
+        }
         let p = |h: &Histogram| {
             let [a, b, c] = h.percentiles_us();
             format!("{a:.0} / {b:.0} / {c:.0}")
@@ -239,8 +243,8 @@ fn report(
         );
     }
     println!(
-        "  budget misses {}, fallbacks {}, rejected streams {}",
-        stats.budget_misses, stats.fallbacks, stats.rejected_streams
+        "  budget misses {}, fallbacks {}, rejected streams {}, failed shots {}",
+        stats.budget_misses, stats.fallbacks, stats.rejected_streams, stats.failed_shots
     );
     failed
 }

@@ -40,6 +40,46 @@ pub struct ServeArgs {
     /// stream ends with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 4096)]
     pub max_stream_shots: usize,
+    /// Most distinct codes (distance, basis, rounds, noise) kept built; the
+    /// least recently used one no stream holds is dropped past it.
+    #[arg(long, default_value_t = 32)]
+    pub max_codes: usize,
+    /// Most memory (MiB, estimated) the kept codes may hold.
+    #[arg(long, default_value_t = 1024)]
+    pub code_cache_mib: usize,
+    /// Most reply bytes a gRPC stream may leave unread; past it the stream
+    /// ends with RESOURCE_EXHAUSTED (the bridge cuts off a peer at 64 MiB).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_reply_bytes: usize,
+    /// Most bridge connections open at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_bridge_connections: usize,
+    /// Seconds a new gRPC stream or bridge connection may take to open its first session.
+    #[arg(long, default_value_t = 10.0)]
+    pub handshake_timeout: f64,
+    /// Seconds a stream or bridge connection may send nothing before it is closed.
+    #[arg(long, default_value_t = 120.0)]
+    pub idle_timeout: f64,
+    /// Seconds that shots in flight get to be answered after SIGTERM; then
+    /// their streams end with UNAVAILABLE and the process exits.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+    /// Server certificate chain (PEM) for TLS on gRPC (and on the bridge with `--bridge-tls`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM): clients must present a certificate it signed (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File holding a bearer token every gRPC call must carry
+    /// (`authorization: Bearer TOKEN`); leading and trailing whitespace is ignored.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The bridge speaks TLS too, with `--tls-cert`, `--tls-key` and `--tls-client-ca`.
+    #[arg(long, requires = "tls_cert")]
+    pub bridge_tls: bool,
     /// µs a bridge connection's reader polls its socket for the next frame
     /// before blocking (0: block at once). Give it a core of its own.
     #[arg(long, default_value_t = 0)]
@@ -54,7 +94,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1)]
     pub engine_threads: usize,
     /// Where the neural engines step: `cpu`, or `cuda` / `cuda:N` for a GPU's
-    /// CUDA kernels (a build with the `kernels/cuda` feature and a CUDA driver).
+    /// CUDA kernels (a build with the `cuda` feature and a CUDA driver).
     #[arg(long, default_value = "cpu")]
     pub device: decoder::Device,
 }
@@ -71,8 +111,30 @@ pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
         max_distance: args.max_distance,
         max_rounds: args.max_rounds,
         max_stream_shots: args.max_stream_shots.max(1),
+        max_codes: args.max_codes.max(1),
+        code_cache_mib: args.code_cache_mib,
+        max_reply_bytes: args.max_reply_bytes,
+        max_bridge_connections: args.max_bridge_connections,
+        handshake_timeout: seconds("--handshake-timeout", args.handshake_timeout)?,
+        idle_timeout: seconds("--idle-timeout", args.idle_timeout)?,
+        drain_timeout: seconds("--drain-timeout", args.drain_timeout)?,
+        ..ServerOptions::default()
     };
     Ok(Arc::new(Hub::new(models, options)))
+}
+
+/// A flag's seconds as a duration: finite and not negative.
+fn seconds(flag: &str, s: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("{flag} {s}: give seconds, 0 or more"))
+}
+
+/// The TLS files of `--tls-cert`, `--tls-key` and `--tls-client-ca`, if given.
+pub fn tls_files(args: &ServeArgs) -> Option<qecd_service::TlsFiles> {
+    Some(qecd_service::TlsFiles {
+        cert: args.tls_cert.clone()?,
+        key: args.tls_key.clone()?,
+        client_ca: args.tls_client_ca.clone(),
+    })
 }
 
 /// Runs `qecd serve` until SIGINT or SIGTERM; then open streams (gRPC and

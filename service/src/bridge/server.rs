@@ -629,12 +629,18 @@ fn reply(writer: &Writer, stream: StreamId, rounds: u32, reply: Reply) -> bool {
         }
         Reply::Result(r) => match decision(&r) {
             Ok(d) => writer.send(&Message::Decision(d), stream, r.shot, rounds),
-            // A bug here, not the peer's fault: skip the reply, keep the connection.
+            // A bug here, not the peer's fault: the shot's answer is an ERROR, and the stream goes on.
             Err(e) => {
                 error!("bridge: no DECISION for stream {stream} shot {}: {e}", r.shot);
-                writer.is_open()
+                let failed = ErrorReply::new(ErrorCode::Internal, format!("shot {}: no DECISION: {e}", r.shot));
+                writer.send(&Message::Error(failed), stream, r.shot, rounds)
             }
         },
+        // INTERNAL naming the shot, in the FINAL's round: that shot's one answer (docs/fpga-bridge.md).
+        Reply::Failed(f) => {
+            let failed = ErrorReply::new(error_code(f.status), f.message);
+            writer.send(&Message::Error(failed), stream, f.shot, rounds)
+        }
         // A successful OPEN has no reply, and the shadow check's verdict
         // comes after the DECISION it would belong in (see docs/fpga-bridge.md).
         Reply::Opened(_) | Reply::Check(_) => writer.is_open(),
@@ -675,6 +681,8 @@ pub fn error_code(status: Status) -> ErrorCode {
         Status::ResourceExhausted => ErrorCode::ResourceExhausted,
         Status::FailedPrecondition => ErrorCode::FailedPrecondition,
         Status::Internal => ErrorCode::Internal,
+        Status::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+        Status::Unavailable => ErrorCode::Unavailable,
     }
 }
 
@@ -742,6 +750,8 @@ mod tests {
             (Status::ResourceExhausted, ErrorCode::ResourceExhausted, 8),
             (Status::FailedPrecondition, ErrorCode::FailedPrecondition, 9),
             (Status::Internal, ErrorCode::Internal, 13),
+            (Status::DeadlineExceeded, ErrorCode::DeadlineExceeded, 4),
+            (Status::Unavailable, ErrorCode::Unavailable, 14),
         ] {
             assert_eq!(error_code(status), want);
             assert_eq!(want.code(), grpc);
