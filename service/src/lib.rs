@@ -303,6 +303,12 @@ impl Hub {
     /// while a circuit is built, so that streams opening together for the
     /// same code wait for one build instead of each making their own.
     pub fn circuit(&self, code: &CodeSpec) -> Result<Arc<CircuitInfo>, Fault> {
+        self.circuit_or_cancel(code, &|| false)
+    }
+
+    /// [`Hub::circuit`] for a caller who may leave: `gone` is asked while
+    /// the build runs.
+    pub fn circuit_or_cancel(&self, code: &CodeSpec, _gone: &dyn Fn() -> bool) -> Result<Arc<CircuitInfo>, Fault> {
         self.check_size(code)?;
         let CodeSpec { distance: d, basis, rounds, noise } = code;
         let key = (*d, *basis, *rounds, noise.name(), noise.p().to_bits());

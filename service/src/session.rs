@@ -177,6 +177,10 @@ struct State {
     lane: Option<Sender<LaneJob>>,
 }
 
+/// Says whether the client of an opening stream has gone away (its reply
+/// channel closed, its connection ended).
+pub type Gone = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// One decode stream. Its transport (a gRPC task, a bridge connection's
 /// reader) hands it the client's messages one at a time with
 /// [`Stream::input`], then calls [`Stream::drive`]: the neural engine steps
@@ -214,6 +218,13 @@ impl Stream {
     /// circuit and matching graph the first time, which takes milliseconds:
     /// call it where blocking is fine.
     pub fn open(hub: Arc<Hub>, open: OpenRequest, sink: Sink) -> Result<Arc<Self>, Fault> {
+        Self::open_or_cancel(hub, open, sink, Arc::new(|| false))
+    }
+
+    /// [`Stream::open`], given up (with a CANCELLED-like fault that nobody
+    /// reads) once `gone` says the client has left: a code's build that no
+    /// open waits for any more stops.
+    pub fn open_or_cancel(hub: Arc<Hub>, open: OpenRequest, sink: Sink, gone: Gone) -> Result<Arc<Self>, Fault> {
         let OpenRequest { code, decoder, model, round_budget, max_backlog } = open;
         let (d, basis, rounds) = (code.distance, code.basis, code.rounds);
         let span = info_span!("stream", n = hub.stream_number(), d, %basis, rounds, %decoder);
@@ -223,7 +234,7 @@ impl Stream {
             Mode::Neural { .. } => Some(hub.models.find(model.as_deref(), d, basis)?),
             Mode::Whole(_) => None,
         };
-        let info = hub.circuit(&code)?;
+        let info = hub.circuit_or_cancel(&code, &*gone)?;
         if let Some(m) = &model {
             check_model_order(m, &info.rounds)?;
         }

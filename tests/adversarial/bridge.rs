@@ -1,0 +1,1 @@
+//! The FPGA bridge: connection limit, handshake and idle timeouts, drain, TLS.

@@ -1,0 +1,1 @@
+//! A decoder's failure on a shot answers that shot, once.
