@@ -9,6 +9,11 @@ use crate::{Decisions, DecodeError, Decoder, DecoderKind, PackedShots};
 /// Shots per call into PyMatching's gap decoder, which takes unpacked bytes.
 const GAP_CHUNK: usize = 4096;
 
+/// Detector-shots a stoppable calibration decodes between two looks at its
+/// stop flag: about a quarter of a second of correlated matching (d=3 with
+/// 1,000 rounds decodes about one detector-shot a microsecond).
+pub const STOP_CHECK_EVENTS: usize = 1 << 18;
+
 /// Matching or correlated matching over one detector error model.
 pub struct MatchingDecoder {
     matching: Matching,
@@ -55,8 +60,26 @@ impl MatchingDecoder {
         shots: usize,
         seed: u64,
     ) -> Result<GapCalibration, DecodeError> {
+        let fitted = self.fit_calibration_until(dem, shots, seed, &|| false)?;
+        Ok(fitted.expect("a fit that is never stopped ends"))
+    }
+
+    /// [`MatchingDecoder::fit_calibration`] that asks `stop` between slices
+    /// of about [`STOP_CHECK_EVENTS`] detector-shots and gives up (`None`)
+    /// once it says so. The fit is the same shot for shot: the shots are
+    /// sampled at once with `seed`, only their decoding is sliced.
+    pub fn fit_calibration_until(
+        &self,
+        dem: &stim::DetectorErrorModel,
+        shots: usize,
+        seed: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<GapCalibration>, DecodeError> {
         let (dets, obs) = crate::confidence::held_out(dem, shots, seed)?;
-        let (predictions, gaps) = self.decode_with_gaps(&dets)?;
+        let slice = (STOP_CHECK_EVENTS / self.num_detectors.max(1)).clamp(1, GAP_CHUNK);
+        let Some((predictions, gaps)) = self.gaps_in_slices(&dets, slice, stop)? else {
+            return Ok(None);
+        };
         let mut flat_gaps = Vec::with_capacity(shots * self.num_observables);
         let mut right = Vec::with_capacity(shots * self.num_observables);
         for s in 0..shots {
@@ -65,7 +88,7 @@ impl MatchingDecoder {
                 right.push(predictions.get(s, o) == obs.get(s, o));
             }
         }
-        Ok(GapCalibration::fit(&flat_gaps, &right))
+        Ok(Some(GapCalibration::fit(&flat_gaps, &right)))
     }
 
     fn check_width(&self, events: &PackedShots) -> Result<(), DecodeError> {
@@ -132,11 +155,26 @@ impl MatchingDecoder {
 
     /// Predictions and the per-observable weight gaps (`num_shots × num_observables`, row-major).
     pub fn decode_with_gaps(&self, events: &PackedShots) -> Result<(PackedShots, Vec<f64>), DecodeError> {
+        let decoded = self.gaps_in_slices(events, GAP_CHUNK, &|| false)?;
+        Ok(decoded.expect("decoding that is never stopped ends"))
+    }
+
+    /// [`MatchingDecoder::decode_with_gaps`], `slice` shots per call into
+    /// PyMatching, asking `stop` before each; `None` once it said stop.
+    fn gaps_in_slices(
+        &self,
+        events: &PackedShots,
+        slice: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<(PackedShots, Vec<f64>)>, DecodeError> {
         let n = events.num_shots();
         let mut predictions = PackedShots::zeros(0, self.num_observables);
         let mut gaps = Vec::with_capacity(n * self.num_observables);
-        for start in (0..n).step_by(GAP_CHUNK) {
-            let end = (start + GAP_CHUNK).min(n);
+        for start in (0..n).step_by(slice) {
+            if stop() {
+                return Ok(None);
+            }
+            let end = (start + slice).min(n);
             let rows = self.unpacked(events, start, end);
             let result = self.matching.decode_gap_batch(rows.view())?;
             predictions.extend(&self.pack_predictions(&result.predictions));
@@ -146,7 +184,7 @@ impl MatchingDecoder {
                 }
             }
         }
-        Ok((predictions, gaps))
+        Ok(Some((predictions, gaps)))
     }
 }
 
@@ -287,5 +325,34 @@ mod tests {
         let mut decoder = MatchingDecoder::from_dem(&dem(&c), DecoderKind::Matching).unwrap();
         let err = decoder.decode_batch(&PackedShots::zeros(3, 10)).unwrap_err();
         assert!(err.to_string().contains("10 detection-event bits"), "{err}");
+    }
+
+    /// Slicing the decoding changes no shot's gap, and a stop is obeyed
+    /// between slices.
+    #[test]
+    fn a_stoppable_fit_is_the_plain_fit_until_stopped() {
+        let c = circuit(3, 0.003);
+        let model = dem(&c);
+        let decoder = MatchingDecoder::from_dem(&model, DecoderKind::Correlated).unwrap();
+        let plain = decoder.fit_calibration(&model, 2_000, 7).unwrap();
+        let asked = std::cell::Cell::new(0);
+        let never = || {
+            asked.set(asked.get() + 1);
+            false
+        };
+        assert_eq!(decoder.fit_calibration_until(&model, 2_000, 7, &never).unwrap(), Some(plain));
+        assert!(asked.get() >= 1);
+        let (dets, _) = crate::confidence::held_out(&model, 2_000, 7).unwrap();
+        let whole = decoder.decode_with_gaps(&dets).unwrap();
+        let sliced = decoder.gaps_in_slices(&dets, 64, &|| false).unwrap().unwrap();
+        assert_eq!(whole.1, sliced.1);
+        assert_eq!(whole.0.as_bytes(), sliced.0.as_bytes());
+        let calls = std::cell::Cell::new(0);
+        let third = || {
+            calls.set(calls.get() + 1);
+            calls.get() == 3
+        };
+        assert!(decoder.gaps_in_slices(&dets, 64, &third).unwrap().is_none());
+        assert_eq!(calls.get(), 3);
     }
 }
