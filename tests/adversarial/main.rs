@@ -112,4 +112,3 @@ impl Healthy {
         assert!(answered.iter().all(|&n| n == 1), "the healthy stream's shots: {answered:?}");
     }
 }
-
