@@ -78,6 +78,16 @@ pub struct ReplayArgs {
     /// Give up when no reply comes for this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_s: u64,
+    /// Speak TLS to the bridge (`qecd serve --bridge-tls`), trusting this CA certificate (PEM);
+    /// the bridge's certificate must name --addr's host.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM), for a bridge that asks for one (`--tls-client-ca`).
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The experiment as the bridge plays it.
@@ -122,7 +132,15 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         .with_context(|| format!("--addr {}: not a HOST:PORT", args.addr))?
         .next()
         .with_context(|| format!("--addr {} resolves to no address", args.addr))?;
-    let (sink, source) = qecd_service::bridge::connect(addr, Duration::from_secs(args.timeout_s.max(1)))?;
+    let timeout = Duration::from_secs(args.timeout_s.max(1));
+    let (sink, source) = match &args.tls_ca {
+        Some(ca) => {
+            let identity = args.tls_cert.clone().zip(args.tls_key.clone());
+            let tls = qecd_service::bridge::ClientTls { ca: ca.clone(), identity };
+            qecd_service::bridge::connect_tls(addr, host(&args.addr), timeout, &tls)?
+        }
+        None => qecd_service::bridge::connect(addr, timeout)?,
+    };
     let n = plan.frames.len();
     println!(
         "qecd replay: {n} shots of d={} memory-{}, {} rounds, from {}",
@@ -132,7 +150,8 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         args.dir.display()
     );
     println!(
-        "  to the bridge at {addr}: {} stream(s), decoder {}{}, budget {}, one round every {} µs per stream",
+        "  to the bridge at {addr}{}: {} stream(s), decoder {}{}, budget {}, one round every {} µs per stream",
+        if args.tls_ca.is_some() { " over TLS" } else { "" },
         args.streams,
         args.decoder,
         neural.as_ref().map(|(name, _)| format!(" (model {name})")).unwrap_or_default(),
@@ -156,6 +175,12 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The host of HOST:PORT (an IPv6 address without its brackets).
+fn host(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 fn parse_decoder(name: &str) -> Result<DecoderChoice> {

@@ -141,7 +141,14 @@ pub fn tls_files(args: &ServeArgs) -> Option<qecd_service::TlsFiles> {
 /// bridge) are drained.
 pub fn run(args: &ServeArgs) -> Result<()> {
     let hub = hub(args)?;
-    let bridge = args.bridge_listen.map(|addr| Bridge::start(hub.clone(), addr)).transpose()?;
+    let bridge_tls = if args.bridge_tls { tls_files(args) } else { None };
+    let bridge = args
+        .bridge_listen
+        .map(|addr| match &bridge_tls {
+            Some(files) => Bridge::start_tls(hub.clone(), addr, files),
+            None => Bridge::start(hub.clone(), addr),
+        })
+        .transpose()?;
     let runtime = super::runtime(args.io_threads)?;
     runtime.block_on(async {
         // Handlers first: a SIGTERM right after the address line is a shutdown, not a kill.
@@ -155,7 +162,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         qecd_grpc::serve(hub.clone(), listener, shutdown).await
     })?;
     if let Some(bridge) = bridge {
-        bridge.shutdown();
+        bridge.shutdown(hub.options.drain_timeout);
     }
     Ok(())
 }

@@ -63,6 +63,19 @@ impl Server {
         server
     }
 
+    /// [`Server::with_bridge`], the bridge over TLS with `files`.
+    pub fn with_bridge_tls(options: ServerOptions, files: &qecd_service::TlsFiles) -> Self {
+        let mut server = Self::start(options);
+        let bridge = Bridge::start_tls(server.hub.clone(), SocketAddr::from(([127, 0, 0, 1], 0)), files).unwrap();
+        server.bridge = Some(bridge);
+        server
+    }
+
+    /// Shuts the bridge down ([`Bridge::shutdown`]) with `deadline` for its open connections.
+    pub fn shutdown_bridge(&mut self, deadline: std::time::Duration) {
+        self.bridge.take().expect("started with_bridge").shutdown(deadline);
+    }
+
     /// A server's default limits.
     pub fn options() -> ServerOptions {
         ServerOptions::default()
