@@ -227,25 +227,27 @@ impl Connection {
         let poll = self.hub.options.bridge_poll;
         let (handshake, idle) = (self.hub.options.handshake_timeout, self.hub.options.idle_timeout);
         let (mut last_byte, mut last_frame) = (since, since);
-        // When the peer has taken too long, and what it is then told.
+        // When the peer will have taken too long: to open a session, then to send a frame.
         let deadline = |opened: bool, last_frame: Instant| match opened {
-            false => limit(handshake).map(|t| {
-                let why = format!("no session opened within {} s (--handshake-timeout {})", seconds(t), seconds(t));
-                (since + t, why)
-            }),
-            true => limit(idle).map(|t| {
-                let why = format!("no frame for {} s (--idle-timeout {})", seconds(t), seconds(t));
-                (last_frame + t, why)
-            }),
+            false => limit(handshake).map(|t| since + t),
+            true => limit(idle).map(|t| last_frame + t),
+        };
+        let expired = |opened: bool| {
+            let why = match opened {
+                false => format!("no session opened within {0} s (--handshake-timeout {0})", seconds(handshake)),
+                true => format!("no frame for {0} s (--idle-timeout {0})", seconds(idle)),
+            };
+            Some((ErrorCode::DeadlineExceeded, why))
         };
         let wait = |until: Option<Instant>, now: Instant| {
             until
                 .map_or(STALL_TIMEOUT, |u| u.saturating_duration_since(now).min(STALL_TIMEOUT))
                 .max(Duration::from_millis(1))
         };
-        let _ = socket.set_read_timeout(Some(wait(deadline(false, since).map(|d| d.0), Instant::now())));
+        let _ = socket.set_read_timeout(Some(wait(deadline(false, since), Instant::now())));
+        let tls = writer.is_tls();
         // Over TLS the handshake may have read records already: open them first.
-        let mut opened_by_handshake = writer.is_tls();
+        let mut opened_by_handshake = tls;
         loop {
             let n = if std::mem::take(&mut opened_by_handshake) {
                 0
@@ -267,11 +269,11 @@ impl Connection {
                             return Some((ErrorCode::InvalidArgument, why));
                         }
                         let due = deadline(self.opened, last_frame);
-                        if let Some((_, why)) = due.as_ref().filter(|(at, _)| now >= *at) {
-                            return Some((ErrorCode::DeadlineExceeded, why.clone()));
+                        if due.is_some_and(|at| now >= at) {
+                            return expired(self.opened);
                         }
                         let stall = (decoder.buffered() > 0).then(|| last_byte + STALL_TIMEOUT);
-                        let until = [due.map(|d| d.0), stall].into_iter().flatten().min();
+                        let until = [due, stall].into_iter().flatten().min();
                         let _ = socket.set_read_timeout(Some(wait(until, now)));
                         continue;
                     }
@@ -280,15 +282,20 @@ impl Connection {
                 }
             };
             last_byte = Instant::now();
-            plain.clear();
-            let peer_closed = match writer.open_tls(&buf[..n], &mut plain) {
-                Ok(closed) => closed,
-                Err(e) => {
-                    info!("bridge: TLS failed: {e}");
-                    return None; // the alert went out; no frame can follow it
-                }
-            };
-            decoder.feed(&plain);
+            let mut peer_closed = false;
+            if tls {
+                plain.clear();
+                peer_closed = match writer.open_tls(&buf[..n], &mut plain) {
+                    Ok(closed) => closed,
+                    Err(e) => {
+                        info!("bridge: TLS failed: {e}");
+                        return None; // the alert went out; no frame can follow it
+                    }
+                };
+                decoder.feed(&plain);
+            } else {
+                decoder.feed(&buf[..n]);
+            }
             let mut framed = false;
             loop {
                 match decoder.next_frame() {
@@ -302,6 +309,11 @@ impl Connection {
             }
             if framed {
                 last_frame = Instant::now();
+            }
+            // Bytes that never make the frame a session needs (a trickle, or
+            // frames refused one by one) do not put the deadline off.
+            if deadline(self.opened, last_frame).is_some_and(|at| last_byte >= at) {
+                return expired(self.opened);
             }
             // Every frame that came in this read is queued before any is
             // stepped, so that a peer sending faster than the engine steps shows

@@ -4,7 +4,7 @@
 //! The bridge is a second transport for [`Stream`](crate::session::Stream),
 //! next to gRPC, and it decodes nothing itself. This module is the listener:
 //! it accepts connections up to `--max-bridge-connections`, gives each a
-//! thread of its own ([`super::connection`]), and on shutdown stops
+//! thread of its own (the `connection` module), and on shutdown stops
 //! accepting, lets the open connections finish until a deadline, then ends
 //! the rest with UNAVAILABLE. It is all plain threads and blocking sockets
 //! with `TCP_NODELAY`: a frame costs one read and one write system call, and

@@ -5,7 +5,7 @@
 //! kept as a codec beside the socket, not wrapped around it: whoever holds
 //! its lock seals plaintext into records ([`Tls::seal`]) or opens records
 //! into plaintext ([`Tls::open`]), and moves the bytes on the raw socket
-//! itself. On the server the lock is the [`Writer`](super::writer)'s: the
+//! itself. On the server the lock is the connection writer's: the
 //! senders seal under it as they encode, and the reader opens what it read
 //! under it, so TLS adds no thread and no hop between socket and decoder,
 //! only the cipher work and the lock.
@@ -170,4 +170,85 @@ pub fn client_config(tls: &ClientTls) -> Result<Arc<ClientConfig>> {
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A CA, a server certificate for 127.0.0.1 it signed, and a client's, as PEM files.
+    fn pki(dir: &Path) -> (PathBuf, TlsFiles, (PathBuf, PathBuf)) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |name: &str, san: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![san.to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+            (write(&format!("{name}.pem"), cert.pem()), write(&format!("{name}.key"), key.serialize_pem()))
+        };
+        let (cert, key) = leaf("server", "127.0.0.1");
+        let client = leaf("client", "fpga.example");
+        let ca = write("ca.pem", ca.pem());
+        (ca.clone(), TlsFiles { cert, key, client_ca: Some(ca) }, client)
+    }
+
+    /// Opens `sealed` at `to`, handed over `chunk` bytes at a time: the
+    /// plaintext, and what `to` sends back.
+    fn deliver(to: &mut Tls, sealed: &[u8], chunk: usize) -> (Vec<u8>, Vec<u8>) {
+        let (mut plain, mut back) = (Vec::new(), Vec::new());
+        for piece in sealed.chunks(chunk.max(1)) {
+            to.open(piece, &mut plain, &mut back).unwrap();
+        }
+        (plain, back)
+    }
+
+    #[test]
+    fn records_in_any_split_open_to_the_frames_sealed_in_both_directions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, files, client) = pki(dir.path());
+        let server_config = server_config(&files).unwrap();
+        let client_config = client_config(&ClientTls { ca, identity: Some(client) }).unwrap();
+        let mut server = Tls::server(&server_config).unwrap();
+        let mut client = Tls::client(&client_config, ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]))).unwrap();
+        // The handshake, by hand: each side's flight to the other until neither has one.
+        let mut to_server = Vec::new();
+        client.pending(&mut to_server).unwrap();
+        while !to_server.is_empty() {
+            let (_, to_client) = deliver(&mut server, &to_server, 1 << 20);
+            (_, to_server) = deliver(&mut client, &to_client, 1 << 20);
+        }
+        assert!(!server.conn.is_handshaking() && !client.conn.is_handshaking());
+        // A frame larger than one record (16 KiB) and than rustls' default buffer (64 KiB).
+        let frame: Vec<u8> = (0..65_572u32).map(|i| (i * 7 % 251) as u8).collect();
+        for chunk in [1, 7, 16_384, 1 << 20] {
+            let mut sealed = Vec::new();
+            client.seal(&frame, &mut sealed).unwrap();
+            assert_eq!(deliver(&mut server, &sealed, chunk).0, frame, "split into {chunk}-byte pieces");
+            let mut sealed = Vec::new();
+            server.seal(&frame[..36], &mut sealed).unwrap();
+            assert_eq!(deliver(&mut client, &sealed, chunk).0, &frame[..36]);
+        }
+        // close_notify ends the server's output, and the client sees the end.
+        let mut bye = Vec::new();
+        server.close(&mut bye).unwrap();
+        let (mut plain, mut back) = (Vec::new(), Vec::new());
+        assert!(client.open(&bye, &mut plain, &mut back).unwrap());
+        assert!(plain.is_empty());
+        // A flipped bit is an error, not plaintext, and the server says why.
+        let mut sealed = Vec::new();
+        client.seal(b"QECF", &mut sealed).unwrap();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        let mut alert = Vec::new();
+        assert!(server.open(&sealed, &mut Vec::new(), &mut alert).is_err());
+        assert!(!alert.is_empty(), "no alert");
+    }
 }
