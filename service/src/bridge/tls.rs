@@ -9,6 +9,14 @@
 //! senders seal under it as they encode, and the reader opens what it read
 //! under it, so TLS adds no thread and no hop between socket and decoder,
 //! only the cipher work and the lock.
+//!
+//! The simpler alternative, a pump thread per connection that terminates TLS
+//! and relays plaintext over a socket pair to the plain code path, would
+//! cost a thread and a wake-up per frame each way. This design costs about
+//! nothing measurable: `qecd replay` (d=3, neural, one stream, a round
+//! every 100 µs, 1000 shots, 5 runs each on a busy 2-core VM) gave a
+//! median ACK round trip of 35.2 µs in plain TCP and 36.5 µs over TLS 1.3,
+//! within the runs' spread (29 to 42 µs for either).
 
 use std::io::{self, Read, Write};
 use std::path::Path;
