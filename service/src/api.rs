@@ -100,9 +100,66 @@ impl CodeSpec {
         if rounds == 0 {
             return Err(Fault::invalid("code.rounds must be at least 1"));
         }
-        let noise = NoiseModel::from_name(noise.unwrap_or(DEFAULT_NOISE), p.unwrap_or(DEFAULT_P))
-            .map_err(|e| Fault::invalid(e.to_string()))?;
+        let p = p.unwrap_or(DEFAULT_P);
+        if !(MIN_P..=0.5).contains(&p) {
+            return Err(Fault::invalid(format!("code.p must be a number from {MIN_P:e} to 0.5, not {p:e}")));
+        }
+        let noise =
+            NoiseModel::from_name(noise.unwrap_or(DEFAULT_NOISE), p).map_err(|e| Fault::invalid(e.to_string()))?;
         Ok(Self { distance, basis, rounds, noise })
+    }
+}
+
+/// The smallest physical error rate a code may have. The circuit writes its
+/// rates as plain decimals, and Stim's parser refuses one with a hundred
+/// zeros after the point (p=1e-100 fails, 1e-30 builds); no decoding
+/// question needs a rate this small.
+pub const MIN_P: f64 = 1e-15;
+
+/// `d=3,rounds=3,basis=Z,noise=si1000,p=0.003`, as `qecd serve --prebuild`
+/// takes it: `d` and `rounds` are required, `basis` defaults to Z, `noise`
+/// to [`DEFAULT_NOISE`] and `p` to [`DEFAULT_P`].
+impl std::str::FromStr for CodeSpec {
+    type Err = Fault;
+
+    fn from_str(s: &str) -> Result<Self, Fault> {
+        let (mut distance, mut rounds, mut basis, mut noise, mut p) = (None, None, Basis::Z, None, None);
+        for pair in s.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| Fault::invalid(format!("'{pair}' in code '{s}' is not KEY=VALUE")))?;
+            let bad = |what: &str| Fault::invalid(format!("{key}={value} in code '{s}': expected {what}"));
+            match key.trim() {
+                "d" | "distance" => distance = Some(value.parse().map_err(|_| bad("an odd distance"))?),
+                "rounds" | "r" => rounds = Some(value.parse().map_err(|_| bad("a number of rounds"))?),
+                "basis" => basis = value.parse().map_err(|_| bad("X or Z"))?,
+                "noise" => noise = Some(value),
+                "p" => p = Some(value.parse().map_err(|_| bad("a physical error rate"))?),
+                other => {
+                    return Err(Fault::invalid(format!(
+                        "unknown key '{other}' in code '{s}' (expected d, rounds, basis, noise, p)"
+                    )));
+                }
+            }
+        }
+        let distance = distance.ok_or_else(|| Fault::invalid(format!("code '{s}' has no d=")))?;
+        let rounds = rounds.ok_or_else(|| Fault::invalid(format!("code '{s}' has no rounds=")))?;
+        Self::new(distance, basis, rounds, noise, p)
+    }
+}
+
+/// Writes what [`CodeSpec::from_str`](std::str::FromStr) reads.
+impl fmt::Display for CodeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "d={},rounds={},basis={},noise={},p={}",
+            self.distance,
+            self.rounds,
+            self.basis,
+            self.noise.name(),
+            self.noise.p()
+        )
     }
 }
 
@@ -328,4 +385,52 @@ pub struct ModelSummary {
     pub layers: usize,
     /// Its calibration temperature.
     pub temperature: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_reads_back_what_it_writes() {
+        let code: CodeSpec = "d=5, rounds=7,basis=x,noise=depolarizing,p=0.001".parse().unwrap();
+        assert_eq!((code.distance, code.rounds, code.basis), (5, 7, Basis::X));
+        assert_eq!((code.noise.name(), code.noise.p()), ("depolarizing".to_string(), 0.001));
+        let again: CodeSpec = code.to_string().parse().unwrap();
+        assert_eq!(again.to_string(), code.to_string());
+        let plain: CodeSpec = "d=3,rounds=3".parse().unwrap();
+        assert_eq!(
+            (plain.basis, plain.noise.name(), plain.noise.p()),
+            (Basis::Z, DEFAULT_NOISE.to_string(), DEFAULT_P)
+        );
+    }
+
+    #[test]
+    fn a_bad_code_names_its_bad_key() {
+        for (text, named) in [
+            ("d=3,rounds=3,q=1", "unknown key 'q'"),
+            ("d=three,rounds=3", "d=three"),
+            ("d=3,rounds=-1", "rounds=-1"),
+            ("d=3,rounds=3,basis=Y", "basis=Y"),
+            ("d=3,rounds=3,p=high", "p=high"),
+            ("d=3,rounds=3,noise=pink", "unknown noise model 'pink'"),
+            ("rounds=3", "no d="),
+            ("d=3", "no rounds="),
+            ("d=3,rounds", "'rounds' in code 'd=3,rounds' is not KEY=VALUE"),
+        ] {
+            let fault = text.parse::<CodeSpec>().unwrap_err();
+            assert_eq!(fault.status, Status::InvalidArgument);
+            assert!(fault.message.contains(named), "{text}: {}", fault.message);
+        }
+    }
+
+    #[test]
+    fn p_outside_its_range_is_refused_naming_p() {
+        for p in [5e-324, 1e-100, 0.0, -0.1, 0.6, f64::NAN, f64::INFINITY] {
+            let fault = CodeSpec::new(3, Basis::Z, 3, None, Some(p)).unwrap_err();
+            assert_eq!(fault.status, Status::InvalidArgument);
+            assert!(fault.message.starts_with("code.p must be"), "{p}: {}", fault.message);
+        }
+        assert!(CodeSpec::new(3, Basis::Z, 3, None, Some(MIN_P)).is_ok());
+    }
 }

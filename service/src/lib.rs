@@ -4,6 +4,8 @@
 //! `GetStats` ([`stats`]) and the FPGA bridge's listener and client
 //! ([`bridge`]).
 //!
+//! Codes are built once and kept, within bounds ([`codes`]).
+//!
 //! It owns the service's own request and reply types ([`api`]): gRPC is an
 //! adapter over them in the `qecd-grpc` crate, and the bridge maps its
 //! frames straight onto them. It has no tonic, no protobuf and no plots.
@@ -13,13 +15,13 @@
 pub mod api;
 pub mod batch;
 pub mod bridge;
+pub mod codes;
 pub mod session;
 pub mod stats;
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use decoder::{Device, NeuralModel, StreamEngine, StreamOptions};
@@ -27,6 +29,7 @@ use simulator_bridge::Basis;
 
 use api::{CodeSpec, ModelSummary};
 pub use api::{Fault, Status};
+use codes::{CodeCache, CodeCacheStats, Limits};
 use session::CircuitInfo;
 use stats::Stats;
 
@@ -230,8 +233,6 @@ impl Default for ServerOptions {
     }
 }
 
-type CircuitKey = (usize, Basis, usize, String, u64);
-
 /// What every stream of a server shares.
 pub struct Hub {
     /// The neural models.
@@ -240,21 +241,49 @@ pub struct Hub {
     pub stats: Stats,
     /// Limits.
     pub options: ServerOptions,
-    circuits: Mutex<HashMap<CircuitKey, Arc<CircuitInfo>>>,
+    codes: Arc<CodeCache>,
     /// Numbers the streams, for their log spans.
     next_stream: AtomicU64,
 }
 
 impl Hub {
-    /// A hub serving `models`.
+    /// A hub serving `models`. The codes of `options.prebuild` start
+    /// building on a thread of their own, one after another: streams that
+    /// open one of them meanwhile wait for its build.
     pub fn new(models: Models, options: ServerOptions) -> Self {
-        Self {
-            models,
-            stats: Stats::default(),
-            options,
-            circuits: Mutex::new(HashMap::new()),
-            next_stream: AtomicU64::new(0),
+        let codes = CodeCache::new(Limits { max_codes: options.max_codes, max_mib: options.code_cache_mib });
+        let hub = Self { models, stats: Stats::default(), options, codes, next_stream: AtomicU64::new(0) };
+        hub.prebuild();
+        hub
+    }
+
+    fn prebuild(&self) {
+        let refused: Vec<_> =
+            self.options.prebuild.iter().filter_map(|code| self.check_size(code).err().map(|f| (code, f))).collect();
+        for (code, fault) in refused {
+            tracing::warn!(%code, %fault, "not prebuilt");
         }
+        let codes: Vec<CodeSpec> =
+            self.options.prebuild.iter().filter(|code| self.check_size(code).is_ok()).cloned().collect();
+        if codes.is_empty() {
+            return;
+        }
+        let cache = self.codes.clone();
+        let spawned = std::thread::Builder::new().name("qecd-prebuild".into()).spawn(move || {
+            for code in codes {
+                if let Err(fault) = cache.get(&code, &|| false) {
+                    tracing::warn!(%code, %fault, "prebuild failed");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the prebuild thread: {e}");
+        }
+    }
+
+    /// What the code cache holds and has done.
+    pub fn code_cache_stats(&self) -> CodeCacheStats {
+        self.codes.stats()
     }
 
     /// Takes one of the server's stream slots (gRPC and bridge together),
@@ -299,29 +328,18 @@ impl Hub {
         self.next_stream.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The circuit of a code, built once and cached. The cache stays locked
-    /// while a circuit is built, so that streams opening together for the
-    /// same code wait for one build instead of each making their own.
+    /// The circuit of a code, built once and kept ([`codes`]): streams
+    /// opening together for the same code wait for one build, and no lock
+    /// is held while it runs.
     pub fn circuit(&self, code: &CodeSpec) -> Result<Arc<CircuitInfo>, Fault> {
         self.circuit_or_cancel(code, &|| false)
     }
 
     /// [`Hub::circuit`] for a caller who may leave: `gone` is asked while
-    /// the build runs.
-    pub fn circuit_or_cancel(&self, code: &CodeSpec, _gone: &dyn Fn() -> bool) -> Result<Arc<CircuitInfo>, Fault> {
+    /// the build runs, and a build that no caller waits for any more stops.
+    pub fn circuit_or_cancel(&self, code: &CodeSpec, gone: &dyn Fn() -> bool) -> Result<Arc<CircuitInfo>, Fault> {
         self.check_size(code)?;
-        let CodeSpec { distance: d, basis, rounds, noise } = code;
-        let key = (*d, *basis, *rounds, noise.name(), noise.p().to_bits());
-        let mut cache = self.circuits.lock().expect("circuit cache");
-        if let Some(c) = cache.get(&key) {
-            return Ok(c.clone());
-        }
-        let info = Arc::new(
-            CircuitInfo::build(code)
-                .map_err(|e| Fault::invalid(format!("code d={d} memory-{basis} rounds={rounds}: {e:#}")))?,
-        );
-        cache.insert(key, info.clone());
-        Ok(info)
+        self.codes.get(code, gone)
     }
 }
 

@@ -70,6 +70,16 @@ pub struct CircuitInfo {
     posterior: OnceLock<Result<(Arc<PosteriorModel>, GapCalibration), String>>,
 }
 
+impl std::fmt::Debug for CircuitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitInfo")
+            .field("detectors", &self.layout.detectors.len())
+            .field("rounds", &self.layout.num_rounds)
+            .field("dem_bytes", &self.dem_text.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Held-out shots that fit neural-matching's confidence (fewer than
 /// matching's: a shot costs about 60 times as much at d=11).
 const POSTERIOR_CALIBRATION_SHOTS: usize = 4_000;
@@ -79,19 +89,61 @@ const CALIBRATION_SHOTS: usize = 10_000;
 const CALIBRATION_SEED: u64 = 0x6361_6c69_6272_6174;
 
 impl CircuitInfo {
-    /// The circuit, DEM and layout of a code.
-    pub fn build(code: &CodeSpec) -> anyhow::Result<Self> {
+    /// The circuit, DEM, layout and calibrations of a code; `None` when
+    /// `stop` said so. It is asked between the stages and while the
+    /// calibrations decode (every quarter of a second or so), so that a build
+    /// nobody waits for any more ends soon: at d=3 with 1,000 rounds its
+    /// longest stretch without asking, sampling the held-out shots, is 1.3 s.
+    pub fn build(code: &CodeSpec, stop: &dyn Fn() -> bool) -> anyhow::Result<Option<Self>> {
         let basis = code.basis;
         let circuit = MemoryExperiment::new(code.distance, code.rounds, basis)?.noisy_circuit(&code.noise)?;
+        if stop() {
+            return Ok(None);
+        }
         let dem = simulator_bridge::decoding_dem(&circuit)?;
         let dem_text = dem.to_string();
-        let fit = |kind| -> anyhow::Result<(DecoderKind, GapCalibration)> {
-            let decoder = MatchingDecoder::from_dem(&dem, kind)?;
-            Ok((kind, decoder.fit_calibration(&dem, CALIBRATION_SHOTS, CALIBRATION_SEED)?))
-        };
-        let calibrations = [fit(DecoderKind::Matching)?, fit(DecoderKind::Correlated)?];
         let layout = StabilizerLayout::from_circuit(&circuit, basis)?;
-        Ok(Self { dem_text, rounds: RoundLayout::new(&layout), layout, calibrations, posterior: OnceLock::new() })
+        drop(circuit);
+        let fit = |kind| -> anyhow::Result<Option<(DecoderKind, GapCalibration)>> {
+            if stop() {
+                return Ok(None);
+            }
+            let decoder = MatchingDecoder::from_dem(&dem, kind)?;
+            let fitted = decoder.fit_calibration_until(&dem, CALIBRATION_SHOTS, CALIBRATION_SEED, stop)?;
+            Ok(fitted.map(|c| (kind, c)))
+        };
+        let Some(matching) = fit(DecoderKind::Matching)? else { return Ok(None) };
+        let Some(correlated) = fit(DecoderKind::Correlated)? else { return Ok(None) };
+        Ok(Some(Self {
+            dem_text,
+            rounds: RoundLayout::new(&layout),
+            layout,
+            calibrations: [matching, correlated],
+            posterior: OnceLock::new(),
+        }))
+    }
+
+    /// Bytes it holds, estimated: the DEM text (by far the most: about 1 KB
+    /// a detector, 7 MB for d=3 with 1,000 rounds), the stabilizer layout's
+    /// detector sites, the round layout's two words a detector, and the
+    /// posterior model's weights once a neural-matching session fitted them.
+    /// Matching graphs are not counted: each stream builds its own from the
+    /// text.
+    pub fn estimated_bytes(&self) -> usize {
+        let detectors = self.layout.detectors.len();
+        let stabilizers = self.layout.stabilizers.len();
+        let mut bytes = std::mem::size_of::<Self>()
+            + self.dem_text.capacity()
+            + detectors * std::mem::size_of::<simulator_bridge::layout::DetectorSite>()
+            + 2 * stabilizers * std::mem::size_of::<simulator_bridge::layout::Stabilizer>()
+            + detectors * 2 * std::mem::size_of::<usize>()
+            + self.layout.num_rounds * 2 * std::mem::size_of::<Vec<usize>>();
+        if let Some(Ok((model, _))) = self.posterior.get() {
+            let weights: usize =
+                model.config.tensor_shapes().iter().map(|(_, shape)| shape.iter().product::<usize>()).sum();
+            bytes += weights * std::mem::size_of::<f32>();
+        }
+        bytes
     }
 
     /// A whole-shot matching decoder with its calibrated confidence.

@@ -11,6 +11,11 @@ use decoder::StreamOptions;
 use qecd_service::bridge::Bridge;
 use qecd_service::{Hub, Models, ServerOptions};
 
+/// The codes `qecd load` and the bridge open: d=3 and d=5 memory-Z, SI1000 p=0.003, d rounds.
+fn default_prebuild() -> Vec<qecd_service::api::CodeSpec> {
+    ["d=3,rounds=3", "d=5,rounds=5"].iter().map(|c| c.parse().expect("a valid code")).collect()
+}
+
 /// Arguments of `qecd serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -47,6 +52,10 @@ pub struct ServeArgs {
     /// Most memory (MiB, estimated) the kept codes may hold.
     #[arg(long, default_value_t = 1024)]
     pub code_cache_mib: usize,
+    /// A code to build at start-up, in the background (repeatable):
+    /// `d=3,rounds=3,basis=Z,noise=si1000,p=0.003`, noise and p optional.
+    #[arg(long = "prebuild", value_name = "CODE", default_values_t = default_prebuild())]
+    pub prebuild: Vec<qecd_service::api::CodeSpec>,
     /// Most reply bytes a gRPC stream may leave unread; past it the stream
     /// ends with RESOURCE_EXHAUSTED (the bridge cuts off a peer at 64 MiB).
     #[arg(long, default_value_t = 4 << 20)]
@@ -113,6 +122,7 @@ pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
         max_stream_shots: args.max_stream_shots.max(1),
         max_codes: args.max_codes.max(1),
         code_cache_mib: args.code_cache_mib,
+        prebuild: args.prebuild.clone(),
         max_reply_bytes: args.max_reply_bytes,
         max_bridge_connections: args.max_bridge_connections,
         handshake_timeout: seconds("--handshake-timeout", args.handshake_timeout)?,
