@@ -136,11 +136,9 @@ pub fn response(reply: Reply) -> DecodeResponse {
             agreed: c.agreed,
             baseline_prediction: pack_bits(&c.baseline),
         }),
-        Reply::Failed(f) => Out::Failed(proto::ShotFailed {
-            shot: f.shot,
-            code: code(f.status) as u32,
-            message: f.message,
-        }),
+        Reply::Failed(f) => {
+            Out::Failed(proto::ShotFailed { shot: f.shot, code: code(f.status) as u32, message: f.message })
+        }
     };
     DecodeResponse { message: Some(message) }
 }

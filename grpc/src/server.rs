@@ -1,64 +1,102 @@
 //! The tonic service of proto/qecd/v1/decoder.proto, with gRPC health
 //! checking and server reflection (v1 and v1alpha, for older clients such
-//! as Python's `grpcio-reflection`).
+//! as Python's `grpcio-reflection`), and the server's life: serving, then
+//! draining to a deadline.
 //!
-//! A Decode stream runs on the tokio task that reads its messages (`run`),
-//! and its responses go back through an unbounded channel. A bad message
-//! ends that stream with the status of its [`Fault`]; nothing else on the
-//! server notices.
+//! A Decode stream runs on a task of its own (`stream.rs`) and its replies
+//! go back through a queue bounded in bytes (`replies.rs`).
+//! A bad message, a timeout or a client that stops reading ends that stream
+//! with a status; nothing else on the server notices.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use qecd_service::api::{Fault, Status as ServiceStatus};
-use qecd_service::session::Stream;
 use qecd_service::stats::Histogram;
 use qecd_service::{Hub, StreamSlot};
-use tokio::sync::mpsc::UnboundedSender;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert;
 use crate::proto::decoder_server::{Decoder as DecoderApi, DecoderServer};
-use crate::proto::{self, DecodeRequest, DecodeResponse, decode_request::Message as In};
+use crate::proto::{self, DecodeRequest};
+use crate::replies::{self, Replies};
+use crate::security::Security;
+use crate::{convert, stream};
+
+/// HTTP/2 pings on an idle connection this often: a peer that vanished
+/// without closing (a cable pulled, a VM gone) is noticed and its streams end.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may wait for its answer before the connection is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP keepalive on every accepted socket, for peers that vanish mid-write.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// After the drain deadline, how long connections get to close before
+/// serving returns without them.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Where a server is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Taking streams.
+    Serving,
+    /// Shutting down: no new streams; the open ones finish their shots.
+    Draining,
+    /// The drain deadline has passed: the streams still open end with UNAVAILABLE.
+    Closing,
+}
 
 /// The gRPC front of a [`Hub`].
 pub struct DecoderService {
     hub: Arc<Hub>,
+    phase: watch::Receiver<Phase>,
 }
 
 impl DecoderService {
-    /// Serves `hub`.
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    /// Serves `hub` while `phase` says [`Phase::Serving`].
+    pub fn new(hub: Arc<Hub>, phase: watch::Receiver<Phase>) -> Self {
+        Self { hub, phase }
+    }
+
+    /// UNAVAILABLE once the server is shutting down.
+    fn check_serving(&self) -> Result<(), Status> {
+        if *self.phase.borrow() == Phase::Serving {
+            return Ok(());
+        }
+        Err(Status::unavailable(format!(
+            "the server is shutting down and takes no new work (--drain-timeout {})",
+            stream::secs(self.hub.options.drain_timeout)
+        )))
     }
 }
 
 #[tonic::async_trait]
 impl DecoderApi for DecoderService {
-    type DecodeStream = UnboundedReceiverStream<Result<DecodeResponse, Status>>;
+    type DecodeStream = Replies;
 
     async fn decode(&self, request: Request<Streaming<DecodeRequest>>) -> Result<Response<Self::DecodeStream>, Status> {
+        self.check_serving()?;
         let hub = self.hub.clone();
         let slot = hub.admit().map_err(convert::status)?;
         let inbound = request.into_inner();
-        let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (replies, reader) = replies::queue(hub.options.max_reply_bytes);
+        let phase = self.phase.clone();
         tokio::spawn(async move {
-            let result = run(hub, inbound, out_tx.clone()).await;
+            let result = stream::run(hub, inbound, replies.clone(), phase).await;
             // The stream no longer counts as open once the client can learn that it ended.
             drop::<StreamSlot>(slot);
             if let Err(fault) = result {
-                let _ = out_tx.send(Err(convert::status(fault)));
+                replies.end(convert::status(fault));
             }
         });
-        Ok(Response::new(UnboundedReceiverStream::new(out_rx)))
+        Ok(Response::new(reader))
     }
 
     async fn decode_batch(
         &self,
         request: Request<proto::DecodeBatchRequest>,
     ) -> Result<Response<proto::DecodeBatchResponse>, Status> {
+        self.check_serving()?;
         let hub = self.hub.clone();
         let req = convert::batch_request(request.into_inner()).map_err(convert::status)?;
         let reply = tokio::task::spawn_blocking(move || hub.decode_batch(req))
@@ -97,76 +135,6 @@ impl DecoderApi for DecoderService {
     }
 }
 
-/// Runs one Decode stream until the client's messages end and every answer
-/// owed has been sent, or the client goes away. Each message is handled
-/// right here, on the task that read it, and a neural round is stepped here
-/// too when the engine is idle (see [`Stream`]); only opening the
-/// session and waiting for the last answers leave the async runtime.
-async fn run(
-    hub: Arc<Hub>,
-    mut inbound: Streaming<DecodeRequest>,
-    out: UnboundedSender<Result<DecodeResponse, Status>>,
-) -> Result<(), Fault> {
-    let open = match inbound.message().await {
-        Ok(Some(DecodeRequest { message: Some(In::Open(open)) })) => convert::open_request(open)?,
-        Ok(Some(_)) => {
-            return Err(Fault::new(
-                ServiceStatus::FailedPrecondition,
-                "no session opened: the first message of a Decode stream must be `open`",
-            ));
-        }
-        Ok(None) | Err(_) => return Ok(()),
-    };
-    let sink: qecd_service::api::Sink = Arc::new(move |r| out.send(Ok(convert::response(r))).is_ok());
-    let stream = tokio::task::spawn_blocking(move || Stream::open(hub, open, sink))
-        .await
-        .map_err(|e| Fault::internal(format!("opening the session failed: {e}")))??;
-    serve_stream(stream, inbound).await
-}
-
-/// Feeds an open stream its client's messages until they end.
-async fn serve_stream(stream: Arc<Stream>, mut inbound: Streaming<DecodeRequest>) -> Result<(), Fault> {
-    stream.span().in_scope(|| tracing::debug!("opened over gRPC"));
-    let mut ended = false;
-    while !ended {
-        // Handle every message that has arrived before stepping, so that a
-        // client sending faster than the engine steps shows up as this
-        // stream's backlog (and falls back), not as bytes piling up unread.
-        let mut next = Some(inbound.message().await);
-        while let Some(message) = next.take() {
-            let input = match message {
-                Ok(Some(DecodeRequest { message })) => convert::input(message),
-                Ok(None) | Err(_) => {
-                    ended = true; // the client finished sending, or went away
-                    break;
-                }
-            };
-            if let Err(fault) = stream.input(input) {
-                stream.abandon();
-                stream.span().in_scope(|| tracing::info!(status = ?fault.status, "stream ended: {}", fault.message));
-                return Err(fault);
-            }
-            next = ready_now(inbound.message());
-        }
-        stream.drive();
-        ended |= stream.is_closed();
-    }
-    let _ = tokio::task::spawn_blocking(move || stream.end()).await;
-    Ok(())
-}
-
-/// The future's output if it is ready without waiting. Polling
-/// `Streaming::message` and dropping it unfinished loses nothing: its state
-/// lives in the stream.
-fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(output) => Some(output),
-        std::task::Poll::Pending => None,
-    }
-}
-
 /// The `GetStats` answer of a hub.
 pub fn stats_response(hub: &Hub) -> proto::GetStatsResponse {
     let s = &hub.stats;
@@ -200,11 +168,25 @@ pub fn stats_response(hub: &Hub) -> proto::GetStatsResponse {
     }
 }
 
-/// Serves the decoder, health checking and reflection on `addr` until
-/// `shutdown` resolves; then stops taking streams and waits for the open ones to finish.
+/// [`serve_with`] without TLS or token.
 pub async fn serve(
     hub: Arc<Hub>,
     listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(hub, listener, Security::none(), shutdown).await
+}
+
+/// Serves the decoder, health checking and reflection on `listener` until
+/// `shutdown` resolves. Then it drains: the listener closes and new streams
+/// get UNAVAILABLE at once, the open ones finish their shots, and those
+/// still open after the hub's `drain_timeout` end with UNAVAILABLE. It
+/// returns once every connection has closed, or half a second after the
+/// deadline (`CLOSE_GRACE`).
+pub async fn serve_with(
+    hub: Arc<Hub>,
+    listener: tokio::net::TcpListener,
+    security: Security,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -214,20 +196,59 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    tonic::transport::Server::builder()
+    let (phase_tx, mut phase) = watch::channel(Phase::Serving);
+    let phase_tx = Arc::new(phase_tx);
+    let draining = {
+        let phase_tx = phase_tx.clone();
+        async move {
+            shutdown.await;
+            phase_tx.send_replace(Phase::Draining);
+            health.set_not_serving::<DecoderServer<DecoderService>>().await;
+        }
+    };
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    if let Some(tls) = security.tls() {
+        builder = builder.tls_config(tls)?;
+    }
+    // Health and reflection take no token (see `crate::security`).
+    let decoder =
+        DecoderServer::with_interceptor(DecoderService::new(hub.clone(), phase.clone()), security.interceptor());
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
+    let serving = builder
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(DecoderServer::new(DecoderService::new(hub)))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
-    Ok(())
+        .add_service(decoder)
+        .serve_with_incoming_shutdown(incoming, draining);
+    let mut serving = std::pin::pin!(serving);
+    tokio::select! {
+        served = &mut serving => return Ok(served?),
+        _ = phase.wait_for(|p| *p != Phase::Serving) => {}
+    }
+    let drain = hub.options.drain_timeout;
+    tracing::info!("draining: open streams have {} to finish their shots", stream::secs(drain));
+    if let Ok(served) = tokio::time::timeout(drain, &mut serving).await {
+        return Ok(served?);
+    }
+    phase_tx.send_replace(Phase::Closing);
+    tracing::warn!(
+        "the drain deadline (--drain-timeout {}) has passed: the streams still open end with UNAVAILABLE",
+        stream::secs(drain)
+    );
+    match tokio::time::timeout(CLOSE_GRACE, &mut serving).await {
+        Ok(served) => Ok(served?),
+        Err(_) => {
+            tracing::warn!("connections still open {} after the drain deadline are dropped", stream::secs(CLOSE_GRACE));
+            Ok(())
+        }
+    }
 }
 
-/// A server on a free loopback port inside this process (`qecd demo`, `qecd load`).
+/// A server on a free loopback port inside this process (`qecd demo`, `qecd load`, the tests).
 pub struct LocalServer {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -238,15 +259,20 @@ pub struct LocalServer {
 impl LocalServer {
     /// Starts serving `hub` on 127.0.0.1, port chosen by the system.
     pub async fn start(hub: Arc<Hub>) -> anyhow::Result<Self> {
+        Self::start_with(hub, Security::none()).await
+    }
+
+    /// [`LocalServer::start`] with TLS or a token.
+    pub async fn start_with(hub: Arc<Hub>, security: Security) -> anyhow::Result<Self> {
         let (listener, addr) = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(hub, listener, async move {
+        let task = tokio::spawn(serve_with(hub, listener, security, async move {
             let _ = stopped.await;
         }));
         Ok(Self { addr, stop, task })
     }
 
-    /// Shuts it down, waiting for open streams to finish.
+    /// Shuts it down, draining its streams as [`serve_with`] does.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.task.await?
@@ -259,4 +285,25 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, 
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn once_draining_new_work_gets_unavailable_and_stats_are_still_answered() {
+        let models = qecd_service::Models::embedded(&decoder::StreamOptions::default()).unwrap();
+        let hub = Arc::new(Hub::new(models, qecd_service::ServerOptions::default()));
+        let (phase_tx, phase) = watch::channel(Phase::Serving);
+        let service = DecoderService::new(hub, phase);
+        let batch = || Request::new(proto::DecodeBatchRequest::default());
+        let status = service.decode_batch(batch()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "serving: the empty request itself is refused");
+        phase_tx.send_replace(Phase::Draining);
+        let status = service.decode_batch(batch()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("--drain-timeout 10 s"), "{}", status.message());
+        assert!(service.get_stats(Request::new(proto::GetStatsRequest {})).await.is_ok());
+    }
 }

@@ -21,6 +21,7 @@ use qecd_grpc::proto::decoder_client::DecoderClient;
 use qecd_grpc::proto::{self, DecodeRequest};
 use qecd_service::stats::Histogram;
 use simulator_bridge::shots::pack_bits as pack;
+use tonic::codegen::{Body, Bytes, StdError};
 
 /// Simulated shots (memory-Z, SI1000 p=0.003), as a stream sends them.
 pub struct ShotSet {
@@ -117,12 +118,15 @@ impl Tally {
     }
 }
 
-/// Plays `set` into one Decode stream of `client` as `drive` says.
-pub async fn drive(
-    client: &mut DecoderClient<tonic::transport::Channel>,
-    set: &ShotSet,
-    drive: &Drive,
-) -> Result<Tally> {
+/// Plays `set` into one Decode stream of `client` as `drive` says. The
+/// client may be plain or carry credentials ([`qecd_grpc::client::Client`]).
+pub async fn drive<T>(client: &mut DecoderClient<T>, set: &ShotSet, drive: &Drive) -> Result<Tally>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<StdError>,
+    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
+{
     let code = proto::Code {
         distance: set.d as u32,
         basis: proto::Basis::Z as i32,

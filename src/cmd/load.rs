@@ -5,6 +5,7 @@
 //! is [`super::echo`]'s, which decodes nothing: the same client's round trips
 //! against it are the transport floor of the decoder's.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,14 +16,16 @@ use simulator_bridge::Basis;
 
 use super::client::{Drive, ShotSet, Tally, drive};
 use super::echo::LocalEcho;
-use qecd_grpc::proto::{self, decoder_client::DecoderClient};
+use qecd_grpc::Credentials;
+use qecd_grpc::proto;
 use qecd_service::stats::Histogram;
 use qecd_service::{Hub, Models, ServerOptions};
 
 /// Arguments of `qecd load`.
 #[derive(Args, Debug)]
 pub struct LoadArgs {
-    /// A running server (`http://HOST:PORT`); default: one started in-process on loopback.
+    /// A running server (`http://HOST:PORT`, or `https://` with `--tls-ca`);
+    /// default: one started in-process on loopback.
     #[arg(long)]
     pub addr: Option<String>,
     /// Run against an in-process echo of the Decode service that decodes nothing:
@@ -49,6 +52,18 @@ pub struct LoadArgs {
     /// Seed of the simulated shots.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// File holding the bearer token of the server's `--token-file`.
+    #[arg(long, requires = "addr")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust: connect over TLS.
+    #[arg(long, requires = "addr")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to show a server with `--tls-client-ca` (mutual TLS).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// What answers the streams of one distance.
@@ -105,6 +120,8 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         args.streams > 0 && args.window > 0 && args.seconds > 0.0,
         "--streams, --window and --seconds must be positive"
     );
+    let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    let credentials = Credentials::load(args.tls_ca.as_deref(), identity, args.token_file.as_deref())?;
     let runtime = super::runtime(args.runtime_threads)?;
     runtime.block_on(async move {
         let (answerers, addr, stop): (Vec<(usize, Answerer)>, String, Option<Local>) = if args.echo {
@@ -147,11 +164,11 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         let mut tasks = Vec::new();
         for i in 0..args.streams {
             let k = i % sets.len();
-            let (set, addr) = (sets[k].clone(), addr.clone());
+            let (set, addr, credentials) = (sets[k].clone(), addr.clone(), credentials.clone());
             let (decoder, model) = answerers[k].1.session();
             let plan = Drive { decoder, model, window: args.window, shots: usize::MAX, until: Some(until), bar: None };
             tasks.push(tokio::spawn(async move {
-                let mut client = DecoderClient::connect(addr).await?;
+                let mut client = credentials.connect(&addr).await?;
                 drive(&mut client, &set, &plan).await
             }));
         }
@@ -159,7 +176,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         for (i, t) in tasks.into_iter().enumerate() {
             per_distance[i % sets.len()].push(t.await??);
         }
-        let mut stats_client = DecoderClient::connect(addr.clone()).await?;
+        let mut stats_client = credentials.connect(&addr).await?;
         let stats = stats_client.get_stats(proto::GetStatsRequest {}).await?.into_inner();
         let failed = report(args, &answerers, &per_distance, &stats);
         if let Some(server) = stop {

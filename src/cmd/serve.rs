@@ -147,9 +147,13 @@ pub fn tls_files(args: &ServeArgs) -> Option<qecd_service::TlsFiles> {
     })
 }
 
-/// Runs `qecd serve` until SIGINT or SIGTERM; then open streams (gRPC and
-/// bridge) are drained.
+/// Runs `qecd serve` until SIGINT or SIGTERM; then both transports stop
+/// taking streams at once and drain together: open streams (gRPC and
+/// bridge) have `--drain-timeout` to finish their shots, and the process
+/// exits soon after.
 pub fn run(args: &ServeArgs) -> Result<()> {
+    // Certificates and the token first: a bad file fails before models load.
+    let security = qecd_grpc::Security::load(tls_files(args).as_ref(), args.token_file.as_deref())?;
     let hub = hub(args)?;
     let bridge_tls = if args.bridge_tls { tls_files(args) } else { None };
     let bridge = args
@@ -164,17 +168,45 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         // Handlers first: a SIGTERM right after the address line is a shutdown, not a kill.
         let shutdown = shutdown_signal()?;
         let (listener, addr) = qecd_grpc::bind(args.listen).await?;
+        warn_if_open(args, addr, &security, bridge.as_ref().map(Bridge::addr));
         let names: Vec<&str> = hub.models.all().iter().map(|m| m.name.as_str()).collect();
         let bridge_on = bridge.as_ref().map(|b| format!("; bridge on {}", b.addr())).unwrap_or_default();
-        println!("qecd serve: gRPC on {addr}{bridge_on}; models: {}", names.join(", "));
+        let tls = if security.has_tls() { " (TLS)" } else { "" };
+        println!("qecd serve: gRPC on {addr}{tls}{bridge_on}; models: {}", names.join(", "));
         use std::io::Write;
         std::io::stdout().flush()?;
-        qecd_grpc::serve(hub.clone(), listener, shutdown).await
-    })?;
-    if let Some(bridge) = bridge {
-        bridge.shutdown(hub.options.drain_timeout);
+        // The bridge drains beside gRPC, from the moment the signal comes.
+        let (bridge_tx, bridge_stopping) = tokio::sync::oneshot::channel();
+        let drain = hub.options.drain_timeout;
+        let on_signal = async move {
+            shutdown.await;
+            if let Some(bridge) = bridge {
+                let _ = bridge_tx.send(tokio::task::spawn_blocking(move || bridge.shutdown(drain)));
+            }
+        };
+        let served = qecd_grpc::serve_with(hub.clone(), listener, security, on_signal).await;
+        if let Ok(stopping) = bridge_stopping.await {
+            stopping.await?;
+        }
+        served
+    })
+}
+
+/// Warns when a transport listens beyond loopback and lets anyone in.
+fn warn_if_open(args: &ServeArgs, grpc: SocketAddr, security: &qecd_grpc::Security, bridge: Option<SocketAddr>) {
+    if !grpc.ip().is_loopback() && !security.authenticates() {
+        tracing::warn!(
+            "gRPC on {grpc} asks for no token and no client certificate: anyone who reaches it can decode \
+             and read GetStats (--token-file, --tls-client-ca)"
+        );
     }
-    Ok(())
+    let bridge_mtls = args.bridge_tls && args.tls_client_ca.is_some();
+    if let Some(bridge) = bridge.filter(|b| !b.ip().is_loopback() && !bridge_mtls) {
+        tracing::warn!(
+            "the bridge on {bridge} asks for no client certificate: anyone who reaches it can decode \
+             (--bridge-tls with --tls-client-ca)"
+        );
+    }
 }
 
 /// Installs the SIGINT and SIGTERM handlers now, and returns a future that

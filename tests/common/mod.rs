@@ -35,6 +35,15 @@ impl Server {
 
     /// [`Server::start`], with the neural engines' options.
     pub fn start_with(options: ServerOptions, engine: StreamOptions) -> Self {
+        Self::start_full(options, engine, qecd_grpc::Security::none())
+    }
+
+    /// [`Server::start`], gRPC with TLS or a token.
+    pub fn start_secure(options: ServerOptions, security: qecd_grpc::Security) -> Self {
+        Self::start_full(options, StreamOptions::default(), security)
+    }
+
+    fn start_full(options: ServerOptions, engine: StreamOptions, security: qecd_grpc::Security) -> Self {
         let models = Models::embedded(&engine).unwrap();
         let hub = Arc::new(Hub::new(models, options));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -44,7 +53,7 @@ impl Server {
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
                 runtime.block_on(async move {
-                    let server = qecd_grpc::LocalServer::start(hub).await?;
+                    let server = qecd_grpc::LocalServer::start_with(hub, security).await?;
                     addr_tx.send(server.addr)?;
                     let _ = stopped.await;
                     server.stop().await
@@ -156,4 +165,37 @@ pub fn offline(s: &Shots, kind: DecoderKind) -> Vec<bool> {
     };
     let d = decoder.decode_batch(&s.events).unwrap();
     (0..s.events.num_shots()).map(|i| d.predictions.get(i, 0)).collect()
+}
+
+/// A CA, a server certificate for 127.0.0.1 and localhost, and a client
+/// certificate, as PEM files.
+pub struct Pki {
+    /// The CA's certificate.
+    pub ca: std::path::PathBuf,
+    /// The server's certificate and key.
+    pub server: (std::path::PathBuf, std::path::PathBuf),
+    /// The client's certificate and key, signed by the CA.
+    pub client: (std::path::PathBuf, std::path::PathBuf),
+}
+
+/// Makes a [`Pki`] in `dir`.
+pub fn pki(dir: &std::path::Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, "qecd test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str, sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans).unwrap().signed_by(&key, &ca).unwrap();
+        (write(&format!("{name}.pem"), cert.pem()), write(&format!("{name}.key"), key.serialize_pem()))
+    };
+    let server = leaf("server", vec!["127.0.0.1".into(), "localhost".into()]);
+    let client = leaf("client", vec!["client.example".into()]);
+    Pki { ca: write("ca.pem", ca.pem()), server, client }
 }

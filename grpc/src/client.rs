@@ -1,0 +1,118 @@
+//! A client's side of [`crate::security`]: the CA it trusts, the
+//! certificate it shows for mutual TLS, and the bearer token it sends.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::proto::decoder_client::DecoderClient;
+
+/// A decoder client that sends its credentials with every call.
+pub type Client = DecoderClient<InterceptedService<Channel, Bearer>>;
+
+/// What a client proves itself with.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// TLS, trusting a CA and showing a certificate if it has one.
+    tls: Option<ClientTlsConfig>,
+    /// The bearer token.
+    token: Bearer,
+}
+
+impl Credentials {
+    /// Plaintext, no token.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// TLS trusting `ca` (`--tls-ca`), showing `identity` (`--tls-cert`,
+    /// `--tls-key`) for mutual TLS, and the token of `token_file`
+    /// (`--token-file`, trimmed); each read now.
+    pub fn load(ca: Option<&Path>, identity: Option<(&Path, &Path)>, token_file: Option<&Path>) -> Result<Self> {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))
+        };
+        let mut tls = ca
+            .map(|ca| {
+                Ok::<_, anyhow::Error>(
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?)),
+                )
+            })
+            .transpose()?;
+        if let Some((cert, key)) = identity {
+            let config = tls.take().unwrap_or_default();
+            tls = Some(config.identity(Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?)));
+        }
+        let token = match token_file {
+            Some(path) => Bearer::new(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("--token-file {}: cannot read it", path.display()))?,
+            )
+            .with_context(|| format!("--token-file {}", path.display()))?,
+            None => Bearer::default(),
+        };
+        Ok(Self { tls, token })
+    }
+
+    /// These credentials with `token` instead.
+    pub fn with_token(self, token: &str) -> Result<Self> {
+        Ok(Self { token: Bearer::new(token)?, ..self })
+    }
+
+    /// These credentials with TLS trusting the CA certificate `ca_pem`, and
+    /// showing `identity_pem` (certificate, key) if given.
+    pub fn with_tls(self, ca_pem: &[u8], identity_pem: Option<(&[u8], &[u8])>) -> Self {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        if let Some((cert, key)) = identity_pem {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Self { tls: Some(tls), ..self }
+    }
+
+    /// True with TLS: addresses are `https://`.
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Connects to `addr` (`http://HOST:PORT`, or `https://` with TLS; the
+    /// scheme follows the credentials either way).
+    pub async fn connect(&self, addr: &str) -> Result<Client> {
+        let authority = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint.connect().await.with_context(|| format!("cannot connect to {scheme}://{authority}"))?;
+        Ok(DecoderClient::with_interceptor(channel, self.token.clone()))
+    }
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call, when it has a token.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// The header of `token` (surrounding whitespace ignored, as the server does).
+    pub fn new(token: &str) -> Result<Self> {
+        let token = token.trim();
+        if token.is_empty() {
+            bail!("the token is empty");
+        }
+        let value = format!("Bearer {token}").parse().context("a token is printable ASCII without spaces")?;
+        Ok(Self(Some(value)))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
