@@ -34,7 +34,7 @@ async fn deadline(d: Duration) {
 }
 
 /// Resolves once the drain deadline has passed (or the server is gone).
-pub(crate) async fn closing(phase: &mut tokio::sync::watch::Receiver<Phase>) {
+pub(crate) async fn closing(mut phase: tokio::sync::watch::Receiver<Phase>) {
     let _ = phase.wait_for(|p| *p == Phase::Closing).await;
 }
 
@@ -72,7 +72,7 @@ pub(crate) async fn run(
     hub: Arc<Hub>,
     mut inbound: Streaming<DecodeRequest>,
     replies: ReplySender,
-    mut phase: tokio::sync::watch::Receiver<Phase>,
+    phase: tokio::sync::watch::Receiver<Phase>,
 ) -> Result<(), Fault> {
     let handshake = hub.options.handshake_timeout;
     let first = tokio::select! {
@@ -83,7 +83,7 @@ pub(crate) async fn run(
                 format!("no session opened within {} (--handshake-timeout {0}): send `open` first", secs(handshake)),
             ));
         }
-        _ = closing(&mut phase) => return Err(shutting_down(&hub)),
+        _ = closing(phase.clone()) => return Err(shutting_down(&hub)),
         _ = replies.cut_or_gone() => return Ok(()),
     };
     let open = match first {
@@ -112,7 +112,7 @@ pub(crate) async fn run(
     let stream = tokio::select! {
         opened = opening => opened.map_err(|e| Fault::internal(format!("opening the session failed: {e}")))??,
         // The open sees the deadline through `gone` and stops.
-        _ = closing(&mut phase) => return Err(shutting_down(&hub)),
+        _ = closing(phase.clone()) => return Err(shutting_down(&hub)),
     };
     serve_stream(&hub, stream, inbound, replies, phase).await
 }
@@ -124,15 +124,22 @@ async fn serve_stream(
     stream: Arc<Stream>,
     mut inbound: Streaming<DecodeRequest>,
     replies: ReplySender,
-    mut phase: tokio::sync::watch::Receiver<Phase>,
+    phase: tokio::sync::watch::Receiver<Phase>,
 ) -> Result<(), Fault> {
     stream.span().in_scope(|| tracing::debug!("opened over gRPC"));
-    let idle = hub.options.idle_timeout;
     let ended = |fault: Fault| {
         stream.abandon();
         stream.span().in_scope(|| tracing::info!(status = ?fault.status, "stream ended: {}", fault.message));
         Err(fault)
     };
+    // The stream's other ends are futures made once, not once a message.
+    // The idle timer is armed once an idle period: a message only notes
+    // when it came, and the timer, firing early, re-arms from that.
+    let idle = hub.options.idle_timeout;
+    let mut last_heard = tokio::time::Instant::now();
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep(if idle.is_zero() { Duration::MAX } else { idle }));
+    let mut cut_or_gone = std::pin::pin!(replies.cut_or_gone());
+    let mut closing = std::pin::pin!(closing(phase));
     let mut finished = false;
     while !finished {
         // Handle every message that has arrived before stepping, so that a
@@ -140,15 +147,20 @@ async fn serve_stream(
         // stream's backlog (and falls back), not as bytes piling up unread.
         let mut next = Some(tokio::select! {
             message = inbound.message() => message,
-            _ = deadline(idle) => {
+            _ = &mut idle_timer => {
+                if last_heard.elapsed() < idle {
+                    idle_timer.as_mut().reset(last_heard + idle);
+                    continue;
+                }
                 return ended(Fault::new(
                     ServiceStatus::DeadlineExceeded,
                     format!("nothing received for {} (--idle-timeout {0}); the stream's unfinished shots end with it", secs(idle)),
                 ));
             }
-            _ = replies.cut_or_gone() => break,
-            _ = closing(&mut phase) => return ended(shutting_down(hub)),
+            _ = &mut cut_or_gone => break,
+            _ = &mut closing => return ended(shutting_down(hub)),
         });
+        last_heard = tokio::time::Instant::now();
         while let Some(message) = next.take() {
             let input = match message {
                 Ok(Some(DecodeRequest { message })) => convert::input(message),
@@ -185,7 +197,7 @@ async fn serve_stream(
     };
     tokio::select! {
         _ = ending => Ok(()),
-        _ = closing(&mut phase) => ended(shutting_down(hub)),
+        _ = &mut closing => ended(shutting_down(hub)),
     }
 }
 

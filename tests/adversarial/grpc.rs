@@ -265,6 +265,28 @@ async fn a_stream_that_never_opens_or_goes_idle_ends_with_deadline_exceeded() {
         // Both slots are free: only the healthy stream may still be open.
         assert!(server.hub.stats.open_streams.load(Ordering::Acquire) <= 1);
         drop(tx);
+        // A stream that sends a message every 100 ms, for four idle timeouts
+        // and more, is never idle.
+        let s = shots(3, 3, 44);
+        let want = offline(&s, DecoderKind::Correlated);
+        let (tx, rx) = mpsc::channel(8);
+        let mut responses = client.decode(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        tx.send(open(proto::DecoderKind::Correlated, 3, 3)).await.unwrap();
+        for (i, per_round) in s.per_round.iter().enumerate() {
+            for msg in shot_messages(per_round, i as u64) {
+                tokio::time::sleep(timeout / 3).await;
+                tx.send(msg).await.unwrap();
+            }
+        }
+        drop(tx);
+        let mut answered = vec![false; want.len()];
+        while let Some(reply) = tokio::time::timeout(PATIENCE, responses.next()).await.unwrap() {
+            if let Some(Out::Result(r)) = reply.unwrap().message {
+                assert_eq!(r.prediction[0] & 1 == 1, want[r.shot as usize], "shot {}", r.shot);
+                answered[r.shot as usize] = true;
+            }
+        }
+        assert!(answered.iter().all(|&a| a), "{answered:?}");
     };
     // The healthy stream sends its shots meanwhile: it is never idle.
     tokio::join!(healthy.finish(), checks);
