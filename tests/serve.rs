@@ -97,6 +97,7 @@ async fn run(
                 Out::Ack(a) => answers.acks.push(a),
                 Out::Result(r) => answers.results.push(r),
                 Out::Check(c) => answers.checks.push(c),
+                Out::Failed(f) => panic!("shot {} failed: {}", f.shot, f.message),
             },
             Some(Err(status)) => {
                 answers.status = Some(status);

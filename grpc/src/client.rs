@@ -78,17 +78,38 @@ impl Credentials {
         self.tls.is_some()
     }
 
-    /// Connects to `addr` (`http://HOST:PORT`, or `https://` with TLS; the
-    /// scheme follows the credentials either way).
-    pub async fn connect(&self, addr: &str) -> Result<Client> {
+    /// True with a bearer token.
+    pub fn has_token(&self) -> bool {
+        self.token.0.is_some()
+    }
+
+    /// The same TLS, without the token.
+    pub fn without_token(&self) -> Self {
+        Self { tls: self.tls.clone(), token: Bearer::default() }
+    }
+
+    /// What adds the token to each call (nothing without one).
+    pub fn bearer(&self) -> Bearer {
+        self.token.clone()
+    }
+
+    /// A connection to `addr` (`http://HOST:PORT`, or `https://` with TLS;
+    /// the scheme follows the credentials either way), with TLS but without
+    /// the token: for clients other than the generated one.
+    pub async fn channel(&self, addr: &str) -> Result<Channel> {
         let authority = addr.split_once("://").map_or(addr, |(_, rest)| rest);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))?;
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
-        let channel = endpoint.connect().await.with_context(|| format!("cannot connect to {scheme}://{authority}"))?;
-        Ok(DecoderClient::with_interceptor(channel, self.token.clone()))
+        endpoint.connect().await.with_context(|| format!("cannot connect to {scheme}://{authority}"))
+    }
+
+    /// Connects the generated client to `addr` ([`Credentials::channel`]),
+    /// sending the token with every call.
+    pub async fn connect(&self, addr: &str) -> Result<Client> {
+        Ok(DecoderClient::with_interceptor(self.channel(addr).await?, self.token.clone()))
     }
 }
 

@@ -188,9 +188,10 @@ pub struct ServerOptions {
     /// Most bridge connections open at once.
     pub max_bridge_connections: usize,
     /// How long a new stream (gRPC) or connection (bridge) may take to open
-    /// its first session.
+    /// its first session; zero: no limit.
     pub handshake_timeout: std::time::Duration,
-    /// How long a stream or bridge connection may send nothing before it is closed.
+    /// How long a stream or bridge connection may send nothing before it is
+    /// closed; zero: no limit.
     pub idle_timeout: std::time::Duration,
     /// On shutdown, how long shots in flight have to be answered before
     /// their streams end with UNAVAILABLE.
@@ -223,7 +224,7 @@ impl Default for ServerOptions {
             max_codes: 32,
             code_cache_mib: 1024,
             prebuild: Vec::new(),
-            max_reply_bytes: 4 << 20,
+            max_reply_bytes: 1 << 20,
             max_bridge_connections: 64,
             handshake_timeout: std::time::Duration::from_secs(10),
             idle_timeout: std::time::Duration::from_secs(120),

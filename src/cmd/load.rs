@@ -64,6 +64,16 @@ pub struct LoadArgs {
     /// Private key (PEM) of `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Run one hostile client of each kind beside the streams (huge opens,
+    /// a client that never reads, unfinished shots, oversized and truncated
+    /// messages, idle streams, calls without the token) and report what
+    /// each got; the streams' table is the measurement. With a list
+    /// (`--hostile never-reads,idle`), those kinds only.
+    #[arg(long, num_args = 0.., value_delimiter = ',', value_name = "KINDS")]
+    pub hostile: Option<Vec<String>>,
+    /// The server's `--max-rounds`, which the hostile huge opens aim at.
+    #[arg(long, default_value_t = 100)]
+    pub max_rounds: u32,
 }
 
 /// What answers the streams of one distance.
@@ -122,6 +132,9 @@ pub fn run(args: &LoadArgs) -> Result<()> {
     );
     let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
     let credentials = Credentials::load(args.tls_ca.as_deref(), identity, args.token_file.as_deref())?;
+    if let Some(kinds) = &args.hostile {
+        super::hostile::check_kinds(kinds)?;
+    }
     let runtime = super::runtime(args.runtime_threads)?;
     runtime.block_on(async move {
         let (answerers, addr, stop): (Vec<(usize, Answerer)>, String, Option<Local>) = if args.echo {
@@ -141,7 +154,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             match &args.addr {
                 Some(a) => (answerers, a.clone(), None),
                 None => {
-                    let options = ServerOptions { max_streams: args.streams + 8, ..ServerOptions::default() };
+                    let options = ServerOptions { max_streams: args.streams + 16, ..ServerOptions::default() };
                     let server = qecd_grpc::LocalServer::start(Arc::new(Hub::new(models, options))).await?;
                     (answerers, format!("http://{}", server.addr), Some(Local::Decoder(server)))
                 }
@@ -161,6 +174,11 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             args.window
         );
         let until = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let hostile = args.hostile.as_ref().map(|kinds| {
+            let target =
+                super::hostile::Target { addr: addr.clone(), credentials: credentials.clone(), max_rounds: args.max_rounds };
+            tokio::spawn(super::hostile::run(target, kinds.clone(), until))
+        });
         let mut tasks = Vec::new();
         for i in 0..args.streams {
             let k = i % sets.len();
@@ -179,6 +197,9 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         let mut stats_client = credentials.connect(&addr).await?;
         let stats = stats_client.get_stats(proto::GetStatsRequest {}).await?.into_inner();
         let failed = report(args, &answerers, &per_distance, &stats);
+        if let Some(hostile) = hostile {
+            super::hostile::report(&hostile.await?);
+        }
         if let Some(server) = stop {
             server.stop().await?;
         }

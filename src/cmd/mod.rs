@@ -7,6 +7,7 @@ pub mod client;
 pub mod demo;
 pub mod echo;
 pub mod finetune;
+pub mod hostile;
 pub mod load;
 pub mod predict;
 pub mod replay;

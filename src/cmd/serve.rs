@@ -58,15 +58,17 @@ pub struct ServeArgs {
     pub prebuild: Vec<qecd_service::api::CodeSpec>,
     /// Most reply bytes a gRPC stream may leave unread; past it the stream
     /// ends with RESOURCE_EXHAUSTED (the bridge cuts off a peer at 64 MiB).
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = 1 << 20)]
     pub max_reply_bytes: usize,
     /// Most bridge connections open at once.
     #[arg(long, default_value_t = 64)]
     pub max_bridge_connections: usize,
-    /// Seconds a new gRPC stream or bridge connection may take to open its first session.
+    /// Seconds a new gRPC stream or bridge connection may take to open its
+    /// first session (0: no limit).
     #[arg(long, default_value_t = 10.0)]
     pub handshake_timeout: f64,
-    /// Seconds a stream or bridge connection may send nothing before it is closed.
+    /// Seconds a stream or bridge connection may send nothing before it is
+    /// closed (0: no limit).
     #[arg(long, default_value_t = 120.0)]
     pub idle_timeout: f64,
     /// Seconds that shots in flight get to be answered after SIGTERM; then
