@@ -501,8 +501,9 @@ impl Message {
             }
             FrameKind::Error => {
                 let number = r.u16("error code")?;
-                let code = ErrorCode::from_code(number)
-                    .ok_or_else(|| invalid(kind, "error code", format!("{number} (expected 3, 5, 8, 9 or 13)")))?;
+                let code = ErrorCode::from_code(number).ok_or_else(|| {
+                    invalid(kind, "error code", format!("{number} (expected 3, 4, 5, 8, 9, 13 or 14)"))
+                })?;
                 Message::Error(ErrorReply { code, message: r.text("message")? })
             }
         };
@@ -631,7 +632,7 @@ mod tests {
                 &[1, 3, 0, 0, 0x80, 0x3F, 0, 0, 0, 0, 0],
                 "invalid predicted flips in DECISION frame: bits set past bit 1",
             ),
-            (Error, 0, &[4, 0, 0, 0], "invalid error code in ERROR frame: 4 (expected 3, 5, 8, 9 or 13)"),
+            (Error, 0, &[6, 0, 0, 0], "invalid error code in ERROR frame: 6 (expected 3, 4, 5, 8, 9, 13 or 14)"),
             (Error, 0, &[3, 0, 1, 4], "invalid message in ERROR frame: 1025 bytes, at most 1024"),
         ];
         for &(kind, flags, payload, want) in cases {
