@@ -382,3 +382,78 @@ fn sweep_uses_the_built_in_zoo_and_names_what_is_missing() {
         &[],
     );
 }
+
+/// SIGTERM with an idle gRPC stream and an idle bridge session open: both
+/// transports stop accepting at once, the idle ones end with UNAVAILABLE
+/// after `--drain-timeout`, and the process exits soon after (issue 15).
+#[test]
+fn serve_drains_idle_streams_within_the_drain_timeout_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qecd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--bridge-listen", "127.0.0.1:0", "--drain-timeout", "1"])
+        .args(["--prebuild", "d=3,rounds=3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let grpc = line.split("gRPC on ").nth(1).unwrap().split(';').next().unwrap().to_string();
+    let bridge: std::net::SocketAddr =
+        line.split("bridge on ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    use qecd_grpc::proto;
+    use tokio_stream::StreamExt;
+    let (tx, mut replies) = runtime.block_on(async {
+        let mut client = proto::decoder_client::DecoderClient::connect(format!("http://{grpc}")).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let code = proto::Code { distance: 3, basis: proto::Basis::Z as i32, rounds: 3, noise: String::new(), p: 0.0 };
+        let open = proto::OpenSession {
+            code: Some(code),
+            decoder: proto::DecoderKind::Correlated as i32,
+            ..Default::default()
+        };
+        tx.send(proto::DecodeRequest { message: Some(proto::decode_request::Message::Open(open)) }).await.unwrap();
+        let mut replies = client.decode(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let opened = replies.next().await.unwrap().unwrap();
+        assert!(matches!(opened.message, Some(proto::decode_response::Message::Opened(_))));
+        (tx, replies)
+    });
+    let (mut sink, mut source) = qecd_service::bridge::connect(bridge, Duration::from_secs(10)).unwrap();
+    let open = frame_codec::Open {
+        distance: 3,
+        basis: frame_codec::Basis::Z,
+        decoder: frame_codec::DecoderChoice::Correlated,
+        budget_us: 0,
+        model: String::new(),
+    };
+    sink.send(&frame_codec::Message::Open(open), 1, 0, 3).unwrap();
+
+    let started = Instant::now();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // New connections are refused at once (give the signal a moment to land).
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(std::net::TcpStream::connect_timeout(&bridge, Duration::from_secs(1)).is_err(), "the bridge still accepts");
+    let status = runtime.block_on(async {
+        loop {
+            match replies.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return status,
+                None => panic!("the idle stream ended with OK"),
+            }
+        }
+    });
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{}", status.message());
+    assert!(status.message().contains("--drain-timeout"), "{}", status.message());
+    let frame = source.next_frame().unwrap().expect("an ERROR before the bridge closes");
+    let frame_codec::Message::Error(e) = frame.message().unwrap() else { panic!("not an ERROR: {frame:?}") };
+    assert_eq!(e.code, frame_codec::ErrorCode::Unavailable, "{}", e.message);
+    let exit = child.wait().unwrap();
+    let took = started.elapsed();
+    assert!(exit.success(), "{exit}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "exited after {took:?}");
+    drop(tx);
+}
