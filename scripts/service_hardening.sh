@@ -4,7 +4,8 @@
 #   1. 64 gRPC streams for SECONDS, d=3 and d=5 mixed (qecd load): the baseline;
 #   2. the same with one hostile client of each kind beside them
 #      (qecd load --hostile: huge opens, a client that never reads, unfinished
-#      shots, oversized and truncated messages, idle streams);
+#      shots, oversized and truncated messages, idle streams, calls without
+#      the token: this server asks for one, and the healthy streams send it);
 #   3. the same 64 streams over TLS with a bearer token (certificates made
 #      here with openssl), then one stream alone, over TLS with the token;
 #   4. one stream alone in plaintext.
@@ -51,8 +52,9 @@ tls=(--tls-ca "$work/ca.pem" --token-file "$work/token")
   echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "== 1. baseline: 64 streams, ${secs} s"
   start_server; $Q load --addr "http://$addr" --streams 64 --seconds "$secs"; stop_server
-  echo "== 2. hostile: 64 streams, ${secs} s, one hostile client of each kind"
-  start_server; $Q load --addr "http://$addr" --streams 64 --seconds "$secs" --hostile; stop_server
+  echo "== 2. hostile: 64 streams, ${secs} s, one hostile client of each kind (plaintext with a token, so that one of them can go without)"
+  start_server --token-file "$work/token"
+  $Q load --addr "http://$addr" --token-file "$work/token" --streams 64 --seconds "$secs" --hostile; stop_server
   echo "== 3. TLS + token: 64 streams, ${secs} s"
   start_server --tls-cert "$work/server.pem" --tls-key "$work/server.key" --token-file "$work/token"
   $Q load --addr "https://$addr" "${tls[@]}" --streams 64 --seconds "$secs"
