@@ -4,6 +4,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use bytes::{Buf, BufMut};
+use tokio_stream::StreamExt;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -135,5 +138,57 @@ impl Interceptor for Bearer {
             request.metadata_mut().insert("authorization", value.clone());
         }
         Ok(request)
+    }
+}
+
+/// The status a response stream ends with, after reading every message
+/// before it; `None` when it ends with OK.
+pub async fn final_status<T>(responses: &mut tonic::Streaming<T>) -> Option<tonic::Status> {
+    while let Some(response) = responses.next().await {
+        if let Err(status) = response {
+            return Some(status);
+        }
+    }
+    None
+}
+
+/// Sends message bytes as they are and hands replies back undecoded: for a
+/// client that writes what it likes (the hostile clients of `qecd load
+/// --hostile`, the undecodable-message tests), through
+/// `tonic::client::Grpc::streaming`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
     }
 }

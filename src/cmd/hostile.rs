@@ -17,15 +17,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bytes::{Buf, BufMut};
 use prost::Message as _;
 use qecd_grpc::Credentials;
+use qecd_grpc::client::{RawCodec, final_status};
 use qecd_grpc::proto::{self, DecodeRequest, decode_request::Message as In};
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::service::interceptor::InterceptedService;
 
 /// Each client's pause between attacks: one hostile client of each kind,
@@ -128,16 +126,10 @@ async fn ends_with(
 ) -> Result<Option<Status>> {
     let mut client = target.credentials.connect(&target.addr).await?;
     let outcome = async {
-        let mut replies = match client.decode(ReceiverStream::new(messages)).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => return Some(status),
-        };
-        while let Some(reply) = replies.next().await {
-            if let Err(status) = reply {
-                return Some(status);
-            }
+        match client.decode(ReceiverStream::new(messages)).await {
+            Ok(r) => final_status(&mut r.into_inner()).await,
+            Err(status) => Some(status),
         }
-        None
     };
     Ok(tokio::time::timeout(limit, outcome).await.unwrap_or(None))
 }
@@ -185,16 +177,7 @@ async fn attack(kind: &str, target: &Target, met: &mut Met, until: Instant) -> R
                 }
             }
             drop(tx);
-            let ended = tokio::time::timeout(Duration::from_secs(10), async {
-                while let Some(reply) = replies.next().await {
-                    if let Err(status) = reply {
-                        return Some(status);
-                    }
-                }
-                None
-            })
-            .await
-            .unwrap_or(None);
+            let ended = tokio::time::timeout(Duration::from_secs(10), final_status(&mut replies)).await.unwrap_or(None);
             record(met, ended);
         }
         "unfinished" => {
@@ -228,16 +211,10 @@ async fn attack(kind: &str, target: &Target, met: &mut Met, until: Instant) -> R
             let path = tonic::codegen::http::uri::PathAndQuery::from_static("/qecd.v1.Decoder/Decode");
             let request = tonic::Request::new(tokio_stream::iter(messages));
             let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-                let mut replies = match grpc.streaming(request, path, RawCodec).await {
-                    Ok(r) => r.into_inner(),
-                    Err(status) => return Some(status),
-                };
-                while let Some(reply) = replies.next().await {
-                    if let Err(status) = reply {
-                        return Some(status);
-                    }
+                match grpc.streaming(request, path, RawCodec).await {
+                    Ok(r) => final_status(&mut r.into_inner()).await,
+                    Err(status) => Some(status),
                 }
-                None
             })
             .await
             .unwrap_or(None);
@@ -284,45 +261,5 @@ pub fn report(all: &[Met]) {
     for m in all {
         let seen: Vec<String> = m.statuses.iter().map(|(s, n)| format!("{s} ×{n}")).collect();
         println!("  {:<12} {:>6} attempts: {}", m.kind, m.attempts, seen.join(", "));
-    }
-}
-
-/// Sends and receives raw message bytes: a client that writes whatever it likes.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
     }
 }

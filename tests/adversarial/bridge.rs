@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
 
 use decoder::DecoderKind;
@@ -13,7 +13,7 @@ use qecd_service::bridge::{ClientTls, FrameSink, FrameSource, connect, connect_t
 use qecd_service::{ServerOptions, TlsFiles};
 use simulator_bridge::shots::{pack_bits, unpack_bits};
 
-use crate::common::{Server, Shots, ZOO_D3, offline, shots};
+use crate::common::{Server, Shots, ZOO_D3, offline, pki, shots};
 
 /// How long a test's client waits for a reply before it gives up.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -214,34 +214,6 @@ fn shutdown_lets_connections_finish_then_ends_the_idle_ones_with_unavailable() {
     assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(), "a connect after shutdown was taken");
 }
 
-/// A CA, the bridge's certificate for 127.0.0.1 and a client's, as PEM files in `dir`.
-struct Pki {
-    ca: PathBuf,
-    server: (PathBuf, PathBuf),
-    client: (PathBuf, PathBuf),
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let write = |name: &str, pem: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    };
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "qecd test CA");
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |name: &str, sans: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(sans).unwrap().signed_by(&key, &ca).unwrap();
-        (write(&format!("{name}.pem"), cert.pem()), write(&format!("{name}.key"), key.serialize_pem()))
-    };
-    let server = leaf("bridge", vec!["127.0.0.1".into(), "localhost".into()]);
-    let client = leaf("fpga", vec!["fpga.example".into()]);
-    Pki { ca: write("ca.pem", ca.pem()), server, client }
-}
-
 /// How a connection ends that gets no frame at all for its OPEN and shot
 /// (a session would ACK the shot's rounds).
 fn refused(mut sink: FrameSink, mut source: FrameSource, s: &Shots) -> String {
@@ -258,7 +230,7 @@ fn refused(mut sink: FrameSink, mut source: FrameSource, s: &Shots) -> String {
 fn the_bridge_speaks_tls_and_with_a_client_ca_asks_for_a_certificate() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = pki(dir.path());
     let s = shots(3, 20, 41);
     let want = offline(&s, DecoderKind::Neural);
     let files = TlsFiles { cert: pki.server.0.clone(), key: pki.server.1.clone(), client_ca: None };
@@ -275,7 +247,7 @@ fn the_bridge_speaks_tls_and_with_a_client_ca_asks_for_a_certificate() {
     // A client that trusts another CA refuses the bridge.
     let other_dir = dir.path().join("other");
     std::fs::create_dir(&other_dir).unwrap();
-    let other = make_pki(&other_dir);
+    let other = crate::common::pki(&other_dir);
     let e = tls(server.bridge(), &ClientTls { ca: other.ca, identity: None }).map(|_| ()).unwrap_err();
     assert!(format!("{e:#}").contains("certificate"), "{e:#}");
 

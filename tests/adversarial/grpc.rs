@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Buf;
 use decoder::DecoderKind;
-use qecd_grpc::client::Client;
+use qecd_grpc::client::{Client, RawCodec, final_status};
 use qecd_grpc::proto::decode_request::Message as In;
 use qecd_grpc::proto::decode_response::Message as Out;
 use qecd_grpc::proto::decoder_client::DecoderClient;
@@ -19,7 +18,6 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::common::{Server, offline, pki, shots};
 use crate::{Healthy, open, round, status_of};
@@ -138,44 +136,6 @@ async fn a_client_that_never_reads_its_replies_is_cut_off_at_the_reply_bound() {
     healthy.finish().await;
 }
 
-/// Sends its bytes as they are: a gRPC message whose payload the server must decode.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(buf, &item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
-    }
-}
-
 /// The status a Decode stream of raw `messages` ends with.
 async fn raw_status(server: &Server, messages: Vec<Vec<u8>>) -> tonic::Status {
     let channel =
@@ -184,16 +144,9 @@ async fn raw_status(server: &Server, messages: Vec<Vec<u8>>) -> tonic::Status {
     grpc.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/qecd.v1.Decoder/Decode");
     let run = async {
-        let mut responses = match grpc.streaming(tonic::Request::new(tokio_stream::iter(messages)), path, Raw).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => return status,
-        };
-        loop {
-            match responses.next().await {
-                Some(Ok(_)) => {}
-                Some(Err(status)) => return status,
-                None => panic!("the stream ended with OK"),
-            }
+        match grpc.streaming(tonic::Request::new(tokio_stream::iter(messages)), path, RawCodec).await {
+            Ok(r) => final_status(&mut r.into_inner()).await.expect("the stream ended with OK"),
+            Err(status) => status,
         }
     };
     tokio::time::timeout(PATIENCE, run).await.expect("the stream ends")

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use decoder::DecoderKind;
+use qecd_grpc::client::final_status;
 use qecd_grpc::proto;
 use simulator_bridge::shots::pack_bits;
 use tokio::sync::mpsc;
@@ -47,16 +48,9 @@ pub fn round(shot: u64, t: usize, events: Vec<u8>, num_events: usize) -> proto::
 pub async fn status_of(server: &Server, msgs: Vec<proto::DecodeRequest>, limit: Duration) -> tonic::Status {
     let mut client = DecoderClient::connect(format!("http://{}", server.grpc)).await.unwrap();
     let run = async {
-        let mut responses = match client.decode(tokio_stream::iter(msgs)).await {
-            Ok(r) => r.into_inner(),
-            Err(status) => return status,
-        };
-        loop {
-            match responses.next().await {
-                Some(Ok(_)) => {}
-                Some(Err(status)) => return status,
-                None => panic!("the stream ended with OK"),
-            }
+        match client.decode(tokio_stream::iter(msgs)).await {
+            Ok(r) => final_status(&mut r.into_inner()).await.expect("the stream ended with OK"),
+            Err(status) => status,
         }
     };
     tokio::time::timeout(limit, run).await.expect("the refusal comes at once")
