@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use decoder::DecoderKind;
 use qecd_service::api::{
-    BatchReply, BatchRequest, CodeSpec, Fault, Input, OpenRequest, Opened, Reply, RoundEvents, SessionDecoder, Status,
+    BatchReply, BatchRequest, CodeSpec, Fault, Input, ModelSummary, OpenRequest, Opened, Reply, RoundEvents,
+    SessionDecoder, Status,
 };
 use simulator_bridge::Basis;
 use simulator_bridge::layout::StabilizerType;
@@ -130,6 +131,7 @@ pub fn response(reply: Reply) -> DecodeResponse {
             fell_back: r.fallback.is_some(),
             fallback_reason: r.fallback.unwrap_or_default(),
             decision_latency_ns: nanos(r.decision_latency),
+            model_version: r.model_version.as_deref().unwrap_or_default().to_string(),
         }),
         Reply::Check(c) => Out::Check(proto::BaselineCheck {
             shot: c.shot,
@@ -147,12 +149,30 @@ fn opened(o: &Opened) -> proto::SessionOpened {
     let memory = StabilizerType::of_memory(o.basis);
     proto::SessionOpened {
         model: o.model.clone().unwrap_or_default(),
+        model_version: o.model_version.as_deref().unwrap_or_default().to_string(),
         first_round_events: o.first_round_events as u32,
         round_events: o.round_events as u32,
         final_round_events: o.final_round_events as u32,
         stabilizer_x: o.stabilizers.iter().map(|s| s.x).collect(),
         stabilizer_y: o.stabilizers.iter().map(|s| s.y).collect(),
         stabilizer_is_memory_basis: o.stabilizers.iter().map(|s| s.kind == memory).collect(),
+    }
+}
+
+/// A served model, as `ListModels` describes it.
+pub fn model_info(m: ModelSummary) -> proto::ModelInfo {
+    proto::ModelInfo {
+        name: m.name,
+        distance: m.distance as u32,
+        basis: basis(m.basis) as i32,
+        noise: m.noise,
+        p: m.p,
+        rounds_trained: m.rounds_trained,
+        width: m.width as u32,
+        layers: m.layers as u32,
+        temperature: m.temperature,
+        version: m.version,
+        sha256: m.sha256,
     }
 }
 

@@ -2,7 +2,8 @@
 //! token.
 //!
 //! The token guards every call of the decoder service: Decode,
-//! DecodeBatch, ListModels and GetStats. Health checking and reflection stay
+//! DecodeBatch, ListModels, GetStats and the admin call LoadModel (one
+//! interceptor covers the whole service, so a call added to it is guarded too). Health checking and reflection stay
 //! open: they say only which services run and what their protos are, and a
 //! load balancer's health probe carries no credentials. Files are read and
 //! checked at start-up, so a bad one stops `qecd serve` with a message that

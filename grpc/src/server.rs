@@ -110,24 +110,37 @@ impl DecoderApi for DecoderService {
         &self,
         _: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let models = self
-            .hub
-            .models
-            .summaries()
-            .into_iter()
-            .map(|m| proto::ModelInfo {
-                name: m.name,
-                distance: m.distance as u32,
-                basis: convert::basis(m.basis) as i32,
-                noise: m.noise,
-                p: m.p,
-                rounds_trained: m.rounds_trained,
-                width: m.width as u32,
-                layers: m.layers as u32,
-                temperature: m.temperature,
-            })
-            .collect();
+        let models = self.hub.models.summaries().into_iter().map(convert::model_info).collect();
         Ok(Response::new(proto::ListModelsResponse { models }))
+    }
+
+    async fn load_model(
+        &self,
+        request: Request<proto::LoadModelRequest>,
+    ) -> Result<Response<proto::LoadModelResponse>, Status> {
+        self.check_serving()?;
+        let request = request.into_inner();
+        if request.path.is_empty() {
+            return Err(Status::invalid_argument("LoadModel needs `path`: a checkpoint file on the server"));
+        }
+        let hub = self.hub.clone();
+        let name = (!request.name.is_empty()).then_some(request.name);
+        let loaded = tokio::task::spawn_blocking(move || {
+            hub.models.load_file(std::path::Path::new(&request.path), name.as_deref())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        match loaded {
+            Ok(m) => Ok(Response::new(proto::LoadModelResponse {
+                name: m.name,
+                version: m.version.to_string(),
+                sha256: m.sha256,
+            })),
+            Err(fault) => {
+                tracing::warn!("LoadModel refused: {}", fault.message);
+                Err(convert::status(fault))
+            }
+        }
     }
 
     async fn get_stats(&self, _: Request<proto::GetStatsRequest>) -> Result<Response<proto::GetStatsResponse>, Status> {

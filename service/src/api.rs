@@ -251,6 +251,8 @@ pub struct SessionStabilizer {
 pub struct Opened {
     /// The neural model decoding it, if any.
     pub model: Option<String>,
+    /// That model's version (`NAME@N:HASH`), which answers every neural shot of the session.
+    pub model_version: Option<Arc<str>>,
     /// Event bits of round 0 (the memory basis's stabilizers).
     pub first_round_events: usize,
     /// Event bits of rounds 1.. (every stabilizer).
@@ -294,6 +296,9 @@ pub struct ShotResult {
     pub fallback: Option<String>,
     /// Final round received → result sent.
     pub decision_latency: Duration,
+    /// The version of the neural model that answered (`NAME@N:HASH`);
+    /// `None` when a matching decoder did.
+    pub model_version: Option<Arc<str>>,
 }
 
 /// Correlated matching's shadow decoding of a neural answer (checked mode).
@@ -369,6 +374,10 @@ pub struct BatchReply {
 pub struct ModelSummary {
     /// Its name.
     pub name: String,
+    /// The version new sessions get (`NAME@N:HASH`).
+    pub version: String,
+    /// sha256 of its checkpoint, hex.
+    pub sha256: String,
     /// Code distance.
     pub distance: usize,
     /// Memory basis.

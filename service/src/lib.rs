@@ -1,4 +1,5 @@
-//! The qecd decoding service as a library: the model registry and what
+//! The qecd decoding service as a library: the models it serves, with
+//! their versions, swappable while it runs ([`registry`], [`watch`]), what
 //! every stream shares ([`Hub`]), one decode stream whatever carries it
 //! ([`session`]), whole-batch decoding ([`batch`]), the counters behind
 //! `GetStats` ([`stats`]) and the FPGA bridge's listener and client
@@ -16,49 +17,31 @@ pub mod api;
 pub mod batch;
 pub mod bridge;
 pub mod codes;
+pub mod registry;
 pub mod session;
 pub mod stats;
+pub mod watch;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result};
-use decoder::{Device, NeuralModel, StreamEngine, StreamOptions};
+use anyhow::Result;
+use decoder::NeuralModel;
 use simulator_bridge::Basis;
 
-use api::{CodeSpec, ModelSummary};
+use api::CodeSpec;
 pub use api::{Fault, Status};
+pub use registry::{Loaded, Model, Models};
 use codes::{CodeCache, CodeCacheStats, Limits};
 use session::CircuitInfo;
 use stats::Stats;
-
-/// A neural model served by name, with its streaming engine.
-#[derive(Clone)]
-pub struct Model {
-    /// Its name (the checkpoint's file stem).
-    pub name: String,
-    /// The weights.
-    pub model: Arc<NeuralModel>,
-    /// The engine every stream using it shares.
-    pub engine: Arc<StreamEngine>,
-}
 
 /// The neural checkpoints a server runs: every `*.safetensors` in `dir`,
 /// or without one the zoo built into qecd. Loads weights only; no engine
 /// starts (`qecd replay` checks answers with these).
 pub fn load_checkpoints(dir: Option<&Path>) -> Result<Vec<Arc<NeuralModel>>> {
-    let Some(dir) = dir else {
-        return Ok(NeuralModel::zoo()?.into_iter().map(Arc::new).collect());
-    };
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the models directory {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    paths.sort();
-    anyhow::ensure!(!paths.is_empty(), "{} holds no .safetensors checkpoints", dir.display());
-    paths.iter().map(|p| Ok(Arc::new(NeuralModel::load(p)?))).collect()
+    Ok(Loaded::all(dir)?.into_iter().map(|l| l.model).collect())
 }
 
 /// The model called `name`, or without a name the first one for the code;
@@ -87,72 +70,6 @@ pub fn find_model<'a>(
         )));
     }
     Ok(found)
-}
-
-/// The models a server holds, each with its engine.
-pub struct Models {
-    list: Vec<Model>,
-}
-
-impl Models {
-    /// The zoo checkpoints built into the binary, on the CPU.
-    pub fn embedded(options: &StreamOptions) -> Result<Self> {
-        Self::serve(load_checkpoints(None)?, options, Device::Cpu)
-    }
-
-    /// Starts an engine for each model, stepping on `device` (the CPU
-    /// backend with `options.threads` threads, or a GPU's CUDA kernels).
-    pub fn serve(weights: Vec<Arc<NeuralModel>>, options: &StreamOptions, device: Device) -> Result<Self> {
-        let list = weights
-            .iter()
-            .map(|model| {
-                let engine = match device {
-                    Device::Cpu => StreamEngine::start(model.clone(), options.clone()),
-                    device => {
-                        let backend = model.backend(device).with_context(|| format!("model {}", model.name()))?;
-                        StreamEngine::start_on(model.clone(), options.clone(), backend)?
-                    }
-                };
-                Ok(Model { name: model.name().to_string(), model: model.clone(), engine: Arc::new(engine) })
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { list })
-    }
-
-    /// All of them.
-    pub fn all(&self) -> &[Model] {
-        &self.list
-    }
-
-    /// What `ListModels` says of each.
-    pub fn summaries(&self) -> Vec<ModelSummary> {
-        self.list
-            .iter()
-            .map(|m| {
-                let meta = m.model.meta();
-                ModelSummary {
-                    name: m.name.clone(),
-                    distance: m.model.distance(),
-                    basis: m.model.basis(),
-                    noise: meta.provenance.noise.clone(),
-                    p: meta.provenance.p,
-                    rounds_trained: meta.provenance.rounds.clone(),
-                    width: meta.config.width,
-                    layers: meta.config.layers,
-                    temperature: meta.temperature,
-                }
-            })
-            .collect()
-    }
-
-    /// The model called `name`, or without a name the first one for the
-    /// code ([`find_model`]), with its engine.
-    pub fn find(&self, name: Option<&str>, d: usize, basis: Basis) -> Result<Model, Fault> {
-        let weights: Vec<Arc<NeuralModel>> = self.list.iter().map(|m| m.model.clone()).collect();
-        let found = find_model(&weights, name, d, basis)?;
-        let i = weights.iter().position(|w| Arc::ptr_eq(w, found)).expect("found among them");
-        Ok(self.list[i].clone())
-    }
 }
 
 /// Limits of a server.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use decoder::{
-    Decoder, DecoderKind, Driver, Feed, GapCalibration, MatchingDecoder, NeuralMatching, PackedShots,
+    Decoder, DecoderKind, Driver, Feed, GapCalibration, MatchingDecoder, NeuralMatching, NeuralModel, PackedShots,
     Reply as EngineReply, ReplyFn, ShotStream,
 };
 use models::posterior::PosteriorModel;
@@ -256,8 +256,9 @@ pub struct Stream {
     max_backlog: usize,
     /// The code's circuit: its round layout, DEM and calibrations.
     info: Arc<CircuitInfo>,
-    /// Keeps the model (and its engine) alive while the stream runs.
-    _model: Option<Model>,
+    /// The model version of the session, kept (with its engine) while the
+    /// stream runs: a swap leaves the session on it.
+    model: Option<Model>,
     driver: Option<Driver>,
     state: Mutex<State>,
     /// Signalled when the last pending round is answered.
@@ -288,7 +289,7 @@ impl Stream {
         };
         let info = hub.circuit_or_cancel(&code, &*gone)?;
         if let Some(m) = &model {
-            check_model_order(m, &info.rounds)?;
+            check_model_order(&m.model, &info.rounds)?;
         }
         let closed = Arc::new(AtomicBool::new(false));
         let sink: Sink = {
@@ -308,6 +309,7 @@ impl Stream {
         let layout = &info.rounds;
         let opened = Opened {
             model: model.as_ref().map(|m| m.name.clone()),
+            model_version: model.as_ref().map(|m| m.version.clone()),
             first_round_events: layout.events_in(0),
             round_events: layout.stabilizers().len(),
             final_round_events: layout.events_in(rounds),
@@ -340,7 +342,7 @@ impl Stream {
                 rounds: rounds as u32,
                 info,
                 driver: feed.as_ref().map(Feed::driver),
-                _model: model,
+                model,
                 state: Mutex::new(State { feed, shots: HashMap::new(), pending: HashMap::new(), lane: Some(lane) }),
                 drained: Condvar::new(),
                 lane_thread: Mutex::new(Some(lane_thread)),
@@ -597,13 +599,14 @@ impl Stream {
                         Self::to_lane(state, result.shot, shot, received);
                     }
                     shot => {
+                        let version = self.model.as_ref().map(|m| m.version.clone());
                         send_result(
                             &self.hub,
                             &self.sink,
                             result.shot,
                             &result.prediction,
                             result.confidence,
-                            DecoderKind::Neural,
+                            (DecoderKind::Neural, version),
                             None,
                             received,
                         );
@@ -664,7 +667,8 @@ impl Stream {
     }
 }
 
-/// Sends a shot's result and counts its decision latency; `false` once the client is gone.
+/// Sends a shot's result and counts its decision latency; `false` once the
+/// client is gone. `answered_by` is the decoder, with the neural model's version.
 #[allow(clippy::too_many_arguments)]
 fn send_result(
     hub: &Hub,
@@ -672,10 +676,11 @@ fn send_result(
     shot: u64,
     prediction: &[bool],
     confidence: f64,
-    kind: DecoderKind,
+    answered_by: (DecoderKind, Option<Arc<str>>),
     fallback: Option<String>,
     received: Instant,
 ) -> bool {
+    let (kind, model_version) = answered_by;
     let latency = received.elapsed();
     hub.stats.decision(kind, latency);
     let result = ShotResult {
@@ -685,15 +690,16 @@ fn send_result(
         answered_by: kind,
         fallback,
         decision_latency: latency,
+        model_version,
     };
     sink(Reply::Result(result))
 }
 
 /// A neural model takes a round's bits in its own stabilizer order: the
 /// circuit's stabilizers must sit where the model's do, in the same order.
-fn check_model_order(model: &Model, rounds: &RoundLayout) -> Result<(), Fault> {
+pub(crate) fn check_model_order(model: &NeuralModel, rounds: &RoundLayout) -> Result<(), Fault> {
     let ours = rounds.stabilizers();
-    let theirs = &model.model.meta().layout.stabilizers;
+    let theirs = &model.meta().layout.stabilizers;
     let sits = |s: &simulator_bridge::layout::Stabilizer| (s.x.to_bits(), s.y.to_bits(), s.kind);
     let mut at = theirs.iter().map(sits);
     if ours.iter().map(sits).all(|s| at.any(|t| t == s)) {
@@ -701,7 +707,7 @@ fn check_model_order(model: &Model, rounds: &RoundLayout) -> Result<(), Fault> {
     } else {
         Err(Fault::invalid(format!(
             "model '{}' orders its stabilizers unlike this code's circuit; it cannot decode it round by round",
-            model.name
+            model.name()
         )))
     }
 }
@@ -779,7 +785,7 @@ fn spawn_lane(
                         if fallback.is_some() {
                             Stats::bump(&hub.stats.fallbacks);
                         }
-                        send_result(&hub, &sink, shot, &prediction, confidence, kind, fallback, received)
+                        send_result(&hub, &sink, shot, &prediction, confidence, (kind, None), fallback, received)
                     }
                     LaneJob::Check { shot, events, prediction } => {
                         let (baseline, _) = match decoder.decode(shot, events, num_detectors) {

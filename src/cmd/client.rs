@@ -78,6 +78,9 @@ pub struct Drive {
     pub until: Option<Instant>,
     /// Counts answered shots.
     pub bar: Option<ProgressBar>,
+    /// Ends each session after this many shots and opens a new one, so that
+    /// the stream sees models swapped while it runs; `None`: one session.
+    pub reopen_every: Option<usize>,
 }
 
 /// What a stream measured.
@@ -109,6 +112,8 @@ pub struct Tally {
     pub decision_rtt: Histogram,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Its sessions, in order, with the model version that answered each.
+    pub sessions: Vec<SessionLog>,
 }
 
 impl Tally {
@@ -118,9 +123,48 @@ impl Tally {
     }
 }
 
-/// Plays `set` into one Decode stream of `client` as `drive` says. The
-/// client may be plain or carry credentials ([`qecd_grpc::client::Client`]).
+/// Plays `set` into Decode streams of `client` as `drive` says: one
+/// session for the whole run, or a new one every `drive.reopen_every`
+/// shots. Shot ids run on across sessions. The client may be plain or
+/// carry credentials ([`qecd_grpc::client::Client`]).
 pub async fn drive<T>(client: &mut DecoderClient<T>, set: &ShotSet, drive: &Drive) -> Result<Tally>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<StdError>,
+    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
+{
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    loop {
+        let session = play_session(client, set, drive, &mut tally).await?;
+        tally.sessions.push(session);
+        if !drive.more(&tally) {
+            break;
+        }
+    }
+    if tally.answered + tally.lost() != tally.started {
+        bail!("bookkeeping: {} started, {} answered", tally.started, tally.answered);
+    }
+    tally.seconds = started.elapsed().as_secs_f64();
+    Ok(tally)
+}
+
+impl Drive {
+    /// True while the run starts shots.
+    fn more(&self, tally: &Tally) -> bool {
+        tally.started < self.shots as u64 && self.until.is_none_or(|u| Instant::now() < u)
+    }
+}
+
+/// One Decode stream: opens its session, plays shots until the run or the
+/// session's share of shots is over, and waits for their answers.
+async fn play_session<T>(
+    client: &mut DecoderClient<T>,
+    set: &ShotSet,
+    drive: &Drive,
+    tally: &mut Tally,
+) -> Result<SessionLog>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
     T::Error: Into<StdError>,
@@ -142,27 +186,28 @@ where
         max_backlog: 0,
     };
     let (tx, rx) = mpsc::channel::<DecodeRequest>(4 * drive.window + 16);
+    let mut log = SessionLog { opened: Instant::now(), ..SessionLog::default() };
     tx.send(DecodeRequest { message: Some(In::Open(open)) }).await?;
     let mut responses = client.decode(ReceiverStream::new(rx)).await?.into_inner();
     let checked = drive.decoder == proto::DecoderKind::NeuralChecked;
-    let started = Instant::now();
-    let mut tally = Tally::default();
+    let first = tally.started;
+    let share = drive.reopen_every.map_or(u64::MAX, |n| n.max(1) as u64);
+    let more = |tally: &Tally| drive.more(tally) && tally.started - first < share;
     let mut sent_at: HashMap<u64, Instant> = HashMap::new();
     let mut acked: HashSet<(u64, u32)> = HashSet::new();
     let mut answered: HashSet<u64> = HashSet::new();
-    let mut checks = 0u64;
-    let more = |tally: &Tally| tally.started < drive.shots as u64 && drive.until.is_none_or(|u| Instant::now() < u);
+    let (mut checks, mut answered_here) = (0u64, 0u64);
     let mut tx = Some(tx);
-    while tally.started < drive.window as u64 && more(&tally) {
+    while tally.started - first < drive.window as u64 && more(tally) {
         sent_at.insert(tally.started, Instant::now());
         tx.as_ref().expect("open").send(set.message(tally.started, 0)).await?;
         tally.started += 1;
     }
     loop {
-        if sent_at.is_empty() && !more(&tally) {
+        if sent_at.is_empty() && !more(tally) {
             // Nothing in flight and nothing more to send: close our side.
             tx = None;
-            if !checked || checks >= tally.answered {
+            if !checked || checks >= answered_here {
                 break;
             }
         }
@@ -197,14 +242,16 @@ where
                 let sent = sent_at.remove(&r.shot).context("a decision for a shot not in flight")?;
                 tally.decision_rtt.record(sent.elapsed());
                 tally.answered += 1;
+                answered_here += 1;
                 tally.fell_back += u64::from(r.fell_back);
+                log.note(&r);
                 tally.errors +=
                     ErrorCount { shots: 1, errors: u64::from((r.prediction[0] & 1 == 1) != actual(r.shot)) };
                 tally.confidence_sum += r.confidence;
                 if let Some(bar) = &drive.bar {
                     bar.inc(1);
                 }
-                if more(&tally) {
+                if more(tally) {
                     sent_at.insert(tally.started, Instant::now());
                     tx.as_ref().expect("open while shots remain").send(set.message(tally.started, 0)).await?;
                     tally.started += 1;
@@ -217,8 +264,9 @@ where
                 }
                 sent_at.remove(&f.shot).context("a failure for a shot not in flight")?;
                 tally.answered += 1;
+                answered_here += 1;
                 tally.failed += 1;
-                if more(&tally) {
+                if more(tally) {
                     sent_at.insert(tally.started, Instant::now());
                     tx.as_ref().expect("open while shots remain").send(set.message(tally.started, 0)).await?;
                     tally.started += 1;
@@ -229,12 +277,48 @@ where
                 let wrong = (c.baseline_prediction[0] & 1 == 1) != actual(c.shot);
                 tally.baseline += ErrorCount { shots: 1, errors: u64::from(wrong) };
             }
-            Some(Out::Opened(_)) | None => {}
+            Some(Out::Opened(o)) => log.version = o.model_version,
+            None => {}
         }
     }
-    if tally.answered + tally.lost() != tally.started {
-        bail!("bookkeeping: {} started, {} answered", tally.started, tally.answered);
+    Ok(log)
+}
+
+/// The model version one session of a stream was answered by.
+#[derive(Clone, Debug)]
+pub struct SessionLog {
+    /// When its open was sent.
+    pub opened: Instant,
+    /// The version its SessionOpened named; empty without a neural model.
+    pub version: String,
+    /// Its results that named a model version.
+    pub versioned: u64,
+    /// Its neural results (not fallbacks) whose version was not the session's, or was missing.
+    pub strays: u64,
+}
+
+impl Default for SessionLog {
+    fn default() -> Self {
+        Self { opened: Instant::now(), version: String::new(), versioned: 0, strays: 0 }
     }
-    tally.seconds = started.elapsed().as_secs_f64();
-    Ok(tally)
+}
+
+impl SessionLog {
+    /// Checks a result's model version against the session's.
+    fn note(&mut self, r: &proto::ShotResult) {
+        if !r.model_version.is_empty() {
+            self.versioned += 1;
+        }
+        let neural = r.answered_by == proto::DecoderKind::Neural as i32;
+        if neural && r.model_version != self.version {
+            self.strays += 1;
+        }
+    }
+}
+
+/// A model version's name and load count: `d3_z_si1000_p003@4:9f1c0a7e3b21` → (`d3_z_si1000_p003`, 4).
+pub fn parse_version(version: &str) -> Option<(&str, u64)> {
+    let (name, rest) = version.rsplit_once('@')?;
+    let n = rest.split_once(':').map_or(rest, |(n, _)| n);
+    Some((name, n.parse().ok()?))
 }

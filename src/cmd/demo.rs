@@ -113,6 +113,7 @@ async fn stream_distance(
         shots: args.shots,
         until: None,
         bar: Some(bar.clone()),
+        reopen_every: None,
     };
     let tally = drive(client, &set, &plan).await?;
     bar.finish_and_clear();

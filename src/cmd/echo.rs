@@ -49,6 +49,7 @@ fn answer(request: In) -> Out {
             fell_back: false,
             fallback_reason: String::new(),
             decision_latency_ns: 0,
+            model_version: String::new(),
         }),
     }
 }
@@ -95,6 +96,13 @@ impl DecoderApi for EchoService {
 
     async fn get_stats(&self, _: Request<proto::GetStatsRequest>) -> Result<Response<proto::GetStatsResponse>, Status> {
         Ok(Response::new(proto::GetStatsResponse::default()))
+    }
+
+    async fn load_model(
+        &self,
+        _: Request<proto::LoadModelRequest>,
+    ) -> Result<Response<proto::LoadModelResponse>, Status> {
+        Err(Status::unimplemented("the echo server answers Decode and GetStats only"))
     }
 }
 

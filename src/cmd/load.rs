@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use decoder::stats::DEFAULT_LIKELIHOOD_FACTOR;
 use simulator_bridge::Basis;
 
-use super::client::{Drive, ShotSet, Tally, drive};
+use super::client::{Drive, ShotSet, Tally, drive, parse_version};
 use super::echo::LocalEcho;
 use qecd_grpc::Credentials;
 use qecd_grpc::proto;
@@ -74,6 +74,99 @@ pub struct LoadArgs {
     /// The server's `--max-rounds`, which the hostile huge opens aim at.
     #[arg(long, default_value_t = 100)]
     pub max_rounds: u32,
+    /// Each stream ends its session after this many shots and opens a new
+    /// one (default: one session per stream for the whole run), so that it
+    /// sees models swapped while it runs.
+    #[arg(long, value_name = "SHOTS")]
+    pub reopen_every: Option<usize>,
+    /// Checkpoints to swap in while the streams run, paths on the server's
+    /// machine (comma-separated): each swap loads every one with LoadModel,
+    /// as a new version of its name. The run then fails unless every
+    /// stream's versions go forwards in the order the swaps happened.
+    #[arg(long, value_delimiter = ',', value_name = "FILES")]
+    pub swap_models: Vec<PathBuf>,
+    /// Swaps, evenly spread over the run (with `--swap-models`).
+    #[arg(long, default_value_t = 10)]
+    pub swaps: usize,
+}
+
+/// One model load of `--swap-models`, as LoadModel answered it.
+struct Swap {
+    /// When its answer came: sessions opened later must get this version or a newer one.
+    done: Instant,
+    /// The model's name.
+    name: String,
+    /// Its version, and that version's load count.
+    version: String,
+    n: u64,
+}
+
+/// Loads every file of `files` at each of `swaps` instants evenly spread
+/// between `start` and `until`.
+async fn swap_models(
+    addr: String,
+    credentials: Credentials,
+    files: Vec<PathBuf>,
+    swaps: usize,
+    start: Instant,
+    until: Instant,
+) -> Result<Vec<Swap>> {
+    let mut client = credentials.connect(&addr).await?;
+    let span = until - start;
+    let mut done = Vec::new();
+    for k in 0..swaps {
+        tokio::time::sleep_until((start + span.mul_f64((k + 1) as f64 / (swaps + 1) as f64)).into()).await;
+        for file in &files {
+            let request = proto::LoadModelRequest { path: file.display().to_string(), name: String::new() };
+            let loaded = client.load_model(request).await.map_err(|s| anyhow::anyhow!("LoadModel {}: {s}", file.display()))?;
+            let loaded = loaded.into_inner();
+            let n = parse_version(&loaded.version).map(|v| v.1).context("LoadModel answered no NAME@N version")?;
+            done.push(Swap { done: Instant::now(), name: loaded.name, version: loaded.version, n });
+        }
+    }
+    Ok(done)
+}
+
+/// Checks every stream's sessions against the swaps: a stream's versions of
+/// a name never go backwards, and a session opened after a swap got that
+/// swap's version or a newer one; every neural result named its session's
+/// version. Prints what it found; `true` on any violation.
+fn check_versions(tallies: &[Tally], swaps: &[Swap]) -> bool {
+    let (mut backwards, mut stale, mut strays, mut unversioned) = (0u64, 0u64, 0u64, 0u64);
+    let (mut sessions, mut versioned) = (0u64, 0u64);
+    let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> = Default::default();
+    for t in tallies {
+        let mut last: std::collections::HashMap<&str, u64> = Default::default();
+        for s in &t.sessions {
+            sessions += 1;
+            versioned += s.versioned;
+            strays += s.strays;
+            let Some((name, n)) = parse_version(&s.version) else {
+                unversioned += 1;
+                continue;
+            };
+            seen.entry(name.to_string()).or_default().insert(n);
+            if last.insert(name, n).is_some_and(|before| before > n) {
+                backwards += 1;
+            }
+            if swaps.iter().any(|w| w.name == name && w.done < s.opened && w.n > n) {
+                stale += 1;
+            }
+        }
+    }
+    println!("\nmodel versions: {sessions} sessions, {versioned} results naming their version");
+    for w in swaps {
+        println!("  swapped in {}", w.version);
+    }
+    for (name, ns) in &seen {
+        let ns: Vec<String> = ns.iter().map(|n| n.to_string()).collect();
+        println!("  {name}: sessions answered by versions @{}", ns.join(", @"));
+    }
+    println!(
+        "  sessions whose version went backwards {backwards}, opened after a swap on an older version {stale}, \
+         neural results not naming their session's version {strays}, neural sessions naming no version {unversioned}"
+    );
+    backwards + stale + strays + unversioned > 0
 }
 
 /// What answers the streams of one distance.
@@ -179,12 +272,24 @@ pub fn run(args: &LoadArgs) -> Result<()> {
                 super::hostile::Target { addr: addr.clone(), credentials: credentials.clone(), max_rounds: args.max_rounds };
             tokio::spawn(super::hostile::run(target, kinds.clone(), until))
         });
+        let swapping = (!args.swap_models.is_empty()).then(|| {
+            let files = args.swap_models.clone();
+            tokio::spawn(swap_models(addr.clone(), credentials.clone(), files, args.swaps, Instant::now(), until))
+        });
         let mut tasks = Vec::new();
         for i in 0..args.streams {
             let k = i % sets.len();
             let (set, addr, credentials) = (sets[k].clone(), addr.clone(), credentials.clone());
             let (decoder, model) = answerers[k].1.session();
-            let plan = Drive { decoder, model, window: args.window, shots: usize::MAX, until: Some(until), bar: None };
+            let plan = Drive {
+                decoder,
+                model,
+                window: args.window,
+                shots: usize::MAX,
+                until: Some(until),
+                bar: None,
+                reopen_every: args.reopen_every,
+            };
             tasks.push(tokio::spawn(async move {
                 let mut client = credentials.connect(&addr).await?;
                 drive(&mut client, &set, &plan).await
@@ -196,7 +301,13 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         }
         let mut stats_client = credentials.connect(&addr).await?;
         let stats = stats_client.get_stats(proto::GetStatsRequest {}).await?.into_inner();
-        let failed = report(args, &answerers, &per_distance, &stats);
+        let mut failed = report(args, &answerers, &per_distance, &stats);
+        if let Some(swapping) = swapping {
+            let swaps = swapping.await??;
+            let neural = answerers.iter().zip(per_distance).filter(|(a, _)| matches!(a.1, Answerer::Neural(_)));
+            let all: Vec<Tally> = neural.flat_map(|(_, tallies)| tallies).collect();
+            failed |= check_versions(&all, &swaps);
+        }
         if let Some(hostile) = hostile {
             super::hostile::report(&hostile.await?);
         }
@@ -204,7 +315,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             server.stop().await?;
         }
         if failed {
-            bail!("shots were lost or answered twice (see the table)");
+            bail!("shots were lost or answered twice, or model versions went out of order (see above)");
         }
         anyhow::Ok(())
     })

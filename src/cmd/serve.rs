@@ -9,7 +9,8 @@ use clap::Args;
 use decoder::StreamOptions;
 
 use qecd_service::bridge::Bridge;
-use qecd_service::{Hub, Models, ServerOptions};
+use qecd_service::watch::{POLL, Watcher};
+use qecd_service::{Hub, Loaded, Models, ServerOptions};
 
 /// The codes `qecd load` and the bridge open: d=3 and d=5 memory-Z, SI1000 p=0.003, d rounds.
 fn default_prebuild() -> Vec<qecd_service::api::CodeSpec> {
@@ -25,9 +26,17 @@ pub struct ServeArgs {
     /// Address of the FPGA bridge's TCP listener (docs/fpga-bridge.md).
     #[arg(long)]
     pub bridge_listen: Option<SocketAddr>,
-    /// Directory of neural checkpoints (*.safetensors); default: the zoo built into qecd.
+    /// Directory of neural checkpoints (*.safetensors); default: the zoo
+    /// built into qecd. With it, the admin call LoadModel reads files under
+    /// this directory only.
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// Poll `--models` every second and serve what changes there without a
+    /// restart: a new or changed checkpoint becomes a new version of its
+    /// name, a removed one is no longer offered to new sessions, and one
+    /// that cannot be served is logged while the model before it keeps serving.
+    #[arg(long, requires = "models")]
+    pub watch_models: bool,
     /// Most Decode streams open at once.
     #[arg(long, default_value_t = 256)]
     pub max_streams: usize,
@@ -113,8 +122,11 @@ pub struct ServeArgs {
 /// The hub a server built from these arguments uses.
 pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
     let engine = StreamOptions { threads: args.engine_threads.max(1), ..StreamOptions::default() };
-    let checkpoints = qecd_service::load_checkpoints(args.models.as_deref())?;
-    let models = Models::serve(checkpoints, &engine, args.device)?;
+    let checkpoints = Loaded::all(args.models.as_deref())?;
+    let mut models = Models::serve(checkpoints, &engine, args.device)?;
+    if let Some(dir) = &args.models {
+        models = models.confined_to(dir)?;
+    }
     let options = ServerOptions {
         max_streams: args.max_streams,
         max_backlog: args.max_backlog.max(1),
@@ -157,6 +169,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // Certificates and the token first: a bad file fails before models load.
     let security = qecd_grpc::Security::load(tls_files(args).as_ref(), args.token_file.as_deref())?;
     let hub = hub(args)?;
+    let _watcher = match (&args.models, args.watch_models) {
+        (Some(dir), true) => Some(Watcher::start(&hub, dir, POLL)?),
+        _ => None,
+    };
     let bridge_tls = if args.bridge_tls { tls_files(args) } else { None };
     let bridge = args
         .bridge_listen
@@ -171,10 +187,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         let shutdown = shutdown_signal()?;
         let (listener, addr) = qecd_grpc::bind(args.listen).await?;
         warn_if_open(args, addr, &security, bridge.as_ref().map(Bridge::addr));
-        let names: Vec<&str> = hub.models.all().iter().map(|m| m.name.as_str()).collect();
+        let versions: Vec<String> = hub.models.all().iter().map(|m| m.version.to_string()).collect();
         let bridge_on = bridge.as_ref().map(|b| format!("; bridge on {}", b.addr())).unwrap_or_default();
         let tls = if security.has_tls() { " (TLS)" } else { "" };
-        println!("qecd serve: gRPC on {addr}{tls}{bridge_on}; models: {}", names.join(", "));
+        println!("qecd serve: gRPC on {addr}{tls}{bridge_on}; models: {}", versions.join(", "));
         use std::io::Write;
         std::io::stdout().flush()?;
         // The bridge drains beside gRPC, from the moment the signal comes.

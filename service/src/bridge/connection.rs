@@ -582,6 +582,7 @@ mod tests {
             answered_by: decoder::DecoderKind::Correlated,
             fallback: Some("budget".into()),
             decision_latency: Duration::from_nanos(1 << 40),
+            model_version: None,
         };
         let d = decision(&result).unwrap();
         assert_eq!((d.flips.packed(), d.flips.len(), d.confidence, d.latency_ns), (&[1, 1][..], 9, 0.5, u32::MAX));
