@@ -20,6 +20,7 @@ pub mod formats;
 pub mod fsutil;
 pub mod labels;
 pub mod layout;
+pub mod learn;
 pub mod noise;
 pub mod pacing;
 pub mod sample;
