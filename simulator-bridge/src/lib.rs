@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod code;
+pub mod device;
 pub mod edges;
 pub mod error;
 pub mod experiment;

@@ -18,10 +18,20 @@
 //! A moment is the span between two `TICK`s. A `REPEAT` block is noised as a
 //! circuit of its own, so the structure (and the file size of a long
 //! experiment) is preserved.
+//!
+//! A device model ([`NoiseModel::Device`], see [`crate::device`]) is SI1000
+//! with a description laid on top: its scale factors multiply the channels
+//! above; a `PAULI_CHANNEL_2` crosstalk term follows two-qubit gates; a
+//! `Z_ERROR` dephases the qubits that sit out a moment holding two-qubit
+//! gates; readout asymmetry becomes its twirled average; and a drift scales
+//! every rate by `1 + drift * r` in stabilizer round r, counted as the
+//! measurement moments before it. A drifting device's `REPEAT` blocks are
+//! unrolled, since no two rounds share their rates.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::device::DeviceNoise;
 use crate::error::BridgeError;
 
 /// A circuit-level noise model with strength `p`.
@@ -47,6 +57,13 @@ pub enum NoiseModel {
         /// Seed of the per-qubit factors.
         seed: u64,
     },
+    /// SI1000(p) with a device description laid on top. Named `device:PATH`.
+    Device {
+        /// Physical error rate of the SI1000 beneath.
+        p: f64,
+        /// The description, parsed once per process ([`DeviceNoise::load`]).
+        device: &'static DeviceNoise,
+    },
 }
 
 /// The factor by which [`NoiseModel::Si1000Varied`] scales qubit `q`'s channels.
@@ -66,10 +83,35 @@ struct Rates {
     measure_reset_idle: f64,
     /// Seed of per-qubit factors, for [`NoiseModel::Si1000Varied`].
     varied: Option<u64>,
+    /// The description, for [`NoiseModel::Device`].
+    device: Option<&'static DeviceNoise>,
+}
+
+impl Rates {
+    /// The factor on every channel touching qubit `q`.
+    fn qubit_factor(&self, q: u32) -> f64 {
+        match (self.varied, self.device) {
+            (Some(seed), _) => varied_factor(seed, q),
+            (None, Some(device)) => device.qubit_factor(q),
+            (None, None) => 1.0,
+        }
+    }
+
+    /// The factor on every rate in stabilizer round `round`.
+    fn drift(&self, round: u64) -> f64 {
+        self.device.map_or(1.0, |d| d.drift_factor(round))
+    }
+
+    /// Whether `REPEAT` blocks must be unrolled: their rounds differ.
+    fn unroll(&self) -> bool {
+        self.device.is_some_and(|d| d.drift_per_round != 0.0)
+    }
 }
 
 impl NoiseModel {
-    /// Builds a model by name (`si1000`, or `depolarizing` / `uniform`).
+    /// Builds a model by name: `si1000`, `si1000-varied:SEED`,
+    /// `device:PATH` (a device file, see [`crate::device`]), or
+    /// `depolarizing` / `uniform`.
     pub fn from_name(name: &str, p: f64) -> Result<Self, BridgeError> {
         if !(0.0..=0.5).contains(&p) {
             return Err(BridgeError::invalid("p", format!("{p} is outside [0, 0.5]")));
@@ -77,6 +119,9 @@ impl NoiseModel {
         let lower = name.to_ascii_lowercase();
         let model = match lower.as_str() {
             "si1000" => NoiseModel::Si1000 { p },
+            device if device.starts_with("device:") => {
+                NoiseModel::Device { p, device: DeviceNoise::load(&name["device:".len()..])? }
+            }
             varied if varied.starts_with("si1000-varied:") => {
                 let seed = varied["si1000-varied:".len()..].parse().map_err(|_| {
                     BridgeError::invalid(
@@ -90,7 +135,9 @@ impl NoiseModel {
             _ => {
                 return Err(BridgeError::invalid(
                     "noise",
-                    format!("unknown noise model '{name}' (expected si1000, si1000-varied:SEED or depolarizing)"),
+                    format!(
+                        "unknown noise model '{name}' (expected si1000, si1000-varied:SEED, device:FILE or depolarizing)"
+                    ),
                 ));
             }
         };
@@ -112,13 +159,17 @@ impl NoiseModel {
             NoiseModel::UniformDepolarizing { .. } => "depolarizing".into(),
             NoiseModel::Si1000 { .. } => "si1000".into(),
             NoiseModel::Si1000Varied { seed, .. } => format!("si1000-varied:{seed}"),
+            NoiseModel::Device { device, .. } => format!("device:{}", device.path),
         }
     }
 
     /// Physical error rate p.
     pub fn p(&self) -> f64 {
         match *self {
-            NoiseModel::UniformDepolarizing { p } | NoiseModel::Si1000 { p } | NoiseModel::Si1000Varied { p, .. } => p,
+            NoiseModel::UniformDepolarizing { p }
+            | NoiseModel::Si1000 { p }
+            | NoiseModel::Si1000Varied { p, .. }
+            | NoiseModel::Device { p, .. } => p,
         }
     }
 
@@ -132,9 +183,24 @@ impl NoiseModel {
                 idle: p,
                 measure_reset_idle: 0.0,
                 varied: None,
+                device: None,
             },
             NoiseModel::Si1000 { p } => Self::si1000_rates(p, None),
             NoiseModel::Si1000Varied { p, seed } => Self::si1000_rates(p, Some(seed)),
+            NoiseModel::Device { p, device } => {
+                let si = Self::si1000_rates(p, None);
+                let g = device.gates;
+                Rates {
+                    clifford1: si.clifford1 * g.one_qubit,
+                    clifford2: si.clifford2 * g.two_qubit,
+                    reset_flip: si.reset_flip * g.reset,
+                    measure_flip: device.readout.map_or(si.measure_flip, |r| r.twirled()) * g.measure,
+                    idle: si.idle * g.idle,
+                    measure_reset_idle: si.measure_reset_idle * g.measure_idle,
+                    varied: None,
+                    device: Some(device),
+                }
+            }
         }
     }
 
@@ -147,6 +213,7 @@ impl NoiseModel {
             idle: p / 10.0,
             measure_reset_idle: 2.0 * p,
             varied,
+            device: None,
         }
     }
 
@@ -163,7 +230,7 @@ impl NoiseModel {
         let mut out = Vec::new();
         let mut moment = Moment::default();
         noisy_lines(&lines, &mut moment, &qubits, self.rates(), &mut out)?;
-        moment.flush(&qubits, self.rates(), &mut out);
+        moment.flush(&qubits, self.rates(), &mut out)?;
         let mut text = out.join("\n");
         text.push('\n');
         Ok(text)
@@ -316,47 +383,84 @@ struct Moment {
     used: BTreeSet<u32>,
     /// Qubits measured or reset.
     collapsed: BTreeSet<u32>,
+    /// Qubits in two-qubit gates.
+    paired: BTreeSet<u32>,
+    /// Whether the moment measures: it closes a stabilizer round.
+    measures: bool,
+    /// Stabilizer rounds before this moment: the measuring moments flushed so far.
+    round: u64,
 }
 
 impl Moment {
-    fn flush(&mut self, qubits: &BTreeSet<u32>, rates: Rates, out: &mut Vec<String>) {
+    fn flush(&mut self, qubits: &BTreeSet<u32>, rates: Rates, out: &mut Vec<String>) -> Result<(), BridgeError> {
         if self.used.is_empty() && self.mid.is_empty() {
-            return;
+            return Ok(());
         }
+        let k = rates.drift(self.round);
         if !self.used.is_empty() {
             let idle: Vec<u32> = qubits.difference(&self.used).copied().collect();
-            push_channel(&mut self.post, "DEPOLARIZE1", rates.idle, &idle, rates.varied);
+            push_channel(&mut self.post, "DEPOLARIZE1", &[rates.idle * k], &idle, rates)?;
+        }
+        if let Some(device) = rates.device.filter(|_| !self.paired.is_empty()) {
+            let spectators: Vec<u32> = qubits.difference(&self.paired).copied().collect();
+            push_channel(&mut self.post, "Z_ERROR", &[device.spectator.z * k], &spectators, rates)?;
         }
         if !self.collapsed.is_empty() {
             let waiting: Vec<u32> = qubits.difference(&self.collapsed).copied().collect();
-            push_channel(&mut self.post, "DEPOLARIZE1", rates.measure_reset_idle, &waiting, rates.varied);
+            push_channel(&mut self.post, "DEPOLARIZE1", &[rates.measure_reset_idle * k], &waiting, rates)?;
         }
         out.append(&mut self.pre);
         out.append(&mut self.mid);
         out.append(&mut self.post);
+        self.round += u64::from(self.measures);
+        self.measures = false;
         self.used.clear();
         self.collapsed.clear();
+        self.paired.clear();
+        Ok(())
     }
 }
 
-fn push_channel(into: &mut Vec<String>, channel: &str, p: f64, qubits: &[u32], varied: Option<u64>) {
-    if p <= 0.0 || qubits.is_empty() {
-        return;
+/// Pushes `channel(args)` on `qubits`, taken `arity` at a time (2 for
+/// `DEPOLARIZE2` and `PAULI_CHANNEL_2`); each group's arguments are scaled by
+/// the mean of its qubits' factors, and neighbouring groups with equal
+/// arguments share a line.
+fn push_channel(
+    into: &mut Vec<String>,
+    channel: &str,
+    args: &[f64],
+    qubits: &[u32],
+    rates: Rates,
+) -> Result<(), BridgeError> {
+    if args.iter().all(|&a| a <= 0.0) || qubits.is_empty() {
+        return Ok(());
     }
-    let line = |p: f64, qubits: &[u32]| {
-        let targets: Vec<String> = qubits.iter().map(u32::to_string).collect();
-        format!("{channel}({}) {}", format_probability(p), targets.join(" "))
-    };
-    match varied {
-        None => into.push(line(p, qubits)),
-        Some(seed) => {
-            let arity = if channel == "DEPOLARIZE2" { 2 } else { 1 };
-            for group in qubits.chunks(arity) {
-                let f = group.iter().map(|&q| varied_factor(seed, q)).sum::<f64>() / group.len() as f64;
-                into.push(line(p * f, group));
-            }
+    let arity = if channel.ends_with('2') { 2 } else { 1 };
+    let mut lines: Vec<(Vec<f64>, Vec<u32>)> = Vec::new();
+    for group in qubits.chunks(arity) {
+        let f = group.iter().map(|&q| rates.qubit_factor(q)).sum::<f64>() / group.len() as f64;
+        let scaled: Vec<f64> = args.iter().map(|a| a * f).collect();
+        let total: f64 = scaled.iter().sum();
+        if total > 0.5 {
+            return Err(BridgeError::Circuit(format!(
+                "the noise would put probability {total} into {channel} on qubits {group:?}, more than 0.5; \
+                 lower p or the device's factors"
+            )));
+        }
+        if total <= 0.0 {
+            continue;
+        }
+        match lines.last_mut() {
+            Some((last, targets)) if *last == scaled => targets.extend_from_slice(group),
+            _ => lines.push((scaled, group.to_vec())),
         }
     }
+    for (args, targets) in lines {
+        let args: Vec<String> = args.into_iter().map(format_probability).collect();
+        let targets: Vec<String> = targets.iter().map(u32::to_string).collect();
+        into.push(format!("{channel}({}) {}", args.join(", "), targets.join(" ")));
+    }
+    Ok(())
 }
 
 /// Prints a probability without floating-point residue (`5 * 0.003` prints as 0.015).
@@ -372,7 +476,8 @@ pub fn format_probability(p: f64) -> String {
 /// body. The inlined copy's last moment then merges with whatever follows
 /// the block without a `TICK`, as the circuit says it should: in Stim's
 /// memory circuits the final data measurement shares its moment with the
-/// last ancilla measurement, whatever the number of rounds.
+/// last ancilla measurement, whatever the number of rounds. When the rates
+/// drift, the n-1 copies are written out one by one instead.
 fn noisy_lines(
     lines: &[&str],
     moment: &mut Moment,
@@ -400,12 +505,17 @@ fn noisy_lines(
             if count == 0 {
                 continue;
             }
-            moment.flush(qubits, rates, out);
-            if count > 1 {
+            moment.flush(qubits, rates, out)?;
+            if rates.unroll() {
+                for _ in 1..count {
+                    noisy_lines(body, moment, qubits, rates, out)?;
+                    moment.flush(qubits, rates, out)?;
+                }
+            } else if count > 1 {
                 let mut inner = Moment::default();
                 let mut noisy_body = Vec::new();
                 noisy_lines(body, &mut inner, qubits, rates, &mut noisy_body)?;
-                inner.flush(qubits, rates, &mut noisy_body);
+                inner.flush(qubits, rates, &mut noisy_body)?;
                 out.push(format!("REPEAT {} {{", count - 1));
                 out.extend(noisy_body.into_iter().map(|l| format!("    {l}")));
                 out.push("}".to_string());
@@ -414,7 +524,7 @@ fn noisy_lines(
             continue;
         }
         if line == "TICK" {
-            moment.flush(qubits, rates, out);
+            moment.flush(qubits, rates, out)?;
             out.push("TICK".to_string());
             continue;
         }
@@ -437,27 +547,40 @@ fn noisy_lines(
         }
         moment.used.extend(touched.iter().copied());
         let flip = |x_basis: bool| if x_basis { "Z_ERROR" } else { "X_ERROR" };
+        let k = rates.drift(moment.round);
         match kind {
             Kind::Annotation => unreachable!("handled above"),
-            Kind::Clifford1 => push_channel(&mut moment.post, "DEPOLARIZE1", rates.clifford1, &touched, rates.varied),
+            Kind::Clifford1 => push_channel(&mut moment.post, "DEPOLARIZE1", &[rates.clifford1 * k], &touched, rates)?,
             Kind::Clifford2 => {
                 if touched.len() % 2 != 0 {
                     return Err(BridgeError::Circuit(format!("odd number of targets in '{line}'")));
                 }
-                push_channel(&mut moment.post, "DEPOLARIZE2", rates.clifford2, &touched, rates.varied);
+                push_channel(&mut moment.post, "DEPOLARIZE2", &[rates.clifford2 * k], &touched, rates)?;
+                if let Some(device) = rates.device {
+                    let pairs: Vec<u32> =
+                        touched.chunks(2).filter(|g| device.crosstalk_on(g[0], g[1])).flatten().copied().collect();
+                    // PAULI_CHANNEL_2's arguments: IX IY IZ XI XX XY XZ YI YX YY YZ ZI ZX ZY ZZ.
+                    let mut args = [0.0; 15];
+                    let c = &device.crosstalk;
+                    (args[4], args[9], args[14]) = (c.xx * k, c.yy * k, c.zz * k);
+                    push_channel(&mut moment.post, "PAULI_CHANNEL_2", &args, &pairs, rates)?;
+                }
+                moment.paired.extend(touched.iter().copied());
             }
             Kind::Reset { x_basis } => {
                 moment.collapsed.extend(touched.iter().copied());
-                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip, &touched, rates.varied);
+                push_channel(&mut moment.post, flip(x_basis), &[rates.reset_flip * k], &touched, rates)?;
             }
             Kind::Measure { x_basis } => {
                 moment.collapsed.extend(touched.iter().copied());
-                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip, &touched, rates.varied);
+                moment.measures = true;
+                push_channel(&mut moment.pre, flip(x_basis), &[rates.measure_flip * k], &touched, rates)?;
             }
             Kind::MeasureReset { x_basis } => {
                 moment.collapsed.extend(touched.iter().copied());
-                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip, &touched, rates.varied);
-                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip, &touched, rates.varied);
+                moment.measures = true;
+                push_channel(&mut moment.pre, flip(x_basis), &[rates.measure_flip * k], &touched, rates)?;
+                push_channel(&mut moment.post, flip(x_basis), &[rates.reset_flip * k], &touched, rates)?;
             }
         }
         moment.mid.push(line.to_string());
