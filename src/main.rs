@@ -52,6 +52,8 @@ enum Command {
     Finetune(cmd::finetune::FinetuneArgs),
     /// Fit a model's temperature; report ECE and a reliability diagram.
     Calibrate(cmd::calibrate::CalibrateArgs),
+    /// Learn a detector error model's probabilities from an experiment directory's detection events.
+    LearnNoise(cmd::learn_noise::LearnNoiseArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::TrainPosterior(args) => cmd::train_posterior::run(args),
         Command::Finetune(args) => cmd::finetune::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
+        Command::LearnNoise(args) => cmd::learn_noise::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

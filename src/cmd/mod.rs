@@ -8,6 +8,7 @@ pub mod demo;
 pub mod echo;
 pub mod finetune;
 pub mod hostile;
+pub mod learn_noise;
 pub mod load;
 pub mod predict;
 pub mod replay;
