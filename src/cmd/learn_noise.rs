@@ -41,10 +41,9 @@ pub struct LearnNoiseArgs {
 /// Runs `qecd learn-noise`.
 pub fn run(args: &LearnNoiseArgs) -> Result<()> {
     let exp = Experiment::read(&args.data)?;
-    let circuit: stim::Circuit = exp
-        .circuit_noisy
-        .parse()
-        .map_err(|e: stim::StimError| anyhow::anyhow!("{}: {CIRCUIT_NOISY} does not parse: {e}", args.data.display()))?;
+    let circuit: stim::Circuit = exp.circuit_noisy.parse().map_err(|e: stim::StimError| {
+        anyhow::anyhow!("{}: {CIRCUIT_NOISY} does not parse: {e}", args.data.display())
+    })?;
     let prior = super::decoding_dem(&circuit)?;
     let reference = exp.dem.as_ref().and_then(|(name, text)| match text.parse::<stim::DetectorErrorModel>() {
         Ok(dem) => Some((name.clone(), dem)),
