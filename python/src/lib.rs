@@ -1,0 +1,202 @@
+//! The `qecd` Python package's native module, `qecd._qecd`: qecd's decoders
+//! over numpy arrays.
+//!
+//! A [`PyDecoder`] resolves everything that can be refused (decoder name,
+//! DEM, model and its fit to the DEM's detectors) in `from_dem`, then keeps
+//! one decoder per worker thread ([`pool`]) for its whole life, so sinter's
+//! stream of small batches pays for graph building once. Decoding releases
+//! the GIL. Shapes and dtypes are checked before anything is decoded
+//! ([`arrays`]). The sinter glue is Python (`qecd/_sinter.py`); this crate
+//! must not import sinter, and it never links libtorch (no `train` feature).
+#![deny(missing_docs)]
+
+mod arrays;
+mod pool;
+mod spec;
+
+use std::sync::{Arc, Mutex};
+
+use decoder::{DecodeError, DecoderKind};
+use numpy::{PyArray1, PyArray2};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use crate::pool::Pool;
+use crate::spec::Spec;
+
+/// Input errors become `ValueError`; anything else the decoder reports, `RuntimeError`.
+fn to_py(e: DecodeError) -> PyErr {
+    match e {
+        DecodeError::Invalid(m) => PyValueError::new_err(m),
+        other => PyRuntimeError::new_err(other.to_string()),
+    }
+}
+
+/// A qecd decoder for one detector error model.
+#[pyclass(name = "Decoder", module = "qecd", frozen)]
+struct PyDecoder {
+    spec: Arc<Spec>,
+    /// Workers that report no confidence.
+    plain: Pool,
+    /// Workers that do, started on the first `decode_batch_with_confidence`.
+    confident: Mutex<Option<Arc<Pool>>>,
+    /// Worker threads per pool.
+    threads: usize,
+}
+
+#[pymethods]
+impl PyDecoder {
+    /// Builds a decoder for `dem`: a `stim.DetectorErrorModel` or its text.
+    #[staticmethod]
+    #[pyo3(signature = (dem, decoder = "correlated", model = None, num_threads = 0))]
+    fn from_dem(
+        py: Python<'_>,
+        dem: &Bound<'_, PyAny>,
+        decoder: &str,
+        model: Option<&Bound<'_, PyAny>>,
+        num_threads: usize,
+    ) -> PyResult<Self> {
+        let text = match dem.cast::<PyString>() {
+            Ok(s) => s.to_str()?.to_owned(),
+            Err(_) => dem.str()?.to_str()?.to_owned(),
+        };
+        let model = model.map(|m| m.str().and_then(|s| s.to_str().map(str::to_owned))).transpose()?;
+        let decoder = decoder.to_owned();
+        let threads = simulator_bridge::sample::resolve_threads(num_threads);
+        py.detach(move || {
+            let spec = Arc::new(Spec::new(&text, &decoder, model.as_deref()).map_err(|e| match e {
+                DecodeError::Invalid(m) => PyValueError::new_err(m),
+                other => PyValueError::new_err(other.to_string()),
+            })?);
+            let plain = Pool::start(spec.make(None), threads).map_err(to_py)?;
+            Ok(Self { spec, plain, confident: Mutex::new(None), threads })
+        })
+    }
+
+    /// Decodes a batch of shots into predicted observable flips.
+    #[pyo3(signature = (dets, *, bit_packed = false))]
+    fn decode_batch<'py>(
+        &self,
+        py: Python<'py>,
+        dets: &Bound<'py, PyAny>,
+        bit_packed: bool,
+    ) -> PyResult<Bound<'py, PyArray2<u8>>> {
+        let shots = arrays::shots_from_numpy(dets, self.spec.num_detectors, bit_packed)?;
+        let decisions = py.detach(|| self.plain.decode(shots)).map_err(to_py)?;
+        Ok(arrays::predictions_to_numpy(py, &decisions.predictions, bit_packed))
+    }
+
+    /// Decodes a batch of shots into predictions and each shot's confidence.
+    #[pyo3(signature = (dets, *, bit_packed = false))]
+    fn decode_batch_with_confidence<'py>(
+        &self,
+        py: Python<'py>,
+        dets: &Bound<'py, PyAny>,
+        bit_packed: bool,
+    ) -> PyResult<(Bound<'py, PyArray2<u8>>, Bound<'py, PyArray1<f64>>)> {
+        let shots = arrays::shots_from_numpy(dets, self.spec.num_detectors, bit_packed)?;
+        let decisions = py
+            .detach(|| {
+                let pool = self.confident_pool()?;
+                pool.decode(shots)
+            })
+            .map_err(to_py)?;
+        let confidence = decisions
+            .confidence
+            .ok_or_else(|| PyRuntimeError::new_err(format!("decoder '{}' gave no confidence", self.spec.kind)))?;
+        Ok((
+            arrays::predictions_to_numpy(py, &decisions.predictions, bit_packed),
+            arrays::confidence_to_numpy(py, confidence),
+        ))
+    }
+
+    /// The decoder's name, as the CLI spells it.
+    #[getter]
+    fn decoder(&self) -> &'static str {
+        self.spec.kind.name()
+    }
+
+    /// Detection-event bits per shot.
+    #[getter]
+    fn num_detectors(&self) -> usize {
+        self.spec.num_detectors
+    }
+
+    /// Observables predicted per shot.
+    #[getter]
+    fn num_observables(&self) -> usize {
+        self.spec.num_observables
+    }
+
+    /// Worker threads decoding each batch.
+    #[getter]
+    fn num_threads(&self) -> usize {
+        self.plain.threads()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "qecd.Decoder(decoder={:?}, num_detectors={}, num_observables={}, num_threads={})",
+            self.spec.kind.name(),
+            self.spec.num_detectors,
+            self.spec.num_observables,
+            self.plain.threads()
+        )
+    }
+}
+
+impl PyDecoder {
+    /// The confidence-reporting workers, started (and calibrated) once.
+    fn confident_pool(&self) -> Result<Arc<Pool>, DecodeError> {
+        let mut slot = self.confident.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = slot.as_ref() {
+            return Ok(pool.clone());
+        }
+        let calibration = self.spec.calibration()?;
+        let pool = Arc::new(Pool::start(self.spec.make(calibration), self.threads)?);
+        *slot = Some(pool.clone());
+        Ok(pool)
+    }
+}
+
+/// The decoder names `Decoder.from_dem` takes.
+#[pyfunction]
+fn decoder_names() -> Vec<&'static str> {
+    DecoderKind::ALL.iter().map(|k| k.name()).collect()
+}
+
+/// The built-in neural models' cards, one JSON object each (`qecd.zoo()` parses them).
+#[pyfunction]
+fn zoo_json() -> PyResult<Vec<String>> {
+    models::zoo::CHECKPOINTS
+        .iter()
+        .map(|(name, bytes)| {
+            let ckpt =
+                models::Checkpoint::from_bytes(bytes, name).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            let meta = &ckpt.meta;
+            let card = serde_json::json!({
+                "name": name,
+                "distance": meta.layout.distance,
+                "basis": meta.layout.basis.to_string(),
+                "num_stabilizers": meta.layout.stabilizers.len(),
+                "relative": meta.config.positions != models::Positions::PerStabilizer,
+                "temperature": meta.temperature,
+                "config": meta.config,
+                "provenance": meta.provenance,
+                "evaluation": meta.evaluation,
+            });
+            Ok(card.to_string())
+        })
+        .collect()
+}
+
+/// The native module.
+#[pymodule]
+fn _qecd(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyDecoder>()?;
+    m.add_function(wrap_pyfunction!(decoder_names, m)?)?;
+    m.add_function(wrap_pyfunction!(zoo_json, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
