@@ -32,8 +32,8 @@ use simulator_bridge::Basis;
 
 use api::CodeSpec;
 pub use api::{Fault, Status};
-pub use registry::{Loaded, Model, Models};
 use codes::{CodeCache, CodeCacheStats, Limits};
+pub use registry::{Loaded, Model, Models};
 use session::CircuitInfo;
 use stats::Stats;
 

@@ -208,7 +208,8 @@ impl Models {
     /// that cannot be served.
     pub fn load_file(&self, path: &Path, name: Option<&str>) -> Result<Model, Fault> {
         if let Some(dir) = &self.dir {
-            let inside = path.canonicalize().is_ok_and(|p| p.starts_with(dir));
+            // A file that is there is followed through links; one that is not will fail to read.
+            let inside = path.canonicalize().unwrap_or_else(|_| absolute(path)).starts_with(dir);
             if !inside {
                 return Err(Fault::invalid(format!(
                     "model file {}: this server loads models from {} only (--models)",

@@ -118,7 +118,8 @@ async fn swap_models(
         tokio::time::sleep_until((start + span.mul_f64((k + 1) as f64 / (swaps + 1) as f64)).into()).await;
         for file in &files {
             let request = proto::LoadModelRequest { path: file.display().to_string(), name: String::new() };
-            let loaded = client.load_model(request).await.map_err(|s| anyhow::anyhow!("LoadModel {}: {s}", file.display()))?;
+            let loaded =
+                client.load_model(request).await.map_err(|s| anyhow::anyhow!("LoadModel {}: {s}", file.display()))?;
             let loaded = loaded.into_inner();
             let n = parse_version(&loaded.version).map(|v| v.1).context("LoadModel answered no NAME@N version")?;
             done.push(Swap { done: Instant::now(), name: loaded.name, version: loaded.version, n });

@@ -44,7 +44,11 @@ impl Server {
     }
 
     fn start_full(options: ServerOptions, engine: StreamOptions, security: qecd_grpc::Security) -> Self {
-        let models = Models::embedded(&engine).unwrap();
+        Self::serving(Models::embedded(&engine).unwrap(), options, security)
+    }
+
+    /// Serves `models` (from a directory, say) over gRPC on 127.0.0.1, port 0.
+    pub fn serving(models: Models, options: ServerOptions, security: qecd_grpc::Security) -> Self {
         let hub = Arc::new(Hub::new(models, options));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

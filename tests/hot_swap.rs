@@ -1,0 +1,361 @@
+//! Models swapped into a running server (LoadModel, and the directory
+//! watcher of `qecd serve --watch-models`): a stream opened before a swap
+//! answers every shot with the version it opened on while one opened after
+//! gets the new version, and the old engine goes when its last session
+//! ends; every neural result names its version; a file that cannot be
+//! served is refused with INVALID_ARGUMENT naming it, and the model before
+//! it keeps serving; the watcher serves a new file, a changed one and
+//! forgets a removed one within seconds.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use decoder::{Device, StreamOptions};
+use models::Checkpoint;
+use qecd_grpc::proto;
+use qecd_service::registry::sha256_hex;
+use qecd_service::watch::{POLL, Watcher};
+use qecd_service::{Loaded, Models};
+use simulator_bridge::shots::pack_bits as pack;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+mod common;
+use common::{Server, Shots, ZOO_D3, shots};
+
+use proto::decode_request::Message as In;
+use proto::decode_response::Message as Out;
+use proto::decoder_client::DecoderClient;
+
+type Client = DecoderClient<tonic::transport::Channel>;
+
+fn zoo_file(stem: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/models/{stem}.safetensors"))
+}
+
+/// A models directory holding a copy of the zoo's d=3 checkpoint.
+fn models_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(zoo_file(ZOO_D3), dir.path().join(format!("{ZOO_D3}.safetensors"))).unwrap();
+    dir
+}
+
+/// The zoo's d=3 checkpoint with another temperature (so another sha256), saved at `path`.
+fn save_variant(path: &Path, temperature: f64) -> String {
+    let mut ckpt = Checkpoint::load(&zoo_file(ZOO_D3)).unwrap();
+    ckpt.meta.temperature = temperature;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    ckpt.save(path).unwrap();
+    sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// `NAME@N:HASH` as the server writes it.
+fn version(name: &str, n: u64, sha256: &str) -> String {
+    format!("{name}@{n}:{}", &sha256[..12])
+}
+
+/// A server of the checkpoints in `dir`, LoadModel confined to it.
+fn serve_dir(dir: &Path, security: qecd_grpc::Security) -> Server {
+    let loaded = Loaded::all(Some(dir)).unwrap();
+    let models = Models::serve(loaded, &StreamOptions::default(), Device::Cpu).unwrap().confined_to(dir).unwrap();
+    Server::serving(models, Server::options(), security)
+}
+
+async fn connect(server: &Server) -> Client {
+    DecoderClient::connect(format!("http://{}", server.grpc)).await.unwrap()
+}
+
+async fn load(client: &mut Client, path: &Path) -> Result<proto::LoadModelResponse, tonic::Status> {
+    let request = proto::LoadModelRequest { path: path.display().to_string(), name: String::new() };
+    client.load_model(request).await.map(tonic::Response::into_inner)
+}
+
+async fn list(client: &mut Client) -> Vec<proto::ModelInfo> {
+    client.list_models(proto::ListModelsRequest {}).await.unwrap().into_inner().models
+}
+
+/// One open Decode stream of d=3 shots, fed as the test goes.
+struct Live {
+    tx: mpsc::Sender<proto::DecodeRequest>,
+    responses: tonic::Streaming<proto::DecodeResponse>,
+    /// What its SessionOpened named.
+    version: String,
+}
+
+impl Live {
+    async fn open(
+        client: &mut Client,
+        kind: proto::DecoderKind,
+        model: &str,
+        rounds: usize,
+    ) -> Result<Self, tonic::Status> {
+        let code = proto::Code {
+            distance: 3,
+            basis: proto::Basis::Z as i32,
+            rounds: rounds as u32,
+            noise: String::new(),
+            p: 0.0,
+        };
+        // Every message of a batch goes at once: no backlog bound.
+        let open = proto::OpenSession {
+            code: Some(code),
+            decoder: kind as i32,
+            model: model.into(),
+            round_budget_us: 0,
+            max_backlog: 1 << 30,
+        };
+        let (tx, rx) = mpsc::channel(4096);
+        tx.send(proto::DecodeRequest { message: Some(In::Open(open)) }).await.unwrap();
+        let mut responses = client.decode(ReceiverStream::new(rx)).await?.into_inner();
+        let version = match responses.next().await.expect("a reply to the open")?.message {
+            Some(Out::Opened(o)) => o.model_version,
+            other => panic!("the first reply is not SessionOpened: {other:?}"),
+        };
+        Ok(Self { tx, responses, version })
+    }
+
+    /// Plays every shot of `s` with ids from `first`, and returns their results.
+    async fn play(&mut self, s: &Shots, first: u64) -> Vec<proto::ShotResult> {
+        let send = |m| proto::DecodeRequest { message: Some(m) };
+        for t in 0..s.rounds {
+            for (i, r) in s.per_round.iter().enumerate() {
+                let bits = &r[t];
+                let round = proto::Round {
+                    shot: first + i as u64,
+                    round: t as u32,
+                    num_events: bits.len() as u32,
+                    events: pack(bits),
+                    soft: vec![],
+                };
+                self.tx.send(send(In::Round(round))).await.unwrap();
+            }
+        }
+        for (i, r) in s.per_round.iter().enumerate() {
+            let bits = r.last().unwrap();
+            let last = proto::FinalRound { shot: first + i as u64, num_events: bits.len() as u32, events: pack(bits) };
+            self.tx.send(send(In::Final(last))).await.unwrap();
+        }
+        let mut results: Vec<proto::ShotResult> = Vec::new();
+        while results.len() < s.per_round.len() {
+            let reply = tokio::time::timeout(Duration::from_secs(30), self.responses.next())
+                .await
+                .expect("an answer within 30 s")
+                .expect("the stream goes on")
+                .unwrap();
+            match reply.message {
+                Some(Out::Result(r)) => results.push(r),
+                Some(Out::Failed(f)) => panic!("shot {} failed: {}", f.shot, f.message),
+                _ => {}
+            }
+        }
+        let mut ids: Vec<u64> = results.iter().map(|r| r.shot).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (first..first + s.per_round.len() as u64).collect::<Vec<_>>(), "each shot answered once");
+        results
+    }
+
+    /// Ends the stream and waits for the server to end it too.
+    async fn close(self) {
+        drop(self.tx);
+        let mut responses = self.responses;
+        while let Some(reply) = responses.next().await {
+            reply.unwrap();
+        }
+    }
+}
+
+/// Every result answered by the neural decoder with `version`.
+fn all_answered_by(results: &[proto::ShotResult], version: &str) {
+    for r in results {
+        assert_eq!(r.answered_by, proto::DecoderKind::Neural as i32, "shot {}: {}", r.shot, r.fallback_reason);
+        assert_eq!(r.model_version, version, "shot {}", r.shot);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_keeps_its_version_across_a_swap_and_new_streams_get_the_new_one() {
+    let dir = models_dir();
+    let server = serve_dir(dir.path(), qecd_grpc::Security::none());
+    let mut client = connect(&server).await;
+    let old =
+        version(ZOO_D3, 1, &sha256_hex(&std::fs::read(dir.path().join(format!("{ZOO_D3}.safetensors"))).unwrap()));
+    let s = shots(3, 40, 5);
+
+    let mut before = Live::open(&mut client, proto::DecoderKind::Neural, "", s.rounds).await.unwrap();
+    assert_eq!(before.version, old);
+    all_answered_by(&before.play(&s, 0).await, &old);
+    let old_engine = Arc::downgrade(&server.hub.models.find(None, 3, simulator_bridge::Basis::Z).unwrap().engine);
+
+    let next = dir.path().join("next").join(format!("{ZOO_D3}.safetensors"));
+    let sha = save_variant(&next, 1.25);
+    let loaded = load(&mut client, &next).await.unwrap();
+    let new = version(ZOO_D3, 2, &sha);
+    assert_eq!(
+        (loaded.name.as_str(), loaded.version.as_str(), loaded.sha256.as_str()),
+        (ZOO_D3, new.as_str(), sha.as_str())
+    );
+    let listed = list(&mut client).await;
+    assert_eq!(listed.len(), 1, "the new version replaces the old for new sessions");
+    assert_eq!(
+        (listed[0].version.as_str(), listed[0].sha256.as_str(), listed[0].temperature),
+        (new.as_str(), sha.as_str(), 1.25)
+    );
+
+    // The stream opened before the swap answers all its later shots with the old version…
+    all_answered_by(&before.play(&s, 1000).await, &old);
+    // …while streams opened after it get the new one, by default or by name.
+    let mut after = Live::open(&mut client, proto::DecoderKind::Neural, "", s.rounds).await.unwrap();
+    assert_eq!(after.version, new);
+    all_answered_by(&after.play(&s, 0).await, &new);
+    let mut named = Live::open(&mut client, proto::DecoderKind::NeuralChecked, ZOO_D3, s.rounds).await.unwrap();
+    assert_eq!(named.version, new);
+    all_answered_by(&named.play(&s, 0).await, &new);
+    // Matching answers name no model version.
+    let mut matching = Live::open(&mut client, proto::DecoderKind::Correlated, "", s.rounds).await.unwrap();
+    assert_eq!(matching.version, "");
+    let results = matching.play(&s, 0).await;
+    assert!(
+        results.iter().all(|r| r.model_version.is_empty() && r.answered_by == proto::DecoderKind::Correlated as i32)
+    );
+
+    // The old engine lives while its last session does, and goes with it.
+    assert!(old_engine.upgrade().is_some(), "the stream opened before the swap still holds the old engine");
+    before.close().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old_engine.upgrade().is_some() {
+        assert!(Instant::now() < deadline, "the old engine outlived its last session by 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for live in [after, named, matching] {
+        live.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_cannot_be_served_is_refused_and_the_old_model_keeps_serving() {
+    let dir = models_dir();
+    let server = serve_dir(dir.path(), qecd_grpc::Security::none());
+    let mut client = connect(&server).await;
+    let served = list(&mut client).await;
+    assert_eq!(served.len(), 1);
+    let zoo = Checkpoint::load(&zoo_file(ZOO_D3)).unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = bad.join(format!("{ZOO_D3}.{name}.safetensors"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let garbage = write("garbage", b"this is not a safetensors file");
+    let bytes = std::fs::read(zoo_file(ZOO_D3)).unwrap();
+    let truncated = write("truncated", &bytes[..bytes.len() / 2]);
+    let mut flat = zoo.clone();
+    let (name, (shape, _)) = flat.tensors.iter_mut().find(|(_, (shape, _))| shape.len() == 2).unwrap();
+    let name = name.clone();
+    *shape = vec![shape.iter().product()];
+    let misshaped = write("misshaped", &flat.to_bytes().unwrap());
+    let mut moved = zoo.clone();
+    moved.meta.layout.stabilizers[0].x += 100.0;
+    let elsewhere = write("elsewhere", &moved.to_bytes().unwrap());
+    for (path, why) in [
+        (garbage, "not a safetensors file"),
+        (truncated, "not a safetensors file"),
+        (misshaped, name.as_str()),
+        (elsewhere, "orders its stabilizers unlike"),
+        (bad.join("missing.safetensors"), "cannot read it"),
+        (zoo_file(ZOO_D3), "loads models from"),
+    ] {
+        let status = load(&mut client, &path).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}: {}", path.display(), status.message());
+        let file = path.file_name().unwrap().to_string_lossy();
+        assert!(
+            status.message().contains(&*file),
+            "{}: the status names the file: {}",
+            path.display(),
+            status.message()
+        );
+        assert!(status.message().contains(why), "{}: the status says why: {}", path.display(), status.message());
+    }
+    let status = load(&mut client, Path::new("")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Nothing changed: the same version serves new sessions.
+    let after = list(&mut client).await;
+    assert_eq!(
+        after.iter().map(|m| &m.version).collect::<Vec<_>>(),
+        served.iter().map(|m| &m.version).collect::<Vec<_>>()
+    );
+    let s = shots(3, 20, 8);
+    let mut live = Live::open(&mut client, proto::DecoderKind::Neural, "", s.rounds).await.unwrap();
+    assert_eq!(live.version, served[0].version);
+    all_answered_by(&live.play(&s, 0).await, &served[0].version);
+    live.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_model_needs_the_token() {
+    let dir = models_dir();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "hot-swap-token\n").unwrap();
+    let server = serve_dir(dir.path(), qecd_grpc::Security::load(None, Some(&token)).unwrap());
+    let mut client = connect(&server).await;
+    let path = dir.path().join(format!("{ZOO_D3}.safetensors"));
+    let status = load(&mut client, &path).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{}", status.message());
+    let mut request =
+        tonic::Request::new(proto::LoadModelRequest { path: path.display().to_string(), name: String::new() });
+    request.metadata_mut().insert("authorization", "Bearer hot-swap-token".parse().unwrap());
+    let loaded = client.load_model(request).await.unwrap().into_inner();
+    assert!(loaded.version.starts_with(&format!("{ZOO_D3}@2:")), "{}", loaded.version);
+}
+
+/// Polls ListModels until `done` holds of it, for at most `within`; how long it took.
+async fn until_listed(client: &mut Client, within: Duration, done: impl Fn(&[proto::ModelInfo]) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if done(&list(client).await) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "not listed after {within:?}: {:?}", list(client).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_serves_new_and_changed_files_and_forgets_removed_ones() {
+    let dir = models_dir();
+    let server = serve_dir(dir.path(), qecd_grpc::Security::none());
+    let _watcher = Watcher::start(&server.hub, dir.path(), POLL).unwrap();
+    let mut client = connect(&server).await;
+    let within = Duration::from_secs(10);
+    let has = |v: String| move |models: &[proto::ModelInfo]| models.iter().any(|m| m.version == v);
+
+    // A new file: a new name, version 1.
+    let variant = version("d3_variant", 1, &save_variant(&dir.path().join("d3_variant.safetensors"), 1.5));
+    let took = until_listed(&mut client, within, has(variant.clone())).await;
+    eprintln!("a new file was served after {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // A file that cannot be served is skipped (and logged); a changed one is a new version.
+    std::fs::write(dir.path().join("broken.safetensors"), b"not a checkpoint").unwrap();
+    let sha = save_variant(&dir.path().join(format!("{ZOO_D3}.safetensors")), 0.75);
+    let took = until_listed(&mut client, within, has(version(ZOO_D3, 2, &sha))).await;
+    eprintln!("a changed file was served after {took:?}");
+    let names: Vec<String> = list(&mut client).await.into_iter().map(|m| m.name).collect();
+    assert_eq!(names, [ZOO_D3, "d3_variant"], "the broken file is not served, the others are");
+    let s = shots(3, 10, 3);
+    let mut live = Live::open(&mut client, proto::DecoderKind::Neural, "d3_variant", s.rounds).await.unwrap();
+    assert_eq!(live.version, variant);
+    all_answered_by(&live.play(&s, 0).await, &variant);
+
+    // A removed file is no longer offered; its open session finishes on it.
+    std::fs::remove_file(dir.path().join("d3_variant.safetensors")).unwrap();
+    until_listed(&mut client, within, |models| models.iter().all(|m| m.name != "d3_variant")).await;
+    let status = Live::open(&mut client, proto::DecoderKind::Neural, "d3_variant", s.rounds).await.err().unwrap();
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    all_answered_by(&live.play(&s, 100).await, &variant);
+    live.close().await;
+}
