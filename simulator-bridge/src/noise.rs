@@ -21,7 +21,7 @@
 //!
 //! A device model ([`NoiseModel::Device`], see [`crate::device`]) is SI1000
 //! with a description laid on top: its scale factors multiply the channels
-//! above; a `PAULI_CHANNEL_2` crosstalk term follows two-qubit gates; a
+//! above; correlated `E` (CORRELATED_ERROR) terms follow two-qubit gates; a
 //! `Z_ERROR` dephases the qubits that sit out a moment holding two-qubit
 //! gates; readout asymmetry becomes its twirled average; and a drift scales
 //! every rate by `1 + drift * r` in stabilizer round r, counted as the
@@ -399,15 +399,15 @@ impl Moment {
         let k = rates.drift(self.round);
         if !self.used.is_empty() {
             let idle: Vec<u32> = qubits.difference(&self.used).copied().collect();
-            push_channel(&mut self.post, "DEPOLARIZE1", &[rates.idle * k], &idle, rates)?;
+            push_channel(&mut self.post, "DEPOLARIZE1", rates.idle * k, &idle, rates)?;
         }
         if let Some(device) = rates.device.filter(|_| !self.paired.is_empty()) {
             let spectators: Vec<u32> = qubits.difference(&self.paired).copied().collect();
-            push_channel(&mut self.post, "Z_ERROR", &[device.spectator.z * k], &spectators, rates)?;
+            push_channel(&mut self.post, "Z_ERROR", device.spectator.z * k, &spectators, rates)?;
         }
         if !self.collapsed.is_empty() {
             let waiting: Vec<u32> = qubits.difference(&self.collapsed).copied().collect();
-            push_channel(&mut self.post, "DEPOLARIZE1", &[rates.measure_reset_idle * k], &waiting, rates)?;
+            push_channel(&mut self.post, "DEPOLARIZE1", rates.measure_reset_idle * k, &waiting, rates)?;
         }
         out.append(&mut self.pre);
         out.append(&mut self.mid);
@@ -421,46 +421,63 @@ impl Moment {
     }
 }
 
-/// Pushes `channel(args)` on `qubits`, taken `arity` at a time (2 for
-/// `DEPOLARIZE2` and `PAULI_CHANNEL_2`); each group's arguments are scaled by
-/// the mean of its qubits' factors, and neighbouring groups with equal
-/// arguments share a line.
+/// Pushes `channel(p)` on `qubits`, taken two at a time for `DEPOLARIZE2`;
+/// each group's rate is `p` times the mean of its qubits' factors, and
+/// neighbouring groups with equal rates share a line.
 fn push_channel(
     into: &mut Vec<String>,
     channel: &str,
-    args: &[f64],
+    p: f64,
     qubits: &[u32],
     rates: Rates,
 ) -> Result<(), BridgeError> {
-    if args.iter().all(|&a| a <= 0.0) || qubits.is_empty() {
+    if p <= 0.0 || qubits.is_empty() {
         return Ok(());
     }
-    let arity = if channel.ends_with('2') { 2 } else { 1 };
-    let mut lines: Vec<(Vec<f64>, Vec<u32>)> = Vec::new();
+    let arity = if channel == "DEPOLARIZE2" { 2 } else { 1 };
+    let mut lines: Vec<(f64, Vec<u32>)> = Vec::new();
     for group in qubits.chunks(arity) {
-        let f = group.iter().map(|&q| rates.qubit_factor(q)).sum::<f64>() / group.len() as f64;
-        let scaled: Vec<f64> = args.iter().map(|a| a * f).collect();
-        let total: f64 = scaled.iter().sum();
-        if total > 0.5 {
-            return Err(BridgeError::Circuit(format!(
-                "the noise would put probability {total} into {channel} on qubits {group:?}, more than 0.5; \
-                 lower p or the device's factors"
-            )));
-        }
-        if total <= 0.0 {
-            continue;
-        }
+        let rate = scaled(p, group, rates, channel)?;
         match lines.last_mut() {
-            Some((last, targets)) if *last == scaled => targets.extend_from_slice(group),
-            _ => lines.push((scaled, group.to_vec())),
+            _ if rate <= 0.0 => {}
+            Some((last, targets)) if *last == rate => targets.extend_from_slice(group),
+            _ => lines.push((rate, group.to_vec())),
         }
     }
-    for (args, targets) in lines {
-        let args: Vec<String> = args.into_iter().map(format_probability).collect();
+    for (rate, targets) in lines {
         let targets: Vec<String> = targets.iter().map(u32::to_string).collect();
-        into.push(format!("{channel}({}) {}", args.join(", "), targets.join(" ")));
+        into.push(format!("{channel}({}) {}", format_probability(rate), targets.join(" ")));
     }
     Ok(())
+}
+
+/// Pushes the device's crosstalk after a two-qubit gate on `pairs`: one
+/// independent `E(p) Pa Pb` for each pair and each nonzero `PP` term.
+fn push_crosstalk(into: &mut Vec<String>, k: f64, pairs: &[u32], rates: Rates) -> Result<(), BridgeError> {
+    let Some(device) = rates.device else { return Ok(()) };
+    let c = &device.crosstalk;
+    for pair in pairs.chunks(2).filter(|g| device.crosstalk_on(g[0], g[1])) {
+        for (pauli, p) in [("X", c.xx), ("Y", c.yy), ("Z", c.zz)] {
+            if p > 0.0 {
+                let rate = scaled(p * k, pair, rates, "E")?;
+                into.push(format!("E({}) {pauli}{} {pauli}{}", format_probability(rate), pair[0], pair[1]));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `p` times the mean factor of `group`'s qubits, refused above 0.5.
+fn scaled(p: f64, group: &[u32], rates: Rates, channel: &str) -> Result<f64, BridgeError> {
+    let f = group.iter().map(|&q| rates.qubit_factor(q)).sum::<f64>() / group.len() as f64;
+    let rate = p * f;
+    if rate > 0.5 {
+        return Err(BridgeError::Circuit(format!(
+            "the noise would give {channel} on qubits {group:?} probability {rate}, more than 0.5; \
+             lower p or the device's factors"
+        )));
+    }
+    Ok(rate)
 }
 
 /// Prints a probability without floating-point residue (`5 * 0.003` prints as 0.015).
@@ -550,37 +567,29 @@ fn noisy_lines(
         let k = rates.drift(moment.round);
         match kind {
             Kind::Annotation => unreachable!("handled above"),
-            Kind::Clifford1 => push_channel(&mut moment.post, "DEPOLARIZE1", &[rates.clifford1 * k], &touched, rates)?,
+            Kind::Clifford1 => push_channel(&mut moment.post, "DEPOLARIZE1", rates.clifford1 * k, &touched, rates)?,
             Kind::Clifford2 => {
                 if touched.len() % 2 != 0 {
                     return Err(BridgeError::Circuit(format!("odd number of targets in '{line}'")));
                 }
-                push_channel(&mut moment.post, "DEPOLARIZE2", &[rates.clifford2 * k], &touched, rates)?;
-                if let Some(device) = rates.device {
-                    let pairs: Vec<u32> =
-                        touched.chunks(2).filter(|g| device.crosstalk_on(g[0], g[1])).flatten().copied().collect();
-                    // PAULI_CHANNEL_2's arguments: IX IY IZ XI XX XY XZ YI YX YY YZ ZI ZX ZY ZZ.
-                    let mut args = [0.0; 15];
-                    let c = &device.crosstalk;
-                    (args[4], args[9], args[14]) = (c.xx * k, c.yy * k, c.zz * k);
-                    push_channel(&mut moment.post, "PAULI_CHANNEL_2", &args, &pairs, rates)?;
-                }
+                push_channel(&mut moment.post, "DEPOLARIZE2", rates.clifford2 * k, &touched, rates)?;
+                push_crosstalk(&mut moment.post, k, &touched, rates)?;
                 moment.paired.extend(touched.iter().copied());
             }
             Kind::Reset { x_basis } => {
                 moment.collapsed.extend(touched.iter().copied());
-                push_channel(&mut moment.post, flip(x_basis), &[rates.reset_flip * k], &touched, rates)?;
+                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip * k, &touched, rates)?;
             }
             Kind::Measure { x_basis } => {
                 moment.collapsed.extend(touched.iter().copied());
                 moment.measures = true;
-                push_channel(&mut moment.pre, flip(x_basis), &[rates.measure_flip * k], &touched, rates)?;
+                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip * k, &touched, rates)?;
             }
             Kind::MeasureReset { x_basis } => {
                 moment.collapsed.extend(touched.iter().copied());
                 moment.measures = true;
-                push_channel(&mut moment.pre, flip(x_basis), &[rates.measure_flip * k], &touched, rates)?;
-                push_channel(&mut moment.post, flip(x_basis), &[rates.reset_flip * k], &touched, rates)?;
+                push_channel(&mut moment.pre, flip(x_basis), rates.measure_flip * k, &touched, rates)?;
+                push_channel(&mut moment.post, flip(x_basis), rates.reset_flip * k, &touched, rates)?;
             }
         }
         moment.mid.push(line.to_string());
