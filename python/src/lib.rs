@@ -33,6 +33,9 @@ fn to_py(e: DecodeError) -> PyErr {
     }
 }
 
+/// Predictions and each shot's confidence, as numpy arrays.
+type Confident<'py> = (Bound<'py, PyArray2<u8>>, Bound<'py, PyArray1<f64>>);
+
 /// A qecd decoder for one detector error model.
 #[pyclass(name = "Decoder", module = "qecd", frozen)]
 struct PyDecoder {
@@ -94,7 +97,7 @@ impl PyDecoder {
         py: Python<'py>,
         dets: &Bound<'py, PyAny>,
         bit_packed: bool,
-    ) -> PyResult<(Bound<'py, PyArray2<u8>>, Bound<'py, PyArray1<f64>>)> {
+    ) -> PyResult<Confident<'py>> {
         let shots = arrays::shots_from_numpy(dets, self.spec.num_detectors, bit_packed)?;
         let decisions = py
             .detach(|| {
