@@ -1,12 +1,12 @@
 //! The `qecd` Python package's native module, `qecd._qecd`: qecd's decoders
 //! over numpy arrays.
 //!
-//! A [`PyDecoder`] resolves everything that can be refused (decoder name,
+//! A `Decoder` (`PyDecoder`) resolves everything that can be refused (decoder name,
 //! DEM, model and its fit to the DEM's detectors) in `from_dem`, then keeps
-//! one decoder per worker thread ([`pool`]) for its whole life, so sinter's
+//! one decoder per worker thread (`pool`) for its whole life, so sinter's
 //! stream of small batches pays for graph building once. Decoding releases
 //! the GIL. Shapes and dtypes are checked before anything is decoded
-//! ([`arrays`]). The sinter glue is Python (`qecd/_sinter.py`); this crate
+//! (`arrays`). The sinter glue is Python (`qecd/_sinter.py`); this crate
 //! must not import sinter, and it never links libtorch (no `train` feature).
 #![deny(missing_docs)]
 
