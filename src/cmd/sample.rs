@@ -22,7 +22,8 @@ pub struct SampleArgs {
     /// Memory basis: x or z.
     #[arg(long, default_value = "z")]
     pub basis: Basis,
-    /// Noise model: si1000 or depolarizing.
+    /// Noise model: si1000, si1000-varied:SEED, device:FILE (a TOML device
+    /// description laid on SI1000; see docs/device-noise.md) or depolarizing.
     #[arg(long, default_value = "si1000")]
     pub noise: String,
     /// Physical error rate p.

@@ -28,7 +28,8 @@ pub struct TrainPosteriorArgs {
     /// Memory basis: x or z.
     #[arg(long, default_value = "z")]
     pub basis: String,
-    /// Noise model.
+    /// Noise model: si1000, si1000-varied:SEED, device:FILE (a TOML device
+    /// description laid on SI1000; see docs/device-noise.md) or depolarizing.
     #[arg(long, default_value = "si1000")]
     pub noise: String,
     /// Physical error rate.
