@@ -104,8 +104,15 @@ impl CodeSpec {
         if !(MIN_P..=0.5).contains(&p) {
             return Err(Fault::invalid(format!("code.p must be a number from {MIN_P:e} to 0.5, not {p:e}")));
         }
-        let noise =
-            NoiseModel::from_name(noise.unwrap_or(DEFAULT_NOISE), p).map_err(|e| Fault::invalid(e.to_string()))?;
+        let name = noise.unwrap_or(DEFAULT_NOISE);
+        // `device:PATH` reads a file: a client must not make the server open paths of its choosing.
+        if name.to_ascii_lowercase().starts_with("device:") {
+            return Err(Fault::invalid(format!(
+                "code.noise '{name}': device noise files are read by the command line (qecd sample, sweep), \
+                 not by the service; name si1000, si1000-varied:SEED or depolarizing"
+            )));
+        }
+        let noise = NoiseModel::from_name(name, p).map_err(|e| Fault::invalid(e.to_string()))?;
         Ok(Self { distance, basis, rounds, noise })
     }
 }
@@ -426,6 +433,9 @@ mod tests {
             ("rounds=3", "no d="),
             ("d=3", "no rounds="),
             ("d=3,rounds", "'rounds' in code 'd=3,rounds' is not KEY=VALUE"),
+            // A client must not make the server read a file: nothing is opened.
+            ("d=3,rounds=3,noise=device:/etc/passwd", "device noise files are read by the command line"),
+            ("d=3,rounds=3,noise=DEVICE:fixtures/devices/crosstalk.toml", "not by the service"),
         ] {
             let fault = text.parse::<CodeSpec>().unwrap_err();
             assert_eq!(fault.status, Status::InvalidArgument);
