@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._qecd import Decoder, __version__, decoder_names, zoo_json
+from ._qecd import Decoder, __version__, decoder_names, memory_circuit_text, zoo_json
 
-__all__ = ["Decoder", "decoder_names", "sinter_decoders", "zoo", "__version__"]
+__all__ = ["Decoder", "decoder_names", "memory_circuit", "sinter_decoders", "zoo", "__version__"]
 
 
 def zoo() -> list[dict[str, Any]]:
@@ -32,6 +32,21 @@ def zoo() -> list[dict[str, Any]]:
     ``evaluation``.
     """
     return [json.loads(card) for card in zoo_json()]
+
+
+def memory_circuit(distance: int, rounds: int, basis: str = "z", noise: str = "si1000", p: float = 0.003) -> Any:
+    """qecd's memory experiment as a ``stim.Circuit`` (needs stim).
+
+    A rotated surface code of ``distance``, ``rounds`` rounds of stabilizer
+    measurement, memory in ``basis`` (``"x"`` or ``"z"``), with ``noise``
+    (``si1000``, qecd's true SI1000, or the other models ``qecd sample
+    --noise`` takes) at physical error rate ``p``; the same circuit as
+    ``qecd sample --circuit-out`` writes, with (x, y, t) detector coordinates.
+    Raises ValueError for a distance, basis, noise or p qecd does not take.
+    """
+    import stim
+
+    return stim.Circuit(memory_circuit_text(distance, rounds, basis, noise, p))
 
 
 def sinter_decoders(num_threads: int = 1, model: str | None = None) -> dict[str, Any]:

@@ -88,5 +88,10 @@ class Decoder:
 def decoder_names() -> list[str]:
     """The decoder names ``Decoder.from_dem`` takes."""
 
+def memory_circuit_text(
+    distance: int, rounds: int, basis: str = "z", noise: str = "si1000", p: float = 0.003
+) -> str:
+    """qecd's memory-experiment circuit as Stim text (see ``qecd.memory_circuit``)."""
+
 def zoo_json() -> list[str]:
     """The built-in neural models' cards, as JSON text."""

@@ -169,6 +169,19 @@ fn decoder_names() -> Vec<&'static str> {
     DecoderKind::ALL.iter().map(|k| k.name()).collect()
 }
 
+/// The text of qecd's memory-experiment circuit: a rotated surface code of
+/// `distance`, `rounds` rounds, memory in `basis`, with `noise` at `p` (as
+/// `qecd sample --circuit-out` writes it).
+#[pyfunction]
+#[pyo3(signature = (distance, rounds, basis = "z", noise = "si1000", p = 0.003))]
+fn memory_circuit_text(distance: usize, rounds: usize, basis: &str, noise: &str, p: f64) -> PyResult<String> {
+    let invalid = |e: simulator_bridge::BridgeError| PyValueError::new_err(e.to_string());
+    let basis = basis.parse().map_err(invalid)?;
+    let experiment = simulator_bridge::MemoryExperiment::new(distance, rounds, basis).map_err(invalid)?;
+    let noise = simulator_bridge::NoiseModel::from_name(noise, p).map_err(invalid)?;
+    Ok(experiment.noisy_circuit(&noise).map_err(invalid)?.to_string())
+}
+
 /// The built-in neural models' cards, one JSON object each (`qecd.zoo()` parses them).
 #[pyfunction]
 fn zoo_json() -> PyResult<Vec<String>> {
@@ -200,6 +213,7 @@ fn _qecd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyDecoder>()?;
     m.add_function(wrap_pyfunction!(decoder_names, m)?)?;
     m.add_function(wrap_pyfunction!(zoo_json, m)?)?;
+    m.add_function(wrap_pyfunction!(memory_circuit_text, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
