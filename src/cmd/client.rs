@@ -291,6 +291,8 @@ pub struct SessionLog {
     pub opened: Instant,
     /// The version its SessionOpened named; empty without a neural model.
     pub version: String,
+    /// Its results answered by the neural decoder.
+    pub neural: u64,
     /// Its results that named a model version.
     pub versioned: u64,
     /// Its neural results (not fallbacks) whose version was not the session's, or was missing.
@@ -299,7 +301,7 @@ pub struct SessionLog {
 
 impl Default for SessionLog {
     fn default() -> Self {
-        Self { opened: Instant::now(), version: String::new(), versioned: 0, strays: 0 }
+        Self { opened: Instant::now(), version: String::new(), neural: 0, versioned: 0, strays: 0 }
     }
 }
 
@@ -309,9 +311,11 @@ impl SessionLog {
         if !r.model_version.is_empty() {
             self.versioned += 1;
         }
-        let neural = r.answered_by == proto::DecoderKind::Neural as i32;
-        if neural && r.model_version != self.version {
-            self.strays += 1;
+        if r.answered_by == proto::DecoderKind::Neural as i32 {
+            self.neural += 1;
+            if r.model_version != self.version {
+                self.strays += 1;
+            }
         }
     }
 }

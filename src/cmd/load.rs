@@ -143,7 +143,8 @@ fn check_versions(tallies: &[Tally], swaps: &[Swap]) -> bool {
             versioned += s.versioned;
             strays += s.strays;
             let Some((name, n)) = parse_version(&s.version) else {
-                unversioned += 1;
+                // A session the run ended before it sent a shot never read its SessionOpened.
+                unversioned += u64::from(s.neural > 0);
                 continue;
             };
             seen.entry(name.to_string()).or_default().insert(n);
@@ -165,7 +166,7 @@ fn check_versions(tallies: &[Tally], swaps: &[Swap]) -> bool {
     }
     println!(
         "  sessions whose version went backwards {backwards}, opened after a swap on an older version {stale}, \
-         neural results not naming their session's version {strays}, neural sessions naming no version {unversioned}"
+         neural results not naming their session's version {strays}, sessions with neural answers but no version {unversioned}"
     );
     backwards + stale + strays + unversioned > 0
 }

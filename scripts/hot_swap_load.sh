@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 16's swaps under load, on loopback against `qecd serve --models DIR`
+# (copies of the zoo's d=3 and d=5 checkpoints):
+#   1. 64 streams for SECONDS, d=3 and d=5 mixed, each stream opening a new
+#      session every REOPEN shots, no swaps: the baseline;
+#   2. the same with 10 swaps spread over the run: each swap loads both
+#      checkpoints again with the admin call LoadModel, so each is served as
+#      a new version of its name (NAME@N:HASH) with a new engine.
+# Each phase fails on a lost or duplicated shot; phase 2 also fails unless
+# every stream's sessions got versions in swap order (never backwards, and
+# never older than a swap answered before the session opened) and every
+# neural result named its session's version. Writes docs/data/hot_swap.txt.
+#
+#   scripts/hot_swap_load.sh [SECONDS] [REOPEN]     (default 60, 100)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin qecd
+Q=./target/release/qecd
+secs=${1:-60}
+reopen=${2:-100}
+out=docs/data/hot_swap.txt
+work=$(mktemp -d)
+server=
+trap '[ -n "$server" ] && kill $server 2>/dev/null; rm -rf "$work"' EXIT
+mkdir "$work/models"
+cp fixtures/models/d3_z_si1000_p003.safetensors fixtures/models/d5_z_si1000_p003.safetensors "$work/models/"
+swap="$work/models/d3_z_si1000_p003.safetensors,$work/models/d5_z_si1000_p003.safetensors"
+
+start_server() {
+  $Q serve --listen 127.0.0.1:0 --models "$work/models" > "$work/serve.out" 2>"$work/serve.err" &
+  server=$!
+  for _ in $(seq 300); do grep -q "gRPC on" "$work/serve.out" && break; sleep 0.1; done
+  addr=$(grep -o 'gRPC on [0-9.:]*' "$work/serve.out" | awk '{print $3}')
+  [ -n "$addr" ] || { cat "$work/serve.err" >&2; exit 1; }
+  cat "$work/serve.out"
+}
+stop_server() {
+  echo "server peak RSS: $(grep VmHWM /proc/$server/status | awk '{print $2, $3}'); models it loaded:"
+  sed 's/\x1b\[[0-9;]*m//g' "$work/serve.err" | grep -o 'serving model version=[^ ]*' | sed 's/^/  /' || true
+  kill "$server"; wait "$server" 2>/dev/null || true; server=
+}
+{
+  echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "== 1. baseline: 64 streams, ${secs} s, a new session every ${reopen} shots, no swaps"
+  start_server
+  $Q load --addr "http://$addr" --streams 64 --seconds "$secs" --reopen-every "$reopen"
+  stop_server
+  echo "== 2. swaps: 64 streams, ${secs} s, a new session every ${reopen} shots, 10 swaps of both models (LoadModel)"
+  start_server
+  $Q load --addr "http://$addr" --streams 64 --seconds "$secs" --reopen-every "$reopen" --swap-models "$swap" --swaps 10
+  stop_server
+} 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -v ' INFO ' | tee "$out"
+
+python3 - "$out" <<'PY' | tee -a "$out"
+import re, sys
+text = open(sys.argv[1]).read()
+phases = re.split(r"^== ", text, flags=re.M)[2:]
+row = re.compile(r"^\s*(\d+) (\w+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\S+\s+(\S+) / (\S+) / (\S+)\s+(\S+) / (\S+) / (\S+)", re.M)
+table = [{int(m[1]): dict(shots=int(m[4]), lost=int(m[5]), dup=int(m[6]), p99=float(m[9]), dp99=float(m[12]))
+          for m in row.finditer(p)} for p in phases]
+print("\n== summary (client round trips, µs)")
+for d in sorted(table[0]):
+    a, b = table[0][d], table[1].get(d)
+    if b is None:
+        continue
+    print(f"d={d}: shots {a['shots']} -> {b['shots']}, lost {a['lost']}/{b['lost']}, dup {a['dup']}/{b['dup']}; "
+          f"round-ack p99 {a['p99']:.0f} -> {b['p99']:.0f} ({b['p99'] / a['p99']:.2f}x); "
+          f"decision p99 {a['dp99']:.0f} -> {b['dp99']:.0f} ({b['dp99'] / a['dp99']:.2f}x)")
+PY
