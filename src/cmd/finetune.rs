@@ -64,6 +64,12 @@ pub struct FinetuneArgs {
     /// The optimizer of the fused trainer: `adamw` or `lion`.
     #[arg(long, default_value = "adamw")]
     pub optimizer: String,
+    /// Extra fine-tuning shots drawn from the directory's detector error
+    /// model (its `*.dem`: say, one `qecd learn-noise` learned from the same
+    /// shots), mixed with the directory's own. Validation and the test set
+    /// stay the directory's shots.
+    #[arg(long, default_value_t = 0)]
+    pub dem_shots: usize,
 }
 
 fn subset(shots: &PackedShots, indices: &[usize]) -> PackedShots {
@@ -72,6 +78,22 @@ fn subset(shots: &PackedShots, indices: &[usize]) -> PackedShots {
         out.extend(&shots.slice(i, i + 1));
     }
     out
+}
+
+/// `shots` detection events and observable flips drawn from a detector
+/// error model, which must have the experiment's detectors and observables.
+fn sample_dem(dem_text: &str, shots: usize, seed: u64, exp: &Experiment) -> Result<(PackedShots, PackedShots)> {
+    let dem: stim::DetectorErrorModel = dem_text.parse().map_err(|e| anyhow::anyhow!("the directory's DEM: {e}"))?;
+    let (detectors, observables) = (exp.detection_events.bits_per_shot(), exp.obs_flips.bits_per_shot());
+    if dem.num_detectors() as usize != detectors || dem.num_observables() as usize != observables {
+        bail!(
+            "--dem-shots: the directory's DEM has {} detectors and {} observables, its shots {detectors} and {observables}",
+            dem.num_detectors(),
+            dem.num_observables()
+        );
+    }
+    let (events, obs, _) = dem.compile_sampler_with_seed(seed).sample_bit_packed(shots as u64);
+    Ok((PackedShots::from_bytes(events, detectors)?, PackedShots::from_bytes(obs, observables)?))
 }
 
 /// Runs `qecd finetune`.
@@ -102,7 +124,7 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
     let (tune, rest) = order.split_at(args.finetune_shots);
     let (val, test) = rest.split_at(args.val_shots);
     let pick = |idx: &[usize]| (subset(&exp.detection_events, idx), subset(&exp.obs_flips, idx));
-    let (tune_events, tune_obs) = pick(tune);
+    let (mut tune_events, mut tune_obs) = pick(tune);
     let (val_events, val_obs) = pick(val);
     let (test_events, test_obs) = pick(test);
 
@@ -110,6 +132,11 @@ pub fn run(args: &FinetuneArgs) -> Result<()> {
         Some((_, text)) => text.clone(),
         None => super::decoding_dem(&circuit)?.to_string(),
     };
+    if args.dem_shots > 0 {
+        let (events, obs) = sample_dem(&dem_text, args.dem_shots, derive_seed(args.seed, 0x64656d), &exp)?;
+        tune_events.extend(&events);
+        tune_obs.extend(&obs);
+    }
     let correlated = |events: &PackedShots, obs: &PackedShots| -> Result<u64> {
         let make = || MatchingDecoder::from_dem_text(&dem_text, DecoderKind::Correlated);
         Ok(decoder::count_errors(&decode_parallel(make, events, 0)?.predictions, obs) as u64)
