@@ -241,6 +241,22 @@ fn finetune_calibrate_and_predict() {
     assert!(out.contains("fine-tuned neural") && out.contains("correlated matching"), "{out}");
     assert!(tuned.is_file());
     fails(&["finetune", "--model", p(&model), "--data", p(&data), "--out", p(&tuned)], "exists");
+    // Extra shots drawn from the directory's DEM, which must fit its shots.
+    let mixed = dir.path().join("mixed.safetensors");
+    let small = ["--finetune-shots", "300", "--val-shots", "100", "--steps", "5", "--batch", "32", "--threads", "1"];
+    let mut args = vec!["finetune", "--model", p(&model), "--data", p(&data), "--out", p(&mixed), "--dem-shots", "500"];
+    ok(&[args.as_slice(), &small].concat());
+    assert!(mixed.is_file());
+    let other_dem = dir.path().join("other_dem");
+    std::fs::create_dir(&other_dem).unwrap();
+    for f in ["circuit_noisy.stim", "detection_events.b8", "obs_flips_actual.01"] {
+        std::fs::copy(data.join(f), other_dem.join(f)).unwrap();
+    }
+    std::fs::write(other_dem.join("circuit_detector_error_model.dem"), "error(0.1) D0 D1 L0\n").unwrap();
+    let never = dir.path().join("never.safetensors");
+    args = vec!["finetune", "--model", p(&model), "--data", p(&other_dem), "--out", p(&never), "--dem-shots", "500"];
+    fails(&[args.as_slice(), &small].concat(), "--dem-shots: the directory's DEM has 2 detectors and 1 observables");
+    assert!(!never.exists());
     // An experiment directory with a missing file.
     let broken = dir.path().join("broken");
     std::fs::create_dir(&broken).unwrap();
