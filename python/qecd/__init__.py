@@ -9,7 +9,8 @@ with the GIL released.
 
 ``sinter_decoders()`` gives sinter's ``custom_decoders`` dict, so that
 ``sinter collect --custom_decoders_module_function qecd:sinter_decoders``
-works from the shell. ``sweep()`` runs sinter tasks on a Dask cluster.
+works from the shell. ``sweep()`` runs ``qecd sweep``'s cases (or sinter
+tasks) on a Dask cluster, in the same sinter CSV.
 """
 
 from __future__ import annotations
@@ -19,7 +20,19 @@ from typing import Any
 
 from ._qecd import Decoder, __version__, decoder_names, memory_circuit_text, zoo_json
 
-__all__ = ["Decoder", "decoder_names", "memory_circuit", "sinter_decoders", "zoo", "__version__"]
+from ._sweep import SweepTask, sweep, sweep_tasks
+
+__all__ = [
+    "Decoder",
+    "SweepTask",
+    "decoder_names",
+    "memory_circuit",
+    "sinter_decoders",
+    "sweep",
+    "sweep_tasks",
+    "zoo",
+    "__version__",
+]
 
 
 def zoo() -> list[dict[str, Any]]:

@@ -93,5 +93,10 @@ def memory_circuit_text(
 ) -> str:
     """qecd's memory-experiment circuit as Stim text (see ``qecd.memory_circuit``)."""
 
+def sweep_case_json(
+    decoder: str, distance: int, rounds: int, basis: str = "z", noise: str = "si1000", p: float = 0.003
+) -> str:
+    """One ``qecd sweep`` case as JSON: circuit, dem, decoder, json_metadata, strong_id."""
+
 def zoo_json() -> list[str]:
     """The built-in neural models' cards, as JSON text."""

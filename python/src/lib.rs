@@ -182,6 +182,44 @@ fn memory_circuit_text(distance: usize, rounds: usize, basis: &str, noise: &str,
     Ok(experiment.noisy_circuit(&noise).map_err(invalid)?.to_string())
 }
 
+/// One case of `qecd sweep` as JSON: its circuit and decoding DEM texts, its
+/// sinter `json_metadata` and its `strong_id`, computed by the sweep's own
+/// code (`qecd_sweep::case`), so that `qecd.sweep` and `qecd sweep` append to
+/// and resume from the same CSV rows.
+#[pyfunction]
+#[pyo3(signature = (decoder, distance, rounds, basis = "z", noise = "si1000", p = 0.003))]
+fn sweep_case_json(
+    decoder: &str,
+    distance: usize,
+    rounds: usize,
+    basis: &str,
+    noise: &str,
+    p: f64,
+) -> PyResult<String> {
+    let invalid = |e: &dyn std::fmt::Display| PyValueError::new_err(e.to_string());
+    let kind: DecoderKind = decoder.parse().map_err(|e| invalid(&e))?;
+    if !matches!(kind, DecoderKind::Matching | DecoderKind::Correlated | DecoderKind::Belief) {
+        return Err(PyValueError::new_err(format!(
+            "qecd.sweep runs matching, correlated and belief; '{kind}' needs a model and is not supported yet"
+        )));
+    }
+    let basis = basis.parse().map_err(|e| invalid(&e))?;
+    let experiment = simulator_bridge::MemoryExperiment::new(distance, rounds, basis).map_err(|e| invalid(&e))?;
+    let noise = simulator_bridge::NoiseModel::from_name(noise, p).map_err(|e| invalid(&e))?;
+    let texts = qecd_sweep::case::CircuitTexts::build(experiment, noise).map_err(|e| invalid(&format!("{e:#}")))?;
+    let texts = Arc::new(texts);
+    let case = qecd_sweep::case::Case::build(kind, experiment, noise, texts.clone(), None, None)
+        .map_err(|e| invalid(&format!("{e:#}")))?;
+    Ok(serde_json::json!({
+        "circuit": texts.circuit,
+        "dem": texts.dem,
+        "decoder": kind.name(),
+        "json_metadata": case.metadata,
+        "strong_id": case.strong_id,
+    })
+    .to_string())
+}
+
 /// The built-in neural models' cards, one JSON object each (`qecd.zoo()` parses them).
 #[pyfunction]
 fn zoo_json() -> PyResult<Vec<String>> {
@@ -214,6 +252,7 @@ fn _qecd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decoder_names, m)?)?;
     m.add_function(wrap_pyfunction!(zoo_json, m)?)?;
     m.add_function(wrap_pyfunction!(memory_circuit_text, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep_case_json, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

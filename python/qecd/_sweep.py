@@ -1,0 +1,224 @@
+"""Logical-error-rate sweeps on a Dask ``distributed`` cluster, in the sinter
+CSV that ``qecd sweep`` writes.
+
+The driver (the process that calls ``sweep``) owns the CSV: it reads what is
+there, hands batches of shots to the cluster's workers, and appends one line
+per finished batch, so a run that is stopped loses at most its batches in
+flight and the next run resumes from the file. A task stops receiving
+batches once its shots (done plus in flight) reach ``max_shots`` or its
+errors reach ``max_errors``; batches already in flight still count, as in
+sinter. Cases made by ``sweep_tasks`` carry ``qecd sweep``'s own strong ids,
+so ``qecd sweep`` and ``qecd.sweep`` add to the same rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import secrets
+import time
+from typing import Any, Iterable
+
+import numpy as np
+
+from ._qecd import Decoder, sweep_case_json
+
+#: Decoders each worker process has built, by (decoder, DEM text).
+_DECODERS: dict[tuple[str, str], Decoder] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepTask:
+    """One case: a circuit, the DEM to decode it with, a decoder, and its identity."""
+
+    circuit: str
+    """The noisy circuit, as Stim text."""
+    dem: str
+    """The decoding detector error model, as Stim text."""
+    decoder: str
+    """A qecd decoder name (``matching``, ``correlated``, ``belief``)."""
+    json_metadata: dict[str, Any]
+    """sinter's ``json_metadata`` column."""
+    strong_id: str
+    """sinter's ``strong_id`` column: rows with the same id add up."""
+
+
+def sweep_tasks(
+    decoders: Iterable[str],
+    distances: Iterable[int],
+    ps: Iterable[float] = (0.003,),
+    rounds: int | str = "d",
+    basis: str = "z",
+    noise: str = "si1000",
+) -> list[SweepTask]:
+    """The cases ``qecd sweep --decoders ... --distances ... --p ... --rounds ...`` runs.
+
+    ``rounds`` is a number or ``"d"`` (rounds = distance). The circuit, DEM,
+    metadata and strong id come from qecd's sweep code itself.
+    """
+    tasks = []
+    for d in distances:
+        r = d if rounds == "d" else int(rounds)
+        for p in ps:
+            for name in decoders:
+                case = json.loads(sweep_case_json(name, d, r, basis, noise, p))
+                tasks.append(
+                    SweepTask(case["circuit"], case["dem"], case["decoder"], case["json_metadata"], case["strong_id"])
+                )
+    return tasks
+
+
+def _from_sinter_task(task: Any) -> SweepTask:
+    """A ``sinter.Task`` whose decoder is a qecd decoder (``correlated`` or ``qecd-correlated``)."""
+    import copy
+
+    decoder = task.decoder.removeprefix("qecd-")
+    if task.detector_error_model is None:
+        task = copy.copy(task)
+        task.detector_error_model = task.circuit.detector_error_model(decompose_errors=True)
+    return SweepTask(str(task.circuit), str(task.detector_error_model), decoder, task.json_metadata, task.strong_id())
+
+
+def run_batch(task: SweepTask, shots: int, seed: int) -> tuple[int, int, float]:
+    """Samples ``shots`` shots of the task's circuit with ``seed`` and decodes
+    them on this worker: (shots, errors, seconds)."""
+    import stim
+
+    start = time.monotonic()
+    key = (task.decoder, task.dem)
+    decoder = _DECODERS.get(key)
+    if decoder is None:
+        decoder = _DECODERS[key] = Decoder.from_dem(task.dem, task.decoder, num_threads=1)
+    sampler = stim.Circuit(task.circuit).compile_detector_sampler(seed=seed)
+    dets, obs = sampler.sample(shots, separate_observables=True, bit_packed=True)
+    predictions = decoder.decode_batch(dets, bit_packed=True)
+    errors = int(np.any(predictions != obs, axis=1).sum())
+    return shots, errors, time.monotonic() - start
+
+
+@dataclasses.dataclass
+class _Progress:
+    task: SweepTask
+    shots: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    in_flight: int = 0
+
+
+def sweep(
+    tasks: Iterable[Any],
+    *,
+    out: str | pathlib.Path,
+    max_shots: int,
+    max_errors: int | None = None,
+    client: Any = None,
+    batch_shots: int = 10_000,
+    max_batches: int | None = None,
+) -> list[Any]:
+    """Runs ``tasks`` until each has ``max_shots`` shots or ``max_errors`` errors,
+    appending one sinter CSV line per batch to ``out``.
+
+    Args:
+        tasks: ``SweepTask``s (from ``sweep_tasks``, matching ``qecd sweep``'s
+            rows) or ``sinter.Task``s whose decoder is a qecd decoder.
+        out: the sinter CSV; existing rows count, so a stopped run resumes.
+        max_shots: shots per task, over all runs and workers.
+        max_errors: stop a task once it has this many errors (``None``: no limit).
+        client: a ``distributed.Client``; ``None`` decodes in this process.
+        batch_shots: shots per batch sent to a worker.
+        max_batches: stop after this many batches (a bounded slice of work).
+
+    Returns:
+        The totals per task, as ``sinter.TaskStats``.
+    """
+    import sinter
+
+    progress = {}
+    for t in tasks:
+        task = t if isinstance(t, SweepTask) else _from_sinter_task(t)
+        progress[task.strong_id] = _Progress(task)
+    out = pathlib.Path(out)
+    if out.exists() and out.stat().st_size > 0:
+        for s in sinter.read_stats_from_csv_files(out):
+            if s.strong_id in progress:
+                p = progress[s.strong_id]
+                p.shots, p.errors, p.seconds = s.shots, s.errors, s.seconds
+    else:
+        out.write_text(sinter.CSV_HEADER + "\n")
+
+    def next_batch() -> tuple[_Progress, int] | None:
+        for p in progress.values():
+            if max_errors is not None and p.errors >= max_errors:
+                continue
+            n = min(batch_shots, max_shots - p.shots - p.in_flight)
+            if n > 0:
+                p.in_flight += n
+                return p, n
+        return None
+
+    def record(f: Any, p: _Progress, result: tuple[int, int, float]) -> None:
+        shots, errors, seconds = result
+        p.in_flight -= shots
+        p.shots += shots
+        p.errors += errors
+        p.seconds += seconds
+        row = sinter.TaskStats(
+            strong_id=p.task.strong_id,
+            decoder=p.task.decoder,
+            json_metadata=p.task.json_metadata,
+            shots=shots,
+            errors=errors,
+            discards=0,
+            seconds=seconds,
+        )
+        print(row.to_csv_line(), file=f, flush=True)
+
+    submitted = 0
+    with out.open("a") as f:
+        if client is None:
+            while (max_batches is None or submitted < max_batches) and (batch := next_batch()) is not None:
+                p, n = batch
+                record(f, p, run_batch(p.task, n, secrets.randbits(63)))
+                submitted += 1
+        else:
+            from distributed import as_completed
+
+            slots = 2 * max(1, sum(client.nthreads().values()))
+            pending = as_completed()
+            owner = {}
+
+            def submit() -> bool:
+                nonlocal submitted
+                if max_batches is not None and submitted >= max_batches:
+                    return False
+                batch = next_batch()
+                if batch is None:
+                    return False
+                p, n = batch
+                future = client.submit(run_batch, p.task, n, secrets.randbits(63), pure=False)
+                owner[future.key] = p
+                pending.add(future)
+                submitted += 1
+                return True
+
+            while len(owner) < slots and submit():
+                pass
+            for future in pending:
+                p = owner.pop(future.key)
+                record(f, p, future.result())
+                while len(owner) < slots and submit():
+                    pass
+
+    return [
+        sinter.TaskStats(
+            strong_id=p.task.strong_id,
+            decoder=p.task.decoder,
+            json_metadata=p.task.json_metadata,
+            shots=p.shots,
+            errors=p.errors,
+            discards=0,
+            seconds=p.seconds,
+        )
+        for p in progress.values()
+    ]
