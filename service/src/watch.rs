@@ -1,6 +1,6 @@
 //! `qecd serve --watch-models`: a thread that polls the models directory
 //! and serves what changes in it. A new or changed `*.safetensors` is
-//! loaded ([`Models::load_file`]); one that cannot be served is logged and
+//! loaded ([`Models::load_file`](crate::Models::load_file)); one that cannot be served is logged and
 //! the model of its name keeps serving; a removed one stops being offered to
 //! new sessions. A file is looked at again only when its modification time
 //! or size changes, and loaded only when its content (sha256) differs from
