@@ -17,6 +17,7 @@ shot is not answered exactly once.
 import argparse
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,14 +29,22 @@ from grpc_tools import protoc
 
 
 def load_stubs():
-    proto_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proto")
+    """Generates the stubs into a temporary package `qecd_stubs.v1`: not
+    `qecd.v1`, the proto file's own path, which the qecd Python package
+    (python/) would shadow. The proto's package, and so the service's name
+    on the wire, stays qecd.v1."""
+    proto = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proto", "qecd", "v1", "decoder.proto")
     out = tempfile.mkdtemp(prefix="qecd-stubs-")
-    rc = protoc.main(["protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}",
-                      "qecd/v1/decoder.proto"])
+    stage = os.path.join(out, "proto")
+    os.makedirs(os.path.join(stage, "qecd_stubs", "v1"))
+    shutil.copy(proto, os.path.join(stage, "qecd_stubs", "v1", "decoder.proto"))
+    rc = protoc.main(["protoc", f"-I{stage}", f"--python_out={out}", f"--grpc_python_out={out}",
+                      "qecd_stubs/v1/decoder.proto"])
     if rc != 0:
         sys.exit(f"grpc_tools.protoc failed with status {rc}")
     sys.path.insert(0, out)
-    return importlib.import_module("qecd.v1.decoder_pb2"), importlib.import_module("qecd.v1.decoder_pb2_grpc")
+    return (importlib.import_module("qecd_stubs.v1.decoder_pb2"),
+            importlib.import_module("qecd_stubs.v1.decoder_pb2_grpc"))
 
 
 def pack(bits):
