@@ -6,8 +6,9 @@
 #   1. the lab's "experiment": 20,000 device shots, in a directory whose
 #      circuit_noisy.stim is only the lab's prior (plain SI1000 p=0.003);
 #   2. qecd learn-noise learns a DEM from those shots alone;
-#   3. (d=3) qecd finetune adapts the zoo's d=3 model to the directory, with
-#      the learned DEM as the matching baseline it reports against;
+#   3. (d=3) qecd finetune adapts the zoo's d=3 model to the directory: on
+#      15,000 of its shots plus 2,000,000 drawn from the learned DEM
+#      (--dem-shots), which is also the matching baseline it reports against;
 #   4. 100,000 fresh device shots are decoded by correlated matching with the
 #      prior DEM, the learned DEM and the device's true DEM (the bound a
 #      perfect noise model gives), and (d=3) by the pretrained and the
@@ -50,8 +51,11 @@ errors() { # predict arguments...: prints the mistakes it counted
     echo "RATIO d=$d learned/prior $(python3 -c "print(f'{$learned/$prior:.3f}')") (goal <= 0.92); true/prior $(python3 -c "print(f'{$truth/$prior:.3f}')")"
     if [ "$d" = 3 ]; then
       cp "$work/learned-d$d.dem" "$exp/circuit_detector_error_model.dem"
+      # 15,000 of the lab's shots, plus 2,000,000 drawn from the learned DEM;
+      # early stopping on 4,000 of the lab's shots.
       $Q finetune --model fixtures/models/d3_z_si1000_p003.safetensors --data "$exp" --out "$work/finetuned-d3.safetensors" \
-        --finetune-shots 15000 --val-shots 4000 2>&1 | grep -v '^\s*$' | tail -8
+        --finetune-shots 15000 --val-shots 4000 --dem-shots 2000000 --steps 20000 --patience 15 --eval-every 250 \
+        2>&1 | grep -v '^\s*$' | tail -8
       pre=$(errors --circuit "$exp/circuit_noisy.stim" "${shots[@]}" --decoder neural \
         --model fixtures/models/d3_z_si1000_p003.safetensors)
       fine=$(errors --circuit "$exp/circuit_noisy.stim" "${shots[@]}" --decoder neural \
