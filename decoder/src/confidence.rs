@@ -9,6 +9,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Seed of the held-out shots every qecd calibration is fitted on (never
+/// used for data), so that `qecd predict`, the service and the Python
+/// package fit the same calibration for the same DEM.
+pub const CALIBRATION_SEED: u64 = 0x6361_6c69_6272_6174;
+
+/// Held-out shots drawn from the DEM for a calibration fitted on demand
+/// (`qecd predict`, the Python package). The service fits on fewer, once per
+/// code, and says so.
+pub const CALIBRATION_SHOTS: usize = 20_000;
+
 /// A fitted map from gap to probability of a right prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GapCalibration {

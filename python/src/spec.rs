@@ -16,10 +16,7 @@ use simulator_bridge::StabilizerLayout;
 
 use crate::pool::Make;
 
-/// Held-out shots drawn from the DEM to calibrate the gap confidence (as `qecd predict`).
-const CALIBRATION_SHOTS: usize = 20_000;
-/// Seed of the held-out calibration shots (as `qecd predict`; never used for data).
-const CALIBRATION_SEED: u64 = 0x6361_6c69_6272_6174;
+use decoder::confidence::{CALIBRATION_SEED, CALIBRATION_SHOTS};
 
 /// A decoder's recipe, shared by every worker thread.
 pub struct Spec {

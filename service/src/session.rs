@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use decoder::confidence::CALIBRATION_SEED;
 use decoder::{
     Decoder, DecoderKind, Driver, Feed, GapCalibration, MatchingDecoder, NeuralMatching, NeuralModel, PackedShots,
     Reply as EngineReply, ReplyFn, ShotStream,
@@ -84,9 +85,10 @@ impl std::fmt::Debug for CircuitInfo {
 /// matching's: a shot costs about 60 times as much at d=11).
 const POSTERIOR_CALIBRATION_SHOTS: usize = 4_000;
 
-/// Held-out shots that fit the matching decoders' confidence, and their seed.
+/// Held-out shots that fit the matching decoders' confidence, once per code
+/// (half of `qecd predict`'s, to keep a code's first open short); their seed
+/// is every calibration's, [`CALIBRATION_SEED`].
 const CALIBRATION_SHOTS: usize = 10_000;
-const CALIBRATION_SEED: u64 = 0x6361_6c69_6272_6174;
 
 impl CircuitInfo {
     /// The circuit, DEM, layout and calibrations of a code; `None` when

@@ -13,10 +13,7 @@ use simulator_bridge::formats::{read_shots_file, write_shots};
 use simulator_bridge::fsutil::Staged;
 use simulator_bridge::{BitLabels, ResultFormat, StabilizerLayout};
 
-/// Held-out shots drawn from the DEM to calibrate the gap confidence.
-const CALIBRATION_SHOTS: usize = 20_000;
-/// Seed of the held-out calibration shots (never used for data).
-const CALIBRATION_SEED: u64 = 0x6361_6c69_6272_6174;
+use decoder::confidence::{CALIBRATION_SEED, CALIBRATION_SHOTS};
 
 /// Arguments of `qecd predict`; the flags follow `pymatching predict`.
 #[derive(Args, Debug)]
