@@ -431,6 +431,12 @@ fn serve_drains_idle_streams_within_the_drain_timeout_on_sigterm() {
     };
     sink.send(&frame_codec::Message::Open(open), 1, 0, 3).unwrap();
 
+    // The bridge's reply is read as it comes, as an FPGA would: a peer that
+    // leaves the closing ERROR unread is cut off.
+    let bridge_reply = std::thread::spawn(move || {
+        let _sink = sink;
+        source.next_frame()
+    });
     let started = Instant::now();
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -448,7 +454,7 @@ fn serve_drains_idle_streams_within_the_drain_timeout_on_sigterm() {
     });
     assert_eq!(status.code(), tonic::Code::Unavailable, "{}", status.message());
     assert!(status.message().contains("--drain-timeout"), "{}", status.message());
-    let frame = source.next_frame().unwrap().expect("an ERROR before the bridge closes");
+    let frame = bridge_reply.join().unwrap().unwrap().expect("an ERROR before the bridge closes");
     let frame_codec::Message::Error(e) = frame.message().unwrap() else { panic!("not an ERROR: {frame:?}") };
     assert_eq!(e.code, frame_codec::ErrorCode::Unavailable, "{}", e.message);
     let exit = child.wait().unwrap();
