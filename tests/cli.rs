@@ -454,9 +454,19 @@ fn serve_drains_idle_streams_within_the_drain_timeout_on_sigterm() {
     });
     assert_eq!(status.code(), tonic::Code::Unavailable, "{}", status.message());
     assert!(status.message().contains("--drain-timeout"), "{}", status.message());
-    let frame = bridge_reply.join().unwrap().unwrap().expect("an ERROR before the bridge closes");
-    let frame_codec::Message::Error(e) = frame.message().unwrap() else { panic!("not an ERROR: {frame:?}") };
-    assert_eq!(e.code, frame_codec::ErrorCode::Unavailable, "{}", e.message);
+    // The idle bridge session gets ERROR UNAVAILABLE; a peer that has not
+    // taken it half a second later is cut off, and the process exits. On a
+    // loaded machine this test's reader thread can be that slow, and then it
+    // sees the reset instead (tests/adversarial/bridge.rs checks the ERROR
+    // itself, in-process).
+    match bridge_reply.join().unwrap() {
+        Ok(frame) => {
+            let frame = frame.expect("an ERROR before the bridge closes");
+            let frame_codec::Message::Error(e) = frame.message().unwrap() else { panic!("not an ERROR: {frame:?}") };
+            assert_eq!(e.code, frame_codec::ErrorCode::Unavailable, "{}", e.message);
+        }
+        Err(e) => assert!(e.contains("Connection reset by peer"), "the bridge connection ended with {e}"),
+    }
     let exit = child.wait().unwrap();
     let took = started.elapsed();
     assert!(exit.success(), "{exit}");
