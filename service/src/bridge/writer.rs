@@ -201,12 +201,7 @@ impl Writer {
     /// frame, and shuts down the sending side once it is out.
     pub(super) fn fail(&self, code: ErrorCode, message: String) {
         self.send(&Message::Error(ErrorReply::new(code, message)), 0, 0, 0);
-        self.lock().close_notify(&self.wake);
-        self.wait_flushed();
-        let mut state = self.lock();
-        state.open = false;
-        let _ = state.socket.shutdown(Shutdown::Write);
-        self.wake.notify_all();
+        self.finish(Shutdown::Write);
     }
 
     pub(super) fn is_open(&self) -> bool {
@@ -215,11 +210,17 @@ impl Writer {
 
     /// Sends what is left, then closes the connection.
     pub(super) fn close(&self) {
+        self.finish(Shutdown::Both);
+    }
+
+    /// Sends what is left (and TLS's close_notify), then sends nothing more
+    /// and shuts the socket down `how`.
+    fn finish(&self, how: Shutdown) {
         self.lock().close_notify(&self.wake);
         self.wait_flushed();
         let mut state = self.lock();
         state.open = false;
-        let _ = state.socket.shutdown(Shutdown::Both);
+        let _ = state.socket.shutdown(how);
         self.wake.notify_all();
     }
 }
