@@ -16,13 +16,17 @@
 # Writes docs/data/device_loop.txt, ending with the ratios the issue asks for.
 #
 #   scripts/device_loop.sh            (WORK=dir to keep the files elsewhere)
+#   DEVICE=fixtures/devices/crosstalk-strong.toml WORK=target/device-loop-strong \
+#     OUT=docs/data/device_loop_strong.txt scripts/device_loop.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin qecd
-Q=./target/release/qecd
-device=fixtures/devices/crosstalk.toml
+# QECD=path runs that binary instead of building one (a copy stays put while
+# other builds replace target/release/qecd).
+if [ -z "${QECD:-}" ]; then cargo build --release --quiet --bin qecd; fi
+Q=${QECD:-./target/release/qecd}
+device=${DEVICE:-fixtures/devices/crosstalk.toml}
 work=${WORK:-target/device-loop}
-out=docs/data/device_loop.txt
+out=${OUT:-docs/data/device_loop.txt}
 rm -rf "$work" && mkdir -p "$work"
 
 errors() { # predict arguments...: prints the mistakes it counted
