@@ -27,6 +27,14 @@ pub enum BridgeError {
         /// What is wrong with it.
         why: String,
     },
+    /// A file meant to hold a detector error model does not.
+    #[error("{}: not a detector error model: {why}", path.display())]
+    DemFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// Stim rejected something.
     #[error("stim: {0}")]
     Stim(String),

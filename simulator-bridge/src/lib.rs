@@ -6,13 +6,15 @@
 //! multi-threaded sampling of bit-packed detection events, the stabilizer
 //! layout derived from detector coordinates, Stim's result formats,
 //! experiment directories in the layout of Google's public surface-code data,
-//! and the one way qecd writes output files: whole or not at all ([`fsutil`]).
+//! detector error models read from files and whether they fit a circuit
+//! ([`dem_file`]), and the one way qecd writes output files: whole or not at all ([`fsutil`]).
 //!
 //! It never decodes, and it knows nothing of tch, CUDA, gRPC or the FPGA
 //! bridge's wire format (the `frame-codec` crate owns that).
 #![deny(missing_docs)]
 
 pub mod code;
+pub mod dem_file;
 pub mod device;
 pub mod edges;
 pub mod error;
@@ -28,6 +30,7 @@ pub mod sample;
 pub mod shots;
 
 pub use code::{Basis, MemoryExperiment, decoding_dem};
+pub use dem_file::{DemFile, DemShape};
 pub use error::BridgeError;
 pub use formats::{BitLabels, ResultFormat};
 pub use labels::{LabeledSampler, LabeledShots};
