@@ -2,7 +2,9 @@
 //! watcher of `qecd serve --watch-models`): a stream opened before a swap
 //! answers every shot with the version it opened on while one opened after
 //! gets the new version, and the old engine goes when its last session
-//! ends; every neural result names its version; a file that cannot be
+//! ends; swapped to other weights under the same name, each session decides
+//! exactly as offline decoding with the weights its version's hash names;
+//! every neural result names its version; a file that cannot be
 //! served is refused with INVALID_ARGUMENT naming it, and the model before
 //! it keeps serving; the watcher serves a new file, a changed one and
 //! forgets a removed one within seconds.
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use decoder::{Device, StreamOptions};
+use decoder::{Decoder, Device, NeuralDecoder, NeuralModel, StreamOptions};
 use models::Checkpoint;
 use qecd_grpc::proto;
 use qecd_service::registry::sha256_hex;
@@ -69,7 +71,12 @@ async fn connect(server: &Server) -> Client {
 }
 
 async fn load(client: &mut Client, path: &Path) -> Result<proto::LoadModelResponse, tonic::Status> {
-    let request = proto::LoadModelRequest { path: path.display().to_string(), name: String::new() };
+    load_as(client, path, "").await
+}
+
+/// LoadModel of `path` served as `name` (empty: the file's stem).
+async fn load_as(client: &mut Client, path: &Path, name: &str) -> Result<proto::LoadModelResponse, tonic::Status> {
+    let request = proto::LoadModelRequest { path: path.display().to_string(), name: name.into() };
     client.load_model(request).await.map(tonic::Response::into_inner)
 }
 
@@ -119,7 +126,13 @@ impl Live {
 
     /// Plays every shot of `s` with ids from `first`, and returns their results.
     async fn play(&mut self, s: &Shots, first: u64) -> Vec<proto::ShotResult> {
-        let send = |m| proto::DecodeRequest { message: Some(m) };
+        self.send_rounds(s, first).await;
+        self.send_finals(s, first).await;
+        self.collect(s, first).await
+    }
+
+    /// Sends every round but the final one of each shot of `s`, ids from `first`.
+    async fn send_rounds(&mut self, s: &Shots, first: u64) {
         for t in 0..s.rounds {
             for (i, r) in s.per_round.iter().enumerate() {
                 let bits = &r[t];
@@ -130,14 +143,22 @@ impl Live {
                     events: pack(bits),
                     soft: vec![],
                 };
-                self.tx.send(send(In::Round(round))).await.unwrap();
+                self.tx.send(proto::DecodeRequest { message: Some(In::Round(round)) }).await.unwrap();
             }
         }
+    }
+
+    /// Sends the final round of each shot of `s`, ids from `first`.
+    async fn send_finals(&mut self, s: &Shots, first: u64) {
         for (i, r) in s.per_round.iter().enumerate() {
             let bits = r.last().unwrap();
             let last = proto::FinalRound { shot: first + i as u64, num_events: bits.len() as u32, events: pack(bits) };
-            self.tx.send(send(In::Final(last))).await.unwrap();
+            self.tx.send(proto::DecodeRequest { message: Some(In::Final(last)) }).await.unwrap();
         }
+    }
+
+    /// Waits for the results of the shots of `s` with ids from `first`.
+    async fn collect(&mut self, s: &Shots, first: u64) -> Vec<proto::ShotResult> {
         let mut results: Vec<proto::ShotResult> = Vec::new();
         while results.len() < s.per_round.len() {
             let reply = tokio::time::timeout(Duration::from_secs(30), self.responses.next())
@@ -230,6 +251,93 @@ async fn a_stream_keeps_its_version_across_a_swap_and_new_streams_get_the_new_on
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for live in [after, named, matching] {
+        live.close().await;
+    }
+}
+
+/// What the neural decoder decides offline, with the checkpoint at `path`,
+/// for each shot of `s`: the prediction bit-packed as on the wire, and the confidence.
+fn offline_with(path: &Path, s: &Shots) -> Vec<(Vec<u8>, f64)> {
+    let model = Arc::new(NeuralModel::load(path).unwrap());
+    let decided = NeuralDecoder::new(model, &s.layout).unwrap().decode_batch(&s.events).unwrap();
+    let confidence = decided.confidence.unwrap();
+    (0..s.events.num_shots()).map(|i| (pack(&[decided.predictions.get(i, 0)]), confidence[i])).collect()
+}
+
+/// Every result answered by the neural decoder with `version`, and deciding
+/// shot `first + i` as `offline[i]`, bit for bit.
+fn decided_as(results: &[proto::ShotResult], first: u64, version: &str, offline: &[(Vec<u8>, f64)]) {
+    all_answered_by(results, version);
+    for r in results {
+        let (prediction, confidence) = &offline[(r.shot - first) as usize];
+        assert_eq!(
+            (&r.prediction, r.confidence.to_bits()),
+            (prediction, confidence.to_bits()),
+            "shot {} answered by {version}: confidence {} against {confidence} offline",
+            r.shot,
+            r.confidence
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_to_other_weights_each_session_decides_with_the_weights_its_version_names() {
+    let dir = models_dir();
+    let server = serve_dir(dir.path(), qecd_grpc::Security::none());
+    let mut client = connect(&server).await;
+    let zoo = dir.path().join(format!("{ZOO_D3}.safetensors"));
+    // The zoo's d=3 model fine-tuned on another device: the same code, other weights.
+    let tuned = dir.path().join("finetuned").join("d3_z_crosstalk.safetensors");
+    std::fs::create_dir(tuned.parent().unwrap()).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/finetuned/d3_z_crosstalk.safetensors");
+    std::fs::copy(fixture, &tuned).unwrap();
+    let sha = |p: &Path| sha256_hex(&std::fs::read(p).unwrap());
+    let (zoo_sha, tuned_sha) = (sha(&zoo), sha(&tuned));
+    assert_ne!(zoo_sha[..12], tuned_sha[..12]);
+
+    let s = shots(10, 300, 21);
+    let (old, new) = (offline_with(&zoo, &s), offline_with(&tuned, &s));
+    let differ = old.iter().zip(&new).filter(|(a, b)| a.0 != b.0).count();
+    eprintln!("the zoo's and the fine-tuned weights predict {differ} of {} shots differently", old.len());
+    assert!(differ > 0, "the two checkpoints predict these shots alike: decisions could not tell them apart");
+
+    let v1 = version(ZOO_D3, 1, &zoo_sha);
+    let mut before = Live::open(&mut client, proto::DecoderKind::Neural, "", s.rounds).await.unwrap();
+    assert_eq!(before.version, v1);
+    decided_as(&before.play(&s, 0).await, 0, &v1, &old);
+    // Shots in flight across the swap: all their rounds but the final one go before it.
+    before.send_rounds(&s, 1000).await;
+
+    let loaded = load_as(&mut client, &tuned, ZOO_D3).await.unwrap();
+    let v2 = version(ZOO_D3, 2, &tuned_sha);
+    assert_eq!(
+        (loaded.name.as_str(), loaded.version.as_str(), loaded.sha256.as_str()),
+        (ZOO_D3, v2.as_str(), tuned_sha.as_str())
+    );
+    let listed = list(&mut client).await;
+    assert_eq!(
+        listed.iter().map(|m| (m.name.as_str(), m.version.as_str())).collect::<Vec<_>>(),
+        [(ZOO_D3, v2.as_str())],
+        "served under the name it was loaded as, not its file's stem"
+    );
+    // Asked for by the name it was loaded as (its file is called otherwise).
+    let mut after = Live::open(&mut client, proto::DecoderKind::Neural, ZOO_D3, s.rounds).await.unwrap();
+    assert_eq!(after.version, v2, "a session opened after the swap names the new hash");
+    decided_as(&after.play(&s, 0).await, 0, &v2, &new);
+    // The shots in flight, and new ones of the session opened before, finish on the old weights.
+    before.send_finals(&s, 1000).await;
+    decided_as(&before.collect(&s, 1000).await, 1000, &v1, &old);
+    decided_as(&before.play(&s, 2000).await, 2000, &v1, &old);
+
+    // Back to the zoo's weights: a third version, with the zoo's hash again.
+    let loaded = load_as(&mut client, &zoo, ZOO_D3).await.unwrap();
+    let v3 = version(ZOO_D3, 3, &zoo_sha);
+    assert_eq!(loaded.version, v3);
+    let mut back = Live::open(&mut client, proto::DecoderKind::Neural, "", s.rounds).await.unwrap();
+    assert_eq!(back.version, v3);
+    decided_as(&back.play(&s, 0).await, 0, &v3, &old);
+    decided_as(&after.play(&s, 1000).await, 1000, &v2, &new);
+    for live in [before, after, back] {
         live.close().await;
     }
 }

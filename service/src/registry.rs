@@ -44,9 +44,16 @@ impl Loaded {
     /// a qecd checkpoint, is truncated or holds mis-shaped tensors is an
     /// INVALID_ARGUMENT fault naming the file and why.
     pub fn read(path: &Path) -> Result<Self, Fault> {
+        Self::read_as(path, None)
+    }
+
+    /// As [`Loaded::read`], the weights named `name` (default: the file's
+    /// stem): the name sessions ask for it by.
+    pub fn read_as(path: &Path, name: Option<&str>) -> Result<Self, Fault> {
         let refused = |why: String| Fault::invalid(format!("model file {}: {why}", path.display()));
         let bytes = std::fs::read(path).map_err(|e| refused(format!("cannot read it: {e}")))?;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = || path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = name.map_or_else(stem, str::to_string);
         let origin = path.display().to_string();
         // The checkpoint's own errors name the file already.
         let ckpt = Checkpoint::from_bytes(&bytes, &origin).map_err(|e| Fault::invalid(e.to_string()))?;
@@ -150,8 +157,7 @@ impl Models {
             dir: None,
         };
         for l in loaded {
-            let name = l.model.name().to_string();
-            models.install(l, &name).map_err(|f| anyhow::anyhow!("{}", f.message))?;
+            models.install(l).map_err(|f| anyhow::anyhow!("{}", f.message))?;
         }
         Ok(models)
     }
@@ -218,14 +224,15 @@ impl Models {
                 )));
             }
         }
-        let loaded = Loaded::read(path)?;
-        let name = name.map(str::to_string).unwrap_or_else(|| loaded.model.name().to_string());
-        self.install(loaded, &name)
+        self.install(Loaded::read_as(path, name)?)
     }
 
-    /// Starts an engine for `loaded` and serves it as `name`: a new version
-    /// of that name, in its place, or a new name at the end.
-    pub fn install(&self, loaded: Loaded, name: &str) -> Result<Model, Fault> {
+    /// Starts an engine for `loaded` and serves it under its weights' name
+    /// (which [`Models::find`] looks up): a new version of that name, in its
+    /// place, or a new name at the end.
+    fn install(&self, loaded: Loaded) -> Result<Model, Fault> {
+        let name = loaded.model.name().to_string();
+        let name = name.as_str();
         let origin = loaded.path.as_ref().map_or_else(|| format!("built-in model {name}"), |p| p.display().to_string());
         let refused = |why: String| Fault::invalid(format!("model file {origin}: {why}"));
         if name.is_empty() {
@@ -292,4 +299,29 @@ fn check_servable(model: &NeuralModel) -> Result<(), String> {
     let layout = StabilizerLayout::from_circuit(&circuit, basis).map_err(|e| e.to_string())?;
     crate::session::check_model_order(model, &RoundLayout::new(&layout))
         .map_err(|f| format!("{} (d={d} memory-{basis})", f.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/models").join(path)
+    }
+
+    #[test]
+    fn a_file_loaded_under_another_name_is_found_by_that_name() {
+        let zoo = Loaded::read(&fixture("d3_z_si1000_p003.safetensors")).unwrap();
+        let models = Models::serve(vec![zoo], &StreamOptions::default(), Device::Cpu).unwrap();
+        let tuned = fixture("finetuned/d3_z_crosstalk.safetensors");
+        let loaded = models.load_file(&tuned, Some("d3_z_si1000_p003")).unwrap();
+        let sha = sha256_hex(&std::fs::read(&tuned).unwrap());
+        assert_eq!(&*loaded.version, format!("d3_z_si1000_p003@2:{}", &sha[..SHORT_HASH]));
+        for name in [Some("d3_z_si1000_p003"), None] {
+            let found = models.find(name, 3, Basis::Z).unwrap();
+            assert_eq!((&*found.version, found.sha256.as_str()), (&*loaded.version, sha.as_str()), "{name:?}");
+        }
+        let missing = models.find(Some("d3_z_crosstalk"), 3, Basis::Z).err().expect("its stem is not a served name");
+        assert!(missing.message.contains("this server has: d3_z_si1000_p003"), "{}", missing.message);
+    }
 }
