@@ -15,6 +15,8 @@ its own undecomposed DEM.
 
     QECD=target/release/qecd scripts/compare_tesseract.sh --help >/dev/null  # sets up the venv once
     ~/.cache/qecd/pyenv/bin/python scripts/device_loop_baselines.py [--shots 10000]
+    DEVICE=fixtures/devices/crosstalk-strong.toml WORK=target/device-loop-strong \\
+      ~/.cache/qecd/pyenv/bin/python scripts/device_loop_baselines.py > docs/data/device_loop_strong_baselines.txt
 """
 import argparse
 import os
@@ -36,6 +38,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shots", type=int, default=10_000)
     ap.add_argument("--work", default=os.environ.get("WORK", str(ROOT / "target" / "device-loop")))
+    ap.add_argument("--device", default=os.environ.get("DEVICE", "fixtures/devices/crosstalk.toml"),
+                    help="the device file the work folder's shots came from (only named in the output)")
     a = ap.parse_args()
     qecd = os.environ.get("QECD", str(ROOT / "target" / "release" / "qecd"))
     work = pathlib.Path(a.work)
@@ -73,12 +77,13 @@ def main():
             rows.append((f"Tesseract, {label} DEM", compare_common.failures(pred, obs)))
 
     base = dict(rows)["correlated matching, prior DEM"]
+    pre = dict(rows)["neural, pretrained"]
     print(f"d=3, 10 rounds, the first {n} of scripts/device_loop.sh's fresh device shots "
-          f"(fixtures/devices/crosstalk.toml, p=0.003)\n")
-    print(f"{'decoder':<34} {'errors':>7} {'LER':>9} {'± 1σ':>8} {'÷ prior corr.':>14}")
+          f"({a.device}, p=0.003)\n")
+    print(f"{'decoder':<34} {'errors':>7} {'LER':>9} {'± 1σ':>8} {'÷ prior corr.':>14} {'÷ pretrained':>13}")
     for name, wrong in rows:
         ler, sigma = compare_common.rate(int(wrong.sum()), n)
-        print(f"{name:<34} {int(wrong.sum()):>7} {ler:>9.4f} {sigma:>8.4f} {wrong.sum() / base.sum():>14.3f}")
+        print(f"{name:<34} {int(wrong.sum()):>7} {ler:>9.4f} {sigma:>8.4f} {wrong.sum() / base.sum():>14.3f} {wrong.sum() / pre.sum():>13.3f}")
     tess = dict(rows)["Tesseract, true DEM"]
     print("\nMcNemar against Tesseract with the true DEM (b: only Tesseract wrong, c: only the other wrong):")
     for name, wrong in rows:
