@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
 # Issue 16's swaps under load, on loopback against `qecd serve --models DIR`
-# (copies of the zoo's d=3 and d=5 checkpoints):
+# (copies of the zoo's d=3 and d=5 checkpoints; the fine-tuned d=3 one,
+# fixtures/models/finetuned/d3_z_crosstalk.safetensors, in DIR/alt, which the
+# server does not load at start):
 #   1. 64 streams for SECONDS, d=3 and d=5 mixed, each stream opening a new
 #      session every REOPEN shots, no swaps: the baseline;
-#   2. the same with 10 swaps spread over the run: each swap loads both
-#      checkpoints again with the admin call LoadModel, so each is served as
-#      a new version of its name (NAME@N:HASH) with a new engine.
+#   2. the same with 10 swaps spread over the run, each a LoadModel call per
+#      model: d3_z_si1000_p003 alternates between the fine-tuned weights
+#      (swaps 1, 3, ...) and the zoo's (swaps 2, 4, ...), so every swap
+#      serves it as a new version NAME@N:HASH with the other hash; the d=5
+#      model (the zoo has one d=5 checkpoint) is reloaded as a new version
+#      of the same weights.
 # Each phase fails on a lost or duplicated shot; phase 2 also fails unless
 # every stream's sessions got versions in swap order (never backwards, and
-# never older than a swap answered before the session opened) and every
-# neural result named its session's version. Writes docs/data/hot_swap.txt.
+# never older than a swap answered before the session opened), every
+# neural result named its session's version, each version's hash is the
+# sha256 of the file loaded then, and, for CHECK sessions of each version,
+# every neural answer equals offline decoding of the same shots with that
+# file's weights (src/cmd/load/swaps.rs).
 #
 #   scripts/hot_swap_load.sh [SECONDS] [REOPEN]     (default 60, 100)
+#   OUT=FILE (default docs/data/hot_swap.txt), CHECK=SESSIONS (default 16)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin qecd
 Q=./target/release/qecd
 secs=${1:-60}
 reopen=${2:-100}
-out=docs/data/hot_swap.txt
+out=${OUT:-docs/data/hot_swap.txt}
+check=${CHECK:-16}
 work=$(mktemp -d)
 server=
 trap '[ -n "$server" ] && kill $server 2>/dev/null; rm -rf "$work"' EXIT
-mkdir "$work/models"
+mkdir -p "$work/models/alt"
 cp fixtures/models/d3_z_si1000_p003.safetensors fixtures/models/d5_z_si1000_p003.safetensors "$work/models/"
-swap="$work/models/d3_z_si1000_p003.safetensors,$work/models/d5_z_si1000_p003.safetensors"
+cp fixtures/models/finetuned/d3_z_crosstalk.safetensors "$work/models/alt/"
+m=$work/models
+swap="d3_z_si1000_p003=$m/alt/d3_z_crosstalk.safetensors,d3_z_si1000_p003=$m/d3_z_si1000_p003.safetensors"
+swap="$swap,$m/d5_z_si1000_p003.safetensors"
 
 start_server() {
   $Q serve --listen 127.0.0.1:0 --models "$work/models" > "$work/serve.out" 2>"$work/serve.err" &
@@ -45,9 +58,12 @@ stop_server() {
   start_server
   $Q load --addr "http://$addr" --streams 64 --seconds "$secs" --reopen-every "$reopen"
   stop_server
-  echo "== 2. swaps: 64 streams, ${secs} s, a new session every ${reopen} shots, 10 swaps of both models (LoadModel)"
+  echo "== 2. swaps: 64 streams, ${secs} s, a new session every ${reopen} shots, 10 swaps (LoadModel): d=3 alternating fine-tuned/zoo weights, d=5 reloaded"
   start_server
-  $Q load --addr "http://$addr" --streams 64 --seconds "$secs" --reopen-every "$reopen" --swap-models "$swap" --swaps 10
+  echo "sha256 of the files swapped in (under the models directory):"
+  (cd "$m" && sha256sum alt/d3_z_crosstalk.safetensors d3_z_si1000_p003.safetensors d5_z_si1000_p003.safetensors | sed 's/^/  /')
+  $Q load --addr "http://$addr" --streams 64 --seconds "$secs" --reopen-every "$reopen" --swap-models "$swap" --swaps 10 \
+    --check-sessions "$check"
   stop_server
 } 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -v ' INFO ' | tee "$out"
 

@@ -3,11 +3,13 @@
 //! answers every shot with the version it opened on while one opened after
 //! gets the new version, and the old engine goes when its last session
 //! ends; swapped to other weights under the same name, each session decides
-//! exactly as offline decoding with the weights its version's hash names;
-//! every neural result names its version; a file that cannot be
-//! served is refused with INVALID_ARGUMENT naming it, and the model before
-//! it keeps serving; the watcher serves a new file, a changed one and
-//! forgets a removed one within seconds.
+//! exactly as offline decoding with the weights its version's hash names,
+//! and `qecd load --swap-models` checks the same under load (and fails
+//! against a server that decides unlike the file its version names); every
+//! neural result names its version; a file that cannot be served is refused
+//! with INVALID_ARGUMENT naming it, and the model before it keeps serving;
+//! the watcher serves a new file, a changed one and forgets a removed one
+//! within seconds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -255,6 +257,24 @@ async fn a_stream_keeps_its_version_across_a_swap_and_new_streams_get_the_new_on
     }
 }
 
+/// A models directory holding a copy of the zoo's d=3 checkpoint, and in
+/// finetuned/ (which the server does not load at start) that model
+/// fine-tuned on another device: the same code, other weights. The
+/// directory and the two files.
+fn tuned_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = models_dir();
+    let zoo = dir.path().join(format!("{ZOO_D3}.safetensors"));
+    let tuned = dir.path().join("finetuned").join("d3_z_crosstalk.safetensors");
+    std::fs::create_dir(tuned.parent().unwrap()).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/finetuned/d3_z_crosstalk.safetensors");
+    std::fs::copy(fixture, &tuned).unwrap();
+    (dir, zoo, tuned)
+}
+
+fn sha(path: &Path) -> String {
+    sha256_hex(&std::fs::read(path).unwrap())
+}
+
 /// What the neural decoder decides offline, with the checkpoint at `path`,
 /// for each shot of `s`: the prediction bit-packed as on the wire, and the confidence.
 fn offline_with(path: &Path, s: &Shots) -> Vec<(Vec<u8>, f64)> {
@@ -282,16 +302,9 @@ fn decided_as(results: &[proto::ShotResult], first: u64, version: &str, offline:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_to_other_weights_each_session_decides_with_the_weights_its_version_names() {
-    let dir = models_dir();
+    let (dir, zoo, tuned) = tuned_dir();
     let server = serve_dir(dir.path(), qecd_grpc::Security::none());
     let mut client = connect(&server).await;
-    let zoo = dir.path().join(format!("{ZOO_D3}.safetensors"));
-    // The zoo's d=3 model fine-tuned on another device: the same code, other weights.
-    let tuned = dir.path().join("finetuned").join("d3_z_crosstalk.safetensors");
-    std::fs::create_dir(tuned.parent().unwrap()).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/finetuned/d3_z_crosstalk.safetensors");
-    std::fs::copy(fixture, &tuned).unwrap();
-    let sha = |p: &Path| sha256_hex(&std::fs::read(p).unwrap());
     let (zoo_sha, tuned_sha) = (sha(&zoo), sha(&tuned));
     assert_ne!(zoo_sha[..12], tuned_sha[..12]);
 
@@ -340,6 +353,69 @@ async fn swapped_to_other_weights_each_session_decides_with_the_weights_its_vers
     for live in [before, after, back] {
         live.close().await;
     }
+}
+
+/// `qecd load` against `server` for 4 s, d=3 only, sessions of 20 shots,
+/// two swaps of `swap` (its `--swap-models`) and 4 sessions of each version
+/// decoded again: whether it passed, and its output.
+fn load_run(server: &Server, swap: &str) -> (bool, String) {
+    let addr = format!("http://{}", server.grpc);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qecd"))
+        .args(["load", "--addr", &addr, "--distances", "3", "--streams", "4", "--seconds", "4"])
+        .args(["--reopen-every", "20", "--swaps", "2", "--check-sessions", "4", "--swap-models", swap])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// What `qecd load` says of the sessions of `version` it decoded again:
+/// neural answers equal offline, and those that differ.
+fn decoded_again(out: &str, version: &str) -> (u64, u64) {
+    let line =
+        out.lines().find(|l| l.starts_with(&format!("  {version} ("))).unwrap_or_else(|| panic!("{version}: {out}"));
+    let count = |after: &str| -> u64 {
+        let before = &line[..line.find(after).unwrap_or_else(|| panic!("{line}"))];
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (count(" neural answers equal offline"), count(" differ;"))
+}
+
+#[test]
+fn the_load_run_decodes_each_versions_sessions_again_with_its_files_weights() {
+    let (dir, zoo, tuned) = tuned_dir();
+    let server = serve_dir(dir.path(), qecd_grpc::Security::none());
+    // d3_z_si1000_p003 alternates: the fine-tuned weights (@2), the zoo's again (@3).
+    let swap = format!("{ZOO_D3}={},{ZOO_D3}={}", tuned.display(), zoo.display());
+    let (passed, out) = load_run(&server, &swap);
+    assert!(passed, "{out}");
+    let versions = [version(ZOO_D3, 1, &sha(&zoo)), version(ZOO_D3, 2, &sha(&tuned)), version(ZOO_D3, 3, &sha(&zoo))];
+    assert!(out.contains(&format!("swapped in {} from {}", versions[1], tuned.display())), "{out}");
+    assert!(out.contains(&format!("swapped in {} from {}", versions[2], zoo.display())), "{out}");
+    for v in &versions[..2] {
+        let (equal, differ) = decoded_again(&out, v);
+        assert!(equal > 0 && differ == 0, "{v}: {equal} equal, {differ} differ\n{out}");
+    }
+}
+
+#[test]
+fn the_load_run_fails_when_a_version_decides_unlike_the_file_its_hash_names() {
+    let (dir, zoo, tuned) = tuned_dir();
+    // A server that names the zoo file's hash but decodes with the fine-tuned weights.
+    let mut lying = Loaded::read_as(&tuned, Some(ZOO_D3)).unwrap();
+    lying.sha256 = sha(&zoo);
+    let models = Models::serve(vec![lying], &StreamOptions::default(), Device::Cpu).unwrap();
+    let server =
+        Server::serving(models.confined_to(dir.path()).unwrap(), Server::options(), qecd_grpc::Security::none());
+    let swap = format!("{ZOO_D3}={},{ZOO_D3}={}", tuned.display(), zoo.display());
+    let (passed, out) = load_run(&server, &swap);
+    assert!(!passed, "{out}");
+    assert!(out.contains("decided unlike their weights"), "{out}");
+    let (_, differ) = decoded_again(&out, &version(ZOO_D3, 1, &sha(&zoo)));
+    assert!(differ > 0, "{out}");
+    // The swaps themselves load honestly.
+    let (equal, differ) = decoded_again(&out, &version(ZOO_D3, 2, &sha(&tuned)));
+    assert!(equal > 0 && differ == 0, "{equal} equal, {differ} differ\n{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,6 +81,8 @@ pub struct Drive {
     /// Ends each session after this many shots and opens a new one, so that
     /// the stream sees models swapped while it runs; `None`: one session.
     pub reopen_every: Option<usize>,
+    /// Keeps every result's answer in its session's log ([`SessionLog::answers`]).
+    pub keep_answers: bool,
 }
 
 /// What a stream measured.
@@ -244,7 +246,7 @@ where
                 tally.answered += 1;
                 answered_here += 1;
                 tally.fell_back += u64::from(r.fell_back);
-                log.note(&r);
+                log.note(&r, drive.keep_answers);
                 tally.errors +=
                     ErrorCount { shots: 1, errors: u64::from((r.prediction[0] & 1 == 1) != actual(r.shot)) };
                 tally.confidence_sum += r.confidence;
@@ -281,6 +283,7 @@ where
             None => {}
         }
     }
+    log.ended = Instant::now();
     Ok(log)
 }
 
@@ -289,6 +292,8 @@ where
 pub struct SessionLog {
     /// When its open was sent.
     pub opened: Instant,
+    /// When its stream ended (every answer in).
+    pub ended: Instant,
     /// The version its SessionOpened named; empty without a neural model.
     pub version: String,
     /// Its results answered by the neural decoder.
@@ -297,21 +302,51 @@ pub struct SessionLog {
     pub versioned: u64,
     /// Its neural results (not fallbacks) whose version was not the session's, or was missing.
     pub strays: u64,
+    /// Its results in the order they came, with [`Drive::keep_answers`]; empty without.
+    pub answers: Vec<Answer>,
+}
+
+/// One result as a session got it.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The shot's id; its events are the shot set's row `shot % len`.
+    pub shot: u64,
+    /// The predicted observable flips, bit-packed as on the wire.
+    pub prediction: Vec<u8>,
+    /// The calibrated confidence.
+    pub confidence: f64,
+    /// True when the neural decoder answered it (not a fallback).
+    pub neural: bool,
 }
 
 impl Default for SessionLog {
     fn default() -> Self {
-        Self { opened: Instant::now(), version: String::new(), neural: 0, versioned: 0, strays: 0 }
+        let now = Instant::now();
+        Self {
+            opened: now,
+            ended: now,
+            version: String::new(),
+            neural: 0,
+            versioned: 0,
+            strays: 0,
+            answers: Vec::new(),
+        }
     }
 }
 
 impl SessionLog {
-    /// Checks a result's model version against the session's.
-    fn note(&mut self, r: &proto::ShotResult) {
+    /// Checks a result's model version against the session's, and keeps the
+    /// answer if asked to.
+    fn note(&mut self, r: &proto::ShotResult, keep: bool) {
+        let neural = r.answered_by == proto::DecoderKind::Neural as i32;
+        if keep {
+            let prediction = r.prediction.clone();
+            self.answers.push(Answer { shot: r.shot, prediction, confidence: r.confidence, neural });
+        }
         if !r.model_version.is_empty() {
             self.versioned += 1;
         }
-        if r.answered_by == proto::DecoderKind::Neural as i32 {
+        if neural {
             self.neural += 1;
             if r.model_version != self.version {
                 self.strays += 1;

@@ -114,6 +114,7 @@ async fn stream_distance(
         until: None,
         bar: Some(bar.clone()),
         reopen_every: None,
+        keep_answers: false,
     };
     let tally = drive(client, &set, &plan).await?;
     bar.finish_and_clear();

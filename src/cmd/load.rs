@@ -3,18 +3,22 @@
 //! server, in-process on loopback unless `--addr` names one; the run fails
 //! if any shot is lost or answered twice. With `--echo` the in-process server
 //! is [`super::echo`]'s, which decodes nothing: the same client's round trips
-//! against it are the transport floor of the decoder's.
+//! against it are the transport floor of the decoder's. With
+//! `--swap-models` it swaps models while the streams run and checks what
+//! the sessions got ([`swaps`]).
+
+mod swaps;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use decoder::stats::DEFAULT_LIKELIHOOD_FACTOR;
 use simulator_bridge::Basis;
 
-use super::client::{Drive, ShotSet, Tally, drive, parse_version};
+use super::client::{Drive, ShotSet, Tally, drive};
 use super::echo::LocalEcho;
 use qecd_grpc::Credentials;
 use qecd_grpc::proto;
@@ -79,96 +83,24 @@ pub struct LoadArgs {
     /// sees models swapped while it runs.
     #[arg(long, value_name = "SHOTS")]
     pub reopen_every: Option<usize>,
-    /// Checkpoints to swap in while the streams run, paths on the server's
-    /// machine (comma-separated): each swap loads every one with LoadModel,
-    /// as a new version of its name. The run then fails unless every
-    /// stream's versions go forwards in the order the swaps happened.
-    #[arg(long, value_delimiter = ',', value_name = "FILES")]
-    pub swap_models: Vec<PathBuf>,
+    /// Checkpoints to swap in while the streams run (comma-separated
+    /// `[NAME=]FILE`, paths on the server's machine that this client can read
+    /// too): each swap loads, for every name (default: the file's stem), the
+    /// next of its files with LoadModel, as a new version of that name, so
+    /// two files of one name alternate. The run then fails unless every
+    /// stream's versions go forwards in the order the swaps happened, each
+    /// version's hash is its file's, and the sampled sessions' neural
+    /// answers equal offline decoding with that file (see `--check-sessions`).
+    #[arg(long, value_delimiter = ',', value_name = "[NAME=]FILE")]
+    pub swap_models: Vec<swaps::SwapFile>,
     /// Swaps, evenly spread over the run (with `--swap-models`).
     #[arg(long, default_value_t = 10)]
     pub swaps: usize,
-}
-
-/// One model load of `--swap-models`, as LoadModel answered it.
-struct Swap {
-    /// When its answer came: sessions opened later must get this version or a newer one.
-    done: Instant,
-    /// The model's name.
-    name: String,
-    /// Its version, and that version's load count.
-    version: String,
-    n: u64,
-}
-
-/// Loads every file of `files` at each of `swaps` instants evenly spread
-/// between `start` and `until`.
-async fn swap_models(
-    addr: String,
-    credentials: Credentials,
-    files: Vec<PathBuf>,
-    swaps: usize,
-    start: Instant,
-    until: Instant,
-) -> Result<Vec<Swap>> {
-    let mut client = credentials.connect(&addr).await?;
-    let span = until - start;
-    let mut done = Vec::new();
-    for k in 0..swaps {
-        tokio::time::sleep_until((start + span.mul_f64((k + 1) as f64 / (swaps + 1) as f64)).into()).await;
-        for file in &files {
-            let request = proto::LoadModelRequest { path: file.display().to_string(), name: String::new() };
-            let loaded =
-                client.load_model(request).await.map_err(|s| anyhow::anyhow!("LoadModel {}: {s}", file.display()))?;
-            let loaded = loaded.into_inner();
-            let n = parse_version(&loaded.version).map(|v| v.1).context("LoadModel answered no NAME@N version")?;
-            done.push(Swap { done: Instant::now(), name: loaded.name, version: loaded.version, n });
-        }
-    }
-    Ok(done)
-}
-
-/// Checks every stream's sessions against the swaps: a stream's versions of
-/// a name never go backwards, and a session opened after a swap got that
-/// swap's version or a newer one; every neural result named its session's
-/// version. Prints what it found; `true` on any violation.
-fn check_versions(tallies: &[Tally], swaps: &[Swap]) -> bool {
-    let (mut backwards, mut stale, mut strays, mut unversioned) = (0u64, 0u64, 0u64, 0u64);
-    let (mut sessions, mut versioned) = (0u64, 0u64);
-    let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> = Default::default();
-    for t in tallies {
-        let mut last: std::collections::HashMap<&str, u64> = Default::default();
-        for s in &t.sessions {
-            sessions += 1;
-            versioned += s.versioned;
-            strays += s.strays;
-            let Some((name, n)) = parse_version(&s.version) else {
-                // A session the run ended before it sent a shot never read its SessionOpened.
-                unversioned += u64::from(s.neural > 0);
-                continue;
-            };
-            seen.entry(name.to_string()).or_default().insert(n);
-            if last.insert(name, n).is_some_and(|before| before > n) {
-                backwards += 1;
-            }
-            if swaps.iter().any(|w| w.name == name && w.done < s.opened && w.n > n) {
-                stale += 1;
-            }
-        }
-    }
-    println!("\nmodel versions: {sessions} sessions, {versioned} results naming their version");
-    for w in swaps {
-        println!("  swapped in {}", w.version);
-    }
-    for (name, ns) in &seen {
-        let ns: Vec<String> = ns.iter().map(|n| n.to_string()).collect();
-        println!("  {name}: sessions answered by versions @{}", ns.join(", @"));
-    }
-    println!(
-        "  sessions whose version went backwards {backwards}, opened after a swap on an older version {stale}, \
-         neural results not naming their session's version {strays}, sessions with neural answers but no version {unversioned}"
-    );
-    backwards + stale + strays + unversioned > 0
+    /// With `--swap-models`: sessions of each model version whose neural
+    /// answers are decoded again offline with the weights its hash names
+    /// and must equal them bit for bit (0: none).
+    #[arg(long, default_value_t = 16, value_name = "SESSIONS")]
+    pub check_sessions: usize,
 }
 
 /// What answers the streams of one distance.
@@ -274,9 +206,11 @@ pub fn run(args: &LoadArgs) -> Result<()> {
                 super::hostile::Target { addr: addr.clone(), credentials: credentials.clone(), max_rounds: args.max_rounds };
             tokio::spawn(super::hostile::run(target, kinds.clone(), until))
         });
-        let swapping = (!args.swap_models.is_empty()).then(|| {
-            let files = args.swap_models.clone();
-            tokio::spawn(swap_models(addr.clone(), credentials.clone(), files, args.swaps, Instant::now(), until))
+        let plan = (!args.swap_models.is_empty()).then(|| swaps::Plan::new(&args.swap_models)).transpose()?;
+        let plan = plan.map(Arc::new);
+        let swapping = plan.clone().map(|plan| {
+            let (addr, credentials) = (addr.clone(), credentials.clone());
+            tokio::spawn(swaps::run(addr, credentials, plan, args.swaps, Instant::now(), until))
         });
         let mut tasks = Vec::new();
         for i in 0..args.streams {
@@ -291,6 +225,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
                 until: Some(until),
                 bar: None,
                 reopen_every: args.reopen_every,
+                keep_answers: swapping.is_some() && args.check_sessions > 0,
             };
             tasks.push(tokio::spawn(async move {
                 let mut client = credentials.connect(&addr).await?;
@@ -304,11 +239,16 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         let mut stats_client = credentials.connect(&addr).await?;
         let stats = stats_client.get_stats(proto::GetStatsRequest {}).await?.into_inner();
         let mut failed = report(args, &answerers, &per_distance, &stats);
-        if let Some(swapping) = swapping {
+        if let (Some(swapping), Some(plan)) = (swapping, &plan) {
             let swaps = swapping.await??;
-            let neural = answerers.iter().zip(per_distance).filter(|(a, _)| matches!(a.1, Answerer::Neural(_)));
-            let all: Vec<Tally> = neural.flat_map(|(_, tallies)| tallies).collect();
-            failed |= check_versions(&all, &swaps);
+            let neural: Vec<(&ShotSet, &[Tally])> = answerers
+                .iter()
+                .zip(&sets)
+                .zip(&per_distance)
+                .filter(|((a, _), _)| matches!(a.1, Answerer::Neural(_)))
+                .map(|((_, set), tallies)| (set.as_ref(), tallies.as_slice()))
+                .collect();
+            failed |= swaps::check(plan, &swaps, &neural, args.check_sessions)?;
         }
         if let Some(hostile) = hostile {
             super::hostile::report(&hostile.await?);
@@ -317,7 +257,10 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             server.stop().await?;
         }
         if failed {
-            bail!("shots were lost or answered twice, or model versions went out of order (see above)");
+            bail!(
+                "shots were lost or answered twice, or model versions went out of order, named a wrong hash or \
+                 decided unlike their weights (see above)"
+            );
         }
         anyhow::Ok(())
     })
