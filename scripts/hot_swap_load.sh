@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Issue 16's swaps under load, on loopback against `qecd serve --models DIR`
-# (copies of the zoo's d=3 and d=5 checkpoints; the fine-tuned d=3 one,
-# fixtures/models/finetuned/d3_z_crosstalk.safetensors, in DIR/alt, which the
-# server does not load at start):
+# (copies of the zoo's d=3 and d=5 checkpoints; in DIR/alt, which the server
+# does not load at start, the d=3 one fine-tuned on a crosstalk device,
+# fixtures/models/finetuned/d3_z_crosstalk.safetensors, and the d=5 one
+# trained on to step 38,406, docs/data/d5/run/d5.safetensors: same codes,
+# other weights):
 #   1. 64 streams for SECONDS, d=3 and d=5 mixed, each stream opening a new
 #      session every REOPEN shots, no swaps: the baseline;
 #   2. the same with 10 swaps spread over the run, each a LoadModel call per
-#      model: d3_z_si1000_p003 alternates between the fine-tuned weights
-#      (swaps 1, 3, ...) and the zoo's (swaps 2, 4, ...), so every swap
-#      serves it as a new version NAME@N:HASH with the other hash; the d=5
-#      model (the zoo has one d=5 checkpoint) is reloaded as a new version
-#      of the same weights.
+#      model: d3_z_si1000_p003 and d5_z_si1000_p003 each alternate between
+#      the alt/ weights (swaps 1, 3, ...) and the zoo's (swaps 2, 4, ...), so
+#      every swap serves each name as a new version NAME@N:HASH with the
+#      other hash.
 # Each phase fails on a lost or duplicated shot; phase 2 also fails unless
 # every stream's sessions got versions in swap order (never backwards, and
 # never older than a swap answered before the session opened), every
@@ -34,10 +35,10 @@ server=
 trap '[ -n "$server" ] && kill $server 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/models/alt"
 cp fixtures/models/d3_z_si1000_p003.safetensors fixtures/models/d5_z_si1000_p003.safetensors "$work/models/"
-cp fixtures/models/finetuned/d3_z_crosstalk.safetensors "$work/models/alt/"
+cp fixtures/models/finetuned/d3_z_crosstalk.safetensors docs/data/d5/run/d5.safetensors "$work/models/alt/"
 m=$work/models
 swap="d3_z_si1000_p003=$m/alt/d3_z_crosstalk.safetensors,d3_z_si1000_p003=$m/d3_z_si1000_p003.safetensors"
-swap="$swap,$m/d5_z_si1000_p003.safetensors"
+swap="$swap,d5_z_si1000_p003=$m/alt/d5.safetensors,d5_z_si1000_p003=$m/d5_z_si1000_p003.safetensors"
 
 start_server() {
   $Q serve --listen 127.0.0.1:0 --models "$work/models" > "$work/serve.out" 2>"$work/serve.err" &
@@ -58,10 +59,10 @@ stop_server() {
   start_server
   $Q load --addr "http://$addr" --streams 64 --seconds "$secs" --reopen-every "$reopen"
   stop_server
-  echo "== 2. swaps: 64 streams, ${secs} s, a new session every ${reopen} shots, 10 swaps (LoadModel): d=3 alternating fine-tuned/zoo weights, d=5 reloaded"
+  echo "== 2. swaps: 64 streams, ${secs} s, a new session every ${reopen} shots, 10 swaps (LoadModel), each model alternating between two checkpoints"
   start_server
   echo "sha256 of the files swapped in (under the models directory):"
-  (cd "$m" && sha256sum alt/d3_z_crosstalk.safetensors d3_z_si1000_p003.safetensors d5_z_si1000_p003.safetensors | sed 's/^/  /')
+  (cd "$m" && sha256sum alt/*.safetensors *.safetensors | sed 's/^/  /')
   $Q load --addr "http://$addr" --streams 64 --seconds "$secs" --reopen-every "$reopen" --swap-models "$swap" --swaps 10 \
     --check-sessions "$check"
   stop_server
