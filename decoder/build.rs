@@ -1,9 +1,11 @@
-//! Build script of the `decoder` crate: compiles the cxx bridge that gives
-//! PyMatching's blossom graph per-shot edge weights (cxx/reweight.cc).
+//! Build script of the `decoder` crate: compiles the cxx bridges into
+//! PyMatching (batch matching, `src/blossom.rs`; per-shot edge weights,
+//! `src/reweight.rs`) and their C++ side, `cxx/matching.cc`.
 //!
-//! It includes PyMatching's C++ headers, which the pymatching-cxx crate
-//! vendors, and Stim's, which stim-cxx vendors; the compiled code links
-//! against the libraries those two crates already build. Stim's directory
+//! `cxx/matching.cc` compiles PyMatching's own sources, which the
+//! pymatching-cxx crate vendors, as one translation unit (see
+//! `cxx/pymatching_core.h` for why), and includes Stim's headers, which
+//! stim-cxx vendors; it links against the Stim library that stim-cxx builds. Stim's directory
 //! comes from stim-cxx's exported build metadata. pymatching-cxx exports
 //! none, so its sources are looked for beside stim-cxx's (the layout of both
 //! the crates.io cache and `cargo vendor`), unless
@@ -37,17 +39,17 @@ fn pymatching_cxx_dir(stim_cxx: &Path) -> PathBuf {
 }
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/reweight.rs");
-    println!("cargo:rerun-if-changed=cxx/reweight.cc");
-    println!("cargo:rerun-if-changed=cxx/reweight.h");
+    for path in ["src/blossom.rs", "src/reweight.rs", "cxx/matching.cc", "cxx/matching.h", "cxx/pymatching_core.h"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
     println!("cargo:rerun-if-env-changed=QECD_PYMATCHING_CXX_DIR");
     let stim_cxx = stim_cxx_dir();
     let pymatching_cxx = pymatching_cxx_dir(&stim_cxx);
-    cxx_build::bridge("src/reweight.rs")
-        .file("cxx/reweight.cc")
+    cxx_build::bridges(["src/blossom.rs", "src/reweight.rs"])
+        .file("cxx/matching.cc")
         .std("c++20")
         .warnings(false)
         .include(pymatching_cxx.join("vendor/pymatching/src"))
         .include(stim_cxx.join("vendor/stim/src"))
-        .compile("qecd-reweight");
+        .compile("qecd-matching");
 }

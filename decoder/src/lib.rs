@@ -3,7 +3,8 @@
 //! Every decoder implements one batch trait, [`Decoder`]: bit-packed detection
 //! events in, predicted observable flips and a per-shot confidence out. The
 //! sweep, the CLI and the benches are generic over it. This crate holds the
-//! matching decoders (PyMatching, uncorrelated and two-pass correlated),
+//! matching decoders (PyMatching, uncorrelated and two-pass correlated, on
+//! PyMatching's sources compiled here as one unit: [`blossom`]),
 //! belief-matching ([`belief`], with per-shot weights through [`reweight`]), the
 //! calibration that turns a matching weight gap into a probability, the
 //! neural decoder on the inference kernels ([`neural`]) with its streaming,
@@ -13,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod belief;
+pub mod blossom;
 pub mod confidence;
 pub mod matching;
 pub mod neural;

@@ -1,8 +1,15 @@
 //! PyMatching decoders: uncorrelated, and two-pass correlated matching.
+//!
+//! Hard decisions go through this crate's own build of PyMatching
+//! ([`crate::blossom`]); weight gaps, for confidence, through the
+//! `pymatching` crate, whose gap decoder is its own.
 
-use ndarray::{Array2, ArrayView2};
-use pymatching::{DecodeOptions, Matching};
+use std::cell::OnceCell;
 
+use ndarray::Array2;
+use pymatching::Matching;
+
+use crate::blossom::PackedMatching;
 use crate::confidence::GapCalibration;
 use crate::{Decisions, DecodeError, Decoder, DecoderKind, PackedShots};
 
@@ -16,7 +23,13 @@ pub const STOP_CHECK_EVENTS: usize = 1 << 18;
 
 /// Matching or correlated matching over one detector error model.
 pub struct MatchingDecoder {
-    matching: Matching,
+    /// PyMatching's graph as this crate compiles it, for hard decisions.
+    blossom: PackedMatching,
+    /// The `pymatching` crate's graph of the same model, for weight gaps;
+    /// built on the first decoding that needs them.
+    gaps: OnceCell<Matching>,
+    /// The model's text, which both graphs are built from.
+    dem_text: String,
     kind: DecoderKind,
     num_detectors: usize,
     num_observables: usize,
@@ -29,10 +42,12 @@ impl MatchingDecoder {
         if !DecoderKind::MATCHING.contains(&kind) {
             return Err(DecodeError::Invalid(format!("{kind} is not a matching decoder")));
         }
-        let correlated = kind == DecoderKind::Correlated;
-        let matching = Matching::from_detector_error_model_with_options(dem, correlated)?;
+        let dem_text = dem.to_string();
+        let blossom = PackedMatching::from_dem_text(&dem_text, kind == DecoderKind::Correlated)?;
         Ok(Self {
-            matching,
+            blossom,
+            gaps: OnceCell::new(),
+            dem_text,
             kind,
             num_detectors: dem.num_detectors() as usize,
             num_observables: dem.num_observables() as usize,
@@ -44,6 +59,16 @@ impl MatchingDecoder {
     pub fn from_dem_text(text: &str, kind: DecoderKind) -> Result<Self, DecodeError> {
         let dem: stim::DetectorErrorModel = text.parse()?;
         Self::from_dem(&dem, kind)
+    }
+
+    /// The `pymatching` crate's graph, built on first use.
+    fn gap_matching(&self) -> Result<&Matching, DecodeError> {
+        if let Some(m) = self.gaps.get() {
+            return Ok(m);
+        }
+        let dem: stim::DetectorErrorModel = self.dem_text.parse()?;
+        let m = Matching::from_detector_error_model_with_options(&dem, self.kind == DecoderKind::Correlated)?;
+        Ok(self.gaps.get_or_init(|| m))
     }
 
     /// Reports a confidence for every shot, mapped from the weight gap by `calibration`.
@@ -102,13 +127,9 @@ impl MatchingDecoder {
         Ok(())
     }
 
-    fn options(&self) -> DecodeOptions {
-        DecodeOptions::new().with_enable_correlations(self.kind == DecoderKind::Correlated)
-    }
-
-    /// Rows of 0/1 bytes, `self.matching.num_detectors()` wide.
-    fn unpacked(&self, events: &PackedShots, start: usize, end: usize) -> Array2<u8> {
-        let width = self.matching.num_detectors();
+    /// Rows of 0/1 bytes, `matching.num_detectors()` wide.
+    fn unpacked(matching: &Matching, events: &PackedShots, start: usize, end: usize) -> Array2<u8> {
+        let width = matching.num_detectors();
         let mut rows = Array2::<u8>::zeros((end - start, width));
         for (r, s) in (start..end).enumerate() {
             for k in events.hits(s) {
@@ -133,26 +154,6 @@ impl MatchingDecoder {
         out
     }
 
-    fn decode_hard(&self, events: &PackedShots) -> Result<PackedShots, DecodeError> {
-        let packed_width = self.matching.num_detectors().div_ceil(8);
-        let fault_ids = self.matching.num_fault_ids();
-        if packed_width == events.stride() && fault_ids == self.num_observables {
-            let view = ArrayView2::from_shape((events.num_shots(), events.stride()), events.as_bytes())
-                .expect("packed shots are rectangular");
-            let result = self.matching.decode_batch_with_options(
-                view,
-                self.options().with_bit_packed_shots(true).with_bit_packed_predictions(true),
-            )?;
-            let bytes = result.predictions.into_raw_vec_and_offset().0;
-            return Ok(PackedShots::from_bytes(bytes, self.num_observables)?);
-        }
-        // The graph's detector or fault count differs from the DEM's declared
-        // one (unused trailing detectors, say): go through unpacked rows.
-        let rows = self.unpacked(events, 0, events.num_shots());
-        let result = self.matching.decode_batch_with_options(rows.view(), self.options())?;
-        Ok(self.pack_predictions(&result.predictions))
-    }
-
     /// Predictions and the per-observable weight gaps (`num_shots × num_observables`, row-major).
     pub fn decode_with_gaps(&self, events: &PackedShots) -> Result<(PackedShots, Vec<f64>), DecodeError> {
         let decoded = self.gaps_in_slices(events, GAP_CHUNK, &|| false)?;
@@ -167,6 +168,7 @@ impl MatchingDecoder {
         slice: usize,
         stop: &dyn Fn() -> bool,
     ) -> Result<Option<(PackedShots, Vec<f64>)>, DecodeError> {
+        let matching = self.gap_matching()?;
         let n = events.num_shots();
         let mut predictions = PackedShots::zeros(0, self.num_observables);
         let mut gaps = Vec::with_capacity(n * self.num_observables);
@@ -175,8 +177,8 @@ impl MatchingDecoder {
                 return Ok(None);
             }
             let end = (start + slice).min(n);
-            let rows = self.unpacked(events, start, end);
-            let result = self.matching.decode_gap_batch(rows.view())?;
+            let rows = Self::unpacked(matching, events, start, end);
+            let result = matching.decode_gap_batch(rows.view())?;
             predictions.extend(&self.pack_predictions(&result.predictions));
             for r in 0..end - start {
                 for o in 0..self.num_observables {
@@ -204,7 +206,7 @@ impl Decoder for MatchingDecoder {
     fn decode_batch(&mut self, events: &PackedShots) -> Result<Decisions, DecodeError> {
         self.check_width(events)?;
         match self.calibration {
-            None => Ok(Decisions { predictions: self.decode_hard(events)?, confidence: None }),
+            None => Ok(Decisions { predictions: self.blossom.decode(events)?, confidence: None }),
             Some(calibration) => {
                 let (predictions, gaps) = self.decode_with_gaps(events)?;
                 let confidence = gaps.chunks(self.num_observables.max(1)).map(|g| calibration.confidence(g)).collect();

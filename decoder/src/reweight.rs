@@ -1,5 +1,5 @@
 //! Matching with per-shot edge weights, through a cxx bridge of our own into
-//! PyMatching's C++ (`cxx/reweight.cc`).
+//! PyMatching's C++ (`cxx/matching.cc`).
 //!
 //! PyMatching builds its blossom graph once, with integer weights scaled from
 //! the detector error model's. [`WeightedMatching`] keeps that graph and,
@@ -31,7 +31,7 @@ mod ffi {
     }
 
     unsafe extern "C++" {
-        include!("decoder/cxx/reweight.h");
+        include!("decoder/cxx/matching.h");
 
         type ReweightMatching;
 

@@ -1,13 +1,10 @@
-#include "decoder/cxx/reweight.h"
+// The one translation unit that compiles PyMatching's sources (see
+// pymatching_core.h), and qecd's two classes over them (see matching.h).
+#include "decoder/cxx/pymatching_core.h"
 
-#include <cmath>
-#include <stdexcept>
-#include <string>
-
+#include "decoder/cxx/matching.h"
+#include "decoder/src/blossom.rs.h"
 #include "decoder/src/reweight.rs.h"
-#include "pymatching/sparse_blossom/driver/mwpm_decoding.h"
-#include "pymatching/sparse_blossom/driver/user_graph.h"
-#include "stim.h"
 
 namespace qecd {
 
@@ -22,6 +19,75 @@ std::uint32_t* weight_slot(pm::DetectorNode& from, pm::DetectorNode* to) {
 }
 
 }  // namespace
+
+struct MwpmHolder {
+  pm::Mwpm mwpm;
+};
+
+struct UserGraphHolder {
+  pm::UserGraph graph;
+};
+
+PackedMatching::PackedMatching(rust::Str dem_text, bool correlated) : correlated_(correlated) {
+  stim::DetectorErrorModel dem(std::string(dem_text).c_str());
+  num_detectors_ = dem.count_detectors();
+  num_observables_ = dem.count_observables();
+  graph_ = std::make_unique<UserGraphHolder>(
+      UserGraphHolder{pm::detector_error_model_to_user_graph(dem, correlated, pm::NUM_DISTINCT_WEIGHTS)});
+  // Built now, so that the first batch does not pay for it.
+  if (correlated_) {
+    graph_->graph.get_mwpm_with_search_graph();
+  } else {
+    graph_->graph.get_mwpm();
+  }
+  observables_.resize(std::max<std::size_t>(graph_->graph.get_num_observables(), num_observables_));
+}
+
+PackedMatching::~PackedMatching() = default;
+
+std::uint64_t PackedMatching::num_detectors() const { return num_detectors_; }
+std::uint64_t PackedMatching::num_observables() const { return num_observables_; }
+
+void PackedMatching::decode_packed(
+    rust::Slice<const std::uint8_t> shots, std::size_t num_shots, rust::Slice<std::uint8_t> predictions) {
+  const std::size_t stride = (num_detectors_ + 7) / 8;
+  const std::size_t out_stride = (num_observables_ + 7) / 8;
+  if (shots.size() != num_shots * stride || predictions.size() != num_shots * out_stride) {
+    throw std::invalid_argument(
+        "got " + std::to_string(shots.size()) + " bytes of shots and room for " +
+        std::to_string(predictions.size()) + " bytes of predictions for " + std::to_string(num_shots) +
+        " shots of " + std::to_string(stride) + " and " + std::to_string(out_stride) + " bytes");
+  }
+  auto& graph = graph_->graph;
+  pm::Mwpm& mwpm = correlated_ ? graph.get_mwpm_with_search_graph() : graph.get_mwpm();
+  const std::uint8_t* row = shots.data();
+  std::uint8_t* out = predictions.data();
+  for (std::size_t s = 0; s < num_shots; s++, row += stride, out += out_stride) {
+    events_.clear();
+    for (std::size_t b = 0; b < stride; b++) {
+      for (unsigned bits = row[b]; bits != 0; bits &= bits - 1) {
+        const std::uint64_t detector = 8 * b + static_cast<unsigned>(std::countr_zero(bits));
+        if (detector >= num_detectors_) {
+          throw std::invalid_argument(
+              "shot " + std::to_string(s) + " has detection event " + std::to_string(detector) +
+              " but the model has " + std::to_string(num_detectors_) + " detectors");
+        }
+        events_.push_back(detector);
+      }
+    }
+    std::fill(observables_.begin(), observables_.end(), 0);
+    pm::total_weight_int weight = 0;
+    pm::decode_detection_events(mwpm, events_, observables_.data(), weight, correlated_);
+    std::fill(out, out + out_stride, 0);
+    for (std::size_t o = 0; o < num_observables_; o++) {
+      out[o / 8] |= static_cast<std::uint8_t>((observables_[o] & 1) << (o % 8));
+    }
+  }
+}
+
+std::unique_ptr<PackedMatching> new_packed_matching(rust::Str dem_text, bool correlated) {
+  return std::make_unique<PackedMatching>(dem_text, correlated);
+}
 
 ReweightMatching::ReweightMatching(rust::Str dem_text, double max_weight) {
   stim::DetectorErrorModel dem(std::string(dem_text).c_str());
@@ -59,8 +125,8 @@ ReweightMatching::ReweightMatching(rust::Str dem_text, double max_weight) {
   if (max_weight > own_max) {
     graph.add_or_merge_boundary_edge(graph.get_num_nodes(), {}, max_weight, 0.0, pm::DISALLOW);
   }
-  mwpm_ = std::make_unique<pm::Mwpm>(graph.to_mwpm(pm::NUM_DISTINCT_WEIGHTS, false));
-  auto& g = mwpm_->flooder.graph;
+  mwpm_ = std::make_unique<MwpmHolder>(MwpmHolder{graph.to_mwpm(pm::NUM_DISTINCT_WEIGHTS, false)});
+  auto& g = mwpm_->mwpm.flooder.graph;
   half_constant_ = g.normalising_constant / 2;
   for (const auto& e : edges_) {
     pm::DetectorNode& a = g.nodes[e.node1];
@@ -103,9 +169,9 @@ double ReweightMatching::run(rust::Slice<const std::uint64_t> events, rust::Slic
           std::to_string(num_detectors_) + " detectors");
     }
   }
-  pm::MatchingResult result = pm::decode_detection_events_for_up_to_64_observables(*mwpm_, events_, false);
+  pm::MatchingResult result = pm::decode_detection_events_for_up_to_64_observables(mwpm_->mwpm, events_, false);
   for (std::size_t o = 0; o < num_observables_; o++) observables[o] = (result.obs_mask >> o) & 1;
-  return static_cast<double>(result.weight) / mwpm_->flooder.graph.normalising_constant;
+  return static_cast<double>(result.weight) / mwpm_->mwpm.flooder.graph.normalising_constant;
 }
 
 double ReweightMatching::decode(rust::Slice<const std::uint64_t> events, rust::Slice<std::uint8_t> observables) {
