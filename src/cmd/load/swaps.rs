@@ -23,6 +23,7 @@
 //!   when a shot left the neural engine on a backlog, a budget or a full
 //!   engine) name no version and are counted, not compared.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -210,7 +211,7 @@ pub fn check(plan: &Plan, swaps: &Swaps, streams: &[(&ShotSet, &[Tally])], sampl
     let (known, mut faults) = known_versions(plan, swaps);
     let mut seen: BTreeMap<String, std::collections::BTreeSet<u64>> = Default::default();
     // Each version's sessions, with the shots they played.
-    let mut by_version: BTreeMap<(&str, u64, &str), Vec<(&ShotSet, &SessionLog)>> = BTreeMap::new();
+    let mut by_version: BTreeMap<(&str, u64, &str), Vec<Played>> = BTreeMap::new();
     for (set, tallies) in streams {
         for t in *tallies {
             let mut last: HashMap<&str, u64> = Default::default();
@@ -303,6 +304,9 @@ pub fn check(plan: &Plan, swaps: &Swaps, streams: &[(&ShotSet, &[Tally])], sampl
     Ok(faults > 0)
 }
 
+/// A session, and the shots it played.
+type Played<'a> = (&'a ShotSet, &'a SessionLog);
+
 /// Up to `k` of `list` (in open order): half from those `special` says
 /// (more if the others are too few), evenly spread, and the rest evenly
 /// spread over the others.
@@ -366,9 +370,9 @@ impl Decoders {
                 m
             }
         };
-        if !self.layouts.contains_key(&set.d) {
+        if let Entry::Vacant(slot) = self.layouts.entry(set.d) {
             let circuit: stim::Circuit = set.circuit.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-            self.layouts.insert(set.d, StabilizerLayout::from_circuit(&circuit, Basis::Z)?);
+            slot.insert(StabilizerLayout::from_circuit(&circuit, Basis::Z)?);
         }
         let layout = &self.layouts[&set.d];
         let neural: Vec<_> = session.answers.iter().filter(|a| a.neural).collect();
