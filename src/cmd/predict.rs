@@ -81,9 +81,8 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let circuit = args.circuit.as_ref().map(|p| super::read_circuit(p)).transpose()?;
     let dem = match (&args.dem, &circuit) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            text.parse::<stim::DetectorErrorModel>()
-                .map_err(|e| anyhow::anyhow!("{}: not a detector error model: {e}", path.display()))?
+            let file = simulator_bridge::DemFile::read(path)?;
+            file.text().parse::<stim::DetectorErrorModel>().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         (None, Some(circuit)) => super::decoding_dem(circuit)?,
         (None, None) => unreachable!("clap requires --dem or --circuit"),

@@ -6,6 +6,12 @@
 //! case's strong id is sinter's: a SHA-256 over the circuit, the decoder, the
 //! DEM and the metadata, so resumed sweeps find their earlier lines and
 //! `sinter combine` merges what `qecd sweep` writes.
+//!
+//! A case may decode with a DEM from a file instead of its circuit's
+//! ([`Case::with_decoder_dem`]; `qecd sweep --decoder-dem`). That DEM is the
+//! one its strong id hashes, as sinter's `Task(detector_error_model=...)`
+//! does, and its metadata names the file and its hash (`dem`,
+//! `dem_sha256`): lines decoded with different DEMs never sum as one case.
 
 use std::io::Write;
 use std::path::Path;
@@ -15,7 +21,7 @@ use anyhow::Result;
 use decoder::{DecoderKind, NeuralModel};
 use models::posterior::PosteriorModel;
 use sha2::{Digest, Sha256};
-use simulator_bridge::{MemoryExperiment, NoiseModel};
+use simulator_bridge::{DemFile, MemoryExperiment, NoiseModel};
 
 use crate::decoders::decoding_dem;
 
@@ -75,9 +81,11 @@ pub struct Case {
     pub noise: NoiseModel,
     /// The noisy circuit and its DEM.
     pub texts: Arc<CircuitTexts>,
+    /// The DEM its decoder uses instead of the circuit's, if any.
+    pub decoder_dem: Option<Arc<DemFile>>,
     /// sinter's json_metadata.
     pub metadata: serde_json::Value,
-    /// sha256 over circuit, decoder, DEM and metadata, as sinter's strong id.
+    /// sha256 over circuit, decoder, decoding DEM and metadata, as sinter's strong id.
     pub strong_id: String,
     /// The model of a neural case.
     pub model: Option<Arc<NeuralModel>>,
@@ -110,26 +118,49 @@ impl Case {
         if let Some((name, _)) = &posterior {
             metadata["model"] = (*name).into();
         }
-        let identity = Identity {
-            circuit: &texts.circuit,
-            decoder: decoder.name(),
-            decoder_error_model: &texts.dem,
-            json_metadata: &metadata,
-            postselection_mask: (),
-        };
-        let mut hasher = HashWriter(Sha256::new());
-        serde_json::to_writer(&mut hasher, &identity)?;
-        let strong_id = format!("{:x}", hasher.0.finalize());
-        Ok(Self {
+        let mut case = Self {
             decoder,
             experiment,
             noise,
             texts,
+            decoder_dem: None,
             metadata,
-            strong_id,
+            strong_id: String::new(),
             model: model.map(|m| m.1),
             posterior: posterior.map(|p| p.1),
-        })
+        };
+        case.strong_id = case.identity_hash()?;
+        Ok(case)
+    }
+
+    /// The same case decoded with `dem` instead of its circuit's DEM (which
+    /// must fit the circuit: the caller checks, with [`DemFile::misfit`]).
+    /// Its metadata names the file and its hash, and its strong id hashes `dem`.
+    pub fn with_decoder_dem(mut self, dem: Arc<DemFile>) -> Result<Self> {
+        self.metadata["dem"] = dem.file_name().into();
+        self.metadata["dem_sha256"] = dem.short_hash().into();
+        self.decoder_dem = Some(dem);
+        self.strong_id = self.identity_hash()?;
+        Ok(self)
+    }
+
+    /// The DEM its decoder is built from: the file's, else the circuit's.
+    pub fn dem_text(&self) -> &str {
+        self.decoder_dem.as_ref().map_or(&self.texts.dem, |d| d.text())
+    }
+
+    /// sinter's strong id of the case.
+    fn identity_hash(&self) -> Result<String> {
+        let identity = Identity {
+            circuit: &self.texts.circuit,
+            decoder: self.decoder.name(),
+            decoder_error_model: self.dem_text(),
+            json_metadata: &self.metadata,
+            postselection_mask: (),
+        };
+        let mut hasher = HashWriter(Sha256::new());
+        serde_json::to_writer(&mut hasher, &identity)?;
+        Ok(format!("{:x}", hasher.0.finalize()))
     }
 
     /// A short label for progress messages.
@@ -159,5 +190,38 @@ mod tests {
         });
         assert_eq!(case.strong_id, format!("{:x}", Sha256::digest(identity.to_string().as_bytes())));
         assert_eq!(case.texts.num_detectors, 8 * 3);
+    }
+
+    /// A case decoding with a DEM file hashes that DEM as sinter's
+    /// `decoder_error_model` and names the file and its hash in its metadata.
+    #[test]
+    fn a_decoder_dem_enters_the_metadata_and_the_strong_id() {
+        let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
+        let noise = NoiseModel::Si1000 { p: 0.003 };
+        let texts = Arc::new(CircuitTexts::build(exp, noise).unwrap());
+        let plain = Case::build(DecoderKind::Correlated, exp, noise, texts.clone(), None, None).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        // The circuit's DEM at twice its p: the same graph, other weights.
+        let other = CircuitTexts::build(exp, NoiseModel::Si1000 { p: 0.006 }).unwrap().dem;
+        let path = tmp.path().join("other.dem");
+        std::fs::write(&path, &other).unwrap();
+        let file = Arc::new(DemFile::read(&path).unwrap());
+        let case = Case::build(DecoderKind::Correlated, exp, noise, texts, None, None)
+            .unwrap()
+            .with_decoder_dem(file.clone())
+            .unwrap();
+        assert_eq!(case.dem_text(), other);
+        assert_eq!(case.metadata["dem"], "other.dem");
+        assert_eq!(case.metadata["dem_sha256"], format!("{:x}", Sha256::digest(other.as_bytes()))[..12]);
+        let identity = serde_json::json!({
+            "circuit": case.texts.circuit,
+            "decoder": "correlated",
+            "decoder_error_model": other,
+            "postselection_mask": null,
+            "json_metadata": case.metadata,
+        });
+        assert_eq!(case.strong_id, format!("{:x}", Sha256::digest(identity.to_string().as_bytes())));
+        assert_ne!(case.strong_id, plain.strong_id);
+        assert_eq!(plain.dem_text(), plain.texts.dem);
     }
 }

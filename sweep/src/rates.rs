@@ -21,6 +21,9 @@ pub struct Measured {
     pub decoder: String,
     /// The neural model's file name, if the metadata names one.
     pub model: Option<String>,
+    /// The DEM file the decoder used instead of the circuit's, as "NAME
+    /// SHA256-PREFIX", if the metadata names one (`qecd sweep --decoder-dem`).
+    pub dem: Option<String>,
     /// Memory basis, as the metadata writes it.
     pub basis: Option<String>,
     /// Noise model name.
@@ -89,6 +92,10 @@ impl Measured {
         Ok(Self {
             decoder,
             model: meta_text(meta, "model"),
+            dem: meta_text(meta, "dem").map(|name| match meta_text(meta, "dem_sha256") {
+                Some(hash) => format!("{name} {hash}"),
+                None => name,
+            }),
             basis: meta_text(meta, "basis"),
             noise: meta_text(meta, "noise"),
             p: meta_text(meta, "p").map(|text| (text.parse().unwrap_or(f64::NAN), text)),
@@ -97,6 +104,17 @@ impl Measured {
             count: ErrorCount { shots: row.shots - row.discards, errors: row.errors },
             seconds: row.seconds,
         })
+    }
+
+    /// The decoder's name, with the DEM file it used if any:
+    /// `correlated [learned.dem 3f2a9c0b1d2e]`. Tables and plots keep cases
+    /// apart by it, so a decoder with a learned DEM is never merged with the
+    /// same decoder on the circuit's own.
+    pub fn decoder_label(&self) -> String {
+        match &self.dem {
+            Some(dem) => format!("{} [{dem}]", self.decoder),
+            None => self.decoder.clone(),
+        }
     }
 
     /// The per-shot rate and its interval.
@@ -156,5 +174,16 @@ mod tests {
         bad = row(10, 1, 5);
         bad.json_metadata["r"] = json!(0);
         assert!(Measured::from_row(&bad).unwrap_err().to_string().contains("'r' (rounds)"));
+    }
+
+    #[test]
+    fn a_decoder_dem_labels_the_decoder() {
+        let mut r = row(500, 10, 5);
+        assert_eq!(Measured::from_row(&r).unwrap().decoder_label(), "neural");
+        r.json_metadata["dem"] = json!("learned.dem");
+        r.json_metadata["dem_sha256"] = json!("3f2a9c0b1d2e");
+        let m = Measured::from_row(&r).unwrap();
+        assert_eq!(m.dem.as_deref(), Some("learned.dem 3f2a9c0b1d2e"));
+        assert_eq!(m.decoder_label(), "neural [learned.dem 3f2a9c0b1d2e]");
     }
 }

@@ -14,7 +14,9 @@
 //! "saturated" instead of a number.
 //!
 //! Cases are the CSV's per-strong-id totals, merged when they share decoder,
-//! model and (basis, noise, p, d, r). A decoder stays one column across
+//! decoding DEM file, model and (basis, noise, p, d, r). A decoder with a DEM
+//! file (`qecd sweep --decoder-dem`) has a column of its own, named after
+//! the file ([`Measured::decoder_label`]). A decoder stays one column across
 //! distances even with a model per distance; only when two models of one
 //! decoder meet on the same row does each model get its own column.
 
@@ -121,22 +123,26 @@ fn entries(cases: &[StatsRow]) -> Result<(Vec<Entry>, Vec<String>)> {
         .map(Measured::from_row)
         .filter(|m| m.as_ref().map_or(true, |m| m.count.shots > 0))
         .collect::<Result<_>>()?;
+    let labels: Vec<String> = measured.iter().map(Measured::decoder_label).collect();
     // Decoders with two models on one row get a column per model.
     let split: Vec<&str> = measured
         .iter()
         .enumerate()
         .filter(|(i, a)| {
-            measured[..*i].iter().any(|b| b.decoder == a.decoder && b.model != a.model && Key::of(a).same(&Key::of(b)))
+            measured[..*i]
+                .iter()
+                .enumerate()
+                .any(|(j, b)| labels[j] == labels[*i] && b.model != a.model && Key::of(a).same(&Key::of(b)))
         })
-        .map(|(_, m)| m.decoder.as_str())
+        .map(|(i, _)| labels[i].as_str())
         .collect();
     let mut columns: Vec<String> = Vec::new();
     let mut out: Vec<Entry> = Vec::new();
-    for m in &measured {
-        let name = if split.contains(&m.decoder.as_str()) {
-            format!("{} ({})", m.decoder, m.model.as_deref().unwrap_or("no model"))
+    for (m, label) in measured.iter().zip(&labels) {
+        let name = if split.contains(&label.as_str()) {
+            format!("{label} ({})", m.model.as_deref().unwrap_or("no model"))
         } else {
-            m.decoder.clone()
+            label.clone()
         };
         let column = match columns.iter().position(|c| *c == name) {
             Some(c) => c,
@@ -496,6 +502,21 @@ mod tests {
         // Without the baseline, no ratio columns, and a note.
         let md = render(&cases, By::Case, "matching", "x").unwrap();
         assert!(!md.contains('÷') && md.contains("No ratios: the baseline 'matching'"), "{md}");
+    }
+
+    /// A decoder decoding with a DEM file is a column of its own, compared
+    /// with the baseline on the circuit's own DEM; it never merges with it.
+    #[test]
+    fn a_decoder_dem_gets_its_own_column() {
+        let mut learned = row("correlated", 3, 3, 1_000, 10);
+        learned.json_metadata["dem"] = json!("learned.dem");
+        learned.json_metadata["dem_sha256"] = json!("3f2a9c0b1d2e");
+        learned.strong_id = "learned".into();
+        let cases = vec![row("correlated", 3, 3, 1_000, 20), learned];
+        let (entries, columns) = entries(&cases).unwrap();
+        assert_eq!(columns, ["correlated", "correlated [learned.dem 3f2a9c0b1d2e]"]);
+        let counts: Vec<(usize, u64)> = entries.iter().map(|e| (e.column, e.m.count.errors)).collect();
+        assert_eq!(counts, [(0, 20), (1, 10)]);
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! experiments (10,000 rounds at d=5 is 240,000 detectors a shot) keep each
 //! thread's memory and each batch's time bounded. Cases on the same circuit
 //! share its text and DEM ([`CircuitTexts`]).
+//!
+//! With `--decoder-dem`, shots still come from each case's circuit, but its
+//! decoder is built from the file that fits the circuit ([`pick_dem`]). Every
+//! file is read, and every case given its file, before the CSV is opened or a
+//! shot sampled: a bad file or a case that no file (or two) fits writes nothing.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -30,7 +35,7 @@ use indicatif::ProgressBar;
 use models::posterior::PosteriorModel;
 use sha2::{Digest, Sha256};
 use simulator_bridge::sample::{derive_seed, resolve_threads};
-use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots};
+use simulator_bridge::{Basis, DemFile, DemShape, MemoryExperiment, NoiseModel, PackedShots};
 
 use crate::case::{Case, CircuitTexts};
 use crate::decoders::{build_decoder, load_model, load_posterior};
@@ -84,6 +89,13 @@ pub struct SweepArgs {
     /// The posterior model of neural-matching cases. Default: the one built into qecd.
     #[arg(long)]
     pub posterior: Option<PathBuf>,
+    /// Detector error models (Stim's text format; `qecd learn-noise` writes
+    /// one) that the decoders use instead of each circuit's own DEM. Shots
+    /// still come from the circuit; each case decodes with the one file whose
+    /// detectors and observables fit its circuit. The CSV records the file
+    /// and its sha256. The neural decoder uses no DEM.
+    #[arg(long, value_delimiter = ',', value_name = "FILE")]
+    pub decoder_dem: Vec<PathBuf>,
     /// After the sweep, plot every case in --out (earlier runs' included):
     /// LER per round against distance, as `qecd plot` draws it.
     #[arg(long)]
@@ -145,7 +157,7 @@ pub fn run_case(
     record: &(dyn Fn(&StatsRow) -> Result<()> + Sync),
 ) -> Result<ErrorCount> {
     let make_decoder = |circuit: &stim::Circuit| {
-        build_decoder(case.decoder, &case.texts.dem, Some(circuit), case.model.as_ref(), case.posterior.as_ref())
+        build_decoder(case.decoder, case.dem_text(), Some(circuit), case.model.as_ref(), case.posterior.as_ref())
     };
     run_case_with(case, run, bar, record, &make_decoder)
 }
@@ -236,6 +248,29 @@ fn parse_shard(text: &str) -> Result<(usize, usize)> {
     Ok((i, n))
 }
 
+/// The file of `files` that decodes shots of a circuit of shape `circuit`;
+/// an error naming the circuit (`label`), its counts and the files when none
+/// or more than one fits.
+pub fn pick_dem<'a>(files: &'a [Arc<DemFile>], circuit: &DemShape, label: &str) -> Result<&'a Arc<DemFile>> {
+    let fits: Vec<&Arc<DemFile>> = files.iter().filter(|f| f.misfit(circuit).is_none()).collect();
+    match fits[..] {
+        [one] => Ok(one),
+        [] => {
+            let why: Vec<String> =
+                files.iter().filter_map(|f| Some(format!("{}: {}", f.path().display(), f.misfit(circuit)?))).collect();
+            bail!("case {label} ({}): no --decoder-dem file fits it ({})", circuit.counts(), why.join("; "))
+        }
+        _ => {
+            let names: Vec<String> = fits.iter().map(|f| f.path().display().to_string()).collect();
+            bail!(
+                "case {label} ({}): --decoder-dem files {} all fit it; give one file per circuit",
+                circuit.counts(),
+                names.join(", ")
+            )
+        }
+    }
+}
+
 /// Expands the command line into cases, in a stable order.
 pub fn cases(
     decoders: &[DecoderKind],
@@ -316,28 +351,11 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         }
         _ => Vec::new(),
     };
-    let file = match &args.out {
-        Some(path) => {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            if f.metadata()?.len() == 0 {
-                writeln!(f, "{CSV_HEADER}")?;
-            }
-            Some(Mutex::new(f))
-        }
-        None => None,
-    };
-    let record = |row: &StatsRow| -> Result<()> {
-        if let Some(f) = &file {
-            let mut f = f.lock().expect("csv lock");
-            f.write_all(format!("{}\n", row.to_csv_line()).as_bytes())?;
-            f.flush()?;
-        }
-        Ok(())
-    };
+    let decoder_dems: Vec<Arc<DemFile>> =
+        args.decoder_dem.iter().map(|p| Ok(Arc::new(DemFile::read(p)?))).collect::<Result<_>>()?;
+    let mut dems_used = vec![false; decoder_dems.len()];
+    // The shape of the last circuit built, for picking its DEM file.
+    let mut shape: Option<(Arc<CircuitTexts>, DemShape)> = None;
 
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let bar = shot_bar(0, "sweep");
@@ -381,6 +399,28 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         } else {
             None
         };
+        let dem = if decoder_dems.is_empty() || decoder == DecoderKind::Neural {
+            None
+        } else {
+            let circuit = match &shape {
+                Some((of, circuit)) if Arc::ptr_eq(of, &texts) => circuit,
+                _ => {
+                    let parsed: stim::Circuit = texts.circuit.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    &shape.insert((texts.clone(), DemShape::of_circuit(&parsed)?)).1
+                }
+            };
+            let label = format!(
+                "d={} r={} memory-{} {} p={}",
+                experiment.distance,
+                experiment.rounds,
+                experiment.basis,
+                noise.name(),
+                noise.p()
+            );
+            let file = pick_dem(&decoder_dems, circuit, &label)?;
+            dems_used[decoder_dems.iter().position(|f| Arc::ptr_eq(f, file)).expect("one of them")] = true;
+            Some(file.clone())
+        };
         let case = Case::build(
             decoder,
             experiment,
@@ -389,6 +429,10 @@ pub fn run(args: &SweepArgs) -> Result<()> {
             model,
             posterior.as_ref().map(|(n, m)| (n.as_str(), m.clone())),
         )?;
+        let case = match dem {
+            Some(dem) => case.with_decoder_dem(dem)?,
+            None => case,
+        };
         let prior_rows: Vec<&StatsRow> = existing.iter().filter(|r| r.strong_id == case.strong_id).collect();
         let prior = prior_rows.iter().fold(ErrorCount::default(), |mut acc, r| {
             acc += ErrorCount { shots: r.shots, errors: r.errors };
@@ -397,6 +441,35 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         bar.inc_length(limits.max_shots.saturating_sub(prior.shots));
         built.push((case, prior, prior_rows.len() as u64));
     }
+    for (file, _) in decoder_dems.iter().zip(&dems_used).filter(|(_, used)| !**used) {
+        eprintln!(
+            "warning: --decoder-dem {} ({}) fits no case of this run",
+            file.path().display(),
+            file.shape().counts()
+        );
+    }
+    let file = match &args.out {
+        Some(path) => {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            if f.metadata()?.len() == 0 {
+                writeln!(f, "{CSV_HEADER}")?;
+            }
+            Some(Mutex::new(f))
+        }
+        None => None,
+    };
+    let record = |row: &StatsRow| -> Result<()> {
+        if let Some(f) = &file {
+            let mut f = f.lock().expect("csv lock");
+            f.write_all(format!("{}\n", row.to_csv_line()).as_bytes())?;
+            f.flush()?;
+        }
+        Ok(())
+    };
     let mut table = Vec::new();
     for (case, prior, generation) in &built {
         let run = CaseRun { prior: *prior, generation: *generation, limits, threads: args.threads, seed };
@@ -414,6 +487,14 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     print_table(&table);
+    for (file, _) in decoder_dems.iter().zip(&dems_used).filter(|(_, used)| **used) {
+        println!(
+            "decoded with {} (sha256 {}) for circuits of {}",
+            file.path().display(),
+            file.short_hash(),
+            file.shape().counts()
+        );
+    }
     if let Some(path) = &args.out {
         eprintln!("statistics appended to {}", path.display());
         if let Some(png) = &args.plot {
@@ -531,6 +612,70 @@ mod tests {
             assert_eq!(other.len(), 5);
             assert!(other.iter().all(|b| !shots.contains(b)), "seed {seed}, generation {generation} reused a batch");
         }
+    }
+
+    fn dem_file(dir: &std::path::Path, name: &str, exp: MemoryExperiment, noise: NoiseModel) -> Arc<DemFile> {
+        let path = dir.join(name);
+        std::fs::write(&path, &texts(exp, noise).dem).unwrap();
+        Arc::new(DemFile::read(&path).unwrap())
+    }
+
+    /// Each circuit takes the one file that fits it; none or two is an error
+    /// naming the case, its counts and the files.
+    #[test]
+    fn each_circuit_takes_the_one_dem_file_that_fits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let noise = NoiseModel::Si1000 { p: 0.003 };
+        let shape = |d, r| {
+            let exp = MemoryExperiment::new(d, r, Basis::Z).unwrap();
+            DemShape::of_circuit(&texts(exp, noise).circuit.parse().unwrap()).unwrap()
+        };
+        let d3 = dem_file(tmp.path(), "d3.dem", MemoryExperiment::new(3, 3, Basis::Z).unwrap(), noise);
+        let d5 = dem_file(tmp.path(), "d5.dem", MemoryExperiment::new(5, 5, Basis::Z).unwrap(), noise);
+        let files = [d3.clone(), d5.clone()];
+        assert!(Arc::ptr_eq(pick_dem(&files, &shape(3, 3), "d=3").unwrap(), &d3));
+        assert!(Arc::ptr_eq(pick_dem(&files, &shape(5, 5), "d=5").unwrap(), &d5));
+        let none = pick_dem(&files, &shape(3, 4), "d=3 r=4").unwrap_err().to_string();
+        assert!(
+            none.starts_with("case d=3 r=4 (32 detectors and 1 observable): no --decoder-dem file fits it ("),
+            "{none}"
+        );
+        assert!(none.contains("d3.dem: it has 24 detectors and 1 observable"), "{none}");
+        assert!(none.contains("d5.dem: it has 120 detectors"), "{none}");
+        let twice = pick_dem(&[d3.clone(), d3.clone()], &shape(3, 3), "d=3").unwrap_err().to_string();
+        assert!(twice.contains("(24 detectors and 1 observable): --decoder-dem files"), "{twice}");
+        assert!(twice.contains("all fit it; give one file per circuit"), "{twice}");
+    }
+
+    /// A case decoding with its circuit's own DEM from a file makes the same
+    /// errors on the same batches as without it; another DEM makes others.
+    #[test]
+    fn a_decoder_dem_decodes_the_same_shots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let exp = MemoryExperiment::new(3, 3, Basis::Z).unwrap();
+        let noise = NoiseModel::Si1000 { p: 0.01 };
+        let rows_of = |case: &Case| {
+            let rows = Mutex::new(Vec::new());
+            let record = |r: &StatsRow| {
+                rows.lock().unwrap().push((r.shots, r.errors));
+                Ok(())
+            };
+            let limits = Limits { max_shots: 20_000, max_errors: u64::MAX };
+            let run = CaseRun { prior: ErrorCount::default(), generation: 0, limits, threads: 2, seed: 4 };
+            run_case(case, &run, &ProgressBar::hidden(), &record).unwrap();
+            let mut rows = rows.into_inner().unwrap();
+            rows.sort();
+            rows
+        };
+        let case = || Case::build(DecoderKind::Correlated, exp, noise, texts(exp, noise), None, None).unwrap();
+        let plain = rows_of(&case());
+        let own = case().with_decoder_dem(dem_file(tmp.path(), "own.dem", exp, noise)).unwrap();
+        assert_eq!(rows_of(&own), plain);
+        // A uniform depolarizing DEM at p=0.01 weighs the same graph otherwise.
+        let other_noise = NoiseModel::UniformDepolarizing { p: 0.01 };
+        let other = case().with_decoder_dem(dem_file(tmp.path(), "other.dem", exp, other_noise)).unwrap();
+        let errors = |rows: &[(u64, u64)]| rows.iter().map(|r| r.1).sum::<u64>();
+        assert_ne!(errors(&rows_of(&other)), errors(&plain));
     }
 
     /// Stopping at max-errors, and resuming without redoing recorded work.

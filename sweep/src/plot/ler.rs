@@ -96,6 +96,7 @@ impl Point {
 /// One curve.
 #[derive(Clone, Debug)]
 pub(super) struct Series {
+    /// The decoder, with its DEM file if any ([`Measured::decoder_label`]).
     pub(super) decoder: String,
     /// The distance, when the curve runs along rounds.
     pub(super) d: Option<u32>,
@@ -151,7 +152,8 @@ pub(super) fn collect_series(cases: &[StatsRow], across: Across) -> Result<Vec<S
             Across::Rounds => (m.rounds.log10(), Some(m.d)),
         };
         let point = Point { x, errors: m.count.errors, saturated: m.saturated(), fit: m.per_round() };
-        let candidate = Series { decoder: m.decoder, d, noise: m.noise, p: m.p, basis: m.basis, points: Vec::new() };
+        let candidate =
+            Series { decoder: m.decoder_label(), d, noise: m.noise, p: m.p, basis: m.basis, points: Vec::new() };
         match series.iter_mut().find(|s| s.same_curve(&candidate)) {
             Some(s) => s.points.push(point),
             None => series.push(Series { points: vec![point], ..candidate }),
@@ -528,5 +530,30 @@ mod tests {
             assert!(p.fit.high <= hi && (p.errors == 0 || p.fit.low >= lo));
         }
         assert!(lo < hi);
+    }
+
+    /// A decoder with a DEM file is a curve of its own, labelled with the file.
+    #[test]
+    fn a_decoder_dem_is_a_curve_of_its_own() {
+        let mut cases = sample();
+        for d in [3, 5] {
+            let mut learned = row("correlated", d, 100_000, 100);
+            learned.json_metadata["dem"] = serde_json::json!("learned.dem");
+            learned.json_metadata["dem_sha256"] = serde_json::json!("3f2a9c0b1d2e");
+            learned.strong_id += "-learned";
+            cases.push(learned);
+        }
+        let series = collect_series(&cases, Across::Distance).unwrap();
+        let labels: Vec<String> = series.iter().map(Series::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "correlated, si1000 p=0.003, memory-Z",
+                "correlated [learned.dem 3f2a9c0b1d2e], si1000 p=0.003, memory-Z",
+                "pymatching, si1000 p=0.003, memory-Z"
+            ]
+        );
+        assert_eq!(series[1].points.iter().map(|p| p.errors).collect::<Vec<_>>(), [100, 100]);
+        assert_eq!(series[0].points.iter().map(|p| p.errors).collect::<Vec<_>>(), [1_900, 310, 0]);
     }
 }
