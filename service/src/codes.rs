@@ -14,6 +14,10 @@
 //! [`predicted_bytes`] until it is done). Past either bound, the least
 //! recently used entry that no stream holds is dropped; when every entry is
 //! held, a new code is refused before any work is done on it.
+//!
+//! A code the operator gave a DEM file for ([`crate::code_dem`]) is built
+//! with that DEM; the file stays with the cache, so a code evicted and
+//! opened again is built with it again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +28,7 @@ use simulator_bridge::Basis;
 use tracing::{info, warn};
 
 use crate::api::{CodeSpec, Fault, Status};
+use crate::code_dem::CodeDem;
 use crate::session::CircuitInfo;
 
 /// How often a waiting open asks whether its client has gone.
@@ -35,9 +40,9 @@ pub const POLL: Duration = Duration::from_millis(50);
 pub const PREDICTED_BYTES_PER_DETECTOR: usize = 1200;
 
 /// What tells two codes apart: distance, basis, rounds, noise model's name and p's bits.
-type CodeKey = (usize, Basis, usize, String, u64);
+pub(crate) type CodeKey = (usize, Basis, usize, String, u64);
 
-fn key_of(code: &CodeSpec) -> CodeKey {
+pub(crate) fn key_of(code: &CodeSpec) -> CodeKey {
     (code.distance, code.basis, code.rounds, code.noise.name(), code.noise.p().to_bits())
 }
 
@@ -90,6 +95,8 @@ impl Limits {
 /// The built codes of a server, shared by its streams.
 pub struct CodeCache {
     limits: Limits,
+    /// The operator's DEM files, by code.
+    dems: HashMap<CodeKey, Arc<CodeDem>>,
     state: Mutex<State>,
 }
 
@@ -134,9 +141,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CodeCache {
-    /// An empty cache with these bounds.
-    pub fn new(limits: Limits) -> Arc<Self> {
-        Arc::new(Self { limits, state: Mutex::new(State::default()) })
+    /// An empty cache with these bounds, building the codes of `dems` with their files.
+    pub fn new(limits: Limits, dems: &[Arc<CodeDem>]) -> Arc<Self> {
+        let dems = dems.iter().map(|d| (key_of(&d.code), d.clone())).collect();
+        Arc::new(Self { limits, dems, state: Mutex::new(State::default()) })
+    }
+
+    /// The operator's DEM file for `code`, if any.
+    pub fn dem_of(&self, code: &CodeSpec) -> Option<&Arc<CodeDem>> {
+        self.dems.get(&key_of(code))
     }
 
     /// The built code, building it on a thread of its own (or waiting for a
@@ -266,7 +279,8 @@ impl CodeCache {
     fn run_build(&self, key: CodeKey, code: CodeSpec, build: Arc<Build>) {
         let stop = || build.stop.load(Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let result = match CircuitInfo::build(&code, &stop) {
+        let dem = self.dems.get(&key);
+        let result = match CircuitInfo::build(&code, dem.map(|d| &d.file), &stop) {
             Ok(Some(info)) => Ok(Arc::new(info)),
             Ok(None) => {
                 info!(%code, elapsed = ?started.elapsed(), "code build stopped: no open waits for it");
@@ -279,7 +293,10 @@ impl CodeCache {
             ))),
         };
         if result.is_ok() {
-            info!(%code, elapsed = ?started.elapsed(), "code built");
+            match dem {
+                Some(dem) => info!(%code, dem = %dem.describe(), elapsed = ?started.elapsed(), "code built"),
+                None => info!(%code, elapsed = ?started.elapsed(), "code built"),
+            }
         }
         self.finish(&key, &build, result);
     }
@@ -372,7 +389,7 @@ mod tests {
     }
 
     fn cache(max_codes: usize, max_mib: usize) -> Arc<CodeCache> {
-        CodeCache::new(Limits { max_codes, max_mib })
+        CodeCache::new(Limits { max_codes, max_mib }, &[])
     }
 
     const STAY: &dyn Fn() -> bool = &|| false;
@@ -426,7 +443,7 @@ mod tests {
     fn predicted_bytes_are_near_the_built_codes_bytes() {
         for (d, rounds) in [(3, 3), (3, 50), (5, 5), (7, 7), (11, 11)] {
             let c = code(d, rounds);
-            let built = CircuitInfo::build(&c, STAY).unwrap().unwrap().estimated_bytes();
+            let built = CircuitInfo::build(&c, None, STAY).unwrap().unwrap().estimated_bytes();
             let predicted = predicted_bytes(&c);
             assert!(predicted * 2 > built && predicted < built * 2, "d={d} rounds={rounds}: {predicted} vs {built}");
         }
@@ -506,10 +523,33 @@ mod tests {
         assert!(Arc::ptr_eq(&info, &cache.get(&c, STAY).unwrap()));
     }
 
+    /// A code the operator gave a DEM for is built with it, again after an
+    /// eviction; other codes keep their circuit's.
+    #[test]
+    fn a_code_dem_is_what_its_code_decodes_with() {
+        let tmp = tempfile::tempdir().unwrap();
+        let other =
+            CircuitInfo::build(&CodeSpec::new(3, Basis::Z, 3, None, Some(0.01)).unwrap(), None, STAY).unwrap().unwrap();
+        let path = tmp.path().join("other.dem");
+        std::fs::write(&path, other.dem_text()).unwrap();
+        let spec = crate::code_dem::CodeDemSpec { code: code(3, 3), path };
+        let dem = Arc::new(crate::code_dem::CodeDem::load(&spec).unwrap());
+        let cache = CodeCache::new(Limits { max_codes: 1, max_mib: 1024 }, &[dem]);
+        let own = CircuitInfo::build(&code(3, 3), None, STAY).unwrap().unwrap();
+        assert_ne!(own.dem_text(), other.dem_text());
+        assert_eq!(cache.get(&code(3, 3), STAY).unwrap().dem_text(), other.dem_text());
+        let own5 = CircuitInfo::build(&code(3, 5), None, STAY).unwrap().unwrap();
+        assert_eq!(cache.get(&code(3, 5), STAY).unwrap().dem_text(), own5.dem_text());
+        // d=3, 5 rounds evicted d=3, 3 rounds: built again, with the file again.
+        assert_eq!(cache.get(&code(3, 3), STAY).unwrap().dem_text(), other.dem_text());
+        assert_eq!(cache.stats().builds, 3);
+        assert!(cache.dem_of(&code(3, 3)).is_some() && cache.dem_of(&code(3, 5)).is_none());
+    }
+
     #[test]
     fn the_smallest_p_builds() {
         let c = CodeSpec::new(3, Basis::Z, 3, None, Some(crate::api::MIN_P)).unwrap();
-        assert!(CircuitInfo::build(&c, STAY).unwrap().is_some());
+        assert!(CircuitInfo::build(&c, None, STAY).unwrap().is_some());
     }
 
     /// A hub starts building its prebuild codes without waiting for them;

@@ -5,7 +5,8 @@
 //! `GetStats` ([`stats`]) and the FPGA bridge's listener and client
 //! ([`bridge`]).
 //!
-//! Codes are built once and kept, within bounds ([`codes`]).
+//! Codes are built once and kept, within bounds ([`codes`]), each with its
+//! circuit's DEM or the one its operator gave ([`code_dem`]).
 //!
 //! It owns the service's own request and reply types ([`api`]): gRPC is an
 //! adapter over them in the `qecd-grpc` crate, and the bridge maps its
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod batch;
 pub mod bridge;
+pub mod code_dem;
 pub mod codes;
 pub mod registry;
 pub mod session;
@@ -99,6 +101,9 @@ pub struct ServerOptions {
     pub code_cache_mib: usize,
     /// Codes built at start-up, before the first stream asks.
     pub prebuild: Vec<CodeSpec>,
+    /// Codes decoded with a DEM from a file instead of their circuit's
+    /// ([`code_dem::load_all`] checks them).
+    pub code_dems: Vec<Arc<code_dem::CodeDem>>,
     /// Most reply bytes a stream may leave unread (gRPC); past it the stream
     /// ends with RESOURCE_EXHAUSTED.
     pub max_reply_bytes: usize,
@@ -141,6 +146,7 @@ impl Default for ServerOptions {
             max_codes: 32,
             code_cache_mib: 1024,
             prebuild: Vec::new(),
+            code_dems: Vec::new(),
             max_reply_bytes: 1 << 20,
             max_bridge_connections: 64,
             handshake_timeout: std::time::Duration::from_secs(10),
@@ -169,7 +175,8 @@ impl Hub {
     /// building on a thread of their own, one after another: streams that
     /// open one of them meanwhile wait for its build.
     pub fn new(models: Models, options: ServerOptions) -> Self {
-        let codes = CodeCache::new(Limits { max_codes: options.max_codes, max_mib: options.code_cache_mib });
+        let limits = Limits { max_codes: options.max_codes, max_mib: options.code_cache_mib };
+        let codes = CodeCache::new(limits, &options.code_dems);
         let hub = Self { models, stats: Stats::default(), options, codes, next_stream: AtomicU64::new(0) };
         hub.prebuild();
         hub

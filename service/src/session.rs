@@ -20,7 +20,7 @@ use decoder::{
 };
 use models::posterior::PosteriorModel;
 use simulator_bridge::shots::unpack_bits;
-use simulator_bridge::{MemoryExperiment, RoundLayout, StabilizerLayout};
+use simulator_bridge::{DemFile, DemShape, MemoryExperiment, RoundLayout, StabilizerLayout};
 use tracing::{Span, error, info_span, warn};
 
 use crate::api::{
@@ -96,13 +96,29 @@ impl CircuitInfo {
     /// calibrations decode (every quarter of a second or so), so that a build
     /// nobody waits for any more ends soon: at d=3 with 1,000 rounds its
     /// longest stretch without asking, sampling the held-out shots, is 1.3 s.
-    pub fn build(code: &CodeSpec, stop: &dyn Fn() -> bool) -> anyhow::Result<Option<Self>> {
+    ///
+    /// With `decoder_dem`, the decoders and their calibrations use that DEM
+    /// instead of the circuit's (it must fit the circuit); the layouts still
+    /// come from the circuit.
+    pub fn build(
+        code: &CodeSpec,
+        decoder_dem: Option<&DemFile>,
+        stop: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Option<Self>> {
         let basis = code.basis;
         let circuit = MemoryExperiment::new(code.distance, code.rounds, basis)?.noisy_circuit(&code.noise)?;
         if stop() {
             return Ok(None);
         }
-        let dem = simulator_bridge::decoding_dem(&circuit)?;
+        let dem = match decoder_dem {
+            Some(file) => {
+                if let Some(why) = file.misfit(&DemShape::of_circuit(&circuit)?) {
+                    anyhow::bail!("{} does not fit the code's circuit: {why}", file.path().display());
+                }
+                file.text().parse().map_err(|e| anyhow::anyhow!("{}: {e}", file.path().display()))?
+            }
+            None => simulator_bridge::decoding_dem(&circuit)?,
+        };
         let dem_text = dem.to_string();
         let layout = StabilizerLayout::from_circuit(&circuit, basis)?;
         drop(circuit);

@@ -65,6 +65,13 @@ pub struct ServeArgs {
     /// `d=3,rounds=3,basis=Z,noise=si1000,p=0.003`, noise and p optional.
     #[arg(long = "prebuild", value_name = "CODE", default_values_t = default_prebuild())]
     pub prebuild: Vec<qecd_service::api::CodeSpec>,
+    /// Decode a code with this detector error model instead of its simulated
+    /// circuit's (repeatable): `d=3,rounds=10,p=0.003=learned.dem`, a code as
+    /// `--prebuild` takes it, then `=` and the file. Its matching decoders,
+    /// their confidence, the neural fallback and neural-matching use the
+    /// file; a file that does not parse or fit the code fails start-up.
+    #[arg(long = "code-dem", value_name = "CODE=FILE")]
+    pub code_dem: Vec<qecd_service::code_dem::CodeDemSpec>,
     /// Most reply bytes a gRPC stream may leave unread; past it the stream
     /// ends with RESOURCE_EXHAUSTED (the bridge cuts off a peer at 64 MiB).
     #[arg(long, default_value_t = 1 << 20)]
@@ -121,13 +128,7 @@ pub struct ServeArgs {
 
 /// The hub a server built from these arguments uses.
 pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
-    let engine = StreamOptions { threads: args.engine_threads.max(1), ..StreamOptions::default() };
-    let checkpoints = Loaded::all(args.models.as_deref())?;
-    let mut models = Models::serve(checkpoints, &engine, args.device)?;
-    if let Some(dir) = &args.models {
-        models = models.confined_to(dir)?;
-    }
-    let options = ServerOptions {
+    let mut options = ServerOptions {
         max_streams: args.max_streams,
         max_backlog: args.max_backlog.max(1),
         bridge_poll: std::time::Duration::from_micros(args.bridge_poll_us),
@@ -144,6 +145,14 @@ pub fn hub(args: &ServeArgs) -> Result<Arc<Hub>> {
         drain_timeout: seconds("--drain-timeout", args.drain_timeout)?,
         ..ServerOptions::default()
     };
+    // The operator's DEM files before the models: a bad one fails at once.
+    options.code_dems = qecd_service::code_dem::load_all(&args.code_dem, &options)?;
+    let engine = StreamOptions { threads: args.engine_threads.max(1), ..StreamOptions::default() };
+    let checkpoints = Loaded::all(args.models.as_deref())?;
+    let mut models = Models::serve(checkpoints, &engine, args.device)?;
+    if let Some(dir) = &args.models {
+        models = models.confined_to(dir)?;
+    }
     Ok(Arc::new(Hub::new(models, options)))
 }
 
@@ -169,6 +178,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // Certificates and the token first: a bad file fails before models load.
     let security = qecd_grpc::Security::load(tls_files(args).as_ref(), args.token_file.as_deref())?;
     let hub = hub(args)?;
+    for dem in &hub.options.code_dems {
+        tracing::info!(code = %dem.code, dem = %dem.describe(), "the code decodes with the operator's DEM");
+    }
     let _watcher = match (&args.models, args.watch_models) {
         (Some(dir), true) => Some(Watcher::start(&hub, dir, POLL)?),
         _ => None,
@@ -190,7 +202,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         let versions: Vec<String> = hub.models.all().iter().map(|m| m.version.to_string()).collect();
         let bridge_on = bridge.as_ref().map(|b| format!("; bridge on {}", b.addr())).unwrap_or_default();
         let tls = if security.has_tls() { " (TLS)" } else { "" };
-        println!("qecd serve: gRPC on {addr}{tls}{bridge_on}; models: {}", versions.join(", "));
+        let dems: Vec<String> =
+            hub.options.code_dems.iter().map(|d| format!("{} with {}", d.code, d.describe())).collect();
+        let dems_on = if dems.is_empty() { String::new() } else { format!("; code DEMs: {}", dems.join(", ")) };
+        println!("qecd serve: gRPC on {addr}{tls}{bridge_on}; models: {}{dems_on}", versions.join(", "));
         use std::io::Write;
         std::io::stdout().flush()?;
         // The bridge drains beside gRPC, from the moment the signal comes.
