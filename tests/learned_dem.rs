@@ -485,3 +485,41 @@ fn a_bad_code_dem_fails_start_up_naming_the_flag_the_code_and_the_file() {
     let err = start_up_failure(&["--code-dem", "d=3,rounds=3"]);
     assert!(err.contains("is not CODE=FILE"), "{err}");
 }
+
+/// `qecd replay --dem FILE` checks a bridge that decodes its code with
+/// `--code-dem` against matching with that file: every answer agrees. Without
+/// `--dem` replay checks against the circuit's own DEM, and the answers that
+/// the file decides differently are reported as differing.
+#[test]
+fn replay_checks_a_code_dem_server_against_the_same_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let other = own_dem(tmp.path(), "other.dem", 3, 5, "depolarizing", "0.003");
+    let exp = tmp.path().join("exp");
+    ok(&["sample", "-d", "3", "-r", "5", "--p", "0.01", "--shots", "400", "--seed", "9", "--out-dir", p(&exp)]);
+    let (_server, line) = serve(&[
+        "--code-dem",
+        &format!("d=3,rounds=5={}", p(&other)),
+        "--prebuild",
+        "d=3,rounds=5",
+        "--bridge-listen",
+        "127.0.0.1:0",
+    ]);
+    let bridge = line.split("bridge on ").nth(1).unwrap().split(';').next().unwrap().trim().to_string();
+    let replay = |extra: &[&str]| {
+        let mut args = vec!["replay", "--dir", p(&exp), "--addr", &bridge, "--decoder", "matching"];
+        args.extend_from_slice(extra);
+        qecd(&args)
+    };
+    let with = replay(&["--dem", p(&other)]);
+    let out = String::from_utf8_lossy(&with.stdout);
+    assert_eq!(with.status.code(), Some(0), "{out}\n{}", String::from_utf8_lossy(&with.stderr));
+    let without = replay(&[]);
+    let err = String::from_utf8_lossy(&without.stderr);
+    assert_eq!(without.status.code(), Some(1), "{err}");
+    assert!(err.contains("answers differ from offline decoding"), "{err}");
+
+    let d5 = own_dem(tmp.path(), "d5.dem", 5, 3, "si1000", "0.003");
+    let misfit = replay(&["--dem", p(&d5)]);
+    let err = String::from_utf8_lossy(&misfit.stderr);
+    assert!(!misfit.status.success() && err.contains("--dem") && err.contains("d5.dem"), "{err}");
+}

@@ -75,6 +75,11 @@ pub struct ReplayArgs {
     /// experiment starts, and the server builds each new code's circuit and matching decoders on OPEN.
     #[arg(long, default_value_t = 500)]
     pub settle_ms: u64,
+    /// The DEM the server decodes this code with (`qecd serve --code-dem`):
+    /// replay checks the server's matching answers against matching with this
+    /// file, not with the code's simulated circuit.
+    #[arg(long)]
+    pub dem: Option<PathBuf>,
     /// Give up when no reply comes for this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_s: u64,
@@ -244,7 +249,16 @@ fn plan(args: &ReplayArgs) -> Result<Plan> {
             rounds.iter().map(|bits| Events::from_packed(pack_bits(bits), bits.len())).collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let dem = super::decoding_dem(&ours)?;
+    let dem = match &args.dem {
+        Some(path) => {
+            let file = simulator_bridge::DemFile::read(path)?;
+            if let Some(why) = file.misfit(&simulator_bridge::DemShape::of_circuit(&ours)?) {
+                bail!("--dem {}: {why}", path.display());
+            }
+            file.text().parse::<stim::DetectorErrorModel>().map_err(|e| anyhow!("{}: {e}", path.display()))?
+        }
+        None => super::decoding_dem(&ours)?,
+    };
     Ok(Plan { d, basis, rounds, layout, events, actual, frames, dem })
 }
 
