@@ -111,7 +111,7 @@ impl Plan {
 pub struct Swap {
     /// When its answer came: sessions opened later must get this version or a newer one.
     done: Instant,
-    /// The name it was loaded as.
+    /// The name it was asked to serve the file as.
     name: String,
     /// `NAME@N:HASH` as answered, and its `N`.
     version: String,
@@ -154,7 +154,7 @@ pub async fn run(
             let n = parse_version(&loaded.version).map(|v| v.1).context("LoadModel answered no NAME@N version")?;
             out.loads.push(Swap {
                 done: Instant::now(),
-                name: loaded.name,
+                name: name.to_string(),
                 version: loaded.version,
                 n,
                 path: path.to_path_buf(),
