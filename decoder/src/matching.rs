@@ -21,13 +21,24 @@ const GAP_CHUNK: usize = 4096;
 /// 1,000 rounds decodes about one detector-shot a microsecond).
 pub const STOP_CHECK_EVENTS: usize = 1 << 18;
 
+/// The `pymatching` crate's graph, which may move to another thread.
+struct GapMatching(Matching);
+
+// SAFETY: `Matching` owns its C++ graph and plain Rust caches of its edges.
+// The C++ side keeps no thread-local state (its one global, the noise
+// generator, is behind a mutex), so the graph may move to another thread and
+// be used there. It must not be used from two threads at once (decoding
+// through `&self` changes the C++ graph): it is not `Sync`, and `OnceCell`
+// keeps `MatchingDecoder` from being `Sync` either.
+unsafe impl Send for GapMatching {}
+
 /// Matching or correlated matching over one detector error model.
 pub struct MatchingDecoder {
     /// PyMatching's graph as this crate compiles it, for hard decisions.
     blossom: PackedMatching,
     /// The `pymatching` crate's graph of the same model, for weight gaps;
     /// built on the first decoding that needs them.
-    gaps: OnceCell<Matching>,
+    gaps: OnceCell<GapMatching>,
     /// The model's text, which both graphs are built from.
     dem_text: String,
     kind: DecoderKind,
@@ -64,11 +75,11 @@ impl MatchingDecoder {
     /// The `pymatching` crate's graph, built on first use.
     fn gap_matching(&self) -> Result<&Matching, DecodeError> {
         if let Some(m) = self.gaps.get() {
-            return Ok(m);
+            return Ok(&m.0);
         }
         let dem: stim::DetectorErrorModel = self.dem_text.parse()?;
         let m = Matching::from_detector_error_model_with_options(&dem, self.kind == DecoderKind::Correlated)?;
-        Ok(self.gaps.get_or_init(|| m))
+        Ok(&self.gaps.get_or_init(|| GapMatching(m)).0)
     }
 
     /// Reports a confidence for every shot, mapped from the weight gap by `calibration`.

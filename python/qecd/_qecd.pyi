@@ -12,8 +12,10 @@ DecoderName = Literal["matching", "correlated", "belief", "neural", "neural-matc
 class Decoder:
     """A qecd decoder for one detector error model.
 
-    Each of its ``num_threads`` worker threads builds its own decoder once;
-    every batch is split across them, and decoding releases the GIL.
+    It builds one decoder per decoding thread once: the calling thread's,
+    and ``num_threads - 1`` worker threads'. Every batch is split across
+    them (a small one stays on the calling thread), and decoding releases
+    the GIL.
     """
 
     @staticmethod
@@ -33,7 +35,8 @@ class Decoder:
                 ``qecd.zoo()``); for ``neural-matching``, a posterior model path
                 (default: the built-in one). The DEM's detectors must carry
                 (x, y, t) coordinates that the model's layout fits.
-            num_threads: worker threads (0: one per core).
+            num_threads: decoding threads, the calling thread included
+                (0: one per core).
 
         Raises:
             ValueError: an unknown decoder, a DEM that does not parse, a
@@ -83,7 +86,7 @@ class Decoder:
 
     @property
     def num_threads(self) -> int:
-        """Worker threads decoding each batch."""
+        """Threads decoding each batch, the calling thread included."""
 
 def decoder_names() -> list[str]:
     """The decoder names ``Decoder.from_dem`` takes."""

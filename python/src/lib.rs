@@ -3,9 +3,10 @@
 //!
 //! A `Decoder` (`PyDecoder`) resolves everything that can be refused (decoder name,
 //! DEM, model and its fit to the DEM's detectors) in `from_dem`, then keeps
-//! one decoder per worker thread (`pool`) for its whole life, so sinter's
-//! stream of small batches pays for graph building once. Decoding releases
-//! the GIL. Shapes and dtypes are checked before anything is decoded
+//! one decoder per decoding thread (`pool`; the calling thread is one of
+//! them) for its whole life, so sinter's stream of small batches pays for
+//! graph building once and for no hand-off between threads. Decoding
+//! releases the GIL. Shapes and dtypes are checked before anything is decoded
 //! (`arrays`). The sinter glue is Python (`qecd/_sinter.py`); this crate
 //! must not import sinter, and it never links libtorch (no `train` feature).
 #![deny(missing_docs)]
@@ -44,7 +45,7 @@ struct PyDecoder {
     plain: Pool,
     /// Workers that do, started on the first `decode_batch_with_confidence`.
     confident: Mutex<Option<Arc<Pool>>>,
-    /// Worker threads per pool.
+    /// Decoding threads per pool, the caller's included.
     threads: usize,
 }
 
@@ -132,7 +133,7 @@ impl PyDecoder {
         self.spec.num_observables
     }
 
-    /// Worker threads decoding each batch.
+    /// Threads decoding each batch, the calling thread included.
     #[getter]
     fn num_threads(&self) -> usize {
         self.plain.threads()

@@ -7,14 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use decoder::{
-    BeliefMatching, BpOptions, DecodeError, Decoder, DecoderKind, GapCalibration, MatchingDecoder, NeuralDecoder,
+    BeliefMatching, BpOptions, DecodeError, DecoderKind, GapCalibration, MatchingDecoder, NeuralDecoder,
     NeuralMatching, NeuralModel,
 };
 use models::posterior::PosteriorModel;
 use models::{Checkpoint, Positions};
 use simulator_bridge::StabilizerLayout;
 
-use crate::pool::Make;
+use crate::pool::{BoxedDecoder, Make};
 
 use decoder::confidence::{CALIBRATION_SEED, CALIBRATION_SHOTS};
 
@@ -120,7 +120,7 @@ impl Spec {
     /// confidences through `calibration` where the decoder needs one.
     pub fn make(self: &Arc<Self>, calibration: Option<GapCalibration>) -> Make {
         let spec = self.clone();
-        Arc::new(move || -> Result<Box<dyn Decoder>, DecodeError> {
+        Arc::new(move || -> Result<BoxedDecoder, DecodeError> {
             Ok(match spec.kind {
                 DecoderKind::Matching | DecoderKind::Correlated => {
                     let d = MatchingDecoder::from_dem_text(&spec.dem_text, spec.kind)?;

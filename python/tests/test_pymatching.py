@@ -55,6 +55,10 @@ def test_thread_counts_and_input_forms_agree(d5_dem: stim.DetectorErrorModel, d5
     np.testing.assert_array_equal(three.decode_batch(dets.astype(np.uint8)), base)
     # A strided (non-contiguous) view decodes as its copy does.
     np.testing.assert_array_equal(three.decode_batch(dets[::2]), base[::2])
+    # Small batches, which the calling thread decodes alone, and one just
+    # big enough to be split.
+    for n in (1, 40, 65):
+        np.testing.assert_array_equal(three.decode_batch(dets[:n]), base[:n])
     # An empty batch is no error.
     assert three.decode_batch(dets[:0]).shape == (0, 1)
 
