@@ -96,10 +96,26 @@ def memory_circuit_text(
 ) -> str:
     """qecd's memory-experiment circuit as Stim text (see ``qecd.memory_circuit``)."""
 
-def sweep_case_json(
-    decoder: str, distance: int, rounds: int, basis: str = "z", noise: str = "si1000", p: float = 0.003
-) -> str:
-    """One ``qecd sweep`` case as JSON: circuit, dem, decoder, json_metadata, strong_id."""
+def sweep_cases_json(
+    decoders: list[str],
+    distances: list[int],
+    rounds: list[str],
+    basis: str,
+    noise: str,
+    ps: list[float],
+    models: list[str],
+    posterior: str | None,
+    decoder_dems: list[str],
+) -> tuple[list[str], list[str]]:
+    """The cases of ``qecd sweep`` with these arguments (``rounds``: ``"d"`` or
+    numbers; empty ``models``: the zoo), one JSON object each (circuit, dem,
+    decoder, json_metadata, strong_id, model: ``Decoder.from_dem``'s
+    ``model=``), and a warning for each DEM file no case took.
+
+    Raises:
+        ValueError: what ``qecd sweep`` refuses (unknown decoder or noise, a
+            bad model or DEM file, no checkpoint or DEM file for a case).
+    """
 
 def zoo_json() -> list[str]:
     """The built-in neural models' cards, as JSON text."""

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import secrets
 import time
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
 
-from ._qecd import Decoder, sweep_case_json
+from ._qecd import Decoder, sweep_cases_json
 
-#: Decoders each worker process has built, by (decoder, DEM text).
-_DECODERS: dict[tuple[str, str], Decoder] = {}
+#: Decoders each worker process has built, by (decoder, DEM text, model).
+_DECODERS: dict[tuple[str, str, str | None], Decoder] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +39,21 @@ class SweepTask:
     dem: str
     """The decoding detector error model, as Stim text."""
     decoder: str
-    """A qecd decoder name (``matching``, ``correlated``, ``belief``)."""
+    """A qecd decoder name (``matching``, ``correlated``, ``belief``, ``neural``, ``neural-matching``)."""
     json_metadata: dict[str, Any]
     """sinter's ``json_metadata`` column."""
     strong_id: str
     """sinter's ``strong_id`` column: rows with the same id add up."""
+    model: str | None = None
+    """``Decoder.from_dem``'s ``model=``: for ``neural``, the name of a zoo
+    model (built into the extension, so it resolves on every worker) or a
+    checkpoint's absolute path; for ``neural-matching``, the posterior model's
+    absolute path, or ``None`` for the built-in one. A path must exist, with
+    the same file, on every worker."""
+
+
+def _absolute(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))
 
 
 def sweep_tasks(
@@ -51,21 +63,70 @@ def sweep_tasks(
     rounds: int | str = "d",
     basis: str = "z",
     noise: str = "si1000",
+    *,
+    models: Iterable[str | os.PathLike[str]] | None = None,
+    posterior: str | os.PathLike[str] | None = None,
+    decoder_dems: Iterable[str | os.PathLike[str]] | None = None,
 ) -> list[SweepTask]:
-    """The cases ``qecd sweep --decoders ... --distances ... --p ... --rounds ...`` runs.
+    """The cases ``qecd sweep --decoders ... --distances ... --p ... --rounds ...
+    [--model ...] [--posterior ...] [--decoder-dem ...]`` runs, in its order.
 
     ``rounds`` is a number or ``"d"`` (rounds = distance). The circuit, DEM,
-    metadata and strong id come from qecd's sweep code itself.
+    model, metadata and strong id of every case come from qecd's sweep code
+    itself, so the CLI and ``qecd.sweep`` add to the same rows.
+
+    Args:
+        models: neural checkpoints (``--model``); each ``neural`` case takes
+            the one of its distance and basis. ``None``: the zoo built into
+            qecd (``qecd.zoo()``), which every worker has.
+        posterior: the posterior model of ``neural-matching`` cases
+            (``--posterior``); ``None``: the built-in one.
+        decoder_dems: DEM files (``--decoder-dem``) that every decoder but
+            ``neural`` decodes with instead of its circuit's DEM: each case
+            takes the one file that fits its circuit. Shots still come from
+            the circuit; the metadata names the file and its hash, and the
+            DEM's text travels in the task (workers need no copy).
+
+    Model paths are made absolute here; workers on other machines need the
+    same files at the same paths.
+
+    Raises:
+        ValueError: an unknown decoder or noise model, a model file that is
+            missing or not a model, no checkpoint for a neural case's distance
+            and basis, a DEM file that does not parse or that no case (or two
+            files for one case) fits, or a model that does not fit its case's
+            DEM.
     """
+    cases, unused = sweep_cases_json(
+        list(decoders),
+        [int(d) for d in distances],
+        [str(rounds)],
+        basis,
+        noise,
+        [float(p) for p in ps],
+        [_absolute(m) for m in models or ()],
+        None if posterior is None else _absolute(posterior),
+        [_absolute(f) for f in decoder_dems or ()],
+    )
+    for warning in unused:
+        warnings.warn(warning, stacklevel=2)
     tasks = []
-    for d in distances:
-        r = d if rounds == "d" else int(rounds)
-        for p in ps:
-            for name in decoders:
-                case = json.loads(sweep_case_json(name, d, r, basis, noise, p))
-                tasks.append(
-                    SweepTask(case["circuit"], case["dem"], case["decoder"], case["json_metadata"], case["strong_id"])
-                )
+    for text in cases:
+        case = json.loads(text)
+        task = SweepTask(
+            case["circuit"], case["dem"], case["decoder"], case["json_metadata"], case["strong_id"], case["model"]
+        )
+        if task.model is not None or task.decoder == "neural-matching":
+            # Refuse here, not on a worker, a model that does not fit the case's DEM.
+            try:
+                Decoder.from_dem(task.dem, task.decoder, model=task.model, num_threads=1)
+            except ValueError as e:
+                meta = task.json_metadata
+                raise ValueError(
+                    f"case {task.decoder} d={meta['d']} r={meta['r']} p={meta['p']} "
+                    f"(model {meta.get('model')}): {e}"
+                ) from None
+        tasks.append(task)
     return tasks
 
 
@@ -86,10 +147,10 @@ def run_batch(task: SweepTask, shots: int, seed: int) -> tuple[int, int, float]:
     import stim
 
     start = time.monotonic()
-    key = (task.decoder, task.dem)
+    key = (task.decoder, task.dem, task.model)
     decoder = _DECODERS.get(key)
     if decoder is None:
-        decoder = _DECODERS[key] = Decoder.from_dem(task.dem, task.decoder, num_threads=1)
+        decoder = _DECODERS[key] = Decoder.from_dem(task.dem, task.decoder, model=task.model, num_threads=1)
     sampler = stim.Circuit(task.circuit).compile_detector_sampler(seed=seed)
     dets, obs = sampler.sample(shots, separate_observables=True, bit_packed=True)
     predictions = decoder.decode_batch(dets, bit_packed=True)

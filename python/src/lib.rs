@@ -15,6 +15,7 @@ mod arrays;
 mod pool;
 mod spec;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use decoder::{DecodeError, DecoderKind};
@@ -22,6 +23,8 @@ use numpy::{PyArray1, PyArray2};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
+use qecd_sweep::case::{Case, CircuitTexts};
+use qecd_sweep::inputs::CaseInputs;
 
 use crate::pool::Pool;
 use crate::spec::Spec;
@@ -183,42 +186,97 @@ fn memory_circuit_text(distance: usize, rounds: usize, basis: &str, noise: &str,
     Ok(experiment.noisy_circuit(&noise).map_err(invalid)?.to_string())
 }
 
-/// One case of `qecd sweep` as JSON: its circuit and decoding DEM texts, its
-/// sinter `json_metadata` and its `strong_id`, computed by the sweep's own
-/// code (`qecd_sweep::case`), so that `qecd.sweep` and `qecd sweep` append to
-/// and resume from the same CSV rows.
+/// An error and its causes, each cause once: some errors print their source
+/// in their own message too.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// The cases of `qecd sweep --decoders ... --distances ... --rounds ... --basis
+/// ... --noise ... --p ... [--model ...] [--posterior ...] [--decoder-dem ...]`,
+/// in its order, one JSON object each: the circuit's text, the decoding DEM's
+/// text (a `--decoder-dem` file's where one fits), the decoder, sinter's
+/// `json_metadata` and `strong_id`, and `model`, what `Decoder.from_dem`
+/// takes as `model=` for the case (a zoo name or checkpoint path for neural,
+/// the posterior path or null for neural-matching). The sweep's own code
+/// makes every case (`qecd_sweep::inputs`), so `qecd.sweep` and `qecd sweep`
+/// append to and resume from the same CSV rows. Also returns a warning for
+/// each DEM file that no case took.
 #[pyfunction]
-#[pyo3(signature = (decoder, distance, rounds, basis = "z", noise = "si1000", p = 0.003))]
-fn sweep_case_json(
-    decoder: &str,
-    distance: usize,
-    rounds: usize,
+#[pyo3(signature = (decoders, distances, rounds, basis, noise, ps, models, posterior, decoder_dems))]
+#[allow(clippy::too_many_arguments)]
+fn sweep_cases_json(
+    py: Python<'_>,
+    decoders: Vec<String>,
+    distances: Vec<usize>,
+    rounds: Vec<String>,
     basis: &str,
     noise: &str,
-    p: f64,
-) -> PyResult<String> {
-    let invalid = |e: &dyn std::fmt::Display| PyValueError::new_err(e.to_string());
-    let kind: DecoderKind = decoder.parse().map_err(|e| invalid(&e))?;
-    if !matches!(kind, DecoderKind::Matching | DecoderKind::Correlated | DecoderKind::Belief) {
-        return Err(PyValueError::new_err(format!(
-            "qecd.sweep runs matching, correlated and belief; '{kind}' needs a model and is not supported yet"
-        )));
-    }
-    let basis = basis.parse().map_err(|e| invalid(&e))?;
-    let experiment = simulator_bridge::MemoryExperiment::new(distance, rounds, basis).map_err(|e| invalid(&e))?;
-    let noise = simulator_bridge::NoiseModel::from_name(noise, p).map_err(|e| invalid(&e))?;
-    let texts = qecd_sweep::case::CircuitTexts::build(experiment, noise).map_err(|e| invalid(&format!("{e:#}")))?;
-    let texts = Arc::new(texts);
-    let case = qecd_sweep::case::Case::build(kind, experiment, noise, texts.clone(), None, None)
-        .map_err(|e| invalid(&format!("{e:#}")))?;
-    Ok(serde_json::json!({
-        "circuit": texts.circuit,
-        "dem": texts.dem,
-        "decoder": kind.name(),
-        "json_metadata": case.metadata,
-        "strong_id": case.strong_id,
+    ps: Vec<f64>,
+    models: Vec<PathBuf>,
+    posterior: Option<PathBuf>,
+    decoder_dems: Vec<PathBuf>,
+) -> PyResult<(Vec<String>, Vec<String>)> {
+    let invalid = |e: anyhow::Error| PyValueError::new_err(chain(&e));
+    let basis = basis.parse().map_err(|e: simulator_bridge::BridgeError| PyValueError::new_err(e.to_string()))?;
+    let noise = noise.to_owned();
+    py.detach(move || {
+        let kinds: Vec<DecoderKind> =
+            decoders.iter().map(|d| d.parse()).collect::<Result<_, DecodeError>>().map_err(to_py)?;
+        let all = qecd_sweep::sweep::cases(&kinds, &distances, &rounds, basis, &noise, &ps).map_err(invalid)?;
+        let mut inputs = CaseInputs::read(&models, posterior.as_deref(), &decoder_dems).map_err(invalid)?;
+        let mut cases: Vec<(Case, Option<String>)> = Vec::with_capacity(all.len());
+        for (kind, experiment, noise) in all {
+            // `cases` lists the decoders of a circuit together.
+            let circuit = match cases.last() {
+                Some((last, _)) if last.experiment == experiment && last.noise == noise => last.texts.clone(),
+                _ => Arc::new(CircuitTexts::build(experiment, noise).map_err(invalid)?),
+            };
+            let case = inputs.case(kind, experiment, noise, circuit).map_err(invalid)?;
+            let model = match kind {
+                DecoderKind::Neural => {
+                    let (path, model) = inputs.checkpoint(&experiment).map_err(invalid)?;
+                    let source = if inputs.zoo() { model.name().to_owned() } else { path.display().to_string() };
+                    Some(source)
+                }
+                DecoderKind::NeuralMatching => posterior.as_ref().map(|p| p.display().to_string()),
+                _ => None,
+            };
+            cases.push((case, model));
+        }
+        let json = cases
+            .iter()
+            .map(|(case, model)| {
+                serde_json::json!({
+                    "circuit": case.texts.circuit,
+                    "dem": case.dem_text(),
+                    "decoder": case.decoder.name(),
+                    "json_metadata": case.metadata,
+                    "strong_id": case.strong_id,
+                    "model": model,
+                })
+                .to_string()
+            })
+            .collect();
+        let unused = inputs
+            .decoder_dems()
+            .filter(|(_, used)| !used)
+            .map(|(file, _)| {
+                format!("decoder DEM {} ({}) fits no case of these tasks", file.path().display(), file.shape().counts())
+            })
+            .collect();
+        Ok((json, unused))
     })
-    .to_string())
 }
 
 /// The built-in neural models' cards, one JSON object each (`qecd.zoo()` parses them).
@@ -253,7 +311,7 @@ fn _qecd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decoder_names, m)?)?;
     m.add_function(wrap_pyfunction!(zoo_json, m)?)?;
     m.add_function(wrap_pyfunction!(memory_circuit_text, m)?)?;
-    m.add_function(wrap_pyfunction!(sweep_case_json, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep_cases_json, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

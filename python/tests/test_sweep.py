@@ -3,8 +3,10 @@ stopping rules, and the rows `qecd sweep` writes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -14,6 +16,7 @@ sinter = pytest.importorskip("sinter", reason="sinter is not installed (scripts/
 distributed = pytest.importorskip("distributed", reason="distributed is not installed (scripts/torch-env installs it)")
 
 import qecd  # noqa: E402
+import qecd._sweep  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -106,3 +109,109 @@ def test_same_rows_and_rates_as_qecd_sweep(client, tmp_path: pathlib.Path) -> No
     # The two halves agree within sampling noise (about 450 errors each).
     assert abs(ours - cli.errors) <= 4 * (ours + cli.errors) ** 0.5, (ours, cli.errors)
     assert _totals(out) == {cli.strong_id: (40_000, both.errors)}
+
+
+def _cli_sweep(out: pathlib.Path, *args: str) -> list:
+    run = subprocess.run(
+        [_qecd_binary(), "sweep", "--distances", "3", "--p", "0.003", "--threads", "2", "--seed", "1",
+         "--max-errors", "100000", "--out", str(out), *args],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, NO_COLOR="1"),
+    )
+    assert run.returncode == 0, run.stderr
+    return list(sinter.read_stats_from_csv_files(out))
+
+
+MODELS = ROOT / "fixtures" / "models"
+POSTERIOR = ROOT / "fixtures" / "posterior" / "posterior_z_si1000_p003.safetensors"
+
+
+@pytest.mark.skipif(_qecd_binary() is None, reason="no qecd binary (cargo build --release builds target/release/qecd)")
+def test_neural_cases_are_qecd_sweep_rows(tmp_path: pathlib.Path) -> None:
+    rows = _cli_sweep(tmp_path / "cli.csv", "--decoders", "neural,neural-matching", "--max-shots", "1000")
+    cli = {s.decoder: s for s in rows}
+    tasks = {t.decoder: t for t in qecd.sweep_tasks(["neural", "neural-matching"], [3], ps=[0.003])}
+    assert sorted(cli) == sorted(tasks) == ["neural", "neural-matching"]
+    for name, task in tasks.items():
+        assert (task.strong_id, task.json_metadata) == (cli[name].strong_id, cli[name].json_metadata), name
+    assert tasks["neural"].json_metadata["model"] == "d3_z_si1000_p003.safetensors"
+    assert tasks["neural"].model == "d3_z_si1000_p003"  # the zoo's name: every worker has it
+    assert tasks["neural-matching"].json_metadata["model"] == "posterior_z_si1000_p003"
+    assert tasks["neural-matching"].model is None  # the built-in posterior model
+    # Model files (--model, --posterior): their cases are the CLI's too, and
+    # the task carries each file's absolute path for the workers.
+    ckpt = MODELS / "d3_z_si1000_p003.safetensors"
+    rows = _cli_sweep(tmp_path / "files.csv", "--decoders", "neural,neural-matching", "--max-shots", "1000",
+                      "--model", str(ckpt), "--posterior", str(POSTERIOR))
+    files = {t.decoder: t for t in qecd.sweep_tasks(["neural", "neural-matching"], [3], models=[ckpt],
+                                                    posterior=POSTERIOR)}
+    assert {s.decoder: s.strong_id for s in rows} == {k: t.strong_id for k, t in files.items()}
+    assert files["neural"].model == str(ckpt) and files["neural-matching"].model == str(POSTERIOR)
+
+
+@pytest.mark.skipif(_qecd_binary() is None, reason="no qecd binary (cargo build --release builds target/release/qecd)")
+def test_neural_rates_agree_with_qecd_sweep(tmp_path: pathlib.Path) -> None:
+    [cli] = _cli_sweep(tmp_path / "cli.csv", "--decoders", "neural", "--max-shots", "20000")
+    [task] = qecd.sweep_tasks(["neural"], [3], ps=[0.003])
+    [ours] = qecd.sweep([task], out=tmp_path / "py.csv", max_shots=20_000, batch_shots=5_000)
+    assert (cli.shots, ours.shots, ours.strong_id) == (20_000, 20_000, cli.strong_id)
+    # The zoo's d=3 model fails about 1.7% of shots: about 340 errors each.
+    assert 100 < ours.errors < 1_000, ours.errors
+    pooled = (cli.errors + ours.errors) / 40_000
+    z = (ours.errors - cli.errors) / 20_000 / (pooled * (1 - pooled) * 2 / 20_000) ** 0.5
+    assert abs(z) < 4, (ours.errors, cli.errors, z)
+
+
+def test_decoder_dem_round_trip(tmp_path: pathlib.Path) -> None:
+    [plain_nm, plain_neural] = qecd.sweep_tasks(["neural-matching", "neural"], [3])
+    own = tmp_path / "own.dem"
+    own.write_text(plain_nm.dem)
+    [nm, neural] = qecd.sweep_tasks(["neural-matching", "neural"], [3], decoder_dems=[own])
+    assert nm.strong_id != plain_nm.strong_id and nm.dem == plain_nm.dem
+    assert nm.json_metadata == {**plain_nm.json_metadata, "dem": "own.dem",
+                                "dem_sha256": hashlib.sha256(own.read_bytes()).hexdigest()[:12]}
+    # The neural decoder uses no DEM: its case is unchanged.
+    assert neural == plain_neural
+    # The same seeds decode the same shots to the same errors.
+    for seed in (1, 2):
+        shots, errors, _ = qecd._sweep.run_batch(nm, 5_000, seed)
+        assert errors > 0 and (shots, errors) == qecd._sweep.run_batch(plain_nm, 5_000, seed)[:2]
+    if _qecd_binary() is not None:
+        [row] = _cli_sweep(tmp_path / "cli.csv", "--decoders", "neural-matching", "--max-shots", "1000",
+                           "--decoder-dem", str(own))
+        assert (row.strong_id, row.json_metadata) == (nm.strong_id, nm.json_metadata)
+
+
+def test_bad_models_and_dem_files_are_refused_by_name(tmp_path: pathlib.Path) -> None:
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(ValueError, match=f"{re.escape(str(missing))}: No such file"):
+        qecd.sweep_tasks(["neural"], [3], models=[missing])
+    d5 = MODELS / "d5_z_si1000_p003.safetensors"
+    with pytest.raises(ValueError, match=rf"no neural model for d=3 memory-Z \(models: {re.escape(str(d5))}\)"):
+        qecd.sweep_tasks(["neural"], [3], models=[d5])
+    # A neural checkpoint is no posterior model.
+    with pytest.raises(ValueError, match="d3_z_si1000_p003.safetensors: no 'qecd_posterior' metadata"):
+        qecd.sweep_tasks(["neural-matching"], [3], posterior=MODELS / "d3_z_si1000_p003.safetensors")
+    # The built-in posterior model is for Z memory.
+    with pytest.raises(ValueError, match="neural-matching d=3 .* posterior model 'posterior_z_si1000_p003' does not fit"):
+        qecd.sweep_tasks(["neural-matching"], [3], basis="x")
+    [d5_task] = qecd.sweep_tasks(["correlated"], [5])
+    d5_dem = tmp_path / "d5.dem"
+    d5_dem.write_text(d5_task.dem)
+    with pytest.raises(ValueError, match=rf"case d=3 r=3 .*no --decoder-dem file fits it \({re.escape(str(d5_dem))}: it has 120"):
+        qecd.sweep_tasks(["correlated"], [3], decoder_dems=[d5_dem])
+    # A file that fits no case, beside one that fits every case, is a warning.
+    [d3_task] = qecd.sweep_tasks(["correlated"], [3])
+    d3_dem = tmp_path / "d3.dem"
+    d3_dem.write_text(d3_task.dem)
+    with pytest.warns(UserWarning, match=f"decoder DEM {re.escape(str(d5_dem))} .* fits no case"):
+        [task] = qecd.sweep_tasks(["correlated"], [3], decoder_dems=[d3_dem, d5_dem])
+    assert task.json_metadata["dem"] == "d3.dem"
+
+
+def test_neural_tasks_run_on_dask_workers(client, tmp_path: pathlib.Path) -> None:
+    tasks = qecd.sweep_tasks(["neural", "neural-matching"], [3], models=[MODELS / "d3_z_si1000_p003.safetensors"])
+    stats = qecd.sweep(tasks, out=tmp_path / "s.csv", max_shots=4_000, batch_shots=1_000, client=client)
+    assert [s.shots for s in stats] == [4_000, 4_000]
+    assert all(0 < s.errors < 400 for s in stats), stats
+    built = client.run(lambda: sorted({(k[0], k[2]) for k in qecd._sweep._DECODERS if k[0].startswith("neural")}))
+    assert set().union(*map(set, built.values())) == {(t.decoder, t.model) for t in tasks}

@@ -8,9 +8,9 @@
 //! binary's `sweep`, `report`, `plot` and `plot-training` subcommands are the
 //! argument structs here, run by the functions beside them.
 //!
-//! A sweep builds every decoder from files and DEMs ([`decoders`]); the
-//! binary's other subcommands build theirs the same way, through the same
-//! functions.
+//! A sweep reads its models and DEM files once ([`inputs`]) and builds every
+//! decoder from files and DEMs ([`decoders`]); the binary's other subcommands
+//! build theirs the same way, through the same functions.
 //!
 //! It never serves requests: it knows nothing of gRPC, tokio or the FPGA
 //! bridge, and the service never links it (nor plotters, through it).
@@ -18,6 +18,7 @@
 
 pub mod case;
 pub mod decoders;
+pub mod inputs;
 pub mod plot;
 pub mod progress;
 pub mod rates;

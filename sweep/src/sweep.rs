@@ -17,7 +17,8 @@
 //! share its text and DEM ([`CircuitTexts`]).
 //!
 //! With `--decoder-dem`, shots still come from each case's circuit, but its
-//! decoder is built from the file that fits the circuit ([`pick_dem`]). Every
+//! decoder is built from the file that fits the circuit ([`pick_dem`], through
+//! [`CaseInputs`], which gives every case its models and file). Every
 //! file is read, and every case given its file, before the CSV is opened or a
 //! shot sampled: a bad file or a case that no file (or two) fits writes nothing.
 
@@ -30,15 +31,15 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use decoder::stats::{DEFAULT_LIKELIHOOD_FACTOR, ErrorCount};
-use decoder::{Decoder, DecoderKind, NeuralModel};
+use decoder::{Decoder, DecoderKind};
 use indicatif::ProgressBar;
-use models::posterior::PosteriorModel;
 use sha2::{Digest, Sha256};
 use simulator_bridge::sample::{derive_seed, resolve_threads};
 use simulator_bridge::{Basis, DemFile, DemShape, MemoryExperiment, NoiseModel, PackedShots};
 
 use crate::case::{Case, CircuitTexts};
-use crate::decoders::{build_decoder, load_model, load_posterior};
+use crate::decoders::build_decoder;
+use crate::inputs::CaseInputs;
 use crate::progress::shot_bar;
 use crate::sinter_csv::{self, CSV_HEADER, StatsRow};
 
@@ -351,88 +352,18 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         }
         _ => Vec::new(),
     };
-    let decoder_dems: Vec<Arc<DemFile>> =
-        args.decoder_dem.iter().map(|p| Ok(Arc::new(DemFile::read(p)?))).collect::<Result<_>>()?;
-    let mut dems_used = vec![false; decoder_dems.len()];
-    // The shape of the last circuit built, for picking its DEM file.
-    let mut shape: Option<(Arc<CircuitTexts>, DemShape)> = None;
+    let mut inputs = CaseInputs::read(&args.model, args.posterior.as_deref(), &args.decoder_dem)?;
 
     let seed = args.seed.unwrap_or_else(fresh_seed);
     let bar = shot_bar(0, "sweep");
     let mut built: Vec<(Case, ErrorCount, u64)> = Vec::new();
-    let checkpoints: Vec<(PathBuf, Arc<NeuralModel>)> = if args.model.is_empty() {
-        let zoo = NeuralModel::zoo()?;
-        zoo.into_iter().map(|m| (PathBuf::from(format!("{}.safetensors", m.name())), Arc::new(m))).collect()
-    } else {
-        args.model.iter().map(|p| Ok((p.clone(), load_model(p)?))).collect::<Result<_>>()?
-    };
-    let mut posterior_model: Option<(String, Arc<PosteriorModel>)> = None;
     for (decoder, experiment, noise) in mine {
-        let model = match decoder {
-            DecoderKind::Neural => {
-                let found = checkpoints
-                    .iter()
-                    .find(|(_, c)| c.distance() == experiment.distance && c.basis() == experiment.basis);
-                let (path, ckpt) = found.with_context(|| {
-                    let have: Vec<String> = checkpoints.iter().map(|(p, _)| p.display().to_string()).collect();
-                    format!(
-                        "no neural model for d={} memory-{} (models: {}); give one with --model",
-                        experiment.distance,
-                        experiment.basis,
-                        have.join(", ")
-                    )
-                })?;
-                Some((path.as_path(), ckpt.clone()))
-            }
-            _ => None,
-        };
         // `cases` lists the decoders of a circuit together.
         let texts = match built.last() {
             Some((last, ..)) if last.experiment == experiment && last.noise == noise => last.texts.clone(),
             _ => Arc::new(CircuitTexts::build(experiment, noise)?),
         };
-        let posterior = if decoder == DecoderKind::NeuralMatching {
-            if posterior_model.is_none() {
-                posterior_model = Some(load_posterior(args.posterior.as_deref())?);
-            }
-            posterior_model.clone()
-        } else {
-            None
-        };
-        let dem = if decoder_dems.is_empty() || decoder == DecoderKind::Neural {
-            None
-        } else {
-            let circuit = match &shape {
-                Some((of, circuit)) if Arc::ptr_eq(of, &texts) => circuit,
-                _ => {
-                    let parsed: stim::Circuit = texts.circuit.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-                    &shape.insert((texts.clone(), DemShape::of_circuit(&parsed)?)).1
-                }
-            };
-            let label = format!(
-                "d={} r={} memory-{} {} p={}",
-                experiment.distance,
-                experiment.rounds,
-                experiment.basis,
-                noise.name(),
-                noise.p()
-            );
-            let file = pick_dem(&decoder_dems, circuit, &label)?;
-            dems_used[decoder_dems.iter().position(|f| Arc::ptr_eq(f, file)).expect("one of them")] = true;
-            Some(file.clone())
-        };
-        let case = Case::build(
-            decoder,
-            experiment,
-            noise,
-            texts,
-            model,
-            posterior.as_ref().map(|(n, m)| (n.as_str(), m.clone())),
-        )?;
-        let case = match dem {
-            Some(dem) => case.with_decoder_dem(dem)?,
-            None => case,
-        };
+        let case = inputs.case(decoder, experiment, noise, texts)?;
         let prior_rows: Vec<&StatsRow> = existing.iter().filter(|r| r.strong_id == case.strong_id).collect();
         let prior = prior_rows.iter().fold(ErrorCount::default(), |mut acc, r| {
             acc += ErrorCount { shots: r.shots, errors: r.errors };
@@ -441,7 +372,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         bar.inc_length(limits.max_shots.saturating_sub(prior.shots));
         built.push((case, prior, prior_rows.len() as u64));
     }
-    for (file, _) in decoder_dems.iter().zip(&dems_used).filter(|(_, used)| !**used) {
+    for (file, _) in inputs.decoder_dems().filter(|(_, used)| !used) {
         eprintln!(
             "warning: --decoder-dem {} ({}) fits no case of this run",
             file.path().display(),
@@ -487,7 +418,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     print_table(&table);
-    for (file, _) in decoder_dems.iter().zip(&dems_used).filter(|(_, used)| **used) {
+    for (file, _) in inputs.decoder_dems().filter(|(_, used)| *used) {
         println!(
             "decoded with {} (sha256 {}) for circuits of {}",
             file.path().display(),
