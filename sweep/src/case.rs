@@ -17,13 +17,22 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use decoder::{DecoderKind, NeuralModel};
 use models::posterior::PosteriorModel;
 use sha2::{Digest, Sha256};
 use simulator_bridge::{DemFile, MemoryExperiment, NoiseModel};
 
 use crate::decoders::decoding_dem;
+
+/// Hex digits of a model file's sha256 that a case's metadata keeps.
+pub const MODEL_HASH_DIGITS: usize = 12;
+
+/// The sha256 of a file's bytes, hex.
+pub fn file_sha256(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
 
 /// A noisy circuit and its decoding DEM, as text, shared by the cases that
 /// sweep decoders over it.
@@ -140,6 +149,16 @@ impl Case {
         self.metadata["dem"] = dem.file_name().into();
         self.metadata["dem_sha256"] = dem.short_hash().into();
         self.decoder_dem = Some(dem);
+        self.strong_id = self.identity_hash()?;
+        Ok(self)
+    }
+
+    /// The same case with its model file's hash in its metadata
+    /// (`model_sha256`, the first 12 hex digits of the file's sha256), so
+    /// that a checkpoint of a user's is never counted as another of the same
+    /// file name (the zoo's, say). Its strong id changes with it.
+    pub fn with_model_hash(mut self, sha256: &str) -> Result<Self> {
+        self.metadata["model_sha256"] = sha256[..MODEL_HASH_DIGITS.min(sha256.len())].into();
         self.strong_id = self.identity_hash()?;
         Ok(self)
     }

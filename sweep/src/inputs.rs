@@ -14,7 +14,7 @@ use decoder::{DecoderKind, NeuralModel};
 use models::posterior::PosteriorModel;
 use simulator_bridge::{DemFile, DemShape, MemoryExperiment, NoiseModel};
 
-use crate::case::{Case, CircuitTexts};
+use crate::case::{Case, CircuitTexts, file_sha256};
 use crate::decoders::{load_model, load_posterior};
 use crate::sweep::pick_dem;
 
@@ -25,6 +25,10 @@ pub struct CaseInputs {
     checkpoints: Vec<(PathBuf, Arc<NeuralModel>)>,
     /// Whether `checkpoints` is the zoo built into qecd (no `--model` given).
     zoo: bool,
+    /// The sha256 of each of `checkpoints`' files (none for the zoo's).
+    checkpoint_hashes: Vec<Option<String>>,
+    /// The sha256 of the posterior model's file (none for the built-in one).
+    posterior_hash: Option<String>,
     /// The posterior model's file (`None`: the built-in one).
     posterior_path: Option<PathBuf>,
     /// The posterior model and its name, loaded by the first neural-matching case.
@@ -44,15 +48,23 @@ impl CaseInputs {
     pub fn read(models: &[PathBuf], posterior: Option<&Path>, decoder_dems: &[PathBuf]) -> Result<Self> {
         let dems: Vec<Arc<DemFile>> =
             decoder_dems.iter().map(|p| Ok(Arc::new(DemFile::read(p)?))).collect::<Result<_>>()?;
-        let checkpoints = if models.is_empty() {
+        let checkpoints: Vec<(PathBuf, Arc<NeuralModel>)> = if models.is_empty() {
             let zoo = NeuralModel::zoo()?;
             zoo.into_iter().map(|m| (PathBuf::from(format!("{}.safetensors", m.name())), Arc::new(m))).collect()
         } else {
             models.iter().map(|p| Ok((p.clone(), load_model(p)?))).collect::<Result<_>>()?
         };
+        let checkpoint_hashes = if models.is_empty() {
+            vec![None; checkpoints.len()]
+        } else {
+            models.iter().map(|p| Ok(Some(file_sha256(p)?))).collect::<Result<_>>()?
+        };
+        let posterior_hash = posterior.map(file_sha256).transpose()?;
         Ok(Self {
             checkpoints,
             zoo: models.is_empty(),
+            checkpoint_hashes,
+            posterior_hash,
             posterior_path: posterior.map(Path::to_path_buf),
             posterior: None,
             used: vec![false; dems.len()],
@@ -94,12 +106,14 @@ impl CaseInputs {
         noise: NoiseModel,
         texts: Arc<CircuitTexts>,
     ) -> Result<Case> {
-        let model = match decoder {
+        let (model, model_hash) = match decoder {
             DecoderKind::Neural => {
                 let (path, model) = self.checkpoint(&experiment)?;
-                Some((path.to_path_buf(), model.clone()))
+                let at = self.checkpoints.iter().position(|(_, m)| Arc::ptr_eq(m, model)).expect("one of them");
+                (Some((path.to_path_buf(), model.clone())), self.checkpoint_hashes[at].clone())
             }
-            _ => None,
+            DecoderKind::NeuralMatching => (None, self.posterior_hash.clone()),
+            _ => (None, None),
         };
         let posterior = if decoder == DecoderKind::NeuralMatching {
             if self.posterior.is_none() {
@@ -139,6 +153,10 @@ impl CaseInputs {
             model.as_ref().map(|(p, m)| (p.as_path(), m.clone())),
             posterior.as_ref().map(|(n, m)| (n.as_str(), m.clone())),
         )?;
+        let case = match model_hash {
+            Some(hash) => case.with_model_hash(&hash)?,
+            None => case,
+        };
         match dem {
             Some(dem) => case.with_decoder_dem(dem),
             None => Ok(case),
@@ -185,5 +203,35 @@ mod tests {
         let err = err.to_string();
         assert!(err.starts_with("no neural model for d=3 memory-X (models: "), "{err}");
         assert!(err.contains("d3_z_si1000_p003.safetensors"), "{err}");
+    }
+
+    /// A checkpoint file of a user's is named by its hash too: one with the
+    /// zoo's file name but other weights is another case, with another
+    /// strong id, and so is the zoo's own file given with --model (its bytes
+    /// are the zoo's, but qecd does not assume so).
+    #[test]
+    fn a_users_checkpoint_is_a_case_apart_from_the_zoos_of_its_name() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let exp = MemoryExperiment::new(3, 10, Basis::Z).unwrap();
+        let noise = NoiseModel::Si1000 { p: 0.003 };
+        let texts = Arc::new(CircuitTexts::build(exp, noise).unwrap());
+        let zoo_case = CaseInputs::read(&[], None, &[]).unwrap().case(DecoderKind::Neural, exp, noise, texts.clone());
+        let zoo_case = zoo_case.unwrap();
+        assert!(zoo_case.metadata.get("model_sha256").is_none());
+
+        let tmp = tempfile::tempdir().unwrap();
+        let other = tmp.path().join("d3_z_si1000_p003.safetensors");
+        std::fs::copy(root.join("fixtures/models/finetuned/d3_z_crosstalk.safetensors"), &other).unwrap();
+        let mut user = CaseInputs::read(std::slice::from_ref(&other), None, &[]).unwrap();
+        let user_case = user.case(DecoderKind::Neural, exp, noise, texts.clone()).unwrap();
+        assert_eq!(user_case.metadata["model"], zoo_case.metadata["model"]);
+        assert_eq!(user_case.metadata["model_sha256"], file_sha256(&other).unwrap()[..12]);
+        assert_ne!(user_case.strong_id, zoo_case.strong_id);
+
+        let same = root.join("fixtures/models/d3_z_si1000_p003.safetensors");
+        let mut given = CaseInputs::read(std::slice::from_ref(&same), None, &[]).unwrap();
+        let given_case = given.case(DecoderKind::Neural, exp, noise, texts).unwrap();
+        assert_ne!(given_case.strong_id, user_case.strong_id);
+        assert_ne!(given_case.strong_id, zoo_case.strong_id);
     }
 }

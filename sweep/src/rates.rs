@@ -91,7 +91,10 @@ impl Measured {
         };
         Ok(Self {
             decoder,
-            model: meta_text(meta, "model"),
+            model: meta_text(meta, "model").map(|name| match meta_text(meta, "model_sha256") {
+                Some(hash) => format!("{name} {hash}"),
+                None => name,
+            }),
             dem: meta_text(meta, "dem").map(|name| match meta_text(meta, "dem_sha256") {
                 Some(hash) => format!("{name} {hash}"),
                 None => name,
