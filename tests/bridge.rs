@@ -6,7 +6,7 @@
 //! plays an experiment directory and checks every answer.
 
 use std::collections::HashMap;
-use std::process::{Command, Output};
+
 use std::time::Duration;
 
 use decoder::DecoderKind;
@@ -17,6 +17,9 @@ use simulator_bridge::shots::{pack_bits, unpack_bits};
 
 mod common;
 use common::{Server, ZOO_D3, offline, shots};
+
+mod cli_support;
+use cli_support::qecd;
 
 /// An FPGA's end of a connection, on the service's bridge client.
 struct Fpga {
@@ -241,10 +244,6 @@ fn a_stream_past_the_server_limit_is_refused() {
     }
     answered.sort();
     assert_eq!(answered, vec![1, 2]);
-}
-
-fn qecd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qecd")).args(args).output().unwrap()
 }
 
 #[test]

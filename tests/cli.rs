@@ -1,19 +1,14 @@
 //! The `qecd` binary end to end: round trips through files, and bad input
 //! giving exit status 2, a message naming the problem, and no output file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn qecd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qecd")).args(args).output().expect("qecd runs")
-}
+mod cli_support;
+use cli_support::{p, qecd};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 /// Runs qecd expecting failure: exit status 2, `needle` in the message, and

@@ -3,21 +3,9 @@
 //! with exit status 2 and no output file.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn qecd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qecd")).args(args).output().expect("qecd runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = qecd(args);
-    assert!(o.status.success(), "qecd {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+mod cli_support;
+use cli_support::{ok, p, qecd};
 
 /// Writes an experiment directory of d=3, 3 rounds, from `noise` at p=0.003,
 /// whose circuit is then replaced by SI1000 at `prior_p` (the lab's prior).

@@ -8,22 +8,12 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qecd_sweep::sinter_csv::{StatsRow, parse_csv, read_cases};
 use simulator_bridge::formats::read_shots_file;
 use simulator_bridge::{Basis, BitLabels, MemoryExperiment, NoiseModel, ResultFormat, RoundLayout, StabilizerLayout};
-
-fn qecd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qecd")).args(args).output().expect("qecd runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = qecd(args);
-    assert!(o.status.success(), "qecd {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Runs qecd expecting exit status 2 with `needle` in its message.
 fn fails(args: &[&str], needle: &str) -> String {
@@ -32,10 +22,6 @@ fn fails(args: &[&str], needle: &str) -> String {
     assert_eq!(o.status.code(), Some(2), "qecd {args:?} should fail with 2: {err}");
     assert!(err.contains(needle), "qecd {args:?}: expected '{needle}' in: {err}");
     err
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 fn crosstalk() -> String {
@@ -305,6 +291,9 @@ fn serve(args: &[&str]) -> (Serve, String) {
 use qecd_grpc::proto;
 use qecd_grpc::proto::decode_request::Message as In;
 use qecd_grpc::proto::decode_response::Message as Out;
+
+mod cli_support;
+use cli_support::{ok, p, qecd};
 
 /// What one stream answered: each shot's prediction, answering decoder and
 /// fallback flag, and each shadow check's prediction.

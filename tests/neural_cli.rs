@@ -3,11 +3,9 @@
 //! calibration and neural prediction, each small enough for CI.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn qecd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qecd")).args(args).output().expect("qecd runs")
-}
+mod cli_support;
+use cli_support::{p, qecd};
 
 fn ok(args: &[&str]) -> String {
     ok_both(args).0
@@ -25,10 +23,6 @@ fn fails(args: &[&str], needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "qecd {args:?} should fail: {err}");
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 fn fixture(rel: &str) -> PathBuf {
