@@ -158,6 +158,31 @@ def run_batch(task: SweepTask, shots: int, seed: int) -> tuple[int, int, float]:
     return shots, errors, time.monotonic() - start
 
 
+#: Shots in an adaptive batch before the task has a measured rate.
+FIRST_BATCH_SHOTS = 1_000
+#: The most shots in an adaptive batch (a d=3 batch of this size takes a
+#: worker a few seconds; bit-packed it is a few MiB).
+MAX_BATCH_SHOTS = 1_000_000
+#: The fewest shots in an adaptive batch.
+MIN_BATCH_SHOTS = 100
+
+
+def _adaptive_batch(p: "_Progress", max_errors: int | None, batch_seconds: float) -> int:
+    """The next batch of task ``p`` when batches are sized as it goes: what a
+    worker decodes in ``batch_seconds`` at the rate measured so far (shots
+    over worker-seconds, resumed rows included), and, when the task stops at
+    ``max_errors`` and has seen errors, no more than the shots expected to
+    bring the errors still missing (less those expected from batches in
+    flight), so that it stops near its limit rather than a batch past it."""
+    if p.shots < FIRST_BATCH_SHOTS or p.seconds <= 0:
+        return FIRST_BATCH_SHOTS
+    n = int(p.shots / p.seconds * batch_seconds)
+    if max_errors is not None and p.errors > 0:
+        missing = (max_errors - p.errors) * p.shots / p.errors - p.in_flight
+        n = min(n, int(missing))
+    return max(MIN_BATCH_SHOTS, min(n, MAX_BATCH_SHOTS))
+
+
 @dataclasses.dataclass
 class _Progress:
     task: SweepTask
@@ -174,7 +199,8 @@ def sweep(
     max_shots: int,
     max_errors: int | None = None,
     client: Any = None,
-    batch_shots: int = 10_000,
+    batch_shots: int | None = None,
+    batch_seconds: float = 2.0,
     max_batches: int | None = None,
 ) -> list[Any]:
     """Runs ``tasks`` until each has ``max_shots`` shots or ``max_errors`` errors,
@@ -187,13 +213,24 @@ def sweep(
         max_shots: shots per task, over all runs and workers.
         max_errors: stop a task once it has this many errors (``None``: no limit).
         client: a ``distributed.Client``; ``None`` decodes in this process.
-        batch_shots: shots per batch sent to a worker.
+        batch_shots: shots per batch sent to a worker; ``None`` (the
+            default) sizes each task's batches as it goes, as sinter does:
+            the first holds ``FIRST_BATCH_SHOTS`` shots, later ones what a
+            worker decodes in about ``batch_seconds`` at the task's measured
+            rate (at most ``MAX_BATCH_SHOTS``), and, under ``max_errors``, no
+            more than the shots expected to reach the errors still missing.
+        batch_seconds: the worker time an adaptive batch aims at.
         max_batches: stop after this many batches (a bounded slice of work).
 
     Returns:
         The totals per task, as ``sinter.TaskStats``.
     """
     import sinter
+
+    if batch_shots is not None and batch_shots < 1:
+        raise ValueError(f"batch_shots must be a positive number of shots or None, not {batch_shots}")
+    if not batch_seconds > 0:
+        raise ValueError(f"batch_seconds must be positive, not {batch_seconds}")
 
     progress = {}
     for t in tasks:
@@ -212,7 +249,8 @@ def sweep(
         for p in progress.values():
             if max_errors is not None and p.errors >= max_errors:
                 continue
-            n = min(batch_shots, max_shots - p.shots - p.in_flight)
+            size = batch_shots if batch_shots is not None else _adaptive_batch(p, max_errors, batch_seconds)
+            n = min(size, max_shots - p.shots - p.in_flight)
             if n > 0:
                 p.in_flight += n
                 return p, n

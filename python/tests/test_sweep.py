@@ -71,6 +71,45 @@ def test_a_task_stops_at_max_errors_across_workers(client, tmp_path: pathlib.Pat
     assert s.shots < 200_000
 
 
+def _batches(path: pathlib.Path) -> list[tuple[int, int]]:
+    """(shots, errors) of each CSV line, in the order written."""
+    lines = path.read_text().splitlines()[1:]
+    return [(int(line.split(",")[0]), int(line.split(",")[1])) for line in lines]
+
+
+def test_adaptive_batches_grow_with_the_measured_rate(tmp_path: pathlib.Path) -> None:
+    # Batches sized as the task goes (the default): the first is FIRST_BATCH_SHOTS, later
+    # ones what 0.5 s of this machine's measured rate decodes; the task still ends at
+    # exactly max_shots.
+    [task] = qecd.sweep_tasks(["matching"], [3], ps=[0.003])
+    out = tmp_path / "s.csv"
+    [s] = qecd.sweep([task], out=out, max_shots=300_000, batch_seconds=0.5)
+    sizes = [n for n, _ in _batches(out)]
+    assert s.shots == sum(sizes) == 300_000
+    assert sizes[0] == qecd._sweep.FIRST_BATCH_SHOTS
+    assert max(sizes) > 4 * qecd._sweep.FIRST_BATCH_SHOTS, sizes  # needs > 8,000 shots/s at d=3
+    assert len(sizes) < 300_000 // qecd._sweep.FIRST_BATCH_SHOTS
+
+
+def test_adaptive_batches_stop_near_max_errors(client, tmp_path: pathlib.Path) -> None:
+    # d=3 with matching fails about 2% of shots. Adaptive batches are capped by the shots
+    # expected to bring the missing errors, so the task stops near 200 errors, not a
+    # large batch past them, even with batches that would otherwise take 30 s.
+    [task] = qecd.sweep_tasks(["matching"], [3], ps=[0.003])
+    out = tmp_path / "s.csv"
+    [s] = qecd.sweep([task], out=out, max_shots=10**8, max_errors=200, batch_seconds=30, client=client)
+    assert 200 <= s.errors < 400, s
+    assert s.shots < 40_000, s
+
+
+@pytest.mark.parametrize("bad", [{"batch_shots": 0}, {"batch_seconds": 0}, {"batch_seconds": float("nan")}])
+def test_bad_batch_sizes_are_refused(tmp_path: pathlib.Path, bad) -> None:
+    [task] = qecd.sweep_tasks(["matching"], [3], ps=[0.003])
+    with pytest.raises(ValueError, match="batch_"):
+        qecd.sweep([task], out=tmp_path / "s.csv", max_shots=1_000, **bad)
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_sinter_tasks_run_without_a_client(tmp_path: pathlib.Path) -> None:
     circuit = qecd.memory_circuit(3, 3)
     task = sinter.Task(circuit=circuit, decoder="qecd-correlated", json_metadata={"d": 3})
