@@ -9,6 +9,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qecd_sweep::sinter_csv::{StatsRow, parse_csv, read_cases};
@@ -356,6 +357,17 @@ fn stream(grpc: &str, decoder: proto::DecoderKind, budget_us: u32, per_round: &[
     })
 }
 
+/// The shots of a b8 file of d=3 memory-Z detection events, `rounds`
+/// rounds, each split into its rounds' events.
+fn per_round(events: &Path, rounds: usize) -> Vec<Vec<Vec<bool>>> {
+    let circuit =
+        MemoryExperiment::new(3, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.003 }).unwrap();
+    let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z).unwrap();
+    let shots = read_shots_file(events, ResultFormat::B8, BitLabels::detectors(layout.detectors.len())).unwrap();
+    let split = RoundLayout::new(&layout);
+    (0..shots.num_shots()).map(|s| split.split(&shots, s)).collect()
+}
+
 /// `qecd predict`'s predictions of `events` with `dem` and `decoder`.
 fn predict(dir: &Path, dem: &Path, events: &Path, decoder: &str) -> Vec<bool> {
     let out = dir.join(format!("{decoder}-{}.01", dem.file_stem().unwrap().to_string_lossy()));
@@ -389,13 +401,7 @@ fn serve_decodes_a_code_with_its_dem_as_predict_does() {
         "{line}"
     );
 
-    let circuit =
-        MemoryExperiment::new(3, rounds, Basis::Z).unwrap().noisy_circuit(&NoiseModel::Si1000 { p: 0.003 }).unwrap();
-    let layout = StabilizerLayout::from_circuit(&circuit, Basis::Z).unwrap();
-    let shots = read_shots_file(&events, ResultFormat::B8, BitLabels::detectors(layout.detectors.len())).unwrap();
-    let split = RoundLayout::new(&layout);
-    let per_round: Vec<Vec<Vec<bool>>> = (0..shots.num_shots()).map(|s| split.split(&shots, s)).collect();
-
+    let per_round = per_round(&events, rounds);
     let answered = |a: &Answers| -> Vec<bool> { a.results.iter().map(|r| r.expect("every shot answered").0).collect() };
     for (kind, name) in [
         (proto::DecoderKind::Matching, "matching"),
@@ -423,6 +429,161 @@ fn serve_decodes_a_code_with_its_dem_as_predict_does() {
     let a = stream(&grpc, proto::DecoderKind::NeuralChecked, 0, &per_round);
     let checks: Vec<bool> = a.checks.iter().map(|c| c.expect("every shot checked")).collect();
     assert_eq!(checks, correlated);
+    drop(server);
+}
+
+/// Starts `qecd serve` with `args`; returns it, its first stdout line and
+/// its log (stderr) as it grows.
+fn serve_logged(args: &[&str]) -> (Serve, String, Arc<Mutex<String>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qecd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--io-threads", "2"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (stderr, grows) = (child.stderr.take().unwrap(), log.clone());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            grows.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (Serve(child), line, log)
+}
+
+/// Waits (20 s at most) for a log line holding every one of `needles`.
+fn wait_for_log(log: &Mutex<String>, needles: &[&str]) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(line) = log.lock().unwrap().lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return line.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no log line with {needles:?} in: {}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `text` to `path` as an operator should: a new file renamed over it.
+fn replace_atomically(path: &Path, text: &[u8]) {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// One open matching session on d=3, `rounds` rounds (SI1000, p=0.003), fed as the test goes.
+struct Live {
+    tx: tokio::sync::mpsc::Sender<proto::DecodeRequest>,
+    replies: tonic::Streaming<proto::DecodeResponse>,
+}
+
+impl Live {
+    async fn open(grpc: &str, rounds: usize) -> Self {
+        let code = proto::Code {
+            distance: 3,
+            basis: proto::Basis::Z as i32,
+            rounds: rounds as u32,
+            noise: String::new(),
+            p: 0.0,
+        };
+        let open = proto::OpenSession {
+            code: Some(code),
+            decoder: proto::DecoderKind::Matching as i32,
+            max_backlog: 1 << 30,
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1 << 16);
+        tx.send(proto::DecodeRequest { message: Some(In::Open(open)) }).await.unwrap();
+        let mut client = proto::decoder_client::DecoderClient::connect(format!("http://{grpc}")).await.unwrap();
+        let replies = client.decode(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        Self { tx, replies }
+    }
+
+    /// Decodes `shots[ids]` in this session: each one's prediction, in order.
+    async fn decode(&mut self, shots: &[Vec<Vec<bool>>], ids: std::ops::Range<usize>) -> Vec<bool> {
+        use simulator_bridge::shots::pack_bits as pack;
+        use tokio_stream::StreamExt;
+        for shot in ids.clone() {
+            let r = &shots[shot];
+            let rounds = r.len() - 1;
+            for (t, bits) in r.iter().enumerate().take(rounds) {
+                let (num_events, events) = (bits.len() as u32, pack(bits));
+                let round = proto::Round { shot: shot as u64, round: t as u32, num_events, events, soft: vec![] };
+                self.tx.send(proto::DecodeRequest { message: Some(In::Round(round)) }).await.unwrap();
+            }
+            let fin =
+                proto::FinalRound { shot: shot as u64, num_events: r[rounds].len() as u32, events: pack(&r[rounds]) };
+            self.tx.send(proto::DecodeRequest { message: Some(In::Final(fin)) }).await.unwrap();
+        }
+        let mut got = vec![None; ids.len()];
+        while got.iter().any(Option::is_none) {
+            let reply = tokio::time::timeout(Duration::from_secs(30), self.replies.next()).await;
+            match reply.expect("answers within 30 s").expect("the stream goes on").unwrap().message.unwrap() {
+                Out::Result(r) => {
+                    let slot = &mut got[r.shot as usize - ids.start];
+                    assert!(slot.is_none(), "shot {} answered twice", r.shot);
+                    *slot = Some(r.prediction[0] & 1 == 1);
+                }
+                Out::Failed(f) => panic!("shot {} failed: {}", f.shot, f.message),
+                _ => {}
+            }
+        }
+        got.into_iter().map(Option::unwrap).collect()
+    }
+}
+
+/// With `--watch-code-dems`, a new DEM written over a code's file decodes
+/// the sessions opened after it as `qecd predict --dem` does with the new
+/// file, while a session opened before it finishes on the old one; files
+/// that do not parse or do not fit the code are refused, with a log line
+/// naming them, and the last good DEM keeps serving.
+#[test]
+fn a_watched_code_dem_is_swapped_for_new_sessions_and_bad_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rounds = 5;
+    let old = own_dem(tmp.path(), "old.dem", 3, rounds, "depolarizing", "0.003");
+    let new = own_dem(tmp.path(), "new.dem", 3, rounds, "si1000", "0.003");
+    let misfit = own_dem(tmp.path(), "misfit.dem", 3, 3, "si1000", "0.003");
+    let events = tmp.path().join("dets.b8");
+    ok(&["sample", "-d", "3", "-r", "5", "--p", "0.01", "--shots", "400", "--seed", "9", "--out", p(&events)]);
+    let (want_old, want_new) =
+        (predict(tmp.path(), &old, &events, "matching"), predict(tmp.path(), &new, &events, "matching"));
+    let differ = want_old.iter().zip(&want_new).filter(|(a, b)| a != b).count();
+    eprintln!("matching: the two DEMs decide {differ} of {} shots differently", want_old.len());
+    assert!(differ > 0, "the two DEMs decide every shot alike; the test shows nothing");
+    let shots = per_round(&events, rounds);
+
+    let served = tmp.path().join("served.dem");
+    std::fs::copy(&old, &served).unwrap();
+    let code = format!("d=3,rounds=5={}", p(&served));
+    let (server, line, log) = serve_logged(&["--code-dem", &code, "--watch-code-dems", "--prebuild", "d=3,rounds=5"]);
+    let grpc = line.split("gRPC on ").nth(1).unwrap().split(';').next().unwrap().to_string();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut before = Live::open(&grpc, rounds).await;
+        assert_eq!(before.decode(&shots, 0..200).await, want_old[..200], "the start-up file");
+
+        replace_atomically(&served, &std::fs::read(&new).unwrap());
+        let swapped = format!("{} (sha256 {})", served.display(), sha256_prefix(&new));
+        wait_for_log(&log, &["the code decodes new sessions with its new DEM", &swapped]);
+        let mut after = Live::open(&grpc, rounds).await;
+        assert_eq!(after.decode(&shots, 0..400).await, want_new, "a session opened after the swap");
+        assert_eq!(before.decode(&shots, 200..400).await, want_old[200..], "the session opened before the swap");
+
+        replace_atomically(&served, &std::fs::read(&misfit).unwrap());
+        wait_for_log(&log, &["refused a code's DEM", &served.display().to_string(), "does not fit the code's circuit"]);
+        replace_atomically(&served, b"not a dem\n");
+        wait_for_log(&log, &["refused a code's DEM", "not a detector error model"]);
+        let mut last = Live::open(&grpc, rounds).await;
+        assert_eq!(last.decode(&shots, 0..400).await, want_new, "the last good DEM keeps serving");
+    });
+    assert_eq!(log.lock().unwrap().matches("the code decodes new sessions with its new DEM").count(), 1);
     drop(server);
 }
 

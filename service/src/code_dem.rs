@@ -9,7 +9,9 @@
 //! a path (as with `device:` noise, [`CodeSpec::new`]). Each file is read
 //! and checked against its code's circuit when the server starts
 //! ([`load_all`]), so a server never starts with a DEM that cannot decode
-//! its code's shots.
+//! its code's shots. With `--watch-code-dems` a changed file is read and
+//! checked the same way ([`CodeDem::load`], from [`crate::watch`]) before
+//! it replaces its code's DEM.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -17,7 +17,11 @@
 //!
 //! A code the operator gave a DEM file for ([`crate::code_dem`]) is built
 //! with that DEM; the file stays with the cache, so a code evicted and
-//! opened again is built with it again.
+//! opened again is built with it again. A new file for the code
+//! ([`CodeCache::replace_dem`]) drops the code's entry: new opens build it
+//! with the new file, while sessions keep the [`CircuitInfo`] they opened,
+//! and a build under way with the old file still answers the opens that
+//! wait for it but is not kept.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,8 +99,6 @@ impl Limits {
 /// The built codes of a server, shared by its streams.
 pub struct CodeCache {
     limits: Limits,
-    /// The operator's DEM files, by code.
-    dems: HashMap<CodeKey, Arc<CodeDem>>,
     state: Mutex<State>,
 }
 
@@ -107,6 +109,8 @@ struct State {
     /// Ticks once per lookup; an entry's `used` is the tick it was last looked up at.
     clock: u64,
     stats: CodeCacheStats,
+    /// The operator's DEM files, by code: what the code's next build decodes with.
+    dems: HashMap<CodeKey, Arc<CodeDem>>,
 }
 
 enum Entry {
@@ -144,12 +148,23 @@ impl CodeCache {
     /// An empty cache with these bounds, building the codes of `dems` with their files.
     pub fn new(limits: Limits, dems: &[Arc<CodeDem>]) -> Arc<Self> {
         let dems = dems.iter().map(|d| (key_of(&d.code), d.clone())).collect();
-        Arc::new(Self { limits, dems, state: Mutex::new(State::default()) })
+        Arc::new(Self { limits, state: Mutex::new(State { dems, ..State::default() }) })
     }
 
-    /// The operator's DEM file for `code`, if any.
-    pub fn dem_of(&self, code: &CodeSpec) -> Option<&Arc<CodeDem>> {
-        self.dems.get(&key_of(code))
+    /// The operator's DEM file for `code`, if any: what its next build decodes with.
+    pub fn dem_of(&self, code: &CodeSpec) -> Option<Arc<CodeDem>> {
+        lock(&self.state).dems.get(&key_of(code)).cloned()
+    }
+
+    /// Makes `dem` its code's DEM file for new opens, and returns the one it
+    /// replaces. The code's entry, built or building with the file before,
+    /// leaves the cache: sessions that opened it keep it, and opens waiting
+    /// for its build still get that build, which is not kept.
+    pub fn replace_dem(&self, dem: Arc<CodeDem>) -> Option<Arc<CodeDem>> {
+        let key = key_of(&dem.code);
+        let mut state = lock(&self.state);
+        state.entries.remove(&key);
+        state.dems.insert(key, dem)
     }
 
     /// The built code, building it on a thread of its own (or waiting for a
@@ -158,7 +173,7 @@ impl CodeCache {
     /// and a build that no open waits for any more stops.
     pub fn get(self: &Arc<Self>, code: &CodeSpec, gone: &dyn Fn() -> bool) -> Result<Arc<CircuitInfo>, Fault> {
         let key = key_of(code);
-        let (build, new) = {
+        let (build, to_start) = {
             let mut state = lock(&self.state);
             state.clock += 1;
             let now = state.clock;
@@ -169,7 +184,7 @@ impl CodeCache {
                 }
                 Some(Entry::Building { build, .. }) => {
                     lock(&build.outcome).waiters += 1;
-                    (build.clone(), false)
+                    (build.clone(), None)
                 }
                 None => {
                     let predicted = predicted_bytes(code);
@@ -184,16 +199,17 @@ impl CodeCache {
                     });
                     state.entries.insert(key.clone(), Entry::Building { build: build.clone(), predicted });
                     state.stats.builds += 1;
-                    (build, true)
+                    (build, Some(state.dems.get(&key).cloned()))
                 }
             }
         };
-        if new {
+        // A new build takes the code's DEM file as it is when its entry is made.
+        if let Some(dem) = to_start {
             let cache = self.clone();
             let job = (key.clone(), code.clone(), build.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("qecd-build d={}", code.distance))
-                .spawn(move || cache.run_build(job.0, job.1, job.2));
+                .spawn(move || cache.run_build(job.0, job.1, dem, job.2));
             if let Err(e) = spawned {
                 self.finish(
                     &key,
@@ -276,11 +292,10 @@ impl CodeCache {
 
     /// Builds the code, then keeps it (unless it was stopped or failed) and
     /// wakes its waiters.
-    fn run_build(&self, key: CodeKey, code: CodeSpec, build: Arc<Build>) {
+    fn run_build(&self, key: CodeKey, code: CodeSpec, dem: Option<Arc<CodeDem>>, build: Arc<Build>) {
         let stop = || build.stop.load(Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let dem = self.dems.get(&key);
-        let result = match CircuitInfo::build(&code, dem.map(|d| &d.file), &stop) {
+        let result = match CircuitInfo::build(&code, dem.as_ref().map(|d| &d.file), &stop) {
             Ok(Some(info)) => Ok(Arc::new(info)),
             Ok(None) => {
                 info!(%code, elapsed = ?started.elapsed(), "code build stopped: no open waits for it");
@@ -293,7 +308,7 @@ impl CodeCache {
             ))),
         };
         if result.is_ok() {
-            match dem {
+            match &dem {
                 Some(dem) => info!(%code, dem = %dem.describe(), elapsed = ?started.elapsed(), "code built"),
                 None => info!(%code, elapsed = ?started.elapsed(), "code built"),
             }
@@ -544,6 +559,50 @@ mod tests {
         assert_eq!(cache.get(&code(3, 3), STAY).unwrap().dem_text(), other.dem_text());
         assert_eq!(cache.stats().builds, 3);
         assert!(cache.dem_of(&code(3, 3)).is_some() && cache.dem_of(&code(3, 5)).is_none());
+    }
+
+    /// A DEM file at `path` for d=3 memory-Z with `rounds` rounds: its SI1000 circuit's at `p`.
+    fn dem_file(path: std::path::PathBuf, rounds: usize, p: f64) -> Arc<crate::code_dem::CodeDem> {
+        let noise = simulator_bridge::NoiseModel::Si1000 { p };
+        let circuit =
+            simulator_bridge::MemoryExperiment::new(3, rounds, Basis::Z).unwrap().noisy_circuit(&noise).unwrap();
+        std::fs::write(&path, simulator_bridge::decoding_dem(&circuit).unwrap().to_string()).unwrap();
+        Arc::new(crate::code_dem::CodeDem::load(&crate::code_dem::CodeDemSpec { code: code(3, rounds), path }).unwrap())
+    }
+
+    /// A new DEM file serves the opens after it; what was opened before,
+    /// built or still building, keeps the file it was built with.
+    #[test]
+    fn a_replaced_dem_serves_new_opens_and_earlier_ones_keep_theirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (dem_file(tmp.path().join("a.dem"), 3, 0.01), dem_file(tmp.path().join("b.dem"), 3, 0.002));
+        assert_ne!(a.file.text(), b.file.text());
+        let cache = CodeCache::new(Limits { max_codes: 4, max_mib: 1024 }, std::slice::from_ref(&a));
+        let held = cache.get(&code(3, 3), STAY).unwrap();
+        assert_eq!(held.dem_text(), a.file.text());
+        let before = cache.replace_dem(b.clone()).unwrap();
+        assert!(Arc::ptr_eq(&before, &a));
+        assert!(Arc::ptr_eq(&cache.dem_of(&code(3, 3)).unwrap(), &b));
+        let after = cache.get(&code(3, 3), STAY).unwrap();
+        assert_eq!(after.dem_text(), b.file.text());
+        assert_eq!(held.dem_text(), a.file.text(), "a session's code changed under it");
+        assert_eq!((cache.stats().builds, cache.stats().codes), (2, 1));
+        // Replaced while it builds: its open gets the old file, later opens the new one.
+        let (c, e) = (dem_file(tmp.path().join("c.dem"), 40, 0.01), dem_file(tmp.path().join("e.dem"), 40, 0.002));
+        cache.replace_dem(c.clone());
+        let started = Instant::now();
+        let (first, second) = std::thread::scope(|s| {
+            let first = s.spawn(|| cache.get(&code(3, 40), STAY).unwrap());
+            while cache.stats().building == 0 {
+                assert!(started.elapsed() < Duration::from_secs(5), "the build did not start");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(cache.replace_dem(e.clone()).is_some_and(|old| Arc::ptr_eq(&old, &c)));
+            (first.join().unwrap(), cache.get(&code(3, 40), STAY).unwrap())
+        });
+        assert_eq!(first.dem_text(), c.file.text());
+        assert_eq!(second.dem_text(), e.file.text());
+        assert!(Arc::ptr_eq(&second, &cache.get(&code(3, 40), STAY).unwrap()), "the new build is kept");
     }
 
     #[test]

@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// file; a file that does not parse or fit the code fails start-up.
     #[arg(long = "code-dem", value_name = "CODE=FILE")]
     pub code_dem: Vec<qecd_service::code_dem::CodeDemSpec>,
+    /// Poll each `--code-dem` file every second and decode new sessions of
+    /// its code with the file's new DEM without a restart (sessions already
+    /// open keep theirs); a new file that does not parse or fit the code is
+    /// logged and the DEM before it keeps serving.
+    #[arg(long, requires = "code_dem")]
+    pub watch_code_dems: bool,
     /// Most reply bytes a gRPC stream may leave unread; past it the stream
     /// ends with RESOURCE_EXHAUSTED (the bridge cuts off a peer at 64 MiB).
     #[arg(long, default_value_t = 1 << 20)]
@@ -185,6 +191,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         (Some(dir), true) => Some(Watcher::start(&hub, dir, POLL)?),
         _ => None,
     };
+    let _dem_watcher = if args.watch_code_dems { Some(Watcher::code_dems(&hub, POLL)?) } else { None };
     let bridge_tls = if args.bridge_tls { tls_files(args) } else { None };
     let bridge = args
         .bridge_listen
