@@ -101,13 +101,7 @@ impl Live {
         model: &str,
         rounds: usize,
     ) -> Result<Self, tonic::Status> {
-        let code = proto::Code {
-            distance: 3,
-            basis: proto::Basis::Z as i32,
-            rounds: rounds as u32,
-            noise: String::new(),
-            p: 0.0,
-        };
+        let code = common::memory_z(3, rounds as u32);
         // Every message of a batch goes at once: no backlog bound.
         let open = proto::OpenSession {
             code: Some(code),

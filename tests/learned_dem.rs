@@ -12,9 +12,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use qecd_grpc::proto;
+use qecd_grpc::proto::decode_request::Message as In;
+use qecd_grpc::proto::decode_response::Message as Out;
 use qecd_sweep::sinter_csv::{StatsRow, parse_csv, read_cases};
 use simulator_bridge::formats::read_shots_file;
 use simulator_bridge::{Basis, BitLabels, MemoryExperiment, NoiseModel, ResultFormat, RoundLayout, StabilizerLayout};
+
+mod cli_support;
+mod common;
+use cli_support::{ok, p, qecd};
 
 /// Runs qecd expecting exit status 2 with `needle` in its message.
 fn fails(args: &[&str], needle: &str) -> String {
@@ -289,13 +296,6 @@ fn serve(args: &[&str]) -> (Serve, String) {
     (Serve(child), line)
 }
 
-use qecd_grpc::proto;
-use qecd_grpc::proto::decode_request::Message as In;
-use qecd_grpc::proto::decode_response::Message as Out;
-
-mod cli_support;
-use cli_support::{ok, p, qecd};
-
 /// What one stream answered: each shot's prediction, answering decoder and
 /// fallback flag, and each shadow check's prediction.
 #[derive(Default)]
@@ -310,8 +310,7 @@ fn stream(grpc: &str, decoder: proto::DecoderKind, budget_us: u32, per_round: &[
     use simulator_bridge::shots::pack_bits as pack;
     use tokio_stream::StreamExt;
     let rounds = per_round[0].len() - 1;
-    let code =
-        proto::Code { distance: 3, basis: proto::Basis::Z as i32, rounds: rounds as u32, noise: String::new(), p: 0.0 };
+    let code = common::memory_z(3, rounds as u32);
     let open = proto::OpenSession {
         code: Some(code),
         decoder: decoder as i32,
@@ -485,13 +484,7 @@ struct Live {
 
 impl Live {
     async fn open(grpc: &str, rounds: usize) -> Self {
-        let code = proto::Code {
-            distance: 3,
-            basis: proto::Basis::Z as i32,
-            rounds: rounds as u32,
-            noise: String::new(),
-            p: 0.0,
-        };
+        let code = common::memory_z(3, rounds as u32);
         let open = proto::OpenSession {
             code: Some(code),
             decoder: proto::DecoderKind::Matching as i32,

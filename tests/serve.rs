@@ -33,8 +33,7 @@ fn open_with_backlog(
     budget_us: u32,
     max_backlog: u32,
 ) -> proto::DecodeRequest {
-    let code =
-        proto::Code { distance: 3, basis: proto::Basis::Z as i32, rounds: rounds as u32, noise: String::new(), p: 0.0 };
+    let code = common::memory_z(3, rounds as u32);
     let open = proto::OpenSession {
         code: Some(code),
         decoder: kind as i32,

@@ -8,7 +8,7 @@ use qecd_service::ServerOptions;
 use simulator_bridge::shots::pack_bits;
 use tonic::Code;
 
-use crate::common::{Server, shots};
+use crate::common::{Server, memory_z, shots};
 use crate::{Healthy, open, round, status_of};
 use proto::decoder_client::DecoderClient;
 
@@ -27,7 +27,7 @@ async fn a_huge_code_is_refused_before_any_work_while_others_decode() {
     assert!(status.message().contains("--max-distance 15"), "{}", status.message());
     // DecodeBatch goes through the same check.
     let mut client = DecoderClient::connect(format!("http://{}", server.grpc)).await.unwrap();
-    let code = proto::Code { distance: 3, basis: proto::Basis::Z as i32, rounds: 5000, noise: String::new(), p: 0.0 };
+    let code = memory_z(3, 5000);
     let batch = proto::DecodeBatchRequest {
         code: Some(code),
         decoder: proto::DecoderKind::Correlated as i32,

@@ -33,7 +33,7 @@ use proto::decode_response::Message as Out;
 use proto::decoder_client::DecoderClient;
 
 pub fn open(kind: proto::DecoderKind, distance: u32, rounds: u32) -> proto::DecodeRequest {
-    let code = proto::Code { distance, basis: proto::Basis::Z as i32, rounds, noise: String::new(), p: 0.0 };
+    let code = common::memory_z(distance, rounds);
     let open =
         proto::OpenSession { code: Some(code), decoder: kind as i32, max_backlog: 1 << 30, ..Default::default() };
     proto::DecodeRequest { message: Some(In::Open(open)) }

@@ -15,6 +15,12 @@ use simulator_bridge::{Basis, MemoryExperiment, NoiseModel, PackedShots, RoundLa
 /// The zoo's d=3 model.
 pub const ZOO_D3: &str = "d3_z_si1000_p003";
 
+/// A memory-Z code of `distance` and `rounds` as a client opens it, with
+/// the server's default noise (SI1000, p=0.003).
+pub fn memory_z(distance: u32, rounds: u32) -> qecd_grpc::proto::Code {
+    qecd_grpc::proto::Code { distance, basis: qecd_grpc::proto::Basis::Z as i32, rounds, noise: String::new(), p: 0.0 }
+}
+
 /// A server on free loopback ports in this process: gRPC on a runtime of
 /// its own, and the FPGA bridge when asked for. Dropping it stops both.
 pub struct Server {
