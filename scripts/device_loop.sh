@@ -18,6 +18,8 @@
 #   scripts/device_loop.sh            (WORK=dir to keep the files elsewhere)
 #   DEVICE=fixtures/devices/crosstalk-strong.toml WORK=target/device-loop-strong \
 #     OUT=docs/data/device_loop_strong.txt scripts/device_loop.sh
+# SEEDS="EXP TEST FINETUNE" draws other shots and another fine-tune split
+# (default "101 202 17"), to see how far a figure moves between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # QECD=path runs that binary instead of building one (a copy stays put while
@@ -27,6 +29,11 @@ Q=${QECD:-./target/release/qecd}
 device=${DEVICE:-fixtures/devices/crosstalk.toml}
 work=${WORK:-target/device-loop}
 out=${OUT:-docs/data/device_loop.txt}
+read -r seed_exp seed_test seed_finetune <<<"${SEEDS:-101 202 17}"
+if [ -z "$seed_finetune" ]; then
+  echo "SEEDS must hold three seeds (experiment, test, fine-tune), not '${SEEDS:-}'" >&2
+  exit 2
+fi
 rm -rf "$work" && mkdir -p "$work"
 
 errors() { # predict arguments...: prints the mistakes it counted
@@ -34,19 +41,19 @@ errors() { # predict arguments...: prints the mistakes it counted
 }
 
 {
-  echo "== device $device, p=0.003; $(nproc) cores; $(date -u +%F)"
+  echo "== device $device, p=0.003; seeds $seed_exp $seed_test $seed_finetune; $(nproc) cores; $(date -u +%F)"
   for case in "3 10" "5 5"; do
     set -- $case
     d=$1 r=$2 exp="$work/exp-d$d" test="$work/test-d$d"
     echo "== d=$d, $r rounds"
-    $Q sample -d "$d" -r "$r" --noise "device:$device" --p 0.003 --shots 20000 --seed 101 --out-dir "$exp" >/dev/null
+    $Q sample -d "$d" -r "$r" --noise "device:$device" --p 0.003 --shots 20000 --seed "$seed_exp" --out-dir "$exp" >/dev/null
     $Q sample -d "$d" -r "$r" --noise si1000 --p 0.003 --shots 1 --seed 1 --out-dir "$work/prior-d$d" >/dev/null
     # The device's own circuit is the bound; the lab has only its prior.
     cp "$exp/circuit_noisy.stim" "$work/true-d$d.stim"
     cp "$work/prior-d$d/circuit_noisy.stim" "$exp/circuit_noisy.stim"
     rm -f "$exp"/*.dem
     $Q learn-noise --data "$exp" --out "$work/learned-d$d.dem" | tail -3
-    $Q sample -d "$d" -r "$r" --noise "device:$device" --p 0.003 --shots 100000 --seed 202 --out-dir "$test" >/dev/null
+    $Q sample -d "$d" -r "$r" --noise "device:$device" --p 0.003 --shots 100000 --seed "$seed_test" --out-dir "$test" >/dev/null
     shots=(--in "$test/detection_events.b8" --obs-in "$test/obs_flips_actual.01")
     prior=$(errors --circuit "$exp/circuit_noisy.stim" "${shots[@]}" --decoder correlated)
     learned=$(errors --dem "$work/learned-d$d.dem" "${shots[@]}" --decoder correlated)
@@ -58,7 +65,7 @@ errors() { # predict arguments...: prints the mistakes it counted
       # 15,000 of the lab's shots, plus 2,000,000 drawn from the learned DEM;
       # early stopping on 4,000 of the lab's shots.
       $Q finetune --model fixtures/models/d3_z_si1000_p003.safetensors --data "$exp" --out "$work/finetuned-d3.safetensors" \
-        --finetune-shots 15000 --val-shots 4000 --dem-shots 2000000 --steps 20000 --patience 15 --eval-every 250 \
+        --finetune-shots 15000 --val-shots 4000 --dem-shots 2000000 --steps 20000 --patience 15 --eval-every 250 --seed "$seed_finetune" \
         2>&1 | grep -v '^\s*$' | tail -8
       pre=$(errors --circuit "$exp/circuit_noisy.stim" "${shots[@]}" --decoder neural \
         --model fixtures/models/d3_z_si1000_p003.safetensors)
