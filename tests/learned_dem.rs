@@ -36,11 +36,16 @@ fn crosstalk() -> String {
     format!("device:{}/fixtures/devices/crosstalk.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `sha256sum`'s first 12 hex digits of a file.
-fn sha256_prefix(path: &Path) -> String {
+/// `sha256sum`'s hex digest of a file.
+fn sha256(path: &Path) -> String {
     let o = Command::new("sha256sum").arg(path).output().expect("sha256sum runs");
     assert!(o.status.success());
-    String::from_utf8_lossy(&o.stdout)[..12].to_string()
+    String::from_utf8_lossy(&o.stdout)[..64].to_string()
+}
+
+/// Its first 12 hex digits.
+fn sha256_prefix(path: &Path) -> String {
+    sha256(path)[..12].to_string()
 }
 
 /// The circuit's own decoding DEM, written by `qecd sample --dem-out`.
@@ -302,6 +307,8 @@ fn serve(args: &[&str]) -> (Serve, String) {
 struct Answers {
     results: Vec<Option<(bool, i32, bool)>>,
     checks: Vec<Option<bool>>,
+    /// The `dem_sha256` SessionOpened named.
+    dem_sha256: Option<String>,
 }
 
 /// Streams every shot of `per_round` through one session of `decoder` on
@@ -339,7 +346,7 @@ fn stream(grpc: &str, decoder: proto::DecoderKind, budget_us: u32, per_round: &[
         let mut client = proto::decoder_client::DecoderClient::connect(format!("http://{grpc}")).await.unwrap();
         let mut replies = client.decode(tokio_stream::iter(msgs)).await.unwrap().into_inner();
         let n = per_round.len();
-        let mut answers = Answers { results: vec![None; n], checks: vec![None; n] };
+        let mut answers = Answers { results: vec![None; n], checks: vec![None; n], dem_sha256: None };
         while let Some(reply) = replies.next().await {
             match reply.unwrap().message.unwrap() {
                 Out::Result(r) => {
@@ -349,6 +356,7 @@ fn stream(grpc: &str, decoder: proto::DecoderKind, budget_us: u32, per_round: &[
                 }
                 Out::Check(c) => answers.checks[c.shot as usize] = Some(c.baseline_prediction[0] & 1 == 1),
                 Out::Failed(f) => panic!("shot {} failed: {}", f.shot, f.message),
+                Out::Opened(o) => answers.dem_sha256 = Some(o.dem_sha256),
                 _ => {}
             }
         }
@@ -417,6 +425,7 @@ fn serve_decodes_a_code_with_its_dem_as_predict_does() {
             assert!(differ > 0, "{name}: the two DEMs decide every shot alike; the test shows nothing");
         }
         let a = stream(&grpc, kind, 0, &per_round);
+        assert_eq!(a.dem_sha256.as_deref(), Some(sha256(&other).as_str()), "{name}: SessionOpened names the file");
         assert_eq!(answered(&a), want, "{name} served differs from qecd predict --dem {}", other.display());
     }
     let correlated = predict(tmp.path(), &other, &events, "correlated");
@@ -480,6 +489,8 @@ fn replace_atomically(path: &Path, text: &[u8]) {
 struct Live {
     tx: tokio::sync::mpsc::Sender<proto::DecodeRequest>,
     replies: tonic::Streaming<proto::DecodeResponse>,
+    /// The `dem_sha256` its SessionOpened named.
+    dem_sha256: String,
 }
 
 impl Live {
@@ -494,8 +505,12 @@ impl Live {
         let (tx, rx) = tokio::sync::mpsc::channel(1 << 16);
         tx.send(proto::DecodeRequest { message: Some(In::Open(open)) }).await.unwrap();
         let mut client = proto::decoder_client::DecoderClient::connect(format!("http://{grpc}")).await.unwrap();
-        let replies = client.decode(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-        Self { tx, replies }
+        let mut replies = client.decode(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(30), tokio_stream::StreamExt::next(&mut replies)).await;
+        let Some(Out::Opened(opened)) = first.expect("opened within 30 s").expect("a reply").unwrap().message else {
+            panic!("the first reply is not SessionOpened");
+        };
+        Self { tx, replies, dem_sha256: opened.dem_sha256 }
     }
 
     /// Decodes `shots[ids]` in this session: each one's prediction, in order.
@@ -560,12 +575,14 @@ fn a_watched_code_dem_is_swapped_for_new_sessions_and_bad_files_are_refused() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let mut before = Live::open(&grpc, rounds).await;
+        assert_eq!(before.dem_sha256, sha256(&old), "SessionOpened names the start-up file");
         assert_eq!(before.decode(&shots, 0..200).await, want_old[..200], "the start-up file");
 
         replace_atomically(&served, &std::fs::read(&new).unwrap());
         let swapped = format!("{} (sha256 {})", served.display(), sha256_prefix(&new));
         wait_for_log(&log, &["the code decodes new sessions with its new DEM", &swapped]);
         let mut after = Live::open(&grpc, rounds).await;
+        assert_eq!(after.dem_sha256, sha256(&new), "SessionOpened names the new file");
         assert_eq!(after.decode(&shots, 0..400).await, want_new, "a session opened after the swap");
         assert_eq!(before.decode(&shots, 200..400).await, want_old[200..], "the session opened before the swap");
 
@@ -574,6 +591,7 @@ fn a_watched_code_dem_is_swapped_for_new_sessions_and_bad_files_are_refused() {
         replace_atomically(&served, b"not a dem\n");
         wait_for_log(&log, &["refused a code's DEM", "not a detector error model"]);
         let mut last = Live::open(&grpc, rounds).await;
+        assert_eq!(last.dem_sha256, sha256(&new), "the refused files are not named");
         assert_eq!(last.decode(&shots, 0..400).await, want_new, "the last good DEM keeps serving");
     });
     assert_eq!(log.lock().unwrap().matches("the code decodes new sessions with its new DEM").count(), 1);

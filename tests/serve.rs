@@ -92,7 +92,10 @@ async fn run(
         match responses.next().await {
             None => break,
             Some(Ok(r)) => match r.message.unwrap() {
-                Out::Opened(o) => assert_eq!((o.first_round_events, o.round_events, o.final_round_events), (4, 8, 4)),
+                Out::Opened(o) => {
+                    assert_eq!((o.first_round_events, o.round_events, o.final_round_events), (4, 8, 4));
+                    assert_eq!(o.dem_sha256, "", "no --code-dem: the circuit's own DEM, no file to name");
+                }
                 Out::Ack(a) => answers.acks.push(a),
                 Out::Result(r) => answers.results.push(r),
                 Out::Check(c) => answers.checks.push(c),

@@ -150,6 +150,7 @@ fn opened(o: &Opened) -> proto::SessionOpened {
     proto::SessionOpened {
         model: o.model.clone().unwrap_or_default(),
         model_version: o.model_version.as_deref().unwrap_or_default().to_string(),
+        dem_sha256: o.dem_sha256.clone().unwrap_or_default(),
         first_round_events: o.first_round_events as u32,
         round_events: o.round_events as u32,
         final_round_events: o.final_round_events as u32,

@@ -260,6 +260,9 @@ pub struct Opened {
     pub model: Option<String>,
     /// That model's version (`NAME@N:HASH`), which answers every neural shot of the session.
     pub model_version: Option<Arc<str>>,
+    /// The SHA-256 (hex) of the operator's DEM file the session decodes
+    /// with (`--code-dem`); `None` for the DEM of the code's circuit.
+    pub dem_sha256: Option<String>,
     /// Event bits of round 0 (the memory basis's stabilizers).
     pub first_round_events: usize,
     /// Event bits of rounds 1.. (every stabilizer).

@@ -61,6 +61,8 @@ impl Mode {
 /// What the circuit of a session gives its decoders: built once per code and shared.
 pub struct CircuitInfo {
     dem_text: String,
+    /// The SHA-256 of the operator's DEM file it was built from, if any.
+    dem_sha256: Option<String>,
     layout: StabilizerLayout,
     /// How its shots travel, round by round.
     rounds: RoundLayout,
@@ -134,6 +136,7 @@ impl CircuitInfo {
         let Some(correlated) = fit(DecoderKind::Correlated)? else { return Ok(None) };
         Ok(Some(Self {
             dem_text,
+            dem_sha256: decoder_dem.map(|file| file.sha256().to_owned()),
             rounds: RoundLayout::new(&layout),
             layout,
             calibrations: [matching, correlated],
@@ -328,6 +331,7 @@ impl Stream {
         let opened = Opened {
             model: model.as_ref().map(|m| m.name.clone()),
             model_version: model.as_ref().map(|m| m.version.clone()),
+            dem_sha256: info.dem_sha256.clone(),
             first_round_events: layout.events_in(0),
             round_events: layout.stabilizers().len(),
             final_round_events: layout.events_in(rounds),
