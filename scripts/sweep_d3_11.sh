@@ -9,10 +9,14 @@
 #   sweep.png  LER per round against distance (qecd sweep --plot)
 #   sweep.md   the table of qecd report: per-round LER over correlated matching's
 #
-# Neural cases need a model per distance. MODELS (comma-separated) defaults
-# to fixtures/models/d{3,5,7,9,11}_z_si1000_p003.safetensors, those that
-# exist; the distances without one are named and swept without neural. A
-# MODELS given is used at every distance (qecd names any it lacks).
+# Neural cases need a model per distance. Without MODELS they take the
+# zoo's, which qecd embeds from fixtures/models/d{3,5,7,9,11}_z_si1000_p003
+# .safetensors: the distances without such a file are named and swept
+# without neural. The zoo's cases carry the model's name only, as the rows
+# already in docs/data/sweep/sweep.csv do, so a re-run resumes them. A
+# MODELS given (comma-separated checkpoint files) is used at every distance
+# (qecd names any it lacks); its cases also carry each file's sha256, so
+# they never add to the zoo's rows.
 #
 # Time, at the default 100,000 shots, on 2 cores: the matching decoders take
 # about a minute (correlated matching is 2 us a shot at d=3, 250 us at
@@ -40,41 +44,40 @@ QECD=${QECD:-./target/release/qecd}
 cargo build --release --quiet
 mkdir -p "$OUT_DIR"
 
-# The distances that have a model, and the models.
+# The distances that have a model.
 neural_distances=()
 missing=()
 if [[ -n "${MODELS:-}" ]]; then
   IFS=',' read -r -a neural_distances <<<"$DISTANCES"
-  models=$MODELS
 else
-  found=()
   IFS=',' read -r -a all <<<"$DISTANCES"
   for d in "${all[@]}"; do
     model=fixtures/models/d${d}_z_si1000_p003.safetensors
     if [[ -f "$model" ]]; then
       neural_distances+=("$d")
-      found+=("$model")
     else
       missing+=("$d")
     fi
   done
-  models=$(IFS=','; echo "${found[*]}")
 fi
 if ((${#missing[@]} > 0)); then
   echo "no neural model for d=$(IFS=','; echo "${missing[*]}") (want fixtures/models/d<d>_z_si1000_p003.safetensors): neural is left out there" >&2
 fi
 
+# --model only for MODELS given; the zoo otherwise.
+model_args=()
+if [[ -n "${MODELS:-}" ]]; then model_args=(--model "$MODELS"); fi
 common=(--rounds d --basis z --noise si1000 --p "$P" --max-shots "$MAX_SHOTS" --max-errors "$MAX_ERRORS"
   --seed "$SEED" --threads "$THREADS" --out "$OUT_DIR/sweep.csv")
 if ((${#missing[@]} == 0)); then
   "$QECD" sweep --decoders neural,correlated,matching --distances "$DISTANCES" "${common[@]}" \
-    --plot "$OUT_DIR/sweep.png" --model "$models"
+    --plot "$OUT_DIR/sweep.png" "${model_args[@]}"
 elif ((${#neural_distances[@]} == 0)); then
   "$QECD" sweep --decoders correlated,matching --distances "$DISTANCES" "${common[@]}" --plot "$OUT_DIR/sweep.png"
 else
   "$QECD" sweep --decoders correlated,matching --distances "$DISTANCES" "${common[@]}"
   "$QECD" sweep --decoders neural --distances "$(IFS=','; echo "${neural_distances[*]}")" "${common[@]}" \
-    --plot "$OUT_DIR/sweep.png" --model "$models"
+    --plot "$OUT_DIR/sweep.png" "${model_args[@]}"
 fi
 "$QECD" report --in "$OUT_DIR/sweep.csv" --baseline correlated --out "$OUT_DIR/sweep.md" >/dev/null
 echo "wrote $OUT_DIR/sweep.csv, $OUT_DIR/sweep.png and $OUT_DIR/sweep.md" >&2
