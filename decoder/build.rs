@@ -1,15 +1,17 @@
 //! Build script of the `decoder` crate: compiles the cxx bridges into
-//! PyMatching (batch matching, `src/blossom.rs`; per-shot edge weights,
-//! `src/reweight.rs`) and their C++ side, `cxx/matching.cc`.
+//! PyMatching (batch matching, `src/blossom.rs`; weight gaps, `src/gap.rs`;
+//! per-shot edge weights, `src/reweight.rs`) and their C++ side,
+//! `cxx/matching.cc`.
 //!
 //! `cxx/matching.cc` compiles PyMatching's own sources, which the
 //! pymatching-cxx crate vendors, as one translation unit (see
 //! `cxx/pymatching_core.h` for why), and includes Stim's headers, which
 //! stim-cxx vendors; it links against the Stim library that stim-cxx builds. Stim's directory
-//! comes from stim-cxx's exported build metadata. pymatching-cxx exports
-//! none, so its sources are looked for beside stim-cxx's (the layout of both
-//! the crates.io cache and `cargo vendor`), unless
-//! `QECD_PYMATCHING_CXX_DIR` names the crate's directory.
+//! comes from stim-cxx's exported build metadata. pymatching-cxx (a build
+//! dependency, so that Cargo fetches it) exports none, so its sources are
+//! looked for beside stim-cxx's (the layout of both the crates.io cache and
+//! `cargo vendor`), unless `QECD_PYMATCHING_CXX_DIR` names the crate's
+//! directory.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -39,13 +41,20 @@ fn pymatching_cxx_dir(stim_cxx: &Path) -> PathBuf {
 }
 
 fn main() {
-    for path in ["src/blossom.rs", "src/reweight.rs", "cxx/matching.cc", "cxx/matching.h", "cxx/pymatching_core.h"] {
+    for path in [
+        "src/blossom.rs",
+        "src/gap.rs",
+        "src/reweight.rs",
+        "cxx/matching.cc",
+        "cxx/matching.h",
+        "cxx/pymatching_core.h",
+    ] {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rerun-if-env-changed=QECD_PYMATCHING_CXX_DIR");
     let stim_cxx = stim_cxx_dir();
     let pymatching_cxx = pymatching_cxx_dir(&stim_cxx);
-    cxx_build::bridges(["src/blossom.rs", "src/reweight.rs"])
+    cxx_build::bridges(["src/blossom.rs", "src/gap.rs", "src/reweight.rs"])
         .file("cxx/matching.cc")
         .std("c++20")
         .warnings(false)

@@ -1,16 +1,18 @@
-// qecd's two handles on PyMatching's sparse-blossom matching.
+// qecd's handles on PyMatching's sparse-blossom matching.
 //
 // PackedMatching decodes batches of bit-packed shots, plain or two-pass
-// correlated, as PyMatching's own `decode_batch` does. ReweightMatching gives
-// the blossom graph per-shot edge weights: PyMatching builds its graph once
-// per detector error model, with integer edge weights, and correlated
+// correlated, as PyMatching's own `decode_batch` does. GapMatching decodes
+// the same shots and, for each observable, also the best solution of the
+// other logical class, for the weight gap between the two. ReweightMatching
+// gives the blossom graph per-shot edge weights: PyMatching builds its graph
+// once per detector error model, with integer edge weights, and correlated
 // matching already lowers some of those weights for one shot and restores
 // them afterwards; ReweightMatching does the same for every edge at once, so
 // that a decoder which estimates each shot's error probabilities (belief
 // propagation, a neural network) can hand them to matching without
 // rebuilding the graph.
 //
-// Both are implemented in matching.cc, the one translation unit that compiles
+// All are implemented in matching.cc, the one translation unit that compiles
 // PyMatching's sources, inside an anonymous namespace (see pymatching_core.h).
 // Other translation units (cxx's glue) never see PyMatching's types: they
 // reach them through the opaque holders below.
@@ -30,6 +32,8 @@ struct ReweightEdge;
 struct MwpmHolder;
 // A PyMatching `UserGraph` (which owns the graph's `Mwpm`s), defined in matching.cc.
 struct UserGraphHolder;
+// One observable's matching graph with the boundary split in two, defined in matching.cc.
+struct SplitBoundaryGraph;
 
 class PackedMatching {
  public:
@@ -58,6 +62,64 @@ class PackedMatching {
 };
 
 std::unique_ptr<PackedMatching> new_packed_matching(rust::Str dem_text, bool correlated);
+
+// The weight gap of a shot, for observable k: how much heavier the best
+// solution is whose prediction for k is the complement of the hard
+// decision's, in PyMatching's normalised weights (integer weight divided by
+// the graph's normalising constant).
+//
+// A solution's class for k is fixed by which boundary edges it uses: if k is
+// a cut of the graph (every error that flips k crosses it), each detector
+// has a side of the cut, and the boundary splits into the boundary seen from
+// side 0 and the one seen from side 1. Matching on a graph whose two
+// boundaries are virtual detectors, with events placed on them, then finds
+// the best solution of the class asked for (see matching.cc).
+class GapMatching {
+ public:
+  // The graphs of `dem_text`: the model's own, for the hard decision, and
+  // one per observable with its boundary split; `correlated` decodes all of
+  // them two-pass correlated. Throws std::invalid_argument when an
+  // observable is not a cut of the graph.
+  GapMatching(rust::Str dem_text, bool correlated);
+  ~GapMatching();
+
+  std::uint64_t num_detectors() const;
+  std::uint64_t num_observables() const;
+  // Decodes `num_shots` shots, laid out as for PackedMatching::decode_packed,
+  // into their predictions (the same layout) and `num_observables` gaps per
+  // shot, row-major.
+  void decode_packed(
+      rust::Slice<const std::uint8_t> shots,
+      std::size_t num_shots,
+      rust::Slice<std::uint8_t> predictions,
+      rust::Slice<double> gaps);
+
+ private:
+  // Decodes `events_` into observables_ and gaps_.
+  void decode_events();
+
+  std::unique_ptr<UserGraphHolder> graph_;
+  // Index k: observable k's graph with the boundary split.
+  std::vector<std::unique_ptr<SplitBoundaryGraph>> split_;
+  bool correlated_;
+  std::uint64_t num_detectors_;
+  std::uint64_t num_observables_;
+  // One shot's detection events, and those of the other class's decoding.
+  std::vector<std::uint64_t> events_;
+  std::vector<std::uint64_t> forced_events_;
+  // One shot's predictions (one byte per observable of the graph), and
+  // those of the other class's decoding.
+  std::vector<std::uint8_t> observables_;
+  std::vector<std::uint8_t> forced_observables_;
+  // One shot's gaps, one per observable.
+  std::vector<double> gaps_;
+  // The predictions and gaps of a shot with no events, once one was decoded.
+  bool quiet_known_ = false;
+  std::vector<std::uint8_t> quiet_observables_;
+  std::vector<double> quiet_gaps_;
+};
+
+std::unique_ptr<GapMatching> new_gap_matching(rust::Str dem_text, bool correlated);
 
 class ReweightMatching {
  public:

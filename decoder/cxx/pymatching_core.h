@@ -13,8 +13,9 @@
 // PyMatching is one translation unit with internal linkage, so the compiler
 // sees every call and every caller, as link-time optimisation does, with
 // any compiler and no extra build step. The anonymous namespace also keeps
-// these symbols apart from the pymatching-cxx crate's copy (still linked,
-// for the `pymatching` crate's own API), so the two cannot clash.
+// these symbols apart from the pymatching-cxx crate's copy, which the
+// decoder's tests link (through the `pymatching` crate) to check results
+// against, so the two cannot clash.
 //
 // The standard headers and Stim that PyMatching includes are included first,
 // outside the namespace, so that PyMatching's own `#include`s of them are

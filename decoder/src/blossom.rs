@@ -6,9 +6,10 @@
 //! the compiler may not inline; PyMatching's Python wheel, optimised across
 //! files, decoded the same shots about 10% faster. `cxx/pymatching_core.h`
 //! compiles all of PyMatching as one translation unit with internal linkage
-//! instead, and [`PackedMatching`] decodes through that copy. It builds the
-//! graph and runs the decoding loop as PyMatching's `decode_batch` does, so
-//! its predictions are PyMatching's bit for bit.
+//! instead, and [`PackedMatching`] decodes through that copy (as
+//! [`crate::gap::GapMatching`] does for weight gaps). It builds the graph and
+//! runs the decoding loop as PyMatching's `decode_batch` does, so its
+//! predictions are PyMatching's bit for bit.
 
 use std::pin::Pin;
 

@@ -4,7 +4,8 @@
 //! events in, predicted observable flips and a per-shot confidence out. The
 //! sweep, the CLI and the benches are generic over it. This crate holds the
 //! matching decoders (PyMatching, uncorrelated and two-pass correlated, on
-//! PyMatching's sources compiled here as one unit: [`blossom`]),
+//! PyMatching's sources compiled here as one unit: [`blossom`], with weight
+//! gaps from [`gap`]),
 //! belief-matching ([`belief`], with per-shot weights through [`reweight`]), the
 //! calibration that turns a matching weight gap into a probability, the
 //! neural decoder on the inference kernels ([`neural`]) with its streaming,
@@ -16,6 +17,7 @@
 pub mod belief;
 pub mod blossom;
 pub mod confidence;
+pub mod gap;
 pub mod matching;
 pub mod neural;
 pub mod neural_matching;
@@ -152,12 +154,6 @@ pub enum DecodeError {
     /// The syndrome source failed.
     #[error(transparent)]
     Bridge(#[from] simulator_bridge::BridgeError),
-}
-
-impl From<pymatching::MatchingError> for DecodeError {
-    fn from(e: pymatching::MatchingError) -> Self {
-        DecodeError::Matching(e.to_string())
-    }
 }
 
 impl From<stim::StimError> for DecodeError {

@@ -1,19 +1,16 @@
 //! PyMatching decoders: uncorrelated, and two-pass correlated matching.
 //!
-//! Hard decisions go through this crate's own build of PyMatching
-//! ([`crate::blossom`]); weight gaps, for confidence, through the
-//! `pymatching` crate, whose gap decoder is its own.
+//! Both hard decisions ([`crate::blossom`]) and weight gaps, for confidence
+//! ([`crate::gap`]), go through this crate's own build of PyMatching.
 
-use std::cell::OnceCell;
-
-use ndarray::Array2;
-use pymatching::Matching;
+use std::cell::{OnceCell, RefCell};
 
 use crate::blossom::PackedMatching;
 use crate::confidence::GapCalibration;
+use crate::gap::GapMatching;
 use crate::{Decisions, DecodeError, Decoder, DecoderKind, PackedShots};
 
-/// Shots per call into PyMatching's gap decoder, which takes unpacked bytes.
+/// Shots per call into the gap decoder.
 const GAP_CHUNK: usize = 4096;
 
 /// Detector-shots a stoppable calibration decodes between two looks at its
@@ -21,24 +18,14 @@ const GAP_CHUNK: usize = 4096;
 /// 1,000 rounds decodes about one detector-shot a microsecond).
 pub const STOP_CHECK_EVENTS: usize = 1 << 18;
 
-/// The `pymatching` crate's graph, which may move to another thread.
-struct GapMatching(Matching);
-
-// SAFETY: `Matching` owns its C++ graph and plain Rust caches of its edges.
-// The C++ side keeps no thread-local state (its one global, the noise
-// generator, is behind a mutex), so the graph may move to another thread and
-// be used there. It must not be used from two threads at once (decoding
-// through `&self` changes the C++ graph): it is not `Sync`, and `OnceCell`
-// keeps `MatchingDecoder` from being `Sync` either.
-unsafe impl Send for GapMatching {}
-
 /// Matching or correlated matching over one detector error model.
 pub struct MatchingDecoder {
     /// PyMatching's graph as this crate compiles it, for hard decisions.
     blossom: PackedMatching,
-    /// The `pymatching` crate's graph of the same model, for weight gaps;
-    /// built on the first decoding that needs them.
-    gaps: OnceCell<GapMatching>,
+    /// The gap decoder's graphs of the same model, built on the first
+    /// decoding that needs them. Decoding changes them, hence the `RefCell`
+    /// (which, like the `OnceCell`, keeps `MatchingDecoder` from being `Sync`).
+    gaps: OnceCell<RefCell<GapMatching>>,
     /// The model's text, which both graphs are built from.
     dem_text: String,
     kind: DecoderKind,
@@ -74,14 +61,13 @@ impl MatchingDecoder {
         })
     }
 
-    /// The `pymatching` crate's graph, built on first use.
-    fn gap_matching(&self) -> Result<&Matching, DecodeError> {
+    /// The gap decoder, built on first use.
+    fn gap_matching(&self) -> Result<&RefCell<GapMatching>, DecodeError> {
         if let Some(m) = self.gaps.get() {
-            return Ok(&m.0);
+            return Ok(m);
         }
-        let dem: stim::DetectorErrorModel = self.dem_text.parse()?;
-        let m = Matching::from_detector_error_model_with_options(&dem, self.kind == DecoderKind::Correlated)?;
-        Ok(&self.gaps.get_or_init(|| GapMatching(m)).0)
+        let m = GapMatching::from_dem_text(&self.dem_text, self.kind == DecoderKind::Correlated)?;
+        Ok(self.gaps.get_or_init(|| RefCell::new(m)))
     }
 
     /// Reports a confidence for every shot, mapped from the weight gap by `calibration`.
@@ -140,33 +126,6 @@ impl MatchingDecoder {
         Ok(())
     }
 
-    /// Rows of 0/1 bytes, `matching.num_detectors()` wide.
-    fn unpacked(matching: &Matching, events: &PackedShots, start: usize, end: usize) -> Array2<u8> {
-        let width = matching.num_detectors();
-        let mut rows = Array2::<u8>::zeros((end - start, width));
-        for (r, s) in (start..end).enumerate() {
-            for k in events.hits(s) {
-                if k < width {
-                    rows[[r, k]] = 1;
-                }
-            }
-        }
-        rows
-    }
-
-    fn pack_predictions(&self, fault_bits: &Array2<u8>) -> PackedShots {
-        let mut out = PackedShots::zeros(fault_bits.nrows(), self.num_observables);
-        let cols = fault_bits.ncols().min(self.num_observables);
-        for s in 0..fault_bits.nrows() {
-            for o in 0..cols {
-                if fault_bits[[s, o]] != 0 {
-                    out.set(s, o, true);
-                }
-            }
-        }
-        out
-    }
-
     /// Predictions and the per-observable weight gaps (`num_shots × num_observables`, row-major).
     pub fn decode_with_gaps(&self, events: &PackedShots) -> Result<(PackedShots, Vec<f64>), DecodeError> {
         let decoded = self.gaps_in_slices(events, GAP_CHUNK, &|| false)?;
@@ -174,14 +133,15 @@ impl MatchingDecoder {
     }
 
     /// [`MatchingDecoder::decode_with_gaps`], `slice` shots per call into
-    /// PyMatching, asking `stop` before each; `None` once it said stop.
+    /// the gap decoder, asking `stop` before each; `None` once it said stop.
     fn gaps_in_slices(
         &self,
         events: &PackedShots,
         slice: usize,
         stop: &dyn Fn() -> bool,
     ) -> Result<Option<(PackedShots, Vec<f64>)>, DecodeError> {
-        let matching = self.gap_matching()?;
+        self.check_width(events)?;
+        let mut matching = self.gap_matching()?.borrow_mut();
         let n = events.num_shots();
         let mut predictions = PackedShots::zeros(0, self.num_observables);
         let mut gaps = Vec::with_capacity(n * self.num_observables);
@@ -189,15 +149,9 @@ impl MatchingDecoder {
             if stop() {
                 return Ok(None);
             }
-            let end = (start + slice).min(n);
-            let rows = Self::unpacked(matching, events, start, end);
-            let result = matching.decode_gap_batch(rows.view())?;
-            predictions.extend(&self.pack_predictions(&result.predictions));
-            for r in 0..end - start {
-                for o in 0..self.num_observables {
-                    gaps.push(if o < result.gaps.ncols() { result.gaps[[r, o]] } else { 0.0 });
-                }
-            }
+            let (slice_predictions, slice_gaps) = matching.decode(&events.slice(start, (start + slice).min(n)))?;
+            predictions.extend(&slice_predictions);
+            gaps.extend_from_slice(&slice_gaps);
         }
         Ok(Some((predictions, gaps)))
     }
