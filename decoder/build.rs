@@ -6,12 +6,12 @@
 //! `cxx/matching.cc` compiles PyMatching's own sources, which the
 //! pymatching-cxx crate vendors, as one translation unit (see
 //! `cxx/pymatching_core.h` for why), and includes Stim's headers, which
-//! stim-cxx vendors; it links against the Stim library that stim-cxx builds. Stim's directory
-//! comes from stim-cxx's exported build metadata. pymatching-cxx (a build
-//! dependency, so that Cargo fetches it) exports none, so its sources are
-//! looked for beside stim-cxx's (the layout of both the crates.io cache and
-//! `cargo vendor`), unless `QECD_PYMATCHING_CXX_DIR` names the crate's
-//! directory.
+//! stim-cxx vendors; it links against the Stim library that stim-cxx
+//! builds. Stim's directory comes from stim-cxx's exported build metadata.
+//! pymatching-cxx (a dependency that Rust never calls, so that Cargo
+//! fetches it) exports none, so its sources are looked for beside
+//! stim-cxx's (the layout of both the crates.io cache and `cargo vendor`),
+//! unless `QECD_PYMATCHING_CXX_DIR` names the crate's directory.
 
 use std::env;
 use std::path::{Path, PathBuf};
