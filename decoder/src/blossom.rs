@@ -53,8 +53,7 @@ impl PackedMatching {
     /// the halves of decomposed errors when `correlated`, as
     /// `pymatching.Matching.from_detector_error_model(dem, enable_correlations=correlated)` does.
     pub fn from_dem_text(dem_text: &str, correlated: bool) -> Result<Self, DecodeError> {
-        let inner =
-            ffi::new_packed_matching(dem_text, correlated).map_err(|e| DecodeError::Matching(e.what().to_owned()))?;
+        let inner = ffi::new_packed_matching(dem_text, correlated).map_err(crate::matching_error)?;
         let num_detectors = inner.num_detectors() as usize;
         let num_observables = inner.num_observables() as usize;
         Ok(Self { inner, correlated, num_detectors, num_observables })
@@ -82,18 +81,10 @@ impl PackedMatching {
     /// Predicted observable flips of every shot in `events`, which must be
     /// `num_detectors` bits wide.
     pub fn decode(&mut self, events: &PackedShots) -> Result<PackedShots, DecodeError> {
-        if events.bits_per_shot() != self.num_detectors {
-            return Err(DecodeError::Invalid(format!(
-                "shots have {} detection-event bits but the detector error model has {} detectors",
-                events.bits_per_shot(),
-                self.num_detectors
-            )));
-        }
+        crate::check_width(events, self.num_detectors)?;
         let n = events.num_shots();
         let mut predictions = vec![0u8; n * self.num_observables.div_ceil(8)];
-        self.pinned()
-            .decode_packed(events.as_bytes(), n, &mut predictions)
-            .map_err(|e| DecodeError::Matching(e.what().to_owned()))?;
+        self.pinned().decode_packed(events.as_bytes(), n, &mut predictions).map_err(crate::matching_error)?;
         Ok(PackedShots::from_bytes(predictions, self.num_observables)?)
     }
 }

@@ -56,8 +56,7 @@ impl GapMatching {
     /// `correlated`. Fails when an observable is not a cut of the graph
     /// (for instance, a model that is not graphlike).
     pub fn from_dem_text(dem_text: &str, correlated: bool) -> Result<Self, DecodeError> {
-        let inner =
-            ffi::new_gap_matching(dem_text, correlated).map_err(|e| DecodeError::Matching(e.what().to_owned()))?;
+        let inner = ffi::new_gap_matching(dem_text, correlated).map_err(crate::matching_error)?;
         let num_detectors = inner.num_detectors() as usize;
         let num_observables = inner.num_observables() as usize;
         Ok(Self { inner, num_detectors, num_observables })
@@ -77,19 +76,13 @@ impl GapMatching {
     /// `num_detectors` bits wide) and their gaps, `num_shots ×
     /// num_observables`, row-major.
     pub fn decode(&mut self, events: &PackedShots) -> Result<(PackedShots, Vec<f64>), DecodeError> {
-        if events.bits_per_shot() != self.num_detectors {
-            return Err(DecodeError::Invalid(format!(
-                "shots have {} detection-event bits but the detector error model has {} detectors",
-                events.bits_per_shot(),
-                self.num_detectors
-            )));
-        }
+        crate::check_width(events, self.num_detectors)?;
         let n = events.num_shots();
         let mut predictions = vec![0u8; n * self.num_observables.div_ceil(8)];
         let mut gaps = vec![0.0; n * self.num_observables];
         self.pinned()
             .decode_packed(events.as_bytes(), n, &mut predictions, &mut gaps)
-            .map_err(|e| DecodeError::Matching(e.what().to_owned()))?;
+            .map_err(crate::matching_error)?;
         Ok((PackedShots::from_bytes(predictions, self.num_observables)?, gaps))
     }
 

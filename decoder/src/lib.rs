@@ -162,6 +162,23 @@ impl From<stim::StimError> for DecodeError {
     }
 }
 
+/// Refuses shots that are not `num_detectors` bits wide, as every decoder
+/// over a detector error model does.
+pub(crate) fn check_width(events: &PackedShots, num_detectors: usize) -> Result<(), DecodeError> {
+    if events.bits_per_shot() != num_detectors {
+        return Err(DecodeError::Invalid(format!(
+            "shots have {} detection-event bits but the detector error model has {num_detectors} detectors",
+            events.bits_per_shot()
+        )));
+    }
+    Ok(())
+}
+
+/// A C++ exception from PyMatching's side of a cxx bridge.
+pub(crate) fn matching_error(e: cxx::Exception) -> DecodeError {
+    DecodeError::Matching(e.what().to_owned())
+}
+
 /// Decodes a batch shot by shot: `decode_shot` takes one shot's detection
 /// events and returns its observable flips (bit `k` for observable `k`) and,
 /// where it has one, its confidence. Shots must have `num_detectors` bits.
@@ -171,12 +188,7 @@ pub(crate) fn decode_each(
     num_observables: usize,
     mut decode_shot: impl FnMut(&[u64]) -> Result<(u64, Option<f64>), DecodeError>,
 ) -> Result<Decisions, DecodeError> {
-    if events.bits_per_shot() != num_detectors {
-        return Err(DecodeError::Invalid(format!(
-            "shots have {} detection-event bits but the detector error model has {num_detectors} detectors",
-            events.bits_per_shot()
-        )));
-    }
+    check_width(events, num_detectors)?;
     let mut predictions = PackedShots::zeros(events.num_shots(), num_observables);
     let mut confidence = Vec::new();
     let mut hits = Vec::new();

@@ -116,14 +116,7 @@ impl MatchingDecoder {
     }
 
     fn check_width(&self, events: &PackedShots) -> Result<(), DecodeError> {
-        if events.bits_per_shot() != self.num_detectors {
-            return Err(DecodeError::Invalid(format!(
-                "shots have {} detection-event bits but the detector error model has {} detectors",
-                events.bits_per_shot(),
-                self.num_detectors
-            )));
-        }
-        Ok(())
+        crate::check_width(events, self.num_detectors)
     }
 
     /// Predictions and the per-observable weight gaps (`num_shots × num_observables`, row-major).

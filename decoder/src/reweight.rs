@@ -85,8 +85,7 @@ impl WeightedMatching {
         if !max_weight.is_finite() {
             return Err(DecodeError::Invalid(format!("the largest edge weight must be finite, not {max_weight}")));
         }
-        let inner = ffi::new_reweight_matching(&dem.to_string(), max_weight)
-            .map_err(|e| DecodeError::Matching(e.what().to_owned()))?;
+        let inner = ffi::new_reweight_matching(&dem.to_string(), max_weight).map_err(crate::matching_error)?;
         let edges = inner.edges();
         let num_detectors = inner.num_detectors() as usize;
         let num_observables = inner.num_observables() as usize;
