@@ -43,8 +43,7 @@ impl MatchingDecoder {
     /// Builds the matching graph of a detector error model's text. The text
     /// is parsed once, by PyMatching's build of Stim (a text that is not a
     /// DEM is refused there, with Stim's message), not first into a
-    /// `stim::DetectorErrorModel` and printed back: that took about a
-    /// quarter of a d=9 decoder's build.
+    /// `stim::DetectorErrorModel` and printed back, two more passes over it.
     pub fn from_dem_text(text: &str, kind: DecoderKind) -> Result<Self, DecodeError> {
         if !DecoderKind::MATCHING.contains(&kind) {
             return Err(DecodeError::Invalid(format!("{kind} is not a matching decoder")));
