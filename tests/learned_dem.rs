@@ -289,16 +289,8 @@ impl Drop for Serve {
 
 /// Starts `qecd serve` with `args` and returns it with its first stdout line.
 fn serve(args: &[&str]) -> (Serve, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qecd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--io-threads", "2"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    (Serve(child), line)
+    let (server, line, _log) = serve_logged(args);
+    (server, line)
 }
 
 /// What one stream answered: each shot's prediction, answering decoder and
